@@ -1,0 +1,182 @@
+"""The kn2 family: GEMMs over the un-lowered input, one per kernel tap, then shifted adds.
+
+Each tap (r, s) contributes W[:, :, r, s] . In, displaced by (r*d - pad_top, s*d - pad_left).
+They differ in how much of those partial results they hold at once:
+kn2row / kn2col all K*K of them, kn2row-as one (M x H*W), kn2row-aa none.
+All need stride 1 (with a larger stride they would compute outputs nobody reads).
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+import numpy as np
+
+from ..base import ConvAlgorithm
+from ..blas import gemm
+from ..geometry import add_window, as_matrix, col_span, row_span
+from ..registry import register
+from ..spec import ConvSpec
+
+
+class _Kn2Base(ConvAlgorithm):
+    limits = "stride 1; any padding, dilation, groups"
+
+    def unsupported_reason(self, spec: ConvSpec) -> str | None:
+        if spec.stride != (1, 1):
+            return "the kn2 family needs stride 1"
+        return None
+
+
+@register
+class Kn2row(_Kn2Base):
+    """kn2row: ONE GEMM of all K*K weight slices stacked, T = Wstack[K*K*M x C] . In[C x H*W],
+    then shift-add the K*K partial planes into the output."""
+
+    name = "kn2row"
+    input_layout = output_layout = "NCHW"
+    summary = "one GEMM K*K*M x HW x C, then K*K shifted adds"
+    workspace_formula = "kh * kw * (M/g) * H * W"
+
+    def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
+        return {"partials": (spec.kh, spec.kw, spec.mg, spec.h, spec.w)}
+
+    def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        return w.transpose(0, 3, 4, 1, 2).reshape(spec.groups, -1, spec.cg)
+
+    def _run_group(self, x, w, out, spec, ws) -> None:
+        partials = ws["partials"]
+        gemm(w, as_matrix(x, spec.cg, spec.h * spec.w),
+             as_matrix(partials, spec.kh * spec.kw * spec.mg, spec.h * spec.w))
+        for r in range(spec.kh):
+            rows = row_span(spec, r)
+            for s in range(spec.kw):
+                add_window(out, partials[r, s], rows, col_span(spec, s))
+
+
+@register
+class Kn2col(_Kn2Base):
+    """kn2col: the pixel-major form, T = In[H*W x C] . Wstack^T[C x K*K*M], then shift-add."""
+
+    name = "kn2col"
+    input_layout = output_layout = "NHWC"
+    summary = "one GEMM HW x K*K*M x C, then K*K shifted adds"
+    workspace_formula = "H * W * kh * kw * (M/g)"
+
+    def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
+        return {"partials": (spec.h, spec.w, spec.kh, spec.kw, spec.mg)}
+
+    def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        # (g, cg, kh, kw, mg)
+        return w.transpose(0, 2, 3, 4, 1).reshape(spec.groups, spec.cg, -1)
+
+    def _run_group(self, x, w, out, spec, ws) -> None:
+        partials = ws["partials"]
+        pixels = spec.h * spec.w
+        gemm(as_matrix(x, pixels, spec.cg), w,
+             as_matrix(partials, pixels, spec.kh * spec.kw * spec.mg))
+        for r in range(spec.kh):
+            rows = row_span(spec, r)
+            for s in range(spec.kw):
+                add_window(out, partials[:, :, r, s], rows, col_span(spec, s), channels_last=True)
+
+
+@register
+class Kn2rowAs(_Kn2Base):
+    """kn2row-as (accumulate-shift): for each tap, GEMM W_rs[M x C] . In[C x HW] into ONE reused
+    M x HW buffer, then add its shifted, clipped window into the output. O(M H W) workspace."""
+
+    name = "kn2row-as"
+    input_layout = output_layout = "NCHW"
+    summary = "per tap: GEMM M x HW x C into one buffer, shifted add"
+    workspace_formula = "(M/g) * H * W"
+
+    def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
+        return {"partial": (spec.mg, spec.h, spec.w)}
+
+    def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        return w.transpose(0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
+
+    def _run_group(self, x, w, out, spec, ws) -> None:
+        partial = ws["partial"]
+        pixels = spec.h * spec.w
+        x2 = as_matrix(x, spec.cg, pixels)
+        p2 = as_matrix(partial, spec.mg, pixels)
+        for r in range(spec.kh):
+            rows = row_span(spec, r)
+            if not rows.count:
+                continue
+            for s in range(spec.kw):
+                cols = col_span(spec, s)
+                if not cols.count:
+                    continue
+                gemm(w[r, s], x2, p2)
+                add_window(out, partial, rows, cols)
+
+
+@register
+class Kn2rowAa(_Kn2Base):
+    """kn2row-aa (accumulate-accumulate): each tap's GEMM accumulates (beta = 1) straight into
+    the output at its displaced position; no M x HW temporary exists.
+
+    When the output is as wide as the input (``same`` padding) the displaced window of a block of
+    rows is one flat strided matrix, so each tap is one GEMM per row block. Its row-edge
+    wrap-around (the left/right columns of inner rows would read the neighbouring input row) is
+    cancelled by saving those few output columns before the GEMM and restoring them after:
+    O(M * rows_per_block * |column shift|) bytes. Otherwise each output row is its own GEMM.
+    Rows are processed in blocks of about `block_bytes` of output so a block stays in cache
+    across all K*K taps: the paper's locality edge.
+    """
+
+    name = "kn2row-aa"
+    input_layout = output_layout = "NCHW"
+    summary = "per tap: GEMM accumulates (beta=1) into the displaced output window"
+    workspace_formula = "(M/g) * (R - 1) * max column shift, R = rows per block (a few KiB)"
+    block_bytes = 256 * 1024
+
+    def block_rows(self, spec: ConvSpec) -> int:
+        """Output rows per block (1 when input and output rows differ in length)."""
+        if spec.w != spec.wo:
+            return 1
+        row = spec.mg * spec.wo * spec.itemsize
+        return max(1, min(spec.ho, ceil(self.block_bytes / row)))
+
+    def _wrap(self, spec: ConvSpec) -> int:
+        return max(spec.wo - col_span(spec, s).count for s in range(spec.kw))
+
+    def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
+        rows, wrap = self.block_rows(spec) - 1, self._wrap(spec)
+        return {"edges": (spec.mg, rows, wrap)} if rows and wrap else {}
+
+    def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        return w.transpose(0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
+
+    def _run_group(self, x, w, out, spec, ws) -> None:
+        wi, wo = spec.w, spec.wo
+        x_flat = as_matrix(x, spec.cg, spec.h * wi)
+        out_flat = as_matrix(out, spec.mg, spec.ho * wo)
+        edges = ws.get("edges")
+        block = self.block_rows(spec)
+        spans = [(r, s, row_span(spec, r), col_span(spec, s))
+                 for r in range(spec.kh) for s in range(spec.kw)]
+        for top in range(0, spec.ho, block):
+            bottom = min(top + block, spec.ho)
+            for r, s, rows, cols in spans:
+                ya, yb = max(top, rows.o0), min(bottom, rows.o1)
+                if ya >= yb or not cols.count:
+                    continue
+                x0, x1 = cols.o0, cols.o1
+                length = (yb - ya - 1) * wo + (x1 - x0)
+                o_start = ya * wo + x0
+                i_start = (rows.i0 + ya - rows.o0) * wi + cols.i0
+                inner = yb - ya - 1  # rows whose edges the flat window wraps over
+                left, right = x0, wo - x1
+                if inner and (left or right):
+                    # out[:, ya+1:yb, :x0] and out[:, ya:yb-1, x1:] receive wrapped input
+                    np.copyto(edges[:, :inner, :left], out[:, ya + 1:yb, :x0])
+                    np.copyto(edges[:, :inner, left:left + right], out[:, ya:yb - 1, x1:])
+                gemm(w[r, s], x_flat[:, i_start:i_start + length],
+                     out_flat[:, o_start:o_start + length], beta=1.0)
+                if inner and (left or right):
+                    np.copyto(out[:, ya + 1:yb, :x0], edges[:, :inner, :left])
+                    np.copyto(out[:, ya:yb - 1, x1:], edges[:, :inner, left:left + right])

@@ -1,0 +1,180 @@
+"""The interface every convolution algorithm implements, and the checks they all share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .spec import ConvSpec, Layout
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Weights reordered (or transformed) once for one algorithm; they persist between runs.
+
+    ``weights`` has a leading group axis; its layout is the algorithm's own business.
+    """
+
+    algorithm: str
+    weight_shape: tuple[int, int, int, int]
+    groups: int
+    weights: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.nbytes + (0 if self.bias is None else self.bias.nbytes)
+
+
+class ConvAlgorithm(ABC):
+    """One GEMM-based (or direct) way to compute a convolution, under its paper name.
+
+    Subclasses declare their layouts and say what they support, how much workspace they need
+    (as named buffer shapes, so the prediction and the allocation are one and the same fact),
+    how they reorder weights, and how they compute one group of one image.
+    """
+
+    name: ClassVar[str]
+    input_layout: ClassVar[Layout]
+    output_layout: ClassVar[Layout]
+    summary: ClassVar[str]
+    workspace_formula: ClassVar[str]
+    #: Largest allowed |y - y_ref| / conv(|x|, |w|) in float32 (conv of absolute values bounds
+    #: the rounding error of any summation order; Winograd's transforms add more).
+    tolerance: ClassVar[float] = 1e-5
+    #: Human-readable limits, shown by `convplan algorithms`.
+    limits: ClassVar[str] = "any stride, padding, dilation, groups"
+
+    # -- what it can do ----------------------------------------------------------------------
+    def unsupported_reason(self, spec: ConvSpec) -> str | None:
+        """Why this algorithm cannot run ``spec``, or None when it can."""
+        return None
+
+    def supports(self, spec: ConvSpec) -> bool:
+        return self.unsupported_reason(spec) is None
+
+    def require(self, spec: ConvSpec) -> None:
+        reason = self.unsupported_reason(spec)
+        if reason is not None:
+            raise ValueError(f"algorithm {self.name!r} does not support {spec.describe()}: {reason}")
+
+    # -- memory ------------------------------------------------------------------------------
+    @abstractmethod
+    def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
+        """The temporary buffers `run` allocates (reused across images and groups)."""
+
+    def workspace_bytes(self, spec: ConvSpec) -> int:
+        """Exact bytes of temporaries `run` allocates beyond its output and prepared weights."""
+        return sum(int(np.prod(s)) for s in self.workspace_shapes(spec).values()) * spec.itemsize
+
+    def prepared_bytes(self, spec: ConvSpec) -> int:
+        """Bytes of the prepared (persistent) weights and bias."""
+        return self.prepare_shape_elements(spec) * spec.itemsize + spec.m * spec.itemsize
+
+    def prepare_shape_elements(self, spec: ConvSpec) -> int:
+        return spec.m * spec.cg * spec.kh * spec.kw
+
+    # -- weights -----------------------------------------------------------------------------
+    def prepare(self, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec) -> Prepared:
+        """Reorder (or transform) the weights once; the result is reused by every `run`."""
+        self.require(spec)
+        w = np.asarray(w)
+        if w.shape != spec.weight_shape:
+            raise ValueError(f"weights have shape {w.shape}, expected {spec.weight_shape} "
+                             "(m, c/groups, kh, kw)")
+        _check_float(w, "weights", spec.dtype)
+        bias = None
+        if b is not None:
+            b = np.asarray(b)
+            if b.shape != (spec.m,):
+                raise ValueError(f"bias has shape {b.shape}, expected ({spec.m},)")
+            _check_float(b, "bias", spec.dtype)
+            bias = np.array(b, dtype=spec.dtype)
+        grouped = w.reshape(spec.groups, spec.mg, spec.cg, spec.kh, spec.kw)
+        weights = np.ascontiguousarray(self._prepare_weights(grouped, spec), dtype=spec.dtype)
+        return Prepared(self.name, spec.weight_shape, spec.groups, weights, bias)
+
+    @abstractmethod
+    def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        """``w`` is (groups, mg, cg, kh, kw); return the algorithm's persistent form."""
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, x: np.ndarray, prepared: Prepared, spec: ConvSpec,
+            out: np.ndarray | None = None) -> np.ndarray:
+        """Convolve ``x`` (in `input_layout`, C-contiguous) into ``out`` (in `output_layout`)."""
+        self.require(spec)
+        if prepared.algorithm != self.name:
+            raise ValueError(f"weights were prepared for {prepared.algorithm!r}, not {self.name!r}")
+        if prepared.weight_shape != spec.weight_shape or prepared.groups != spec.groups:
+            raise ValueError(f"weights were prepared for shape {prepared.weight_shape} with "
+                             f"{prepared.groups} groups, not for {spec.describe()}")
+        expected = spec.input_shape(self.input_layout)
+        if not isinstance(x, np.ndarray) or x.shape != expected:
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"input has shape {shape}, expected {expected} ({self.input_layout})")
+        _check_float(x, "input", spec.dtype)
+        if x.dtype != spec.dtype:
+            raise ValueError(f"input dtype {x.dtype} differs from the spec's {spec.dtype}")
+        if not x.flags.c_contiguous:
+            raise ValueError("input must be C-contiguous (use kernels.conv2d to convert)")
+        out_shape = spec.output_shape(self.output_layout)
+        if out is None:
+            out = np.empty(out_shape, dtype=spec.dtype)
+        elif (out.shape != out_shape or out.dtype != spec.dtype or not out.flags.c_contiguous
+              or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {spec.dtype} array of shape "
+                             f"{out_shape}, got {out.dtype} {out.shape}")
+        workspace = {k: np.empty(s, dtype=spec.dtype)
+                     for k, s in self.workspace_shapes(spec).items()}
+        channels = 0 if self.output_layout == "NCHW" else 2
+        for i in range(spec.n):
+            out_img = out[i]
+            if prepared.bias is None:
+                out_img.fill(0)
+            elif channels == 0:
+                np.copyto(out_img, prepared.bias[:, None, None])
+            else:
+                np.copyto(out_img, prepared.bias)
+            self._run_image(x[i], prepared.weights, out_img, spec, workspace)
+        return out
+
+    def _run_image(self, x: np.ndarray, w: np.ndarray, out: np.ndarray, spec: ConvSpec,
+                   ws: dict[str, np.ndarray]) -> None:
+        """Accumulate one image's convolution into ``out`` (already holding the bias)."""
+        for g, xg, outg in self.groups(x, out, spec):
+            self._run_group(xg, w[g], outg, spec, ws)
+
+    def _run_group(self, x: np.ndarray, w: np.ndarray, out: np.ndarray, spec: ConvSpec,
+                   ws: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def groups(self, x: np.ndarray, out: np.ndarray,
+               spec: ConvSpec) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(group, input view, output view) of one image, in this algorithm's layouts."""
+        cg, mg = spec.cg, spec.mg
+        for g in range(spec.groups):
+            xs, os_ = slice(g * cg, (g + 1) * cg), slice(g * mg, (g + 1) * mg)
+            xg = x[xs] if self.input_layout == "NCHW" else x[:, :, xs]
+            outg = out[os_] if self.output_layout == "NCHW" else out[:, :, os_]
+            yield g, xg, outg
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "input_layout": self.input_layout,
+            "output_layout": self.output_layout,
+            "summary": self.summary,
+            "supports": self.limits,
+            "workspace": self.workspace_formula,
+        }
+
+
+def _check_float(a: np.ndarray, what: str, dtype: str) -> None:
+    if a.dtype.kind != "f" or a.dtype.name not in ("float32", "float64"):
+        raise ValueError(f"{what} must be float32 or float64, got {a.dtype}")
+    if a.dtype.name != dtype:
+        raise ValueError(f"{what} dtype {a.dtype} differs from the spec's {dtype}")

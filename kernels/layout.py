@@ -1,0 +1,34 @@
+"""Layout transforms between NCHW (channel-major, the paper's "chw") and NHWC ("hwc")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import LAYOUTS, Layout
+
+_PERMUTATION = {("NCHW", "NHWC"): (0, 2, 3, 1), ("NHWC", "NCHW"): (0, 3, 1, 2)}
+
+
+def check_layout(layout: str) -> Layout:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
+    return layout  # type: ignore[return-value]
+
+
+def convert(x: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:
+    """``x`` (4-D, layout ``src``) as a C-contiguous array in layout ``dst``.
+
+    Same layout: returned as is (no copy). Otherwise one copy of x.nbytes.
+    """
+    check_layout(src)
+    check_layout(dst)
+    if x.ndim != 4:
+        raise ValueError(f"a layout transform needs a 4-D tensor, got shape {x.shape}")
+    if src == dst:
+        return x
+    return np.ascontiguousarray(x.transpose(_PERMUTATION[(src, dst)]))
+
+
+def transform_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of the temporary copy `convert` makes between two different layouts."""
+    return int(np.prod(shape)) * itemsize
