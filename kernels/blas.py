@@ -53,7 +53,7 @@ def _library() -> ctypes.CDLL:
         lib_dir.glob("libscipy_openblas*.dylib"))
     if not candidates:
         raise ImportError(f"no OpenBLAS library found in {lib_dir}")
-    if "OPENBLAS_CORETYPE" not in os.environ and _AVX512_FLAGS <= _cpu_flags():
+    if "OPENBLAS_CORETYPE" not in os.environ and _cpu_flags() >= _AVX512_FLAGS:
         os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
     path = candidates[0]
     lib = ctypes.CDLL(str(path))

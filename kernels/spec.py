@@ -1,4 +1,4 @@
-"""`ConvSpec`: the one description of a convolution that every algorithm, cost and plan refers to."""
+"""`ConvSpec`: the one description of a convolution that algorithms, costs and plans refer to."""
 
 from __future__ import annotations
 

@@ -118,6 +118,7 @@ class Winograd2x2(_Winograd):
     summary = "F(2x2,3x3): 16 GEMMs M x tiles x C on 4x4 transformed tiles"
     workspace_formula = "(2*16*C/g + 16*M/g) * tiles, tiles = ceil(Ho/2)*ceil(Wo/2)"
     tolerance = 3e-5
+    error_neighbourhood = 1
     tile = 2
     matrices = _F2
 
@@ -130,5 +131,6 @@ class Winograd4x4(_Winograd):
     summary = "F(4x4,3x3): 36 GEMMs M x tiles x C on 6x6 transformed tiles"
     workspace_formula = "(2*max(36*C/g, 24*M/g) + 36*M/g) * tiles, tiles = ceil(Ho/4)*ceil(Wo/4)"
     tolerance = 5e-4
+    error_neighbourhood = 3
     tile = 4
     matrices = _F4

@@ -1,0 +1,64 @@
+"""Hypothesis strategies for convolution specs, and fitting a spec to what an algorithm runs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import strategies as st
+
+from kernels import ConvSpec
+from kernels.base import ConvAlgorithm
+
+KERNELS = [1, 2, 3, 3, 3, 4, 5, 6, 7, 11]
+
+
+@st.composite
+def conv_specs(draw, max_side: int = 18) -> ConvSpec:
+    """Odd and even sizes, stride 1-4, kernels 1-7 and 11, asymmetric padding, dilation 1-3,
+    groups 1-3 (sometimes depthwise), batch 1-3."""
+    kh = draw(st.sampled_from(KERNELS))
+    kw = draw(st.sampled_from([kh, kh, kh, *KERNELS]))
+    stride = draw(st.sampled_from([(1, 1), (1, 1), (2, 2), (3, 3), (4, 4), (1, 2), (3, 1)]))
+    dilation = draw(st.sampled_from([(1, 1), (1, 1), (1, 1), (2, 2), (3, 1), (1, 2)]))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    if draw(st.integers(0, 4)) == 0:
+        groups = draw(st.integers(2, 6))
+        c = m = groups
+    else:
+        groups = draw(st.integers(1, 3))
+        c = groups * draw(st.integers(1, 5))
+        m = groups * draw(st.integers(1, 5))
+    n = draw(st.integers(1, 3))
+    min_h = max(1, dilation[0] * (kh - 1) + 1 - padding[0] - padding[2])
+    min_w = max(1, dilation[1] * (kw - 1) + 1 - padding[1] - padding[3])
+    h = draw(st.integers(min_h, max(min_h, max_side)))
+    w = draw(st.integers(min_w, max(min_w, max_side)))
+    return ConvSpec(n=n, c=c, h=h, w=w, m=m, kh=kh, kw=kw, stride=stride, padding=padding,
+                    dilation=dilation, groups=groups)
+
+
+def fit(spec: ConvSpec, algorithm: ConvAlgorithm) -> ConvSpec | None:
+    """The spec itself when the algorithm runs it, else the first of a chain of simplifications
+    it does run (stride 1, dilation 1, a 3x3 kernel, a 1x1 unpadded kernel, depthwise)."""
+    replace = dataclasses.replace
+
+    def valid(**changes):
+        try:
+            return replace(spec, **changes)
+        except ValueError:
+            return None
+
+    pad3 = tuple(min(p, 1) for p in spec.padding)
+    candidates = [
+        spec,
+        valid(stride=(1, 1)),
+        valid(stride=(1, 1), dilation=(1, 1)),
+        valid(stride=(1, 1), dilation=(1, 1), kh=3, kw=3, padding=pad3,
+              h=max(spec.h, 3), w=max(spec.w, 3)),
+        valid(kh=1, kw=1, padding=(0, 0, 0, 0)),
+        valid(c=spec.c, m=spec.c, groups=spec.c),
+    ]
+    for candidate in candidates:
+        if candidate is not None and algorithm.supports(candidate):
+            return candidate
+    return None
