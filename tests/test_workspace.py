@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import tracemalloc
 
 import numpy as np
 import pytest
 from strategies import fit
 
 from kernels import ConvSpec, registry
+from kernels.measure import peak_allocation
 
 SLACK = 64 * 1024
 SPECS = [
@@ -34,14 +34,7 @@ def measure_workspace(algorithm, spec: ConvSpec, seed: int = 0) -> int:
     prepared = algorithm.prepare(w, rng.standard_normal(spec.m).astype(spec.dtype), spec)
     out = np.empty(spec.output_shape(algorithm.output_layout), dtype=spec.dtype)
     algorithm.run(x, prepared, spec, out=out)  # warm caches of lazily created objects
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        algorithm.run(x, prepared, spec, out=out)
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    return peak_allocation(lambda: algorithm.run(x, prepared, spec, out=out))
 
 
 def _cases():
