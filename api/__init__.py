@@ -1,0 +1,1 @@
+"""convplan.api: the `convplan` command line (and, later, the HTTP service)."""

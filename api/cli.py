@@ -1,0 +1,142 @@
+"""The `convplan` command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kernels import ConvSpec, blas, registry
+from kernels.layout import convert
+from kernels.measure import peak_allocation
+from profiles.timing import median_time
+from selector.layers import paper_layer, paper_layers
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Choose GEMM-based convolution algorithms per layer under a memory cap.")
+console = Console(width=None if Console().is_terminal else 120)
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def algorithms(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+               ) -> None:
+    """List the registered convolution algorithms."""
+    rows = [a.describe() for a in registry.all_algorithms()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="convolution algorithms")
+    for column in ("name", "layout", "supports", "workspace (elements)"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], f"{row['input_layout']} -> {row['output_layout']}",
+                      row["supports"], row["workspace"])
+    console.print(table)
+    console.print("(--json adds what each one does)")
+
+
+def _parse_spec(text: str) -> ConvSpec:
+    """``c=128,h=56,w=56,m=256,k=3,stride=1,pad=1[,n=1,groups=1,dilation=1]``"""
+    fields: dict[str, object] = {}
+    try:
+        for item in text.split(","):
+            key, value = item.split("=")
+            fields[key.strip()] = int(value)
+    except ValueError:
+        raise ValueError(f"cannot read layer {text!r}: use a paper layer name "
+                         "(see --list) or key=value pairs like c=64,h=56,w=56,m=64,k=3,pad=1")
+    k = fields.pop("k", None)
+    if k is not None:
+        fields.setdefault("kh", k)
+        fields.setdefault("kw", k)
+    if "pad" in fields:
+        fields["padding"] = fields.pop("pad")
+    fields.setdefault("n", 1)
+    try:
+        return ConvSpec(**fields)  # type: ignore[arg-type]
+    except TypeError as error:
+        raise ValueError(f"cannot read layer {text!r}: {error}") from None
+
+
+@app.command()
+def compare(
+    layer: Annotated[str, typer.Argument(help="A paper layer (vgg16:conv3_1) or c=..,h=..,...")
+                     ] = "vgg16:conv3_1",
+    threads: Annotated[int | None, typer.Option(help="BLAS threads (default: all cores).")
+                       ] = None,
+    list_layers: Annotated[bool, typer.Option("--list", help="List the paper layers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run every applicable algorithm on one layer: time, GFLOP/s, workspace, error."""
+    if list_layers:
+        for name, spec in paper_layers().items():
+            console.print(f"{name:22s} {spec.describe()}")
+        return
+    try:
+        spec = paper_layer(layer) if ":" in layer else _parse_spec(layer)
+    except ValueError as error:
+        _fail(str(error))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.input_shape()).astype(np.float32)
+    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
+    b = rng.standard_normal(spec.m).astype(np.float32)
+    direct = registry.get("direct")
+    spec64 = ConvSpec(**{**_fields(spec), "dtype": "float64"})
+    reference = direct.run(x.astype(np.float64), direct.prepare(w.astype(np.float64),
+                                                              b.astype(np.float64), spec64), spec64)
+    rows = []
+    with blas.threads(threads):
+        for algorithm in registry.applicable(spec):
+            prepared = algorithm.prepare(w, b, spec)
+            x_in = convert(x, "NCHW", algorithm.input_layout)
+            out = np.empty(spec.output_shape(algorithm.output_layout), np.float32)
+            seconds = median_time(lambda a=algorithm, p=prepared, xi=x_in, o=out:
+                                  a.run(xi, p, spec, out=o), budget_s=1.0)
+            measured = peak_allocation(lambda a=algorithm, p=prepared, xi=x_in, o=out:
+                                       a.run(xi, p, spec, out=o), repeats=1)
+            error = float(np.abs(convert(out, algorithm.output_layout, "NCHW")
+                                 - reference).max())
+            rows.append({"algorithm": algorithm.name,
+                         "layout": f"{algorithm.input_layout}->{algorithm.output_layout}",
+                         "time_ms": seconds * 1e3, "gflops": spec.flops / seconds / 1e9,
+                         "workspace_bytes": algorithm.workspace_bytes(spec),
+                         "measured_workspace_bytes": measured, "max_abs_error": error})
+    if as_json:
+        print(json.dumps({"layer": layer, "spec": spec.key(), "threads": threads, "rows": rows},
+                         indent=2))
+        return
+    table = Table(title=f"{layer}: {spec.describe()}, {spec.flops / 1e9:.3f} GFLOP")
+    for column in ("algorithm", "layout", "ms", "GFLOP/s", "workspace", "measured",
+                   "max |error|"):
+        table.add_column(column, justify="left" if column in ("algorithm", "layout") else "right")
+    for row in sorted(rows, key=lambda r: r["time_ms"]):
+        table.add_row(row["algorithm"], row["layout"], f"{row['time_ms']:.2f}",
+                      f"{row['gflops']:.1f}", _bytes(row["workspace_bytes"]),
+                      _bytes(row["measured_workspace_bytes"]), f"{row['max_abs_error']:.1e}")
+    console.print(table)
+
+
+def _fields(spec: ConvSpec) -> dict[str, object]:
+    return {k: getattr(spec, k) for k in ("n", "c", "h", "w", "m", "kh", "kw", "stride",
+                                          "padding", "dilation", "groups", "dtype")}
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+if __name__ == "__main__":
+    app()
