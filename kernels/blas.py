@@ -8,10 +8,13 @@ We call the OpenBLAS shipped by the ``scipy-openblas32`` wheel (symbols prefixed
 through ctypes. Thread count is set for every BLAS in the process at once with threadpoolctl
 (`threads`, `set_threads`).
 
-On CPUs with AVX-512 that the bundled OpenBLAS does not recognise (it falls back to its AVX2
-"Haswell" kernels, half the FMA width), we ask for its AVX-512 "SkylakeX" kernels through
-``OPENBLAS_CORETYPE`` before loading it, unless the user has set that variable. On a Zen 5 test
-machine this doubled the SGEMM rate (131 -> 242 GFLOP/s on one thread).
+This OpenBLAS is convplan's own (nothing else loads it), so convplan picks its kernels:
+``CONVPLAN_BLAS_CORETYPE`` names an OpenBLAS core type; unset or ``auto`` means the AVX-512
+"SkylakeX" kernels on CPUs with AVX-512 and OpenBLAS's own choice otherwise; ``openblas`` means
+OpenBLAS's own choice (which honours ``OPENBLAS_CORETYPE``). Why: OpenBLAS 0.3.34 does not know
+Zen 5 and falls back to its AVX2 "Haswell" kernels, half the FMA width; on a Zen 5 test machine
+SkylakeX doubled the SGEMM rate (131 -> 242 GFLOP/s on one thread). ``OPENBLAS_CORETYPE`` is
+changed only while the library loads, so NumPy's own OpenBLAS is not affected.
 """
 
 from __future__ import annotations
@@ -53,10 +56,22 @@ def _library() -> ctypes.CDLL:
         lib_dir.glob("libscipy_openblas*.dylib"))
     if not candidates:
         raise ImportError(f"no OpenBLAS library found in {lib_dir}")
-    if "OPENBLAS_CORETYPE" not in os.environ and _cpu_flags() >= _AVX512_FLAGS:
-        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    path = candidates[0]
-    lib = ctypes.CDLL(str(path))
+    choice = os.environ.get("CONVPLAN_BLAS_CORETYPE", "auto")
+    coretype = None
+    if choice == "auto":
+        coretype = "SkylakeX" if _cpu_flags() >= _AVX512_FLAGS else None
+    elif choice != "openblas":
+        coretype = choice
+    saved = os.environ.get("OPENBLAS_CORETYPE")
+    if coretype:
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+    try:
+        lib = ctypes.CDLL(str(candidates[0]))
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = saved
     i, p = ctypes.c_int, ctypes.c_void_p
     for prefix, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
         fn = getattr(lib, f"scipy_cblas_{prefix}gemm")
