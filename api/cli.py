@@ -52,8 +52,8 @@ def _parse_spec(text: str) -> ConvSpec:
             key, value = item.split("=")
             fields[key.strip()] = int(value)
     except ValueError:
-        raise ValueError(f"cannot read layer {text!r}: use a paper layer name "
-                         "(see --list) or key=value pairs like c=64,h=56,w=56,m=64,k=3,pad=1")
+        raise ValueError(f"cannot read layer {text!r}: use a paper layer name (see --list) or "
+                         "key=value pairs like c=64,h=56,w=56,m=64,k=3,pad=1") from None
     k = fields.pop("k", None)
     if k is not None:
         fields.setdefault("kh", k)

@@ -19,11 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from kernels import blas, registry  # noqa: E402
-from kernels.layout import convert  # noqa: E402
-from kernels.measure import peak_allocation  # noqa: E402
-from profiles.timing import median_time  # noqa: E402
-from selector.layers import paper_layer  # noqa: E402
+from kernels import blas, registry
+from kernels.layout import convert
+from kernels.measure import peak_allocation
+from profiles.timing import median_time
+from selector.layers import paper_layer
 
 LAYERS = ["alexnet:conv1", "alexnet:conv2", "alexnet:conv3", "vgg16:conv1_2", "vgg16:conv3_1",
           "vgg16:conv5_1", "googlenet:inception_3a/1x1", "googlenet:inception_3a/3x3",
@@ -87,8 +87,8 @@ def main() -> None:
             x_in = convert(x, "NCHW", algorithm.input_layout)
             out = np.empty(spec.output_shape(algorithm.output_layout), np.float32)
 
-            def run(a=algorithm, p=prepared, xi=x_in, o=out):
-                a.run(xi, p, spec, out=o)
+            def run(a=algorithm, p=prepared, xi=x_in, o=out, sp=spec):
+                a.run(xi, p, sp, out=o)
 
             times = {}
             for t in THREADS:
@@ -145,7 +145,8 @@ def report(results, rates) -> str:
     lines += ["## Targets", "",
               "kn2row-as and kn2row-aa time / im2col time on the stride-1 3x3 and 5x5 layers "
               "(target: <= 1.10):", "",
-              "| layer | threads | kn2row-as / im2col | kn2row-aa / im2col |", "|---|---:|---:|---:|"]
+              "| layer | threads | kn2row-as / im2col | kn2row-aa / im2col |",
+              "|---|---:|---:|---:|"]
     for name, t, as_ratio, aa_ratio in low_memory:
         lines.append(f"| {name} | {t} | {as_ratio:.2f} | {aa_ratio:.2f} |")
     met = sum(a <= 1.10 and b <= 1.10 for _, _, a, b in low_memory)

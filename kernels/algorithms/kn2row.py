@@ -125,14 +125,15 @@ class Kn2rowAa(_Kn2Base):
     cancelled by saving those few output columns before the GEMM and restoring them after:
     O(M * rows_per_block * |column shift|) bytes. Otherwise each output row is its own GEMM.
     Rows are processed in blocks of about `block_bytes` of output so a block stays in cache
-    across all K*K taps: the paper's locality edge.
+    across all K*K taps: the paper's locality edge. 1 MiB measured best (with 4 MiB) on the
+    paper's layers, 1.2-1.6x faster than 256 KiB, and keeps the edge buffer small.
     """
 
     name = "kn2row-aa"
     input_layout = output_layout = "NCHW"
     summary = "per tap: GEMM accumulates (beta=1) into the displaced output window"
     workspace_formula = "(M/g) * (R - 1) * max column shift, R = rows per block (a few KiB)"
-    block_bytes = 256 * 1024
+    block_bytes = 1024 * 1024
 
     def block_rows(self, spec: ConvSpec) -> int:
         """Output rows per block (1 when input and output rows differ in length)."""
@@ -171,12 +172,15 @@ class Kn2rowAa(_Kn2Base):
                 i_start = (rows.i0 + ya - rows.o0) * wi + cols.i0
                 inner = yb - ya - 1  # rows whose edges the flat window wraps over
                 left, right = x0, wo - x1
-                if inner and (left or right):
-                    # out[:, ya+1:yb, :x0] and out[:, ya:yb-1, x1:] receive wrapped input
+                # out[:, ya+1:yb, :x0] and out[:, ya:yb-1, x1:] receive wrapped input
+                save_left, save_right = inner and left, inner and right
+                if save_left:
                     np.copyto(edges[:, :inner, :left], out[:, ya + 1:yb, :x0])
+                if save_right:
                     np.copyto(edges[:, :inner, left:left + right], out[:, ya:yb - 1, x1:])
                 gemm(w[r, s], x_flat[:, i_start:i_start + length],
                      out_flat[:, o_start:o_start + length], beta=1.0)
-                if inner and (left or right):
+                if save_left:
                     np.copyto(out[:, ya + 1:yb, :x0], edges[:, :inner, :left])
+                if save_right:
                     np.copyto(out[:, ya:yb - 1, x1:], edges[:, :inner, left:left + right])
