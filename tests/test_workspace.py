@@ -3,15 +3,13 @@ during run() is never above it and not far below it (within 25% + 64 KiB)."""
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 import numpy as np
 import pytest
 from strategies import fit
 
 from kernels import ConvSpec, registry
 from kernels.measure import peak_allocation
+from selector.layers import paper_layer
 
 SLACK = 64 * 1024
 SPECS = [
@@ -56,20 +54,8 @@ def test_prediction_is_a_tight_upper_bound(name: str, spec: ConvSpec) -> None:
     assert predicted <= 1.25 * measured + SLACK, f"{name}: predicted {predicted} >> {measured}"
 
 
-def _paper_layer(network: str, layer: str) -> ConvSpec:
-    path = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_layers.json"
-    if path.exists():
-        rows = json.loads(path.read_text())["layers"]
-        row = next(r for r in rows if r["network"] == network and r["layer"] == layer)
-        return ConvSpec(n=1, c=row["c"], h=row["h"], w=row["w"], m=row["m"], kh=row["kh"],
-                        kw=row["kw"], stride=row["stride"], padding=row["pad"],
-                        groups=row["groups"])
-    assert (network, layer) == ("vgg16", "conv3_1")
-    return ConvSpec(n=1, c=128, h=56, w=56, m=256, kh=3, kw=3, padding=1)
-
-
 def test_the_papers_memory_claims_on_vgg16_conv3_1() -> None:
-    spec = _paper_layer("vgg16", "conv3_1")
+    spec = paper_layer("vgg16:conv3_1")
     mhw = spec.m * spec.ho * spec.wo * 4
     patches = spec.kh * spec.kw * spec.c * spec.ho * spec.wo * 4
     aa = measure_workspace(registry.get("kn2row-aa"), spec)
@@ -87,3 +73,11 @@ def test_kn2row_aa_never_copies_a_strided_view() -> None:
     algorithm = registry.get("kn2row-aa")
     assert algorithm.workspace_shapes(spec) == {}
     assert measure_workspace(algorithm, spec) < 16 * 1024
+
+
+@pytest.mark.parametrize(("name", "spec"), list(_cases()))
+def test_prepared_bytes_are_predicted(name: str, spec: ConvSpec) -> None:
+    algorithm = registry.get(name)
+    w = np.ones(spec.weight_shape, dtype=spec.dtype)
+    prepared = algorithm.prepare(w, np.ones(spec.m, dtype=spec.dtype), spec)
+    assert prepared.nbytes == algorithm.prepared_bytes(spec)
