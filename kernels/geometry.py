@@ -52,7 +52,8 @@ def col_span(spec: ConvSpec, s: int) -> Span:
     return span(spec.w, spec.wo, spec.stride[1], s * spec.dilation[1] - spec.padding[1])
 
 
-def _index(rows: slice, cols: slice, channels_last: bool) -> tuple[slice, slice, slice]:
+def window_index(rows: slice, cols: slice, channels_last: bool) -> tuple[slice, slice, slice]:
+    """Index of a spatial window in a (C, H, W) array, or in an (H, W, C) one."""
     everything = slice(None)
     return (rows, cols, everything) if channels_last else (everything, rows, cols)
 
@@ -65,20 +66,20 @@ def copy_window(dst: np.ndarray, src: np.ndarray, rows: Span, cols: Span,
     patch-building algorithm builds its patches: no padded copy of the input is ever made.
     """
     if rows.count and cols.count:
-        np.copyto(dst[_index(rows.out, cols.out, channels_last)],
-                  src[_index(rows.inp, cols.inp, channels_last)])
+        np.copyto(dst[window_index(rows.out, cols.out, channels_last)],
+                  src[window_index(rows.inp, cols.inp, channels_last)])
     everything = slice(None)
     for r, c in ((slice(0, rows.o0), everything), (slice(rows.o1, None), everything),
                  (rows.out, slice(0, cols.o0)), (rows.out, slice(cols.o1, None))):
-        dst[_index(r, c, channels_last)] = 0
+        dst[window_index(r, c, channels_last)] = 0
 
 
 def add_window(dst: np.ndarray, src: np.ndarray, rows: Span, cols: Span,
                channels_last: bool = False) -> None:
     """``dst[outputs the tap reaches] += src[the input positions they read]``, in place."""
     if rows.count and cols.count:
-        view = dst[_index(rows.out, cols.out, channels_last)]
-        np.add(view, src[_index(rows.inp, cols.inp, channels_last)], out=view)
+        view = dst[window_index(rows.out, cols.out, channels_last)]
+        np.add(view, src[window_index(rows.inp, cols.inp, channels_last)], out=view)
 
 
 def as_matrix(x: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..base import ConvAlgorithm
 from ..blas import gemm
-from ..geometry import add_window, as_matrix, col_span, row_span
+from ..geometry import add_window, as_matrix, col_span, row_span, window_index
 from ..registry import register
 from ..spec import ConvSpec
 
@@ -134,6 +134,7 @@ class Kn2rowAa(_Kn2Base):
     summary = "per tap: GEMM accumulates (beta=1) into the displaced output window"
     workspace_formula = "(M/g) * (R - 1) * max column shift, R = rows per block (a few KiB)"
     block_bytes = 1024 * 1024
+    channels_last = False
 
     def block_rows(self, spec: ConvSpec) -> int:
         """Output rows per block (1 when input and output rows differ in length)."""
@@ -147,15 +148,22 @@ class Kn2rowAa(_Kn2Base):
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         rows, wrap = self.block_rows(spec) - 1, self._wrap(spec)
-        return {"edges": (spec.mg, rows, wrap)} if rows and wrap else {}
+        if not (rows and wrap):
+            return {}
+        return {"edges": (rows, wrap, spec.mg) if self.channels_last else (spec.mg, rows, wrap)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        if self.channels_last:
+            return w.transpose(0, 3, 4, 2, 1)  # (g, kh, kw, cg, mg)
         return w.transpose(0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         wi, wo = spec.w, spec.wo
-        x_flat = as_matrix(x, spec.cg, spec.h * wi)
-        out_flat = as_matrix(out, spec.mg, spec.ho * wo)
+        last = self.channels_last
+        pixels_in, pixels_out = spec.h * wi, spec.ho * wo
+        x_flat = as_matrix(x, pixels_in, spec.cg) if last else as_matrix(x, spec.cg, pixels_in)
+        out_flat = (as_matrix(out, pixels_out, spec.mg) if last
+                    else as_matrix(out, spec.mg, pixels_out))
         edges = ws.get("edges")
         block = self.block_rows(spec)
         spans = [(r, s, row_span(spec, r), col_span(spec, s))
@@ -168,19 +176,34 @@ class Kn2rowAa(_Kn2Base):
                     continue
                 x0, x1 = cols.o0, cols.o1
                 length = (yb - ya - 1) * wo + (x1 - x0)
-                o_start = ya * wo + x0
+                o = slice(ya * wo + x0, ya * wo + x0 + length)
                 i_start = (rows.i0 + ya - rows.o0) * wi + cols.i0
+                i = slice(i_start, i_start + length)
                 inner = yb - ya - 1  # rows whose edges the flat window wraps over
                 left, right = x0, wo - x1
-                # out[:, ya+1:yb, :x0] and out[:, ya:yb-1, x1:] receive wrapped input
-                save_left, save_right = inner and left, inner and right
-                if save_left:
-                    np.copyto(edges[:, :inner, :left], out[:, ya + 1:yb, :x0])
-                if save_right:
-                    np.copyto(edges[:, :inner, left:left + right], out[:, ya:yb - 1, x1:])
-                gemm(w[r, s], x_flat[:, i_start:i_start + length],
-                     out_flat[:, o_start:o_start + length], beta=1.0)
-                if save_left:
-                    np.copyto(out[:, ya + 1:yb, :x0], edges[:, :inner, :left])
-                if save_right:
-                    np.copyto(out[:, ya:yb - 1, x1:], edges[:, :inner, left:left + right])
+                # out[ya+1:yb, :x0] and out[ya:yb-1, x1:] (spatially) receive wrapped input
+                saved = []
+                if inner and left:
+                    saved.append((window_index(slice(ya + 1, yb), slice(0, x0), last),
+                                  window_index(slice(0, inner), slice(0, left), last)))
+                if inner and right:
+                    saved.append((window_index(slice(ya, yb - 1), slice(x1, wo), last),
+                                  window_index(slice(0, inner), slice(left, left + right), last)))
+                for place, keep in saved:
+                    np.copyto(edges[keep], out[place])
+                if last:
+                    gemm(x_flat[i], w[r, s], out_flat[o], beta=1.0)
+                else:
+                    gemm(w[r, s], x_flat[:, i], out_flat[:, o], beta=1.0)
+                for place, keep in saved:
+                    np.copyto(out[place], edges[keep])
+
+
+@register
+class Kn2rowAaNhwc(Kn2rowAa):
+    """kn2row-aa in the pixel-major layout: out[pixels, M] += In[displaced pixels, C] . W_rs^T."""
+
+    name = "kn2row-aa-nhwc"
+    input_layout = output_layout = "NHWC"
+    summary = "kn2row-aa, pixel-major: GEMM HW x M x C per tap into the displaced output rows"
+    channels_last = True
