@@ -28,7 +28,3 @@ def convert(x: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:
         return x
     return np.ascontiguousarray(x.transpose(_PERMUTATION[(src, dst)]))
 
-
-def transform_bytes(shape: tuple[int, ...], itemsize: int) -> int:
-    """Bytes of the temporary copy `convert` makes between two different layouts."""
-    return int(np.prod(shape)) * itemsize

@@ -130,10 +130,6 @@ class ConvSpec:
             return (self.n, self.m, self.ho, self.wo)
         return (self.n, self.ho, self.wo, self.m)
 
-    @property
-    def is_depthwise(self) -> bool:
-        return self.groups == self.c == self.m and self.groups > 1
-
     def key(self) -> str:
         """A stable string naming this spec, used as the cost-store key."""
         t, l, b, r = self.padding
