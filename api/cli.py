@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated
 
@@ -90,7 +91,7 @@ def compare(
     w = rng.standard_normal(spec.weight_shape).astype(np.float32)
     b = rng.standard_normal(spec.m).astype(np.float32)
     direct = registry.get("direct")
-    spec64 = ConvSpec(**{**_fields(spec), "dtype": "float64"})
+    spec64 = dataclasses.replace(spec, dtype="float64")
     reference = direct.run(x.astype(np.float64), direct.prepare(w.astype(np.float64),
                                                               b.astype(np.float64), spec64), spec64)
     rows = []
@@ -123,11 +124,6 @@ def compare(
                       f"{row['gflops']:.1f}", _bytes(row["workspace_bytes"]),
                       _bytes(row["measured_workspace_bytes"]), f"{row['max_abs_error']:.1e}")
     console.print(table)
-
-
-def _fields(spec: ConvSpec) -> dict[str, object]:
-    return {k: getattr(spec, k) for k in ("n", "c", "h", "w", "m", "kh", "kw", "stride",
-                                          "padding", "dilation", "groups", "dtype")}
 
 
 def _bytes(n: int) -> str:

@@ -101,21 +101,22 @@ def get_threads() -> int:
     return int(_library().scipy_openblas_get_num_threads())
 
 
-def set_threads(n: int | None) -> None:
-    """Set the BLAS thread count of every BLAS in the process (None: all cores)."""
+def _limits(n: int | None):
     from threadpoolctl import threadpool_limits
 
-    _library()  # make sure threadpoolctl can see our OpenBLAS
-    threadpool_limits(limits=n if n is not None else os.cpu_count() or 1, user_api="blas")
+    _library()  # loaded first, so threadpoolctl sees our OpenBLAS too
+    return threadpool_limits(limits=n if n is not None else os.cpu_count() or 1, user_api="blas")
+
+
+def set_threads(n: int | None) -> None:
+    """Set the thread count of every BLAS in the process (None: all cores)."""
+    _limits(n)
 
 
 @contextmanager
 def threads(n: int | None) -> Iterator[None]:
     """Run a block with ``n`` BLAS threads (None: all cores), then restore the previous counts."""
-    from threadpoolctl import threadpool_limits
-
-    _library()
-    with threadpool_limits(limits=n if n is not None else os.cpu_count() or 1, user_api="blas"):
+    with _limits(n):
         yield
 
 

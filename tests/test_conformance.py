@@ -3,6 +3,8 @@ so a new algorithm is tested without touching this file)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -54,8 +56,6 @@ def test_matches_reference(name: str, spec: ConvSpec, seed: int, bias: bool) -> 
 @pytest.mark.parametrize("name", ALGORITHMS)
 @given(spec=conv_specs(max_side=10), seed=st.integers(0, 2**16))
 def test_float64(name: str, spec: ConvSpec, seed: int) -> None:
-    import dataclasses
-
     fitted = fit(spec, registry.get(name))
     assume(fitted is not None)
     _check(name, dataclasses.replace(fitted, dtype="float64"), seed, bias=True)
