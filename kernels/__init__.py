@@ -1,6 +1,6 @@
 """convplan.kernels: convolution algorithms, the BLAS wrapper, layouts. Depends on NumPy only."""
 
-from . import algorithms, blas, registry
+from . import algorithms, blas, operators, registry
 from .base import ConvAlgorithm, Prepared
 from .conv import conv2d, default_algorithm
 from .spec import LAYOUTS, ConvSpec, Layout
@@ -15,5 +15,6 @@ __all__ = [
     "blas",
     "conv2d",
     "default_algorithm",
+    "operators",
     "registry",
 ]

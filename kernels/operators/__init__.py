@@ -1,0 +1,8 @@
+"""Operators other than convolution, found by op name through `registry`."""
+
+# isort: skip_file
+from . import conv, elementwise  # noqa: F401  (registers)
+from .base import Operator, Shape
+from .registry import make, names, operator_class, register
+
+__all__ = ["Operator", "Shape", "make", "names", "operator_class", "register"]
