@@ -26,7 +26,7 @@ def operator_class(op: str) -> type[Operator]:
     try:
         return _OPERATORS[op]
     except KeyError:
-        raise ValueError(f"unknown operator {op!r}; known: conv, {', '.join(_OPERATORS)}") from None
+        raise ValueError(f"unknown operator {op!r}; known: {', '.join(_OPERATORS)}") from None
 
 
 def make(op: str, **attrs: Any) -> Operator:
