@@ -88,9 +88,9 @@ class ConvAlgorithm(ABC):
         buffers = sum(int(np.prod(s)) for s in self.workspace_shapes(spec).values())
         return buffers * spec.itemsize + run_overhead_bytes(spec.itemsize)
 
-    def prepared_bytes(self, spec: ConvSpec) -> int:
+    def prepared_bytes(self, spec: ConvSpec, bias: bool = True) -> int:
         """Bytes of the prepared (persistent) weights and bias."""
-        return self.prepare_shape_elements(spec) * spec.itemsize + spec.m * spec.itemsize
+        return (self.prepare_shape_elements(spec) + (spec.m if bias else 0)) * spec.itemsize
 
     def prepare_shape_elements(self, spec: ConvSpec) -> int:
         return spec.m * spec.cg * spec.kh * spec.kw
