@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -15,7 +16,10 @@ from kernels import ConvSpec, blas, registry
 from kernels.layout import convert
 from kernels.measure import peak_allocation
 from profiles.timing import median_time
+from selector import zoo
 from selector.layers import paper_layer, paper_layers
+from selector.network import Network, NetworkError
+from selector.runner import RunReport, run_network
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Choose GEMM-based convolution algorithms per layer under a memory cap.")
@@ -124,6 +128,127 @@ def compare(
                       f"{row['gflops']:.1f}", _bytes(row["workspace_bytes"]),
                       _bytes(row["measured_workspace_bytes"]), f"{row['max_abs_error']:.1e}")
     console.print(table)
+
+
+@app.command()
+def networks(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+             ) -> None:
+    """List the built-in networks."""
+    rows = []
+    for name in zoo.names():
+        light = zoo.PAPER_NETWORKS.get(name, name.removeprefix("onnx:"))
+        source = ("described in convplan (seeded weights)" if light is None
+                  else f"onnx light model {light}")
+        rows.append({"name": name, "source": source})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="built-in networks (also: a .json description or an .onnx file)")
+    table.add_column("name")
+    table.add_column("source")
+    for row in rows:
+        table.add_row(row["name"], row["source"])
+    console.print(table)
+
+
+def _read_inputs(path: Path, network: Network) -> dict[str, np.ndarray]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise NetworkError(f"cannot read input {path}: {error}") from None
+    if isinstance(loaded, np.ndarray):
+        if len(network.inputs) != 1:
+            raise NetworkError(f"the network has {len(network.inputs)} inputs; give an .npz "
+                               f"with arrays named {', '.join(network.inputs)}")
+        return {next(iter(network.inputs)): loaded}
+    with loaded:
+        return {k: loaded[k] for k in loaded.files}
+
+
+def _read_plan(path: Path) -> dict[str, str]:
+    try:
+        plan = json.loads(path.read_text())
+        assignment = plan["assignment"]
+        if not isinstance(assignment, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in assignment.items()):
+            raise TypeError
+    except OSError as error:
+        raise NetworkError(f"cannot read plan {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise NetworkError(f"{path} is not a plan: expected JSON with an \"assignment\" object "
+                           "mapping conv layer names to algorithm names") from None
+    return assignment
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(
+        help="A built-in network (convplan networks), a .json description or an .onnx file.")],
+    algorithm: Annotated[str | None, typer.Option(
+        help="One algorithm for every convolution (layers it cannot run use the default).")
+    ] = None,
+    plan: Annotated[Path | None, typer.Option(help="A plan: JSON with an \"assignment\".")
+                    ] = None,
+    input_path: Annotated[Path | None, typer.Option(
+        "--input", help="Input .npy (or .npz by input name); default: seeded random.")] = None,
+    output_path: Annotated[Path | None, typer.Option(
+        "--output", help="Write the output to this .npy (.npz when several).")] = None,
+    threads: Annotated[int | None, typer.Option(help="BLAS threads (default: all cores).")
+                       ] = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs (the median is reported).")
+                      ] = 1,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Compare with onnxruntime (or onnx's ReferenceEvaluator).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a network: time, measured vs predicted peak memory, per-layer steps."""
+    if algorithm is not None and plan is not None:
+        _fail("give --algorithm or --plan, not both")
+    try:
+        network = zoo.load_network(model)
+        assignment = _read_plan(plan) if plan is not None else None
+        inputs = _read_inputs(input_path, network) if input_path is not None else None
+        report = run_network(network, inputs, assignment=assignment, algorithm=algorithm,
+                             strict=plan is not None, threads=threads, repeat=repeat,
+                             check=check)
+    except ValueError as error:     # NetworkError and every bad-argument error
+        _fail(str(error))
+    if output_path is not None:
+        try:
+            if len(report.outputs) == 1:
+                np.save(output_path, next(iter(report.outputs.values())))
+            else:
+                np.savez(output_path, **report.outputs)
+        except OSError as error:
+            _fail(f"cannot write {output_path}: {error.strerror}")
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    _print_run(report)
+
+
+def _print_run(report: RunReport) -> None:
+    table = Table(title=f"{report.network}: {len(report.layers)} steps, "
+                        f"{report.threads} thread(s)")
+    for column in ("step", "op", "algorithm", "layout", "ms", "workspace", "live"):
+        table.add_column(column, justify="right" if column in ("ms", "workspace", "live")
+                         else "left")
+    for layer in report.layers:
+        table.add_row(layer.name, layer.op, layer.algorithm or "", layer.layout,
+                      f"{layer.time_s * 1e3:.2f}", _bytes(layer.workspace_bytes),
+                      _bytes(layer.live_bytes))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    ratio = report.predicted_peak_bytes / max(report.measured_peak_bytes, 1)
+    console.print(f"time {report.time_s * 1e3:.1f} ms | peak memory: measured "
+                  f"{_bytes(report.measured_peak_bytes)}, predicted "
+                  f"{_bytes(report.predicted_peak_bytes)} (x{ratio:.3f}, at {report.peak_step}) "
+                  f"| prepared weights {_bytes(report.prepared_bytes)}, original weights "
+                  f"{_bytes(report.weight_bytes)} (not counted)")
+    if report.max_abs_error is not None:
+        console.print(f"check against {report.reference}: max |error| "
+                      f"{report.max_abs_error:.2e} ({report.max_rel_error:.1e} of max |output|)")
 
 
 def _bytes(n: int) -> str:

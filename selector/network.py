@@ -19,6 +19,7 @@ import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import networkx as nx
@@ -108,6 +109,8 @@ class Network:
     shapes: dict[str, Shape]
     graph: nx.DiGraph
     seed: int = 0
+    #: The ONNX file the network was imported from, if any (the reference check runs it).
+    source: Path | None = None
 
     # -- building ----------------------------------------------------------------------------
     @classmethod

@@ -97,10 +97,12 @@ class _Importer:
             listed = ", ".join(f"{op} (x{n})" if n > 1 else op
                                for op, n in sorted(self.unsupported.items()))
             raise NetworkError(f"the model uses operators convplan does not support: {listed}")
-        outputs = [self.tensor(o.name) for o in graph.output]
+        outputs = [o.name for o in graph.output]
         for o in outputs:
-            if o not in self.shapes:
+            if self.tensor(o) not in self.shapes:
                 raise NetworkError(f"model output {o!r} is a constant, not computed from the input")
+            if self.tensor(o) != o:     # an output that is an alias keeps its ONNX name
+                self.emit("identity", [o], [o], name=o)
         layers = _fold_affine(self.layers, self.weights, set(outputs))
         description = {"name": self.name, "inputs": [{"name": k, "shape": list(v)}
                                                      for k, v in inputs.items()],
@@ -658,7 +660,10 @@ def load_onnx(source: str | Path | bytes, name: str | None = None,
     if not model.HasField("graph") or not model.graph.node:
         raise NetworkError("not a valid ONNX file: it has no graph (truncated or not a model)")
     _refuse_external_data(model)
-    return _Importer(model, name or model.graph.name or default_name).run(input_shapes)
+    network = _Importer(model, name or model.graph.name or default_name).run(input_shapes)
+    if not isinstance(source, bytes) and input_shapes is None:
+        network.source = Path(source)
+    return network
 
 
 def _refuse_external_data(model: onnx.ModelProto) -> None:

@@ -1,0 +1,141 @@
+"""Running a network with a choice of algorithms: predict the memory, run, measure, check.
+
+This is what `convplan run` (and the service) call: lower the network, predict its peak with the
+memory model, run it once traced (the measured peak) and then untraced (the time), and compare
+with the independent reference when asked.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kernels import blas
+from kernels.executor import Executor
+
+from .lowering import lower
+from .memory import predict
+from .network import Network, NetworkError
+
+
+@dataclass
+class LayerReport:
+    name: str
+    op: str
+    algorithm: str | None
+    layout: str
+    time_s: float
+    workspace_bytes: int
+    live_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunReport:
+    network: str
+    threads: int
+    time_s: float
+    measured_peak_bytes: int
+    predicted_peak_bytes: int
+    peak_step: str
+    prepared_bytes: int
+    input_bytes: int
+    weight_bytes: int
+    layers: list[LayerReport]
+    outputs: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    reference: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("layers", "outputs")}
+        out["outputs"] = {k: list(v.shape) for k, v in self.outputs.items()}
+        out["layers"] = [layer.as_dict() for layer in self.layers]
+        return out
+
+
+def random_inputs(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs in [0, 1), one per network input."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.random(shape, dtype=np.float32) for name, shape in network.inputs.items()}
+
+
+def check_inputs(network: Network, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs as C-contiguous float32 arrays of the right shapes, or a clear error."""
+    missing = set(network.inputs) - set(inputs)
+    extra = set(inputs) - set(network.inputs)
+    if missing or extra:
+        raise NetworkError(f"the network takes input(s) {', '.join(network.inputs)}; got "
+                           f"{', '.join(inputs) or 'none'}")
+    out = {}
+    for name, shape in network.inputs.items():
+        x = np.asarray(inputs[name])
+        if x.shape != tuple(shape):
+            raise NetworkError(f"input {name!r} has shape {list(x.shape)}, the network expects "
+                               f"{list(shape)}")
+        if x.dtype.kind not in "fiu":
+            raise NetworkError(f"input {name!r} has dtype {x.dtype}; give numbers")
+        out[name] = np.ascontiguousarray(x, dtype=np.float32)
+    return out
+
+
+def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None, *,
+                assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
+                strict: bool = False, threads: int | None = None, repeat: int = 1,
+                check: bool = False) -> RunReport:
+    """Run ``network`` once traced (memory) and ``repeat`` times untraced (time: the median).
+
+    ``assignment`` (layer -> algorithm; ``strict`` for plans) or one ``algorithm`` for every
+    convolution; neither: the default per layer. ``check`` compares with the reference.
+    """
+    feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
+    lowered = lower(network, assignment, algorithm=algorithm, strict=strict)
+    program = lowered.program
+    profile = predict(program)
+    executor = Executor(program)
+    with blas.threads(threads):
+        n_threads = blas.get_threads()
+        traced = executor.run(feeds, trace=True)
+        runs = [executor.run(feeds) for _ in range(max(1, repeat))]
+    median = statistics.median(r.seconds for r in runs)
+    timed = min(runs, key=lambda r: abs(r.seconds - median))
+    layers = []
+    for step, seconds, memory in zip(program.steps, timed.step_seconds, profile.steps,
+                                     strict=True):
+        layers.append(LayerReport(
+            name=step.name, op="conv" if step.kind == "conv" else
+            ("transform" if step.kind == "transform" else step.operator.op),  # type: ignore
+            algorithm=step.algorithm.name if step.algorithm else None,
+            layout=(f"{step.src_layout}->{step.layout}" if step.kind == "transform"
+                    else step.layout if step.kind != "conv"
+                    else f"{step.layout}->{step.output_layout}"),
+            time_s=seconds, workspace_bytes=memory.workspace_bytes,
+            live_bytes=memory.total_bytes))
+    outputs = {name: traced.outputs[tensor] for name, tensor in lowered.outputs.items()}
+    assert traced.measured_peak_bytes is not None
+    report = RunReport(
+        network=network.name, threads=n_threads, time_s=median,
+        measured_peak_bytes=traced.measured_peak_bytes, predicted_peak_bytes=profile.peak_bytes,
+        peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
+        input_bytes=profile.input_bytes, weight_bytes=network.weight_bytes, layers=layers,
+        outputs=outputs, notes=lowered.notes)
+    if check:
+        from .reference import reference_engine, reference_outputs
+
+        expected = reference_outputs(network, feeds, threads=threads)
+        abs_err, rel_err = 0.0, 0.0
+        for name, y in outputs.items():
+            ref = expected[name].reshape(y.shape)
+            diff = float(np.abs(y.astype(np.float64) - ref).max())
+            abs_err = max(abs_err, diff)
+            rel_err = max(rel_err, diff / max(float(np.abs(ref).max()), 1e-30))
+        report.max_abs_error, report.max_rel_error = abs_err, rel_err
+        report.reference = reference_engine()
+    return report

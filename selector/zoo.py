@@ -1,0 +1,124 @@
+"""Built-in networks by name, and `load_network` for anything a user may name.
+
+The paper's networks: ``alexnet`` (BVLC AlexNet), ``googlenet`` (Inception v1) and ``resnet50`` are
+the ONNX models shipped in the ``onnx`` wheel (``onnx/backend/test/data/light``: real
+architectures, weights filled with constants); ``vgg16`` is described here (seeded weights).
+Every light model is also available as ``onnx:<name>`` (``onnx:vgg19``, ``onnx:squeezenet`` ...).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, numpy_helper
+
+from .network import Network, NetworkError, parse_description
+from .onnx_import import load_onnx
+
+#: The paper's networks and the light model behind each (None: described in this module).
+PAPER_NETWORKS: dict[str, str | None] = {
+    "alexnet": "bvlc_alexnet", "vgg16": None, "googlenet": "inception_v1",
+    "resnet50": "resnet50"}
+
+
+def light_dir() -> Path:
+    return Path(str(resources.files("onnx"))) / "backend" / "test" / "data" / "light"
+
+
+def light_models() -> list[str]:
+    """Names of the light ONNX models shipped with the onnx package."""
+    return sorted(p.stem.removeprefix("light_") for p in light_dir().glob("light_*.onnx"))
+
+
+def light_model_path(name: str) -> Path:
+    path = light_dir() / f"light_{name}.onnx"
+    if not path.exists():
+        raise NetworkError(f"unknown ONNX model {name!r}; known: {', '.join(light_models())}")
+    return path
+
+
+def light_model_io(name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The input the onnx test-suite feeds a light model (arange / size, in the input's shape)
+    and the expected output shipped beside the model."""
+    net = builtin(f"onnx:{name}")
+    inputs = {}
+    for key, shape in net.inputs.items():
+        size = int(np.prod(shape))
+        inputs[key] = (np.arange(size).reshape(shape) / size).astype(np.float32)
+    tensor = TensorProto()
+    tensor.ParseFromString((light_dir() / f"light_{name}_output_0.pb").read_bytes())
+    return inputs, numpy_helper.to_array(tensor)
+
+
+def names() -> list[str]:
+    """Every built-in network name."""
+    return list(PAPER_NETWORKS) + [f"onnx:{n}" for n in light_models()]
+
+
+@cache
+def _builtin(name: str) -> Network:
+    if name.startswith("onnx:"):
+        model = name.removeprefix("onnx:")
+        return load_onnx(light_model_path(model), name=name)
+    if name not in PAPER_NETWORKS:
+        raise NetworkError(f"unknown network {name!r}; built in: {', '.join(names())}")
+    light = PAPER_NETWORKS[name]
+    if light is not None:
+        return load_onnx(light_model_path(light), name=name)
+    return Network.from_description(vgg16_description())
+
+
+def builtin(name: str) -> Network:
+    """A built-in network (imported once per process; do not modify the returned object)."""
+    return _builtin(name)
+
+
+def load_network(source: str | Path) -> Network:
+    """A built-in name, a JSON description file, or an ONNX file."""
+    text = str(source)
+    if text in PAPER_NETWORKS or text.startswith("onnx:"):
+        return builtin(text)
+    path = Path(text)
+    if not path.exists():
+        raise NetworkError(f"{text!r} is neither a built-in network ({', '.join(names())}) nor "
+                           "a file")
+    if path.suffix.lower() == ".json":
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise NetworkError(f"cannot read {path}: {error.strerror}") from None
+        return Network.from_description(parse_description(data))
+    return load_onnx(path)
+
+
+def vgg16_description() -> dict[str, Any]:
+    """VGG-16 (configuration D), 224 x 224 input, as a network description."""
+    layers: list[dict[str, Any]] = []
+    previous = "data"
+    stages = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+    for stage, (channels, count) in enumerate(stages, start=1):
+        for i in range(1, count + 1):
+            name = f"conv{stage}_{i}"
+            layers.append({"name": name, "op": "conv", "inputs": [previous],
+                           "out_channels": channels, "kernel": 3, "padding": 1})
+            layers.append({"name": f"relu{stage}_{i}", "op": "relu", "inputs": [name]})
+            previous = f"relu{stage}_{i}"
+        layers.append({"name": f"pool{stage}", "op": "maxpool", "inputs": [previous],
+                       "kernel": 2, "stride": 2})
+        previous = f"pool{stage}"
+    layers.append({"name": "flatten", "op": "flatten", "inputs": [previous]})
+    previous = "flatten"
+    for i, features in enumerate((4096, 4096, 1000), start=6):
+        layers.append({"name": f"fc{i}", "op": "gemm", "inputs": [previous],
+                       "out_features": features, "trans_b": True})
+        previous = f"fc{i}"
+        if features != 1000:
+            layers.append({"name": f"relu{i}", "op": "relu", "inputs": [previous]})
+            previous = f"relu{i}"
+    layers.append({"name": "prob", "op": "softmax", "inputs": [previous], "axis": 1})
+    return {"name": "vgg16", "inputs": [{"name": "data", "shape": [1, 3, 224, 224]}],
+            "layers": layers}
