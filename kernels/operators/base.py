@@ -10,7 +10,8 @@ stored in another layout when the operator lists it in `layouts`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,18 @@ from ..base import UFUNC_BUFSIZE, run_overhead_bytes
 from ..spec import Layout
 
 Shape = tuple[int, ...]
+
+
+@contextmanager
+def small_ufunc_buffers() -> Iterator[None]:
+    """NumPy buffers ufunc operands that broadcast or are strided views (8192 elements each by
+    default, 32-64 KiB); inside this block the buffers are `UFUNC_BUFSIZE` elements, which the
+    allowance in `run_overhead_bytes` covers."""
+    previous = np.setbufsize(UFUNC_BUFSIZE)
+    try:
+        yield
+    finally:
+        np.setbufsize(previous)
 
 
 class Operator(ABC):
@@ -64,9 +77,26 @@ class Operator(ABC):
         """The weight tensors this operator needs for these input shapes (name -> shape)."""
         return {}
 
+    def check_weights(self, shapes: Sequence[Shape], weights: Mapping[str, np.ndarray]) -> None:
+        """ValueError naming the weight when one is missing or has the wrong shape."""
+        for name, shape in self.weight_shapes(shapes).items():
+            if name not in weights:
+                raise ValueError(f"{self.op}: weight {name!r} is missing")
+            if tuple(weights[name].shape) != tuple(shape):
+                raise ValueError(f"{self.op}: weight {name!r} has shape "
+                                 f"{tuple(weights[name].shape)}, expected {tuple(shape)}")
+
     @abstractmethod
     def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
         """Output shapes for these input shapes; ValueError (saying why) if they do not fit."""
+
+    def can_overwrite(self, shapes: Sequence[Shape]) -> bool:
+        """Whether `run` may write the output over xs[0] for these input shapes: only an
+        in-place operator whose (single) output has xs[0]'s shape can."""
+        if not self.inplace:
+            return False
+        outputs = self.output_shapes(shapes)
+        return len(outputs) == 1 and tuple(outputs[0]) == tuple(shapes[0])
 
     # -- memory ------------------------------------------------------------------------------
     def workspace_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
@@ -82,11 +112,11 @@ class Operator(ABC):
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
             layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
         """Compute the outputs. ``layout`` is how the 4-D inputs are stored (one of `layouts`);
-        with ``inplace`` (only when `inplace` is true) the output may be written over xs[0]."""
+        with ``inplace`` (only when `can_overwrite`) the output is written over xs[0]."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
         return f"{type(self).__name__}({args})"
 
 
-__all__ = ["UFUNC_BUFSIZE", "Operator", "Shape"]
+__all__ = ["UFUNC_BUFSIZE", "Operator", "Shape", "small_ufunc_buffers"]

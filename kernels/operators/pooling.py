@@ -1,0 +1,225 @@
+"""Pooling: max and average over kh x kw windows, and the global average before a classifier.
+
+Like the convolution algorithms they never build a padded copy of the input: each kernel tap
+updates the outputs whose window sees a real input element through strided views (`geometry`),
+so padding simply takes no part in a max or a sum. Shapes follow ONNX and PyTorch, including
+ceil_mode (which drops a last window that would start beyond the input and its leading pad).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Span, span, window_index
+from ..spec import Layout
+from .base import Operator, Shape, small_ufunc_buffers
+from .checks import flag
+from .conv import padding4, pair
+from .registry import register
+
+
+def pooled_size(size: int, kernel: int, stride: int, before: int, after: int, dilation: int,
+                ceil_mode: bool) -> int:
+    """Output length along one axis (0 when not even one window fits)."""
+    reach = size + before + after - dilation * (kernel - 1) - 1
+    if reach < 0:
+        return 0
+    out = (-(-reach // stride) if ceil_mode else reach // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + before:
+        out -= 1
+    return out
+
+
+def tap_spans(size: int, out: int, kernel: int, stride: int, before: int,
+              dilation: int) -> list[Span]:
+    """For each kernel tap, the outputs it reaches inside the real input (and where)."""
+    return [span(size, out, stride, k * dilation - before) for k in range(kernel)]
+
+
+def uncovered(spans: Sequence[Span], out: int) -> int | None:
+    """The first output whose window holds no real input element, or None."""
+    covered = sorted((s.o0, s.o1) for s in spans if s.count)
+    reached = 0
+    for o0, o1 in covered:
+        if o0 > reached:
+            return reached
+        reached = max(reached, o1)
+    return None if reached >= out else reached
+
+
+class Pool2d(Operator):
+    """Shared attributes and geometry of max and average pooling over a 4-D input."""
+
+    layouts = ("NCHW", "NHWC")
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {"kernel": None, "stride": 1, "padding": 0, "ceil_mode": False}
+
+    def _check_attrs(self) -> None:
+        a, op = self.attrs, self.op
+        if a["kernel"] is None:
+            raise ValueError(f"{op}: kernel is required")
+        a["kernel"] = pair(a["kernel"], f"{op}: kernel")
+        a["stride"] = pair(a["stride"], f"{op}: stride")
+        if "dilation" in a:
+            a["dilation"] = pair(a["dilation"], f"{op}: dilation")
+        try:
+            a["padding"] = padding4(a["padding"])
+        except ValueError as error:
+            raise ValueError(f"{op}: {error}") from None
+        a["ceil_mode"] = flag(a["ceil_mode"], f"{op}: ceil_mode")
+
+    def _dilation(self) -> tuple[int, int]:
+        return self.attrs.get("dilation", (1, 1))
+
+    def spans(self, shape: Shape) -> tuple[list[Span], list[Span], int, int]:
+        """Row spans per kernel row, column spans per kernel column, and the output size."""
+        if len(shape) != 4:
+            raise ValueError(f"{self.op} needs a 4-D (N, C, H, W) input, got shape "
+                             f"{tuple(shape)}")
+        a = self.attrs
+        top, left, bottom, right = a["padding"]
+        geometry = []
+        for size, k, s, d, before, after, axis in (
+                (shape[2], a["kernel"][0], a["stride"][0], self._dilation()[0], top, bottom,
+                 "rows"),
+                (shape[3], a["kernel"][1], a["stride"][1], self._dilation()[1], left, right,
+                 "columns")):
+            out = pooled_size(size, k, s, before, after, d, a["ceil_mode"])
+            if out < 1:
+                raise ValueError(f"{self.op}: the {k}-tap window (dilation {d}) does not fit "
+                                 f"in {size} {axis} padded by {before}+{after}")
+            spans = tap_spans(size, out, k, s, before, d)
+            missing = uncovered(spans, out)
+            if missing is not None:
+                raise ValueError(f"{self.op}: the window of output {axis[:-1]} {missing} "
+                                 f"covers only padding ({size} {axis} padded by "
+                                 f"{before}+{after}, kernel {k}, stride {s}, dilation {d})")
+            geometry.append((spans, out))
+        (rows, ho), (cols, wo) = geometry
+        return rows, cols, ho, wo
+
+    def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
+        self.check_arity(len(shapes))
+        _, _, ho, wo = self.spans(shapes[0])
+        n, c = shapes[0][:2]
+        return [(n, c, ho, wo)]
+
+    def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+        x = xs[0]
+        channels_last = layout == "NHWC"
+        logical = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape
+        rows, cols, ho, wo = self.spans(logical)
+        n, c = logical[:2]
+        out = np.empty((n, ho, wo, c) if channels_last else (n, c, ho, wo), dtype=x.dtype)
+        with small_ufunc_buffers():
+            self._pool(x, out, rows, cols, channels_last)
+        return [out]
+
+    def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
+              channels_last: bool) -> None:
+        raise NotImplementedError
+
+
+def taps(rows: list[Span], cols: list[Span],
+         channels_last: bool) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """(output index, input index) of every tap that reaches a real input element."""
+    found = []
+    for r in rows:
+        for c in cols:
+            if r.count and c.count:
+                found.append(((slice(None), *window_index(r.out, c.out, channels_last)),
+                              (slice(None), *window_index(r.inp, c.inp, channels_last))))
+    return found
+
+
+@register
+class MaxPool(Pool2d):
+    op = "maxpool"
+    summary = "largest element of each kh x kw window (padding never wins)"
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {**super().attribute_defaults(), "dilation": 1}
+
+    def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
+              channels_last: bool) -> None:
+        out.fill(-np.inf)
+        for o, i in taps(rows, cols, channels_last):
+            view = out[o]
+            np.maximum(view, x[i], out=view)
+
+
+@register
+class AvgPool(Pool2d):
+    op = "avgpool"
+    summary = ("mean of each kh x kw window; the divisor counts the real input elements, or "
+               "with count_include_pad the window clipped to the padded input")
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {**super().attribute_defaults(), "count_include_pad": False}
+
+    def _check_attrs(self) -> None:
+        super()._check_attrs()
+        self.attrs["count_include_pad"] = flag(self.attrs["count_include_pad"],
+                                               "avgpool: count_include_pad")
+
+    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
+        _, _, ho, wo = self.spans(shapes[0])
+        return (ho + wo + ho * wo) * itemsize
+
+    def _counts(self, spans: list[Span], out: int, size: int, before: int, after: int,
+                stride: int, dtype: np.dtype) -> np.ndarray:
+        """How many taps of each output's window the divisor counts along one axis."""
+        counts = np.zeros(out, dtype=dtype)
+        if self.attrs["count_include_pad"]:
+            # the padded input as the input: taps landing in the padding count too
+            spans = tap_spans(size + before + after, out, len(spans), stride, 0, 1)
+        for s in spans:
+            counts[s.out] += 1
+        return counts
+
+    def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
+              channels_last: bool) -> None:
+        a = self.attrs
+        top, left, bottom, right = a["padding"]
+        h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+        ho, wo = (out.shape[1], out.shape[2]) if channels_last else (out.shape[2], out.shape[3])
+        out.fill(0)
+        for o, i in taps(rows, cols, channels_last):
+            view = out[o]
+            np.add(view, x[i], out=view)
+        row_counts = self._counts(rows, ho, h, top, bottom, a["stride"][0], x.dtype)
+        col_counts = self._counts(cols, wo, w, left, right, a["stride"][1], x.dtype)
+        divisor = np.multiply.outer(row_counts, col_counts)
+        np.divide(out, divisor[:, :, None] if channels_last else divisor, out=out)
+
+
+@register
+class GlobalAvgPool(Operator):
+    op = "globalavgpool"
+    summary = "mean over H and W: (N, C, H, W) -> (N, C, 1, 1), before a classifier"
+    layouts = ("NCHW", "NHWC")
+
+    def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
+        self.check_arity(len(shapes))
+        shape = tuple(shapes[0])
+        if len(shape) != 4:
+            raise ValueError(f"globalavgpool needs a 4-D (N, C, H, W) input, got shape {shape}")
+        return [(shape[0], shape[1], 1, 1)]
+
+    def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+        x = xs[0]
+        axes = (1, 2) if layout == "NHWC" else (2, 3)
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        out = np.empty(shape, dtype=x.dtype)
+        with small_ufunc_buffers():
+            np.mean(x, axis=axes, keepdims=True, out=out)
+        return [out]
