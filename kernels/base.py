@@ -112,7 +112,10 @@ class ConvAlgorithm(ABC):
             _check_float(b, "bias", spec.dtype)
             bias = np.array(b, dtype=spec.dtype)
         grouped = w.reshape(spec.groups, spec.mg, spec.cg, spec.kh, spec.kw)
-        weights = np.ascontiguousarray(self._prepare_weights(grouped, spec), dtype=spec.dtype)
+        # Always a copy, even when the prepared form is a view of ``w``: prepared weights are
+        # the executor's own (counted at every step); the caller may drop the originals.
+        weights = np.array(self._prepare_weights(grouped, spec), dtype=spec.dtype, order="C",
+                           copy=True)
         return Prepared(self.name, spec.weight_shape, spec.groups, weights, bias)
 
     @abstractmethod

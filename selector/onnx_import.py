@@ -352,9 +352,7 @@ def _clip(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @_converts("Identity", "Dropout")
 def _identity(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    if len(node.output) > 1 and node.output[1]:
-        raise NetworkError(f"node {node.output[0]!r}: Dropout's mask output is not supported")
-    imp.alias(node)
+    imp.alias(node)     # at inference Dropout is the identity (a mask output, unused, is dropped)
 
 
 @_converts("Cast")
