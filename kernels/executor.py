@@ -100,6 +100,8 @@ class RunResult:
     outputs: dict[str, np.ndarray]
     step_seconds: list[float]
     seconds: float
+    #: Per step: peak traced bytes while it ran, inputs included (None when not traced).
+    step_peak_bytes: list[int] | None
     #: Peak bytes traced during preparation and the run (None when not traced), plus the
     #: inputs (allocated by the caller before the run and held for all of it).
     measured_peak_bytes: int | None
@@ -147,23 +149,27 @@ class Executor:
         try:
             if not self._prepared:
                 self.prepare()
-            outputs, times, seconds = self._execute(inputs)
-            peak = None
-            if trace:
-                peak = tracemalloc.get_traced_memory()[1] - base
-                peak += sum(inputs[name].nbytes for name in self.program.inputs)
+            held = sum(inputs[name].nbytes for name in self.program.inputs)
+            prepare_peak = tracemalloc.get_traced_memory()[1] - base + held if trace else 0
+            outputs, times, seconds, step_peaks = self._execute(
+                inputs, base - held if trace else None)
+            peak = max([prepare_peak, *step_peaks]) if trace else None
         finally:
             if trace and started:
                 tracemalloc.stop()
-        return RunResult(outputs, times, seconds, peak, self.prepared_bytes)
+        return RunResult(outputs, times, seconds, step_peaks if trace else None, peak,
+                         self.prepared_bytes)
 
-    def _execute(self, inputs: Mapping[str, np.ndarray]
-                 ) -> tuple[dict[str, np.ndarray], list[float], float]:
+    def _execute(self, inputs: Mapping[str, np.ndarray], base: int | None
+                 ) -> tuple[dict[str, np.ndarray], list[float], float, list[int]]:
         live: dict[str, np.ndarray] = {name: inputs[name] for name in self.program.inputs}
         times: list[float] = []
+        peaks: list[int] = []
         clock = time.perf_counter
         start = clock()
         for step in self.program.steps:
+            if base is not None:
+                tracemalloc.reset_peak()
             t0 = clock()
             xs = [live[t] for t in step.inputs]
             if step.kind == "conv":
@@ -181,5 +187,7 @@ class Executor:
             for name in step.release:
                 del live[name]
             times.append(clock() - t0)
+            if base is not None:
+                peaks.append(tracemalloc.get_traced_memory()[1] - base)
         seconds = clock() - start
-        return {name: live[name] for name in self.program.outputs}, times, seconds
+        return {name: live[name] for name in self.program.outputs}, times, seconds, peaks
