@@ -1,0 +1,102 @@
+"""Network descriptions: parsing, shape inference, and one clear error for each bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from selector.network import Network, NetworkError, parse_description
+
+X = {"name": "x", "shape": [1, 3, 16, 16]}
+
+
+def net(*layers: dict, **extra) -> dict:
+    return {"name": "t", "inputs": [X], "layers": list(layers), **extra}
+
+
+def conv(name: str, source: str, m: int = 8, **attrs) -> dict:
+    return {"name": name, "op": "conv", "inputs": [source], "out_channels": m, "kernel": 3,
+            "padding": 1, **attrs}
+
+
+def test_shapes_are_inferred_through_the_graph() -> None:
+    network = Network.from_description(net(
+        conv("a", "x", stride=2), {"name": "r", "op": "relu", "inputs": ["a"]},
+        conv("b", "r", 4), conv("c", "r", 6, kernel=1, padding=0),
+        {"name": "cat", "op": "concat", "inputs": ["b", "c"], "axis": 1},
+        {"name": "p", "op": "maxpool", "inputs": ["cat"], "kernel": 2, "stride": 2,
+         "ceil_mode": True}))
+    assert network.shapes["a"] == (1, 8, 8, 8)
+    assert network.shapes["cat"] == (1, 10, 8, 8)
+    assert network.shapes["p"] == (1, 10, 4, 4)
+    assert network.outputs == ["p"]
+    assert [n.name for n in network.conv_nodes] == ["a", "b", "c"]
+    assert network.node("b").weights["weight"].shape == (4, 8, 3, 3)
+
+
+def test_layers_may_come_in_any_order_and_run_topologically() -> None:
+    network = Network.from_description(net(
+        {"name": "r", "op": "relu", "inputs": ["a"]}, conv("a", "x"), outputs=["r"]))
+    assert [n.name for n in network.nodes] == ["a", "r"]
+
+
+def test_seeded_weights_are_reproducible_and_given_weights_are_used() -> None:
+    d = net(conv("a", "x"))
+    w1 = Network.from_description(d).node("a").weights["weight"]
+    w2 = Network.from_description(d).node("a").weights["weight"]
+    w3 = Network.from_description({**d, "seed": 1}).node("a").weights["weight"]
+    np.testing.assert_array_equal(w1, w2)
+    assert not np.array_equal(w1, w3)
+    given = {"a": {"weight": np.ones((8, 3, 3, 3)), "bias": np.zeros(8)}}
+    assert Network.from_description(d, given).node("a").weights["weight"].sum() == 8 * 27
+
+
+def test_description_round_trips_through_json() -> None:
+    network = Network.from_description(net(conv("a", "x", dilation=2, padding=2)))
+    text = network.to_description().model_dump_json()
+    again = Network.from_description(text)
+    assert again.shapes == network.shapes
+    assert again.node("a").operator.attrs == network.node("a").operator.attrs
+
+
+@pytest.mark.parametrize(("description", "message"), [
+    ("{", "invalid network description"),
+    ('{"inputs": [], "layers": []}', "at least 1 item"),
+    (json.dumps(net(conv("a", "x"))).replace('"inputs": [{', '"inputs": [{"extra": 1, '),
+     "extra"),
+    (net({"name": "a", "op": "warp", "inputs": ["x"]}), "unknown operator 'warp'"),
+    (net({"name": "a", "op": "relu", "inputs": ["x", "x"]}), "relu takes 1 input"),
+    (net({"name": "a", "op": "add", "inputs": ["x"]}), "add"),
+    (net(conv("a", "x"), conv("b", "x", 4),
+         {"name": "s", "op": "add", "inputs": ["a", "b"]}), "layer 's'"),
+    (net(conv("a", "x", 8, kernel=21, padding=0)), "layer 'a'"),
+    (net(conv("a", "nope")), "input 'nope' is neither"),
+    (net(conv("a", "x"), conv("a", "x")), "layer name 'a' is used twice"),
+    (net({"name": "a", "op": "relu", "inputs": ["b"]},
+         {"name": "b", "op": "relu", "inputs": ["a"]}), "cycle"),
+    (net(conv("a", "x", groups=3, m=8)), "not divisible by groups"),
+    (net(conv("a", "x", stride=0)), "stride"),
+    (net(conv("a", "x", colour="red")), "unknown attribute"),
+    (net(conv("a", "x"), outputs=["zzz"]), "network output 'zzz'"),
+    (net({"name": "f", "op": "flatten", "inputs": ["x"]},
+         {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 4},
+         conv("c", "g")), "layer 'c'"),
+])
+def test_bad_descriptions_give_one_clear_error(description, message: str) -> None:
+    with pytest.raises(NetworkError, match=message):
+        Network.from_description(description)
+
+
+def test_wrong_given_weights_are_refused() -> None:
+    with pytest.raises(NetworkError, match="weight 'weight' has shape"):
+        Network.from_description(net(conv("a", "x")),
+                                 {"a": {"weight": np.ones((8, 3, 5, 5)), "bias": np.zeros(8)}})
+    with pytest.raises(NetworkError, match="needs"):
+        Network.from_description(net(conv("a", "x")), {"a": {"weight": np.ones((8, 3, 3, 3))}})
+
+
+def test_parse_description_reports_locations() -> None:
+    with pytest.raises(NetworkError, match=r"layers\.0\.inputs"):
+        parse_description(json.dumps({"inputs": [X], "layers": [{"name": "a", "op": "relu"}]}))
