@@ -27,7 +27,7 @@ console = Console(width=None if Console().is_terminal else 120)
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kernels import registry
@@ -50,3 +51,92 @@ def test_compare_bad_layer_is_a_clear_error(layer: str) -> None:
     result = convplan("compare", layer)
     assert result.returncode == 2
     assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_networks_lists_the_paper_networks_and_light_models() -> None:
+    result = convplan("networks", "--json")
+    assert result.returncode == 0, result.stderr
+    names = [row["name"] for row in json.loads(result.stdout)]
+    assert names[:4] == ["alexnet", "vgg16", "googlenet", "resnet50"]
+    assert "onnx:squeezenet" in names and "onnx:densenet121" in names
+
+
+def test_run_json_reports_time_memory_error_and_layers(tmp_path) -> None:
+    x = np.random.default_rng(1).random((1, 3, 224, 224), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = convplan("run", "onnx:squeezenet", "--algorithm", "im2col", "--input",
+                      str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"),
+                      "--threads", "1", "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 0 < report["time_s"] < 60
+    assert report["measured_peak_bytes"] <= report["predicted_peak_bytes"]
+    assert report["max_abs_error"] < 1e-4
+    assert report["threads"] == 1
+    convs = [layer for layer in report["layers"] if layer["op"] == "conv"]
+    assert len(convs) == 26 and {layer["algorithm"] for layer in convs} == {"im2col"}
+    for layer in report["layers"]:
+        assert set(layer) >= {"name", "op", "algorithm", "time_s", "workspace_bytes"}
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (1, 1000, 1, 1)
+
+
+def test_run_falls_back_and_says_so(tmp_path) -> None:
+    result = convplan("run", "onnx:squeezenet", "--algorithm", "winograd-2x2-3x3", "--json",
+                      "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert any("winograd-2x2-3x3 cannot run it" in note for note in report["notes"])
+    used = {layer["algorithm"] for layer in report["layers"] if layer["op"] == "conv"}
+    assert "winograd-2x2-3x3" in used and len(used) > 1
+
+
+def test_run_with_a_plan_and_a_json_description(tmp_path) -> None:
+    description = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 3, 16, 16]}],
+                   "layers": [{"name": "c1", "op": "conv", "inputs": ["x"], "out_channels": 8,
+                               "kernel": 3, "padding": 1},
+                              {"name": "r1", "op": "relu", "inputs": ["c1"]},
+                              {"name": "c2", "op": "conv", "inputs": ["r1"], "out_channels": 4,
+                               "kernel": 1}]}
+    (tmp_path / "net.json").write_text(json.dumps(description))
+    (tmp_path / "plan.json").write_text(json.dumps(
+        {"assignment": {"c1": "kn2row-aa-nhwc", "c2": "conv1x1"}}))
+    result = convplan("run", str(tmp_path / "net.json"), "--plan", str(tmp_path / "plan.json"),
+                      "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(x["name"], x["algorithm"]) for x in report["layers"] if x["op"] == "conv"] == [
+        ("c1", "kn2row-aa-nhwc"), ("c2", "conv1x1")]
+    assert any(x["op"] == "transform" for x in report["layers"])
+    assert report["max_abs_error"] < 1e-4
+    # a plan is strict: an algorithm that cannot run its layer is an error
+    (tmp_path / "bad.json").write_text(json.dumps({"assignment": {"c2": "winograd-2x2-3x3"}}))
+    result = convplan("run", str(tmp_path / "net.json"), "--plan", str(tmp_path / "bad.json"))
+    assert result.returncode == 2 and "cannot run it" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"inputs": [{"name": "x", "shape": [1]}], '
+                                     b'"layers": [{"name": "a", "op": "nope", "inputs": ["x"]}]}',
+                                     b"\x08\x01garbage"])
+def test_run_bad_models_are_clear_errors(tmp_path, content: bytes) -> None:
+    suffix = ".onnx" if content.startswith(b"\x08") else ".json"
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(content)
+    result = convplan("run", str(path))
+    assert result.returncode == 2
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["no-such-model"], ["onnx:squeezenet", "--algorithm", "fft"],
+                                  ["onnx:squeezenet", "--plan", "/nonexistent/plan.json"],
+                                  ["onnx:squeezenet", "--algorithm", "im2col", "--plan", "p"]])
+def test_run_bad_arguments_are_clear_errors(args: list[str]) -> None:
+    result = convplan("run", *args)
+    assert result.returncode == 2
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_wrong_input_shape_is_a_clear_error(tmp_path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    result = convplan("run", "onnx:squeezenet", "--input", str(tmp_path / "x.npy"))
+    assert result.returncode == 2 and "expects [1, 3, 224, 224]" in result.stderr
