@@ -1,0 +1,710 @@
+"""Every registered operator (found through the registry, so a new one fails here until it has
+cases) against ONNX's reference evaluator on its single-layer ONNX export, plus the contracts the
+executor relies on: output_shapes is what run returns, NHWC runs are NCHW runs transposed, in-place
+runs equal out-of-place ones, and workspace_bytes is a tight upper bound of what a run allocates.
+
+Pooling has extra oracles: the reference evaluator pools wrongly in some configurations (below), so
+pooling is also checked against a brute-force float64 pool, onnxruntime and PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from onnx.reference import ReferenceEvaluator
+
+from kernels import operators
+from kernels.layout import convert
+from kernels.measure import peak_allocation
+from kernels.operators import Operator
+from selector.onnx_export import layer_to_onnx, single_layer_model
+
+Shape = tuple[int, ...]
+SLACK = 64 * 1024
+INT64_MAX = 2**63 - 1
+
+
+@dataclass
+class Case:
+    """One operator instance and the shapes (logical, NCHW) it is run on."""
+
+    attrs: dict[str, Any]
+    shapes: list[Shape]
+    dtype: str = "float32"
+    #: Operand indices (inputs, then weights by name) that must stay away from zero (divisors).
+    nonzero: set[Any] = field(default_factory=set)
+
+
+# -- strategies ---------------------------------------------------------------------------------
+# ONNX stores float attributes (alpha, beta ...) as float32, so drawn ones are float32-exact.
+dtypes = st.sampled_from(["float32", "float32", "float64"])
+
+
+def tensor_shapes(min_rank: int = 1, max_rank: int = 4, max_side: int = 5) -> st.SearchStrategy:
+    return st.lists(st.integers(1, max_side), min_size=min_rank, max_size=max_rank).map(tuple)
+
+
+@st.composite
+def images(draw, max_side: int = 7, max_channels: int = 4) -> Shape:
+    """(N, C, H, W) with batch 1-2 and odd and even sides."""
+    return (draw(st.integers(1, 2)), draw(st.integers(1, max_channels)),
+            draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+
+
+def unary(attrs: st.SearchStrategy | None = None) -> Callable[[], st.SearchStrategy]:
+    def cases() -> st.SearchStrategy:
+        return st.builds(lambda a, s, d: Case(a, [s], d), st.just({}) if attrs is None else attrs,
+                         tensor_shapes(), dtypes)
+    return cases
+
+
+@st.composite
+def clip_attrs(draw) -> dict[str, Any]:
+    bound = st.one_of(st.none(), st.floats(-2, 2, allow_nan=False))
+    lo, hi = draw(bound), draw(bound)
+    if lo is not None and hi is not None and lo > hi:
+        lo, hi = hi, lo
+    return {k: v for k, v in (("min", lo), ("max", hi)) if v is not None or draw(st.booleans())}
+
+
+@st.composite
+def broadcastable(draw, count: int) -> list[Shape]:
+    """``count`` shapes that broadcast together: trailing parts of one shape, some dims 1."""
+    full = draw(tensor_shapes(1, 4))
+    out = []
+    for _ in range(count):
+        rank = draw(st.integers(1, len(full)))
+        out.append(tuple(1 if draw(st.integers(0, 3)) == 0 else d for d in full[-rank:]))
+    return out
+
+
+def arithmetic(most: int) -> Callable[[], st.SearchStrategy]:
+    @st.composite
+    def cases(draw) -> Case:
+        n = draw(st.integers(1, most))
+        constant = n == 1 or (most > 2 and draw(st.booleans()))
+        shapes = draw(broadcastable(n + constant))
+        attrs = {"constant_shape": shapes.pop()} if constant else {}
+        return Case(attrs, shapes, draw(dtypes), nonzero={"constant", 1})
+    return cases
+
+
+@st.composite
+def batchnorm_cases(draw) -> Case:
+    return Case({}, [draw(tensor_shapes(2, 4))], draw(dtypes))
+
+
+@st.composite
+def pool_cases(draw, op: str) -> Case:
+    attrs: dict[str, Any] = {
+        "kernel": (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+        "stride": draw(st.sampled_from([1, 2, 3, (1, 2), (3, 1)])),
+        "padding": draw(st.sampled_from([0, 1, (1, 0), tuple(draw(st.integers(0, 2))
+                                                             for _ in range(4))])),
+        "ceil_mode": draw(st.booleans()),
+    }
+    if op == "maxpool":
+        attrs["dilation"] = draw(st.sampled_from([1, 1, 2, (1, 2)]))
+    else:
+        attrs["count_include_pad"] = draw(st.booleans())
+    shape = draw(images(max_side=9))
+    assume(_valid(op, attrs, [shape]))
+    return Case(attrs, [shape], draw(dtypes))
+
+
+@st.composite
+def conv_cases(draw) -> Case:
+    groups = draw(st.integers(1, 2))
+    n, c, h, w = draw(images(max_side=8))
+    attrs = {"out_channels": groups * draw(st.integers(1, 3)),
+             "kernel": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+             "stride": draw(st.sampled_from([1, 2, (1, 2)])),
+             "padding": tuple(draw(st.integers(0, 2)) for _ in range(4)),
+             "dilation": draw(st.sampled_from([1, 1, 2])), "groups": groups,
+             "bias": draw(st.booleans())}
+    shape = (n, c * groups, h, w)
+    assume(_valid("conv", attrs, [shape]))
+    return Case(attrs, [shape], draw(dtypes))
+
+
+@st.composite
+def lrn_cases(draw) -> Case:
+    attrs = {"size": draw(st.integers(1, 5)), "alpha": draw(st.floats(2.0**-13, 1.0, width=32)),
+             "beta": draw(st.floats(0.5, 1.0, width=32)),
+             "bias": draw(st.floats(0.5, 2.0, width=32))}
+    return Case(attrs, [draw(images(max_channels=7))], draw(dtypes))
+
+
+@st.composite
+def axis_cases(draw, op: str, inclusive: bool = False) -> Case:
+    """Ops whose one attribute is an axis (negative ones too)."""
+    shape = draw(tensor_shapes())
+    r = len(shape)
+    axis = draw(st.integers(-r, r if inclusive else r - 1))
+    return Case({"axis": axis}, [shape], draw(dtypes))
+
+
+@st.composite
+def concat_cases(draw) -> Case:
+    base = list(draw(tensor_shapes()))
+    axis = draw(st.integers(-len(base), len(base) - 1))
+    shapes = []
+    for _ in range(draw(st.integers(1, 3))):
+        base[axis] = draw(st.integers(1, 4))
+        shapes.append(tuple(base))
+    return Case({"axis": axis}, shapes, draw(dtypes))
+
+
+@st.composite
+def split_cases(draw) -> Case:
+    shape = draw(tensor_shapes(max_side=6))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    dim, sizes = shape[axis], []
+    while dim:
+        sizes.append(draw(st.integers(1, dim)))
+        dim -= sizes[-1]
+    return Case({"axis": axis, "sizes": sizes}, [shape], draw(dtypes))
+
+
+@st.composite
+def reshape_cases(draw) -> Case:
+    """Merge runs of neighbouring dims, then write some as 0 (copy) and one as -1 (infer)."""
+    shape = draw(tensor_shapes(max_side=4))
+    target: list[int] = []
+    i = 0
+    while i < len(shape):
+        j = draw(st.integers(i + 1, len(shape)))
+        target.append(math.prod(shape[i:j]))
+        i = j
+    written = [0 if i < len(shape) and d == shape[i] and draw(st.booleans()) else d
+               for i, d in enumerate(target)]
+    if draw(st.booleans()):
+        written[draw(st.integers(0, len(written) - 1))] = -1
+    return Case({"shape": written}, [shape], draw(dtypes))
+
+
+@st.composite
+def transpose_cases(draw) -> Case:
+    shape = draw(tensor_shapes())
+    perm = draw(st.none() | st.permutations(range(len(shape))))
+    return Case({} if perm is None else {"perm": perm}, [shape], draw(dtypes))
+
+
+@st.composite
+def slice_cases(draw) -> Case:
+    shape = draw(tensor_shapes(max_side=6))
+    r = len(shape)
+    axes = draw(st.permutations(range(r)))[:draw(st.integers(1, r))]
+    index = st.one_of(st.integers(-8, 8), st.sampled_from([INT64_MAX, -INT64_MAX]))
+    starts = [draw(index) for _ in axes]
+    ends = [draw(index) for _ in axes]
+    steps = [draw(st.sampled_from([1, 1, 2, 3, -1, -2])) for _ in axes]
+    attrs: dict[str, Any] = {"starts": starts, "ends": ends}
+    if draw(st.booleans()) or axes != list(range(len(axes))):
+        attrs["axes"] = [a - r if draw(st.booleans()) else a for a in axes]
+    if draw(st.booleans()) or any(s != 1 for s in steps):
+        attrs["steps"] = steps
+    assume(_valid("slice", attrs, [shape]))
+    return Case(attrs, [shape], draw(dtypes))
+
+
+@st.composite
+def gemm_cases(draw) -> Case:
+    m, k = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    factor = st.sampled_from([1.0, 1.0, 0.5, -2.0])
+    attrs = {"out_features": draw(st.integers(1, 6)), "alpha": draw(factor),
+             "beta": draw(factor), "trans_a": draw(st.booleans()),
+             "trans_b": draw(st.booleans()), "bias": draw(st.booleans())}
+    return Case(attrs, [(k, m) if attrs["trans_a"] else (m, k)], draw(dtypes))
+
+
+@st.composite
+def matmul_cases(draw) -> Case:
+    k = draw(st.integers(1, 5))
+    batch = draw(tensor_shapes(0, 2, max_side=3))
+    a_rank, b_rank = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    assume(a_rank > 1 or b_rank > 1)  # two vectors make a scalar, which no layer produces
+
+    def operand(rank: int, vector: Shape, matrix: Shape) -> Shape:
+        if rank == 1:
+            return vector
+        lead = batch[len(batch) - min(len(batch), rank - 2):]
+        lead = tuple(1 if draw(st.booleans()) else d for d in lead)
+        return (*lead, *matrix)
+
+    a = operand(a_rank, (k,), (draw(st.integers(1, 4)), k))
+    b = operand(b_rank, (k,), (k, draw(st.integers(1, 4))))
+    if draw(st.booleans()):
+        return Case({"constant_shape": b}, [a], draw(dtypes))
+    return Case({}, [a, b], draw(dtypes))
+
+
+def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
+    try:
+        operators.make(op, **attrs).output_shapes(shapes)
+    except ValueError:
+        return False
+    return True
+
+
+CASES: dict[str, Callable[[], st.SearchStrategy]] = {
+    "conv": conv_cases,
+    "relu": unary(),
+    "clip": unary(clip_attrs()),
+    "sigmoid": unary(),
+    "hardsigmoid": unary(st.fixed_dictionaries(
+        {"alpha": st.floats(0.0625, 1.0, width=32), "beta": st.floats(-1.0, 1.0, width=32)})),
+    "hardswish": unary(),
+    "identity": unary(),
+    "add": arithmetic(3),
+    "mul": arithmetic(3),
+    "sub": arithmetic(2),
+    "div": arithmetic(2),
+    "batchnorm": batchnorm_cases,
+    "maxpool": lambda: pool_cases("maxpool"),
+    "avgpool": lambda: pool_cases("avgpool"),
+    "globalavgpool": lambda: st.builds(lambda s, d: Case({}, [s], d), images(), dtypes),
+    "lrn": lrn_cases,
+    "softmax": lambda: axis_cases("softmax"),
+    "concat": concat_cases,
+    "split": split_cases,
+    "flatten": lambda: axis_cases("flatten", inclusive=True),
+    "reshape": reshape_cases,
+    "transpose": transpose_cases,
+    "slice": slice_cases,
+    "gemm": gemm_cases,
+    "matmul": matmul_cases,
+}
+
+
+# -- running a case -----------------------------------------------------------------------------
+def _data(op: Operator, case: Case, seed: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+
+    def array(shape: Shape, key: Any) -> np.ndarray:
+        a = rng.standard_normal(shape)
+        if key in case.nonzero:  # divisors: |a| in [0.5, 2.5]
+            a = np.sign(a + 1e-9) * (0.5 + np.abs(a) % 2)
+        return a.astype(case.dtype)
+
+    xs = [array(s, i) for i, s in enumerate(case.shapes)]
+    weights = {k: array(s, k) for k, s in op.weight_shapes(case.shapes).items()}
+    return xs, weights
+
+
+#: ONNX defines HardSwish as a function with the float32 attribute alpha = 1/6, so in float64 the
+#: reference evaluator is off by float32's rounding of 1/6 (we use the exact 1/6, as PyTorch does).
+FLOAT64_TOLERANCE = {"hardswish": 1e-7}
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: str, what: str,
+                 op: str = "") -> None:
+    """Relative agreement, with the largest magnitude as the scale for values near zero."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    tol = 1e-5 if dtype == "float32" else FLOAT64_TOLERANCE.get(op, 1e-11)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def run_onnx_reference(op: Operator, case: Case, xs: list[np.ndarray],
+                       weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+    model = single_layer_model(op.op, op.attrs, case.shapes, weights, dtype=case.dtype)
+    feeds = {f"x{i}": x for i, x in enumerate(xs)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. exp overflow in Sigmoid
+        return list(ReferenceEvaluator(model).run(None, feeds))
+
+
+def run_onnxruntime(op: Operator, case: Case, xs: list[np.ndarray],
+                    weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+    ort = pytest.importorskip("onnxruntime")
+    model = single_layer_model(op.op, op.attrs, case.shapes, weights, dtype=case.dtype)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ONNX's opset-17 shape inference keeps ceil_mode's last window
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return list(session.run(None, {f"x{i}": x for i, x in enumerate(xs)}))
+
+
+def lrn_reference(x: np.ndarray, size: int, alpha: float, beta: float,
+                  bias: float) -> np.ndarray:
+    """ONNX's LRN as its specification words it, in float64. (onnx 1.23's ReferenceEvaluator
+    loops over the batch axis instead of the channels, so it is wrong whenever N != C.)"""
+    x = x.astype(np.float64)
+    square_sum = np.zeros_like(x)
+    for c in range(x.shape[1]):
+        lo = max(0, c - math.floor((size - 1) / 2))
+        hi = min(x.shape[1] - 1, c + math.ceil((size - 1) / 2))
+        square_sum[:, c] = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+    return x / (bias + alpha / size * square_sum) ** beta
+
+
+def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
+    """Configurations where onnx 1.23's ReferenceEvaluator is wrong (onnxruntime, and PyTorch or
+    a brute-force implementation, agree with each other and with us).
+
+    Pooling: its common pooling code, used for every AveragePool and for MaxPool with stride 1
+    and dilation 1, gets ceil_mode windows wrong (values, or an IndexError) and reads pads as
+    (top, bottom, left, right), not ONNX's (top, left, bottom, right) (wrong shapes and values
+    unless left == bottom).
+    Slice: with a negative step, a start before the first element must be clamped to 0 (ONNX's
+    text; onnxruntime does); it slices with NumPy's rules instead, which select nothing.
+    """
+    if op in ("maxpool", "avgpool"):
+        common = op == "avgpool" or (attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1))
+        return common and (attrs["ceil_mode"] or len(set(attrs["padding"])) > 1)
+    if op == "slice":
+        shape = shapes[0]
+        n = len(attrs["starts"])
+        axes = attrs["axes"] if attrs["axes"] is not None else range(n)
+        steps = attrs["steps"] if attrs["steps"] is not None else (1,) * n
+        return any(step < 0 and start < -shape[axis]
+                   for start, axis, step in zip(attrs["starts"], axes, steps, strict=True))
+    return False
+
+
+def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
+    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool."""
+    if op == "avgpool" and dtype != "float32":
+        return False
+    if op in ("maxpool", "avgpool"):
+        top, left, bottom, right = attrs["padding"]
+        kh, kw = attrs["kernel"]
+        return max(top, bottom) < kh and max(left, right) < kw
+    return True
+
+
+def measured_workspace(op: Operator, xs: list[np.ndarray], weights: dict[str, np.ndarray],
+                       layout: str = "NCHW", inplace: bool = False) -> int:
+    """Peak bytes a run allocates beyond its outputs (a view or in-place output is none)."""
+    def run() -> list[np.ndarray]:
+        return op.run(xs, weights, layout, inplace)
+
+    outputs = run()  # warm lazily created objects
+    fresh = 0 if op.view or inplace else sum(o.nbytes for o in outputs)
+    del outputs
+    return peak_allocation(run) - fresh
+
+
+def _nhwc_applies(op: Operator, shapes: list[Shape]) -> bool:
+    return ("NHWC" in op.layouts and any(len(s) == 4 for s in shapes)
+            and all(len(s) <= 4 for s in shapes))
+
+
+def _to_nhwc(x: np.ndarray) -> np.ndarray:
+    return convert(x, "NCHW", "NHWC") if x.ndim == 4 else x
+
+
+def check_case(name: str, case: Case, seed: int) -> None:
+    op = operators.make(name, **case.attrs)
+    op.check_arity(len(case.shapes))
+    expected_shapes = op.output_shapes(case.shapes)
+    xs, weights = _data(op, case, seed)
+    itemsize = np.dtype(case.dtype).itemsize
+
+    ys = op.run([x.copy() for x in xs], weights)
+    assert [y.shape for y in ys] == expected_shapes, f"{op}: run and output_shapes disagree"
+    assert all(y.dtype == np.dtype(case.dtype) for y in ys)
+    assert all(y.flags.c_contiguous for y in ys), f"{op}: an output is not C-contiguous"
+
+    # ONNX's reference evaluator on the exported layer, or where it is wrong, other oracles
+    if name == "lrn":
+        assert_close(ys[0], lrn_reference(xs[0], **op.attrs).astype(case.dtype), case.dtype,
+                     f"{op} on {case.shapes} vs brute-force LRN")
+        if case.dtype == "float32" and op.attrs["size"] % 2:  # onnxruntime: float, odd sizes
+            assert_close(ys[0], run_onnxruntime(op, case, xs, weights)[0], case.dtype,
+                         f"{op} on {case.shapes} vs onnxruntime")
+    elif reference_evaluator_is_wrong(name, op.attrs, case.shapes):
+        if onnxruntime_runs(name, op.attrs, case.dtype):
+            for y, ref in zip(ys, run_onnxruntime(op, case, xs, weights), strict=True):
+                assert_close(y, ref, case.dtype, f"{op} on {case.shapes} vs onnxruntime")
+    else:
+        for y, ref in zip(ys, run_onnx_reference(op, case, xs, weights), strict=True):
+            assert_close(y, ref, case.dtype, f"{op} on {case.shapes} vs ONNX reference", name)
+    if name in ("maxpool", "avgpool"):
+        assert_close(ys[0], pool_reference(xs[0], name, op.attrs).astype(case.dtype),
+                     case.dtype, f"{op} on {case.shapes} vs brute-force pool")
+
+    if op.view:
+        assert all(np.shares_memory(y, xs[0]) for y in op.run(xs, weights))
+
+    # NHWC storage: the NCHW answer, transposed
+    if _nhwc_applies(op, case.shapes):
+        nhwc = op.run([_to_nhwc(x) for x in xs], weights, "NHWC")
+        for y, z in zip(ys, nhwc, strict=True):
+            back = convert(z, "NHWC", "NCHW") if z.ndim == 4 else z
+            assert_close(back, y, case.dtype, f"{op} in NHWC")
+        if name != "conv":
+            assert measured_workspace(op, [_to_nhwc(x) for x in xs], weights, "NHWC") <= \
+                op.workspace_bytes(case.shapes, itemsize), f"{op} in NHWC over its workspace"
+
+    # in place: the same answer, written over the first input
+    if op.can_overwrite(case.shapes):
+        first = xs[0].copy()
+        out = op.run([first, *xs[1:]], weights, inplace=True)
+        assert out[0] is first or np.shares_memory(out[0], first)
+        np.testing.assert_array_equal(out[0], ys[0])
+        measured = measured_workspace(op, [xs[0].copy(), *xs[1:]], weights, inplace=True)
+        assert measured <= op.workspace_bytes(case.shapes, itemsize), f"{op} in place"
+
+    # workspace: a tight upper bound (conv's memory is its algorithm's, see test_workspace)
+    if name != "conv":
+        predicted = op.workspace_bytes(case.shapes, itemsize)
+        measured = measured_workspace(op, xs, weights)
+        assert measured <= predicted, f"{op} on {case.shapes}: measured {measured} > {predicted}"
+        assert predicted <= 1.25 * measured + SLACK, f"{op}: predicted {predicted} >> {measured}"
+
+
+OPERATORS = operators.names()
+
+
+def test_every_operator_has_cases() -> None:
+    missing = sorted(set(OPERATORS) - set(CASES))
+    assert not missing, f"operators without test cases: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@settings(max_examples=60)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_operator(name: str, data: st.DataObject, seed: int) -> None:
+    if name not in CASES:
+        pytest.fail(f"no cases for operator {name!r}")
+    check_case(name, data.draw(CASES[name]()), seed)
+
+
+# -- pooling against more oracles ---------------------------------------------------------------
+def pool_reference(x: np.ndarray, op: str, attrs: dict[str, Any]) -> np.ndarray:
+    """Brute force in float64, one output at a time: the window's taps listed, the ones inside
+    the input kept; avgpool's divisor counts the kept taps, or with count_include_pad those
+    inside the padded input."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (top, left, bottom, right) = (attrs["kernel"], attrs["stride"],
+                                                      attrs["padding"])
+    dh, dw = attrs.get("dilation", (1, 1))
+
+    def taps(o: int, s: int, k: int, d: int, before: int) -> list[int]:
+        return [o * s + t * d - before for t in range(k)]
+
+    def out_size(size: int, k: int, s: int, d: int, before: int, after: int) -> int:
+        """Windows in padded coordinates: each must fit; in ceil_mode, one more may stick out
+        while the last one has not reached the end, if it starts before the trailing pad."""
+        padded, o = size + before + after, 1
+        while True:
+            start, end = o * s, o * s + d * (k - 1)
+            if attrs["ceil_mode"]:
+                more = (o - 1) * s + d * (k - 1) < padded - 1 and start < size + before
+            else:
+                more = end <= padded - 1
+            if not more:
+                return o
+            o += 1
+
+    ho, wo = out_size(h, kh, sh, dh, top, bottom), out_size(w, kw, sw, dw, left, right)
+    y = np.empty((n, c, ho, wo))
+    for i in range(ho):
+        rows = taps(i, sh, kh, dh, top)
+        real_rows = [r for r in rows if 0 <= r < h]
+        for j in range(wo):
+            cols = taps(j, sw, kw, dw, left)
+            real_cols = [q for q in cols if 0 <= q < w]
+            window = x[:, :, real_rows][:, :, :, real_cols].astype(np.float64)
+            if op == "maxpool":
+                y[:, :, i, j] = window.max(axis=(2, 3))
+                continue
+            if attrs["count_include_pad"]:
+                divisor = (sum(-top <= r < h + bottom for r in rows)
+                           * sum(-left <= q < w + right for q in cols))
+            else:
+                divisor = len(real_rows) * len(real_cols)
+            y[:, :, i, j] = window.sum(axis=(2, 3)) / divisor
+    return y
+
+
+@pytest.mark.parametrize("name", ["maxpool", "avgpool"])
+@settings(max_examples=50)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_pooling_matches_onnxruntime(name: str, data: st.DataObject, seed: int) -> None:
+    """onnxruntime gets ceil_mode and asymmetric padding right, but rejects pads >= kernel."""
+    case = data.draw(pool_cases(name))
+    op = operators.make(name, **case.attrs)
+    assume(onnxruntime_runs(name, op.attrs, case.dtype))
+    xs, _ = _data(op, case, seed)
+    expected = run_onnxruntime(op, case, xs, {})[0]
+    assert_close(op.run(xs, {})[0], expected, case.dtype, f"{op} vs onnxruntime")
+
+
+@pytest.mark.parametrize("name", ["maxpool", "avgpool"])
+@settings(max_examples=50)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_pooling_matches_torch(name: str, data: st.DataObject, seed: int) -> None:
+    """PyTorch: symmetric padding of at most half the kernel, ceil_mode included."""
+    torch = pytest.importorskip("torch")
+    case = data.draw(pool_cases(name))
+    op = operators.make(name, **case.attrs)
+    a = op.attrs
+    top, left, bottom, right = a["padding"]
+    dh, dw = a.get("dilation", (1, 1))
+    assume((top, left) == (bottom, right))
+    assume(2 * top <= dh * (a["kernel"][0] - 1) + 1 and 2 * left <= dw * (a["kernel"][1] - 1) + 1)
+    xs, _ = _data(op, case, seed)
+    x = torch.from_numpy(xs[0])
+    if name == "maxpool":
+        expected = torch.nn.functional.max_pool2d(x, a["kernel"], a["stride"], (top, left),
+                                                  a["dilation"], ceil_mode=a["ceil_mode"])
+    else:
+        expected = torch.nn.functional.avg_pool2d(x, a["kernel"], a["stride"], (top, left),
+                                                  ceil_mode=a["ceil_mode"],
+                                                  count_include_pad=a["count_include_pad"])
+    assert_close(op.run(xs, {})[0], expected.numpy(), case.dtype, f"{op} vs torch")
+
+
+def test_pool_window_in_padding_only_is_an_error() -> None:
+    with pytest.raises(ValueError, match="maxpool: the window of output row 0 covers only"):
+        operators.make("maxpool", kernel=2, padding=(2, 0, 0, 0)).output_shapes([(1, 1, 4, 4)])
+    with pytest.raises(ValueError, match=r"avgpool: .* does not fit"):
+        operators.make("avgpool", kernel=5).output_shapes([(1, 1, 4, 4)])
+
+
+# -- memory facts the planner relies on -----------------------------------------------------------
+def test_gemm_never_copies_a_transposed_operand() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 64)).astype(np.float32)  # trans_a: A is x.T, (64, 256)
+    b = rng.standard_normal((512, 256)).astype(np.float32)  # trans_b: B is b.T, 512 KiB
+    op = operators.make("gemm", out_features=512, trans_a=True, trans_b=True)
+    weights = {"b": b, "c": rng.standard_normal(512).astype(np.float32)}
+    np.testing.assert_allclose(op.run([x], weights)[0], x.T @ b.T + weights["c"], rtol=1e-4,
+                               atol=1e-4)
+    assert measured_workspace(op, [x], weights) < 32 * 1024
+
+
+def test_broadcasting_ops_stay_within_small_ufunc_buffers() -> None:
+    """Broadcast operands make NumPy buffer (32 KiB per operand by default); runs use less."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 64, 32, 32)).astype(np.float32)
+    for name, attrs, weights in [
+            ("batchnorm", {}, {"scale": np.ones(64, np.float32),
+                               "shift": np.zeros(64, np.float32)}),
+            ("mul", {"constant_shape": (64, 1, 1)}, {"constant": np.ones((64, 1, 1), np.float32)}),
+            ("avgpool", {"kernel": 3, "stride": 2, "padding": 1}, {})]:
+        op = operators.make(name, **attrs)
+        measured = measured_workspace(op, [x], weights)
+        assert measured <= op.workspace_bytes([x.shape], 4) < 64 * 1024, name
+
+
+def test_can_overwrite() -> None:
+    assert operators.make("relu").can_overwrite([(1, 2, 3, 3)])
+    assert operators.make("add").can_overwrite([(1, 4, 3, 3), (4, 1, 1)])
+    assert not operators.make("add").can_overwrite([(4, 1, 1), (1, 4, 3, 3)])
+    assert not operators.make("maxpool", kernel=1).can_overwrite([(1, 2, 3, 3)])
+    assert not operators.make("identity").can_overwrite([(1, 2, 3, 3)])
+
+
+def test_layouts_depend_on_the_constant() -> None:
+    assert "NHWC" in operators.make("add").layouts
+    assert "NHWC" in operators.make("mul", constant_shape=(1, 1, 1, 1)).layouts
+    assert operators.make("sub", constant_shape=(3, 1, 1)).layouts == ("NCHW",)
+
+
+def test_export_names_initializers_with_the_prefix() -> None:
+    op = operators.make("conv", out_channels=4, kernel=3, padding=(0, 1, 2, 1))
+    weights = {"weight": np.zeros((4, 2, 3, 3), np.float32), "bias": np.zeros(4, np.float32)}
+    nodes, inits = layer_to_onnx("conv", op.attrs, ["x"], ["y"], weights, "block1/conv")
+    assert [n.op_type for n in nodes] == ["Conv"]
+    assert {t.name for t in inits} == {"block1/conv/weight", "block1/conv/bias"}
+    pads = next(a for a in nodes[0].attribute if a.name == "pads")
+    assert list(pads.ints) == [0, 1, 2, 1]
+    with pytest.raises(ValueError, match="nope"):
+        layer_to_onnx("nope", {}, ["x"], ["y"], {}, "p")
+
+
+# -- errors -------------------------------------------------------------------------------------
+def _make(op: str, **attrs: Any) -> Callable[[], Any]:
+    return lambda: operators.make(op, **attrs)
+
+
+def _shapes(op: str, shapes: list[Shape], **attrs: Any) -> Callable[[], Any]:
+    return lambda: operators.make(op, **attrs).output_shapes(shapes)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (_make("relu", alpha=1), "relu: unknown attribute"),
+    (_make("maxpool", kernal=3), "maxpool: unknown attribute"),
+    (_make("maxpool"), "maxpool: kernel is required"),
+    (_make("avgpool", kernel=2, dilation=2), "avgpool: unknown attribute"),
+    (_make("lrn"), "lrn: size is required"),
+    (_make("concat"), "concat: axis is required"),
+    (_make("reshape"), "reshape: shape is required"),
+    (_make("split", axis=1), "split: sizes is required"),
+    (_make("slice", starts=[0]), "slice: ends is required"),
+    (_make("gemm"), "gemm: out_features is required"),
+    (_make("maxpool", kernel=0), "maxpool: kernel must be positive"),
+    (_make("maxpool", kernel=2, padding=-1), "maxpool: padding must not be negative"),
+    (_make("avgpool", kernel=2, padding=(1, 2, 3)), "avgpool: padding must be"),
+    (_make("avgpool", kernel=2, ceil_mode="yes"), "avgpool: ceil_mode must be a bool"),
+    (_make("clip", min=2.0, max=1.0), "clip: min 2.0 is greater than max"),
+    (_make("clip", min="low"), "clip: min must be a number"),
+    (_make("hardsigmoid", alpha=float("nan")), "hardsigmoid: alpha must be finite"),
+    (_make("lrn", size=0), "lrn: size must be >= 1"),
+    (_make("softmax", axis=1.5), "softmax: axis must be an int"),
+    (_make("reshape", shape=[-1, -1]), "reshape: shape .* more than one -1"),
+    (_make("reshape", shape=[2, -3]), "reshape: shape must be >= -1"),
+    (_make("transpose", perm=[0, 0]), "transpose: perm .* not a permutation"),
+    (_make("split", sizes=[2, 0]), "split: sizes must be >= 1"),
+    (_make("slice", starts=[0], ends=[1], steps=[0]), "slice: steps .* contain 0"),
+    (_make("slice", starts=[0, 1], ends=[1]), "slice: ends has 1 values"),
+    (_make("gemm", out_features=0), "gemm: out_features must be >= 1"),
+    (_make("gemm", out_features=2, trans_b=2), "gemm: trans_b must be a bool"),
+    (_make("add", constant_shape=[2, 0]), "add: constant_shape must be >= 1"),
+    (lambda: operators.make("add").check_arity(1), "add takes 2 or more"),
+    (lambda: operators.make("sub").check_arity(3), "sub takes 2 input"),
+    (lambda: operators.make("div", constant_shape=[1]).check_arity(2), "div takes 1 input"),
+    (lambda: operators.make("relu").check_arity(2), "relu takes 1 input"),
+    (lambda: operators.make("matmul").check_arity(1), "matmul takes 2 input"),
+    (_shapes("add", [(2, 3), (4,)]), "add: operand shapes .* do not broadcast"),
+    (_shapes("mul", [(2, 3)], constant_shape=(2,)), "mul: operand shapes .* do not broadcast"),
+    (_shapes("concat", [(1, 2, 3), (1, 3, 4)], axis=1), "concat: input shapes .* differ"),
+    (_shapes("concat", [(1, 2, 3), (1, 2)], axis=0), "concat: input shapes .* differ"),
+    (_shapes("concat", [(1, 2)], axis=2), "concat: axis 2 is out of range"),
+    (_shapes("reshape", [(2, 3)], shape=[4, 2]), "reshape: shape .* holds 8 elements"),
+    (_shapes("reshape", [(2, 3)], shape=[4, -1]), "reshape: cannot infer"),
+    (_shapes("reshape", [(6,)], shape=[0, 0]), "reshape: .* copies dimension 1"),
+    (_shapes("split", [(5, 3)], sizes=[2, 2]), "split: sizes .* add up to 4"),
+    (_shapes("transpose", [(2, 3)], perm=[2, 0, 1]), "transpose: perm .* rank-2"),
+    (_shapes("slice", [(4, 4)], starts=[3], ends=[1]), "slice: .* select nothing"),
+    (_shapes("slice", [(4, 4)], starts=[0, 0], ends=[1, 1], axes=[1, -1]),
+     "slice: axis 1 appears twice"),
+    (_shapes("gemm", [(2, 3, 4)], out_features=2), "gemm needs a 2-D input"),
+    (_shapes("matmul", [(2, 3), (4, 5)]), "matmul: shapes .* do not multiply"),
+    (_shapes("matmul", [(2, 2, 3), (3, 3, 5)]), "matmul: the batch dimensions"),
+    (_shapes("maxpool", [(1, 2, 3)], kernel=2), "maxpool needs a 4-D"),
+    (_shapes("globalavgpool", [(1, 2)]), "globalavgpool needs a 4-D"),
+    (_shapes("lrn", [(1, 2, 3)], size=3), "lrn needs a 4-D"),
+    (_shapes("batchnorm", [(3,)]), "batchnorm needs an input of rank >= 2"),
+    (_shapes("softmax", [(2, 3)], axis=-3), "softmax: axis -3 is out of range"),
+    (_shapes("flatten", [(2, 3)], axis=3), "flatten: axis 3 is out of range"),
+])
+def test_errors_name_the_operator(call: Callable[[], Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_gemm_rejects_weights_of_the_wrong_shape() -> None:
+    op = operators.make("gemm", out_features=3)
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"gemm: weight 'b' has shape \(5, 3\), expected \(4, 3\)"):
+        op.run([x], {"b": np.zeros((5, 3), np.float32), "c": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="gemm: weight 'c' is missing"):
+        op.run([x], {"b": np.zeros((4, 3), np.float32)})
+
+
+def test_unknown_operator() -> None:
+    with pytest.raises(ValueError, match="unknown operator 'nope'"):
+        operators.make("nope")
