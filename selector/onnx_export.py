@@ -17,6 +17,8 @@ from onnx import helper, numpy_helper
 
 from kernels import operators
 
+from .network import Network
+
 OPSET = 17
 #: The IR version of ONNX 1.12, the release that introduced opset 17 (readable by onnxruntime).
 IR_VERSION = 8
@@ -273,5 +275,29 @@ def single_layer_model(op: str, attrs: Mapping[str, Any], input_shapes: Sequence
     # Not full_check: ONNX's shape inference for opset < 22 pools with plain ceil in ceil_mode,
     # keeping a last window that starts beyond the padding, which onnxruntime, the reference
     # evaluator and PyTorch (and opset 22's inference) all drop.
+    onnx.checker.check_model(model)
+    return model
+
+
+# -- a whole network ------------------------------------------------------------------------------
+def network_to_onnx(network: Network) -> onnx.ModelProto:
+    """``network`` (description and weights) as an ONNX model with the same tensor names."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype("float32"))
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    for node in network.nodes:
+        n, i = layer_to_onnx(node.op, node.operator.attrs, node.inputs, node.outputs,
+                             node.weights, node.name)
+        nodes += n
+        initializers += i
+    graph = helper.make_graph(
+        nodes, network.name,
+        [helper.make_tensor_value_info(k, elem, list(v)) for k, v in network.inputs.items()],
+        [helper.make_tensor_value_info(k, elem, list(network.shapes[k]))
+         for k in network.outputs],
+        initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="convplan")
+    model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model

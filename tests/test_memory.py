@@ -1,0 +1,101 @@
+"""The memory model, step by step, on networks small enough to count by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import registry
+from selector.lowering import lower
+from selector.memory import EXECUTOR_BYTES, EXECUTOR_BYTES_PER_STEP, predict
+from selector.network import Network
+from selector.runner import run_network
+
+X = [1, 4, 32, 32]
+MB = 4 * 32 * 32 * 4          # one (1, 4, 32, 32) float32 tensor
+
+
+def network(*layers: dict, outputs=None) -> Network:
+    return Network.from_description({"inputs": [{"name": "x", "shape": X}],
+                                     "layers": list(layers), "outputs": outputs})
+
+
+def conv(name: str, source: str, **attrs) -> dict:
+    return {"name": name, "op": "conv", "inputs": [source], "out_channels": 4, "kernel": 3,
+            "padding": 1, **attrs}
+
+
+def activations(net: Network, **kw) -> dict[str, int]:
+    profile = predict(lower(net, **kw).program)
+    return {s.name: s.activation_bytes for s in profile.steps}
+
+
+def test_a_chain_holds_two_tensors_at_a_time() -> None:
+    net = network(conv("a", "x"), conv("b", "a"), conv("c", "b"))
+    assert activations(net, algorithm="im2col") == {"a": MB, "b": 2 * MB, "c": 2 * MB}
+
+
+def test_a_skip_connection_keeps_its_source_alive() -> None:
+    net = network(conv("a", "x"), conv("b", "a"), conv("c", "b"),
+                  {"name": "s", "op": "add", "inputs": ["a", "c"]})
+    live = activations(net, algorithm="im2col")
+    assert live == {"a": MB, "b": 2 * MB, "c": 3 * MB, "s": 2 * MB}   # s overwrites a
+
+
+def test_in_place_only_at_the_last_use() -> None:
+    net = network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
+                  conv("b", "r"))
+    steps = lower(net, algorithm="im2col").program.steps
+    assert [s.inplace for s in steps] == [False, True, False]
+    assert activations(net, algorithm="im2col") == {"a": MB, "r": MB, "b": 2 * MB}
+    # a is needed after the relu: the relu must not overwrite it
+    net = network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
+                  {"name": "s", "op": "add", "inputs": ["a", "r"]})
+    steps = lower(net, algorithm="im2col").program.steps
+    assert [s.inplace for s in steps] == [False, False, True]
+    # the network input belongs to the caller: never overwritten
+    net = network({"name": "r", "op": "relu", "inputs": ["x"]})
+    assert not lower(net).program.steps[0].inplace
+
+
+def test_views_cost_nothing_and_keep_their_buffer() -> None:
+    net = network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
+                  {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 8})
+    live = activations(net, algorithm="im2col")
+    assert live == {"a": MB, "f": MB, "g": MB + 32}
+
+
+def test_layout_transforms_are_steps_with_their_own_copy() -> None:
+    net = network(conv("a", "x"), conv("b", "a"))
+    program = lower(net, algorithm="kn2row-aa-nhwc").program
+    assert [s.name for s in program.steps] == ["x@NHWC", "a", "b", "b@NCHW"]
+    live = {s.name: s.activation_bytes for s in predict(program).steps}
+    assert live == {"x@NHWC": MB, "a": 2 * MB, "b": 2 * MB, "b@NCHW": 2 * MB}
+
+
+def test_fixed_part_is_prepared_weights_inputs_and_the_executor() -> None:
+    net = network(conv("a", "x"), conv("b", "a", bias=False))
+    lowered = lower(net, algorithm="im2col")
+    profile = predict(lowered.program)
+    im2col = registry.get("im2col")
+    spec = net.conv_spec(net.node("a"))
+    prepared = im2col.prepared_bytes(spec, True) + im2col.prepared_bytes(spec, False)
+    assert profile.prepared_bytes == prepared
+    assert profile.input_bytes == MB
+    fixed = prepared + MB + EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * 2
+    step_b = profile.steps[1]
+    assert step_b.total_bytes == fixed + 2 * MB + im2col.workspace_bytes(spec)
+    assert profile.peak_bytes == max(s.total_bytes for s in profile.steps)
+
+
+def test_a_long_chain_measures_what_is_predicted() -> None:
+    """Big enough that forgetting to free (or freeing too early) shows beyond the allowances."""
+    layers = [conv("c0", "x", out_channels=16)]
+    layers += [conv(f"c{i}", f"c{i - 1}", out_channels=16) for i in range(1, 12)]
+    net = Network.from_description({"inputs": [{"name": "x", "shape": [1, 16, 64, 64]}],
+                                    "layers": layers})
+    report = run_network(net, {"x": np.ones((1, 16, 64, 64), np.float32)}, threads=1,
+                         algorithm="kn2row-aa")
+    tensor = 16 * 64 * 64 * 4
+    assert report.measured_peak_bytes <= report.predicted_peak_bytes
+    assert report.predicted_peak_bytes <= report.measured_peak_bytes + 128 * 1024
+    assert report.measured_peak_bytes < report.prepared_bytes + 4 * tensor

@@ -1,0 +1,65 @@
+"""Random networks (residual, inception-style concat, depthwise, grouped, strided, pooled) give
+the reference's output under several algorithm assignments, and keep the memory promise."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import registry
+from selector.network import Network
+from selector.reference import reference_outputs
+from selector.runner import random_inputs, run_network
+from tests.networks import network_descriptions
+
+ASSIGNMENTS = ["default", "im2col", "kn2row-aa-nhwc", "im2row", "direct", "random", "random"]
+
+
+@settings(max_examples=60)
+@given(description=network_descriptions(), choice=st.sampled_from(ASSIGNMENTS),
+       data=st.data())
+def test_random_network_matches_the_reference(description, choice, data) -> None:
+    network = Network.from_description(description)
+    assignment, algorithm = None, None
+    if choice == "random":
+        assignment = {}
+        for node in network.conv_nodes:
+            names = [a.name for a in registry.applicable(network.conv_spec(node))]
+            assignment[node.name] = data.draw(st.sampled_from(names))
+    elif choice != "default":
+        algorithm = choice
+    inputs = random_inputs(network, seed=1)
+    report = run_network(network, inputs, assignment=assignment, algorithm=algorithm,
+                         strict=assignment is not None, threads=1)
+    expected = reference_outputs(network, inputs)
+    for name, y in report.outputs.items():
+        ref = expected[name]
+        # float32 against onnxruntime's float32; Winograd's transforms round a little more
+        np.testing.assert_allclose(y, ref, rtol=0, atol=3e-4 * float(np.abs(ref).max()) + 1e-6)
+    measured, predicted = report.measured_peak_bytes, report.predicted_peak_bytes
+    assert measured <= predicted <= 1.05 * measured + 2**20
+    # Tighter than that: beyond 5%, only the fixed allowances (executor, ufunc buffers) remain.
+    assert predicted <= 1.05 * measured + 128 * 1024
+
+
+def test_the_strategy_draws_every_kind_of_block() -> None:
+    """The generator is not stuck on one shape of network."""
+    ops: set[str] = set()
+    grouped = depthwise = strided = False
+
+    @settings(max_examples=80, database=None)
+    @given(network_descriptions())
+    def collect(description) -> None:
+        nonlocal grouped, depthwise, strided
+        for layer in description["layers"]:
+            ops.add(layer["op"])
+            if layer["op"] == "conv":
+                groups = layer.get("groups", 1)
+                depthwise |= groups > 1 and groups == layer["out_channels"]
+                grouped |= groups > 1
+                strided |= layer.get("stride", 1) > 1
+
+    collect()
+    assert {"conv", "add", "concat", "maxpool", "avgpool", "gemm", "batchnorm"} <= ops
+    assert grouped and depthwise and strided
