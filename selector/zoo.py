@@ -1,9 +1,10 @@
 """Built-in networks by name, and `load_network` for anything a user may name.
 
-The paper's networks: ``alexnet`` (BVLC AlexNet), ``googlenet`` (Inception v1) and ``resnet50`` are
-the ONNX models shipped in the ``onnx`` wheel (``onnx/backend/test/data/light``: real
-architectures, weights filled with constants); ``vgg16`` is described here (seeded weights).
-Every light model is also available as ``onnx:<name>`` (``onnx:vgg19``, ``onnx:squeezenet`` ...).
+The paper's networks: ``alexnet`` (BVLC AlexNet), ``googlenet`` (Inception v1) and ``resnet50`` have
+the architectures of the ONNX models shipped in the ``onnx`` wheel (``onnx/backend/test/data/light``)
+with seeded random weights: the light models' own weights are constants, which makes every
+output (and so any check of it) nearly uniform. ``vgg16`` is described here. Every light model is
+also available unchanged as ``onnx:<name>`` (``onnx:vgg19``, ``onnx:squeezenet`` ...).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def _builtin(name: str) -> Network:
     if name not in PAPER_NETWORKS:
         raise NetworkError(f"unknown network {name!r}; built in: {', '.join(names())}")
     light = PAPER_NETWORKS[name]
-    if light is not None:
-        return load_onnx(light_model_path(light), name=name)
-    return Network.from_description(vgg16_description())
+    if light is None:
+        return Network.from_description(vgg16_description())
+    description = load_onnx(light_model_path(light), name=name).to_description()
+    return Network.from_description(description)      # no weights given: seeded ones
 
 
 def builtin(name: str) -> Network:
