@@ -1,10 +1,10 @@
 """Built-in networks by name, and `load_network` for anything a user may name.
 
-The paper's networks: ``alexnet`` (BVLC AlexNet), ``googlenet`` (Inception v1) and ``resnet50`` have
-the architectures of the ONNX models shipped in the ``onnx`` wheel (``onnx/backend/test/data/light``)
-with seeded random weights: the light models' own weights are constants, which makes every
-output (and so any check of it) nearly uniform. ``vgg16`` is described here. Every light model is
-also available unchanged as ``onnx:<name>`` (``onnx:vgg19``, ``onnx:squeezenet`` ...).
+The paper's networks ``alexnet`` (BVLC AlexNet), ``googlenet`` (Inception v1) and ``resnet50``
+have the architectures of the ONNX light models shipped in the ``onnx`` wheel
+(``onnx/backend/test/data/light``) and seeded random weights: the light models' own weights are
+constants, which makes every output (and so any check of it) nearly uniform. ``vgg16`` is
+described here. Every light model is also available unchanged as ``onnx:<name>``.
 """
 
 from __future__ import annotations
