@@ -1,7 +1,8 @@
 """Fully connected layers and matrix products, straight into the output through BLAS.
 
-np.matmul hands transposed operands to BLAS as transposed (no copy is made; the tests measure
-it), so trans_a / trans_b cost nothing."""
+2-D products go through `kernels.blas` like every convolution's GEMMs: one OpenBLAS, one thread
+pool (a second library's idle threads spinning beside ours halved the speed at 2 threads).
+Transposed operands are passed as transposed, never copied, so trans_a / trans_b cost nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..blas import gemm
 from ..spec import Layout
 from .base import Operator, Shape, small_ufunc_buffers
 from .checks import flag, integer, real, shape_of
@@ -56,10 +58,6 @@ class Gemm(Operator):
         m, _ = self._mk(shapes[0])
         return [(m, self.attrs["out_features"])]
 
-    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
-        a = self.attrs
-        return a["out_features"] * itemsize if a["bias"] and a["beta"] != 1 else 0
-
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
             layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
         a = self.attrs
@@ -69,12 +67,11 @@ class Gemm(Operator):
         rhs = weights["b"].T if a["trans_b"] else weights["b"]
         out = np.empty((lhs.shape[0], a["out_features"]), dtype=x.dtype)
         with small_ufunc_buffers():
-            np.matmul(lhs, rhs, out=out)
-            if a["alpha"] != 1:
-                np.multiply(out, a["alpha"], out=out)
             if a["bias"]:
-                c = weights["c"]
-                np.add(out, c if a["beta"] == 1 else c * a["beta"], out=out)
+                np.copyto(out, weights["c"])
+                if a["beta"] != 1:
+                    np.multiply(out, a["beta"], out=out)
+        gemm(lhs, rhs, out, alpha=a["alpha"], beta=1.0 if a["bias"] else 0.0)
         return [out]
 
 
@@ -134,6 +131,9 @@ class MatMul(Operator):
         lhs = xs[0]
         rhs = xs[1] if len(xs) == 2 else weights["constant"]
         out = np.empty(matmul_shape(lhs.shape, rhs.shape), dtype=lhs.dtype)
-        with small_ufunc_buffers():
+        if lhs.ndim == rhs.ndim == 2:
+            gemm(lhs, rhs, out)
+            return [out]
+        with small_ufunc_buffers():     # batched: NumPy's BLAS (rare in CNNs)
             np.matmul(lhs, rhs, out=out)
         return [out]
