@@ -1,11 +1,13 @@
 """Lowering: a network plus a choice of algorithm per convolution becomes an executable program.
 
 The program runs the network's nodes in its fixed topological order. Convolutions run with the
-chosen algorithm in that algorithm's layouts; every other operator runs in the layout its input
-already has when it supports it (element-wise operators, batch-norm, concat ...), else in NCHW.
-Where a producer's layout differs from what a consumer needs, a layout-transform step is inserted
-(once per tensor and layout). Each step lists the tensors whose last use it is, so the executor
-frees them right after it, and a unary operator overwrites its input when nothing else needs it.
+chosen algorithm in that algorithm's layouts; every other operator runs in the layout a plan gives
+it, or else the layout its input already has when it supports it (element-wise operators,
+batch-norm, pooling, concat ...), else NCHW. Where a producer's layout differs from what a consumer
+needs, a layout-transform step right before the consumer makes the copy, which lives for that
+consumer's step only (DESIGN.md: "any layout-transformed copy made for this step"). Each step lists
+the tensors whose last use it is, so the executor frees them right after it, and a unary operator
+overwrites its input when nothing else needs it.
 """
 
 from __future__ import annotations
@@ -52,14 +54,17 @@ def choose_algorithm(network: Network, node_name: str, requested: str | None,
 
 
 def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
-          algorithm: str | None = None, strict: bool = False) -> Lowered:
+          algorithm: str | None = None, strict: bool = False,
+          layouts: Mapping[str, Layout] | None = None) -> Lowered:
     """Lower ``network`` with ``assignment`` (conv layer -> algorithm), or one ``algorithm`` for
-    every convolution, or `kernels.conv.default_algorithm` per layer.
+    every convolution, or `kernels.conv.default_algorithm` per layer; ``layouts`` (other layers
+    -> the layout they run in) as a plan chose them.
 
     ``strict`` (plans): an algorithm that cannot run its layer is an error. Otherwise the layer
     falls back to the default algorithm and a note says so.
     """
     assignment = dict(assignment or {})
+    layouts = dict(layouts or {})
     conv_names = {n.name for n in network.conv_nodes}
     unknown = set(assignment) - conv_names
     if unknown:
@@ -70,24 +75,21 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
 
     shapes: dict[str, tuple[int, ...]] = dict(network.shapes)
     layout_of: dict[str, Layout] = {t: "NCHW" for t in network.inputs}
-    copies: dict[tuple[str, Layout], str] = {}
     steps: list[Step] = []
     chosen: dict[str, str] = {}
     notes: list[str] = []
 
-    def in_layout(tensor: str, layout: Layout) -> str:
-        """``tensor`` stored in ``layout``: itself, or a transformed copy made once."""
+    def in_layout(tensor: str, layout: Layout, step: str) -> str:
+        """``tensor`` stored in ``layout``: itself, or a copy made for ``step`` alone."""
         if len(shapes[tensor]) != 4 or layout_of[tensor] == layout:
             return tensor
-        key = (tensor, layout)
-        if key not in copies:
-            copy = f"{tensor}@{layout}"
+        copy = f"{tensor}@{layout}>{step}"
+        if copy not in shapes:      # a step reading one tensor twice makes one copy
             steps.append(Step(name=copy, kind="transform", inputs=[tensor], outputs=[copy],
                               layout=layout, src_layout=layout_of[tensor]))
             shapes[copy] = shapes[tensor]
             layout_of[copy] = layout
-            copies[key] = copy
-        return copies[key]
+        return copy
 
     for node in network.nodes:
         if node.op == "conv":
@@ -96,31 +98,36 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
             if note:
                 notes.append(note)
             chosen[node.name] = algo.name
-            x = in_layout(node.inputs[0], algo.input_layout)
+            x = in_layout(node.inputs[0], algo.input_layout, node.name)
             steps.append(Step(name=node.name, kind="conv", inputs=[x], outputs=node.outputs,
                               layout=algo.input_layout, algorithm=algo,
                               spec=network.conv_spec(node), weights=node.weights))
             out_layout = algo.output_layout
         else:
-            four_d = [t for t in node.inputs if len(shapes[t]) == 4]
-            current = {layout_of[t] for t in four_d}
-            layout: Layout = "NCHW"
-            if len(current) == 1:
-                only = next(iter(current))
-                if only in node.operator.layouts:
-                    layout = only
-            inputs = [in_layout(t, layout) for t in node.inputs]
+            layout = layouts.get(node.name) or natural_layout(
+                node.operator.layouts, [layout_of[t] for t in node.inputs
+                                        if len(shapes[t]) == 4])
+            if layout not in node.operator.layouts:
+                raise NetworkError(f"layer {node.name!r}: {node.op} does not run in {layout}")
+            inputs = [in_layout(t, layout, node.name) for t in node.inputs]
             steps.append(Step(name=node.name, kind="op", inputs=inputs, outputs=node.outputs,
                               layout=layout, operator=node.operator, weights=node.weights))
             out_layout = layout
         for t in node.outputs:
             layout_of[t] = out_layout if len(shapes[t]) == 4 else "NCHW"
 
-    outputs = {name: in_layout(name, "NCHW") for name in network.outputs}
+    outputs = {name: in_layout(name, "NCHW", "output") for name in network.outputs}
     program = Program(steps, list(network.inputs), list(outputs.values()), shapes)
     _plan_releases(program)
     _plan_inplace(program)
     return Lowered(program, chosen, notes, outputs)
+
+
+def natural_layout(supported: tuple[Layout, ...], current: list[Layout]) -> Layout:
+    """Without a plan, an operator runs in its inputs' layout when they share one it supports."""
+    if len(set(current)) == 1 and current[0] in supported:
+        return current[0]
+    return "NCHW"
 
 
 def _plan_releases(program: Program) -> None:

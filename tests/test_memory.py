@@ -67,9 +67,24 @@ def test_views_cost_nothing_and_keep_their_buffer() -> None:
 def test_layout_transforms_are_steps_with_their_own_copy() -> None:
     net = network(conv("a", "x"), conv("b", "a"))
     program = lower(net, algorithm="kn2row-aa-nhwc").program
-    assert [s.name for s in program.steps] == ["x@NHWC", "a", "b", "b@NCHW"]
+    assert [s.name for s in program.steps] == ["x@NHWC>a", "a", "b", "b@NCHW>output"]
     live = {s.name: s.activation_bytes for s in predict(program).steps}
-    assert live == {"x@NHWC": MB, "a": 2 * MB, "b": 2 * MB, "b@NCHW": 2 * MB}
+    assert live == {"x@NHWC>a": MB, "a": 2 * MB, "b": 2 * MB, "b@NCHW>output": 2 * MB}
+
+
+def test_a_copy_lives_for_its_consumer_step_only() -> None:
+    """Two NHWC consumers of an NCHW tensor: each makes its own copy, dropped right after."""
+    net = network(conv("a", "x"), conv("b", "a"), conv("c", "a"),
+                  {"name": "s", "op": "add", "inputs": ["b", "c"]})
+    program = lower(net, {"a": "im2col", "b": "im2row", "c": "im2row"},
+                    layouts={"s": "NCHW"}).program
+    names = [s.name for s in program.steps]
+    assert names == ["a", "a@NHWC>b", "b", "a@NHWC>c", "c", "b@NCHW>s", "c@NCHW>s", "s"]
+    live = {s.name: s.activation_bytes for s in predict(program).steps}
+    assert live["b"] == 3 * MB                 # a, its copy, b
+    assert live["a@NHWC>c"] == 3 * MB          # a, b, the new copy (b's copy is gone)
+    assert live["c@NCHW>s"] == 3 * MB          # b's copy (b was released after it), c, c's copy
+    assert live["s"] == 2 * MB                 # the two copies; s overwrites one
 
 
 def test_fixed_part_is_prepared_weights_inputs_and_the_executor() -> None:
