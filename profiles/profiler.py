@@ -1,0 +1,135 @@
+"""The profiler: the cost of every request on this machine, measured once and then remembered.
+
+It reads what the store already holds for this machine's fingerprint, measures only the rest
+(under the requested BLAS thread count) and commits them in small batches, so an interrupted run
+keeps what it finished and the next run resumes where it stopped. Without permission to measure
+it fills the gaps with the analytic model instead, and never stores those estimates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kernels import ConvSpec, blas, registry
+from kernels.layout import LAYOUTS
+
+from .fingerprint import fingerprint_id, machine_fingerprint
+from .measurement import Measurement
+from .requests import ConvRequest, CostRequest, TransformRequest
+from .store import CostKey, CostStore
+
+#: Measurements per committed transaction: small enough that an interruption loses little.
+BATCH_SIZE = 8
+
+Progress = Callable[[int, int, CostRequest], None]
+
+
+@dataclass(frozen=True)
+class ProfileStats:
+    """What the last `Profiler.costs` call did."""
+
+    requested: int   # distinct requests
+    cached: int      # found in the store (or in memory)
+    measured: int    # measured now
+    estimated: int   # filled in by the analytic model
+    seconds: float
+
+
+def request_key(request: CostRequest) -> CostKey:
+    return (request.kind, request.key, request.candidate)
+
+
+class Profiler:
+    """Costs of requests on this machine under ``threads`` BLAS threads, kept in ``store``
+    (None: in memory only, for this profiler's lifetime)."""
+
+    def __init__(self, store: CostStore | None, threads: int, budget_s: float = 0.5, *,
+                 batch_size: int = BATCH_SIZE) -> None:
+        if budget_s <= 0:
+            raise ValueError(f"the time budget must be positive, got {budget_s}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.store = store
+        self.threads = threads
+        self.budget_s = budget_s
+        self.batch_size = batch_size
+        self.fingerprint: dict[str, Any] = machine_fingerprint(threads)
+        self.fingerprint_id = fingerprint_id(self.fingerprint)
+        self.last_stats: ProfileStats | None = None
+        self._memory: dict[CostKey, Measurement] = {}
+
+    def _known(self, keys: Sequence[CostKey]) -> dict[CostKey, Measurement]:
+        if self.store is None:
+            return {k: self._memory[k] for k in keys if k in self._memory}
+        return self.store.get_many(self.fingerprint_id, keys)
+
+    def _save(self, batch: list[tuple[CostKey, Measurement]]) -> None:
+        if self.store is None:
+            self._memory.update(batch)
+        else:
+            self.store.put_many(self.fingerprint, [(*k, m) for k, m in batch])
+        batch.clear()
+
+    def costs(self, requests: Iterable[CostRequest], *, measure_missing: bool = True,
+              progress: Progress | None = None) -> dict[CostKey, Measurement]:
+        """The cost of every request, by (kind, key, candidate).
+
+        Known costs come from the store; missing ones are measured (``measure_missing``) and
+        committed every `batch_size` measurements, or else estimated (source "analytic", not
+        stored). ``progress(done, total, request)`` follows each measurement; ``total`` counts
+        the ones to measure. An exception (KeyboardInterrupt included) still commits every
+        measurement finished before it.
+        """
+        started = time.perf_counter()
+        unique: dict[CostKey, CostRequest] = {}
+        for request in requests:
+            unique.setdefault(request_key(request), request)
+        result = self._known(list(unique))
+        cached = len(result)
+        missing = [r for k, r in unique.items() if k not in result]
+        measured = estimated = 0
+        if not measure_missing:
+            for request in missing:
+                result[request_key(request)] = request.estimate(self.threads)
+            estimated = len(missing)
+        elif missing:
+            batch: list[tuple[CostKey, Measurement]] = []
+            try:
+                with blas.threads(self.threads):
+                    for done, request in enumerate(missing, 1):
+                        m = request.measure(self.budget_s)
+                        result[request_key(request)] = m
+                        batch.append((request_key(request), m))
+                        measured = done
+                        if len(batch) >= self.batch_size:
+                            self._save(batch)
+                        if progress is not None:
+                            progress(done, len(missing), request)
+            except BaseException:
+                if batch:  # finished measurements are good: keep them, then re-raise
+                    with contextlib.suppress(Exception):  # the original error matters more
+                        self._save(batch)
+                raise
+            self._save(batch)
+        self.last_stats = ProfileStats(len(unique), cached, measured, estimated,
+                                       time.perf_counter() - started)
+        return result
+
+
+def conv_requests(specs: Iterable[ConvSpec]) -> list[ConvRequest]:
+    """Every applicable algorithm of every distinct spec (in first-seen order)."""
+    seen = dict.fromkeys(specs)
+    return [ConvRequest(spec, a.name) for spec in seen for a in registry.applicable(spec)]
+
+
+def transform_requests(shapes: Iterable[Sequence[int]], dtype: str = "float32"
+                       ) -> list[TransformRequest]:
+    """Both layout transforms (NCHW->NHWC and back) of every distinct 4-D shape; other ranks
+    have no layout and are skipped."""
+    seen = dict.fromkeys(tuple(int(d) for d in s) for s in shapes)
+    return [TransformRequest(shape, src, dst, dtype) for shape in seen if len(shape) == 4
+            for src in LAYOUTS for dst in LAYOUTS if src != dst]
