@@ -1,0 +1,329 @@
+"""Plans: the selection problem of a real network, solved under a cap, with its baselines.
+
+`build_problem` turns a network and measured costs into the ILP's `Problem`: every applicable
+algorithm of every convolution, every layout of every other operator, transform times per tensor,
+and what is live at each step whatever the choices (from `memory`, the one memory model).
+`make_plan` solves it and writes the plan document: the choice per layer with every candidate it
+considered, the transforms, the solver's status, and four baselines (fastest per layer ignoring
+memory, im2col everywhere, greedy per layer under the cap, lowest memory), each with its time and
+its peak as the memory model predicts it for the lowered program.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kernels import registry
+from kernels.spec import Layout
+from profiles.measurement import Measurement
+from profiles.requests import ConvRequest, CostRequest, OpRequest, TransformRequest
+
+from .ilp import Candidate, PlanningError, Problem, Solution, evaluate, minimum_peak, solve
+from .lowering import lower
+from .memory import EXECUTOR_BYTES, EXECUTOR_BYTES_PER_STEP, predict, tensor_bytes
+from .network import Network
+
+#: Costs for a batch of requests: ``Profiler.costs`` (measured, cached, or estimated).
+CostFunction = Callable[[list[CostRequest]], Mapping[tuple[str, str, str], Measurement]]
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``24MiB``, ``1.5 GiB``, ``500kB``, ``123456`` -> bytes; ValueError for anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"cannot read {text!r} as a size: use bytes or a number with "
+                             "B, kB, MB, GB, KiB, MiB or GiB (e.g. 24MiB)")
+        value, unit = float(match.group(1)), match.group(2).lower()
+    size = int(value * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"a memory cap must be positive, got {text!r}")
+    return size
+
+
+# -- the problem ---------------------------------------------------------------------------------
+@dataclass
+class NetworkProblem:
+    """A network's selection problem and the facts a plan needs to describe it."""
+
+    network: Network
+    problem: Problem
+    sources: set[str]
+
+
+def _op_layouts(network: Network, node) -> list[Layout]:
+    has_4d = any(len(network.shapes[t]) == 4 for t in node.inputs)
+    return list(node.operator.layouts) if has_4d else ["NCHW"]
+
+
+def requests_for(network: Network) -> list[CostRequest]:
+    """Everything a plan of ``network`` needs measured (identical specs appear once)."""
+    out: dict[tuple[str, str, str], CostRequest] = {}
+
+    def add(request: CostRequest) -> None:
+        out.setdefault((request.kind, request.key, request.candidate), request)
+
+    for node in network.nodes:
+        shapes = [network.shapes[t] for t in node.inputs]
+        if node.op == "conv":
+            spec = network.conv_spec(node)
+            for algorithm in registry.applicable(spec):
+                add(ConvRequest(spec, algorithm.name))
+        else:
+            for layout in _op_layouts(network, node):
+                add(OpRequest.of(node.operator, shapes, layout))
+    for shape in network.shapes.values():
+        if len(shape) == 4:
+            add(TransformRequest(shape, "NCHW", "NHWC"))
+            add(TransformRequest(shape, "NHWC", "NCHW"))
+    return list(out.values())
+
+
+def fixed_bytes(network: Network) -> dict[str, int]:
+    """Per layer step, the bytes live whatever the plan chooses: activations (the layer's output
+    included), the caller's inputs and the executor's allowance for the most steps a plan can
+    have. Measured on the program where every layer runs in NCHW (no copies, no workspace)."""
+    baseline = lower(network, {n.name: "direct" for n in network.conv_nodes},
+                     layouts={n.name: "NCHW" for n in network.nodes if n.op != "conv"},
+                     strict=True)
+    profile = predict(baseline.program)
+    edges = sum(1 for n in network.nodes for t in dict.fromkeys(n.inputs)
+                if len(network.shapes[t]) == 4)
+    most_steps = len(network.nodes) + edges + len(network.outputs)
+    allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps
+    return {s.name: s.activation_bytes + profile.input_bytes + allowance
+            for s in profile.steps if s.kind != "transform"}
+
+
+def build_problem(network: Network, costs: CostFunction) -> NetworkProblem:
+    """The ILP problem of ``network`` with costs from ``costs`` (a profiler)."""
+    measured = costs(requests_for(network))
+    sources: set[str] = set()
+
+    def cost(request: CostRequest) -> Measurement:
+        m = measured[(request.kind, request.key, request.candidate)]
+        sources.add(m.source)
+        return m
+
+    candidates: dict[str, list[Candidate]] = {}
+    for node in network.nodes:
+        shapes = [network.shapes[t] for t in node.inputs]
+        options = []
+        if node.op == "conv":
+            spec = network.conv_spec(node)
+            bias = "bias" in node.weights
+            for algorithm in registry.applicable(spec):
+                m = cost(ConvRequest(spec, algorithm.name))
+                options.append(Candidate(
+                    algorithm.name, algorithm.name, algorithm.input_layout,
+                    algorithm.output_layout, m.time_s, algorithm.workspace_bytes(spec),
+                    algorithm.prepared_bytes(spec, bias), m.workspace_bytes, m.source))
+        else:
+            workspace = node.operator.workspace_bytes(shapes, 4)
+            for layout in _op_layouts(network, node):
+                m = cost(OpRequest.of(node.operator, shapes, layout))
+                out_layout = layout if all(len(network.shapes[t]) == 4 for t in node.outputs) \
+                    else "NCHW"
+                options.append(Candidate(layout, None, layout, out_layout, m.time_s, workspace,
+                                         0, m.workspace_bytes, m.source))
+        candidates[node.name] = options
+
+    producer: dict[str, str | None] = dict.fromkeys(network.inputs)
+    for node in network.nodes:
+        for t in node.outputs:
+            producer[t] = node.name
+    four_d = {t for t, s in network.shapes.items() if len(s) == 4}
+    transform_time = {}
+    for t in four_d:
+        shape = network.shapes[t]
+        transform_time[t, "NHWC"] = cost(TransformRequest(shape, "NCHW", "NHWC")).time_s
+        transform_time[t, "NCHW"] = cost(TransformRequest(shape, "NHWC", "NCHW")).time_s
+    problem = Problem(
+        order=[n.name for n in network.nodes],
+        inputs_of={n.name: list(n.inputs) for n in network.nodes},
+        producer=producer,
+        tensor_bytes={t: tensor_bytes(s) for t, s in network.shapes.items()},
+        four_d=four_d, outputs=list(network.outputs), candidates=candidates,
+        fixed_bytes=fixed_bytes(network), transform_time=transform_time,
+        transform_workspace_bytes=_transform_workspace())
+    return NetworkProblem(network, problem, sources)
+
+
+def _transform_workspace() -> int:
+    from kernels.base import run_overhead_bytes
+
+    return run_overhead_bytes(4)
+
+
+# -- choices as runnable assignments ---------------------------------------------------------------
+def assignment_of(np_: NetworkProblem, choice: Mapping[str, int]
+                  ) -> tuple[dict[str, str], dict[str, Layout]]:
+    """(conv layer -> algorithm, other layer -> layout) for `lowering.lower`."""
+    algorithms, layouts = {}, {}
+    for node in np_.network.nodes:
+        c = np_.problem.candidates[node.name][choice[node.name]]
+        if c.algorithm is not None:
+            algorithms[node.name] = c.algorithm
+        else:
+            layouts[node.name] = c.input_layout
+    return algorithms, layouts
+
+
+def predicted_peak(np_: NetworkProblem, choice: Mapping[str, int]) -> int:
+    """The memory model's peak for the program this choice lowers to (what `run` measures)."""
+    algorithms, layouts = assignment_of(np_, choice)
+    return predict(lower(np_.network, algorithms, layouts=layouts, strict=True).program).peak_bytes
+
+
+def _choice_where(np_: NetworkProblem, pick: Callable[[str, list[Candidate]], int]
+                  ) -> dict[str, int]:
+    return {n: pick(n, cs) for n, cs in np_.problem.candidates.items()}
+
+
+def _nchw_output_fix(np_: NetworkProblem, choice: dict[str, int]) -> dict[str, int]:
+    """Baselines ignore layouts; a network output must still come out in NCHW."""
+    p = np_.problem
+    for t in p.outputs:
+        node = p.producer[t]
+        if node is not None and t in p.four_d and \
+                p.candidates[node][choice[node]].output_layout != "NCHW":
+            options = [j for j, c in enumerate(p.candidates[node]) if c.output_layout == "NCHW"]
+            choice[node] = min(options, key=lambda j: p.candidates[node][j].time_s)
+    return choice
+
+
+def baselines(np_: NetworkProblem, cap: int | None, *, solver: str = "cbc",
+              time_limit_s: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The four reference plans, each with time (its costs plus transforms) and predicted peak."""
+    p = np_.problem
+
+    def fastest(_: str, cs: list[Candidate]) -> int:
+        return min(range(len(cs)), key=lambda j: cs[j].time_s)
+
+    def im2col(_: str, cs: list[Candidate]) -> int:
+        names = [c.name for c in cs]
+        return names.index("im2col") if "im2col" in names else names.index("NCHW")
+
+    min_prepared = sum(min(c.prepared_bytes for c in cs) for cs in p.candidates.values())
+
+    def greedy(n: str, cs: list[Candidate]) -> int:
+        """cuDNN's way: per layer, the fastest candidate whose workspace fits what the cap
+        leaves at that step (ignoring the rest of the network's choices)."""
+        room = None if cap is None else cap - p.fixed_bytes[n] - min_prepared
+        fits = [j for j, c in enumerate(cs) if room is None or c.workspace_bytes <= room]
+        if not fits:
+            return min(range(len(cs)), key=lambda j: cs[j].workspace_bytes)
+        return min(fits, key=lambda j: cs[j].time_s)
+
+    choices = {"fastest": _choice_where(np_, fastest), "im2col": _choice_where(np_, im2col),
+               "greedy": _choice_where(np_, greedy)}
+    out: dict[str, dict[str, Any]] = {}
+    for name, choice in choices.items():
+        choice = _nchw_output_fix(np_, choice)
+        out[name] = _summary(np_, choice, cap)
+    lowest = minimum_peak(p, solver=solver, time_limit_s=time_limit_s)
+    out["lowest_memory"] = _summary(np_, lowest.choice, cap)
+    return out
+
+
+def _summary(np_: NetworkProblem, choice: Mapping[str, int], cap: int | None) -> dict[str, Any]:
+    time_s, _, _ = evaluate(np_.problem, choice)
+    peak = predicted_peak(np_, choice)
+    return {"time_s": time_s, "peak_bytes": peak, "fits_cap": cap is None or peak <= cap}
+
+
+# -- the plan document ----------------------------------------------------------------------------
+def _candidate_doc(c: Candidate) -> dict[str, Any]:
+    return {"name": c.name, "algorithm": c.algorithm, "input_layout": c.input_layout,
+            "output_layout": c.output_layout, "time_s": c.time_s,
+            "workspace_bytes": c.workspace_bytes, "prepared_bytes": c.prepared_bytes,
+            "measured_workspace_bytes": c.measured_workspace_bytes, "source": c.source}
+
+
+def plan_document(np_: NetworkProblem, solution: Solution, cap: int | None,
+                  machine: Mapping[str, Any], threads: int,
+                  baseline_plans: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The plan as JSON-ready data (what `convplan plan --json` prints and `run --plan` reads)."""
+    network, p = np_.network, np_.problem
+    algorithms, layouts = assignment_of(np_, solution.choice)
+    layers = []
+    for node in network.nodes:
+        options = p.candidates[node.name]
+        c = options[solution.choice[node.name]]
+        layers.append({"name": node.name, "op": node.op, "algorithm": c.algorithm,
+                       "input_layout": c.input_layout, "output_layout": c.output_layout,
+                       "time_s": c.time_s, "workspace_bytes": c.workspace_bytes,
+                       "prepared_bytes": c.prepared_bytes,
+                       "candidates": [_candidate_doc(o) for o in options]})
+    transforms = [{"tensor": t, "for": n, "into": layout,
+                   "time_s": p.transform_time[t, layout], "bytes": p.tensor_bytes[t]}
+                  for t, n, layout in solution.transforms]
+    costs = "measured" if np_.sources == {"measured"} else (
+        "analytic" if np_.sources == {"analytic"} else "mixed")
+    return {
+        "network": network.name,
+        "machine": dict(machine),
+        "threads": threads,
+        "memory_cap_bytes": cap,
+        "costs": costs,
+        "solver": {"name": solution.solver, "status": solution.status,
+                   "optimal": solution.optimal, "solve_seconds": solution.solve_seconds},
+        "predicted": {"time_s": solution.time_s,
+                      "peak_bytes": predicted_peak(np_, solution.choice),
+                      "model_bound_bytes": solution.peak_bytes},
+        "assignment": algorithms,
+        "layouts": layouts,
+        "layers": layers,
+        "transforms": transforms,
+        "baselines": dict(baseline_plans or {}),
+    }
+
+
+def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine: Mapping,
+              threads: int, solver: str = "cbc", time_limit_s: float = 60.0,
+              with_baselines: bool = True) -> dict[str, Any]:
+    """Solve ``network`` under ``cap`` (None: fastest) and return the plan document."""
+    from .ilp import solve_under_cap
+
+    np_ = build_problem(network, costs)
+    if cap is None:
+        solution = solve(np_.problem, None, solver=solver, time_limit_s=time_limit_s)
+    else:
+        solution = solve_under_cap(np_.problem, cap, solver=solver, time_limit_s=time_limit_s)
+    extra = baselines(np_, cap, solver=solver, time_limit_s=time_limit_s) \
+        if with_baselines else {}
+    return plan_document(np_, solution, cap, machine, threads, extra)
+
+
+def pareto(np_: NetworkProblem, points: int = 8, *, solver: str = "cbc",
+           time_limit_s: float = 60.0) -> list[dict[str, Any]]:
+    """The time / peak-memory frontier: re-solve over caps from the lowest achievable peak to the
+    fastest plan's peak; dominated and repeated points are dropped, so time falls as peak rises."""
+    p = np_.problem
+    low = minimum_peak(p, solver=solver, time_limit_s=time_limit_s)
+    fast = solve(p, None, solver=solver, time_limit_s=time_limit_s)
+    caps = sorted({low.peak_bytes, fast.peak_bytes} | {
+        int(low.peak_bytes + (fast.peak_bytes - low.peak_bytes) * i / max(points - 1, 1))
+        for i in range(points)})
+    found = []
+    for cap in caps:
+        try:
+            s = solve(p, cap, solver=solver, time_limit_s=time_limit_s)
+        except PlanningError:
+            continue
+        found.append({"cap_bytes": cap, "time_s": s.time_s, "peak_bytes": s.peak_bytes,
+                      "predicted_peak_bytes": predicted_peak(np_, s.choice),
+                      "optimal": s.optimal, "choice": s.choice})
+    frontier: list[dict[str, Any]] = []
+    for point in sorted(found, key=lambda q: (q["peak_bytes"], q["time_s"])):
+        if not frontier or point["time_s"] < frontier[-1]["time_s"] - 1e-12:
+            frontier.append(point)
+    return frontier
