@@ -1,0 +1,161 @@
+"""`convplan profile` and `convplan profiles ...`: measure a network's costs once, keep them in
+the cost store, and move them between machines. `register(app)` adds these commands to an app."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from profiles.profiler import Profiler, conv_requests, transform_requests
+from profiles.requests import CostRequest
+from profiles.store import CostStore, default_db_path
+from selector import zoo
+
+console = Console(width=None if Console().is_terminal else 120)
+profiles_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                           help="The cost store: list, export and import measured costs.")
+
+DbOption = Annotated[Path | None, typer.Option(
+    "--db", help="Cost store (default: $CONVPLAN_DB, else ~/.cache/convplan/costs.sqlite).")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, no traceback: what the user can act on."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _open(db: Path | None) -> CostStore:
+    try:
+        return CostStore(db if db is not None else default_db_path())
+    except ValueError as error:
+        _fail(str(error))
+
+
+def profile(
+    model: Annotated[str, typer.Argument(
+        help="A built-in network (convplan networks), a .json description or an .onnx file.")],
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="BLAS threads to measure under (default: all cores).")] = None,
+    budget_seconds: Annotated[float, typer.Option(
+        "--budget-seconds", help="Timing budget per measurement, in seconds.")] = 0.5,
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure every conv layer x applicable algorithm and every layout transform of MODEL on
+    this machine (cached costs are skipped; an interrupted run resumes)."""
+    if not budget_seconds > 0:
+        _fail(f"--budget-seconds must be positive, got {budget_seconds}")
+    try:
+        network = zoo.load_network(model)
+    except ValueError as error:     # NetworkError and every bad-model error
+        _fail(str(error))
+    specs = [network.conv_spec(node) for node in network.conv_nodes]
+    convs = conv_requests(specs)
+    transforms = transform_requests(network.shapes.values())
+    n_threads = threads or os.cpu_count() or 1
+    store = _open(db)
+    with store:
+        profiler = Profiler(store, n_threads, budget_seconds)
+        before = store.count(profiler.fingerprint_id)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("profiling", total=None)
+
+            def progress(done: int, total: int, request: CostRequest) -> None:
+                bar.update(task, completed=done, total=total,
+                           description=f"{request.kind} {request.candidate}")
+
+            try:
+                profiler.costs([*convs, *transforms], progress=progress)
+            except KeyboardInterrupt:
+                kept = store.count(profiler.fingerprint_id) - before
+                _fail(f"interrupted: {kept} new measurement(s) kept in {store.path}; run the "
+                      "same command again to measure the rest", code=130)
+            except (ValueError, sqlite3.Error) as error:
+                _fail(f"profiling failed: {error}")
+        stats = profiler.last_stats
+        assert stats is not None
+        summary = {
+            "model": network.name, "db": str(store.path),
+            "fingerprint_id": profiler.fingerprint_id, "threads": n_threads,
+            "conv_specs": len(set(specs)), "conv_requests": len(convs),
+            "transform_requests": len(transforms), "requested": stats.requested,
+            "measured": stats.measured, "cached": stats.cached,
+            "seconds": round(stats.seconds, 3),
+        }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    console.print(
+        f"{summary['model']}: {stats.requested} costs ({len(set(specs))} distinct conv layers x "
+        f"algorithms: {len(convs)}, layout transforms: {len(transforms)}) | measured now "
+        f"{stats.measured}, cached {stats.cached}, {stats.seconds:.1f} s | {n_threads} "
+        f"thread(s), fingerprint {profiler.fingerprint_id}, store {store.path}")
+
+
+@profiles_app.command("export")
+def export_costs(file: Annotated[Path, typer.Argument(help="JSON file to write.")],
+                 db: DbOption = None) -> None:
+    """Write every stored cost, with its machine fingerprint, to a JSON file."""
+    with _open(db) as store:
+        try:
+            rows = store.export(file)
+        except OSError as error:
+            _fail(f"cannot write {file}: {error.strerror}")
+        fps = len(store.fingerprints())
+    console.print(f"exported {rows} cost(s) of {fps} fingerprint(s) to {file}")
+
+
+@profiles_app.command("import")
+def import_costs(file: Annotated[Path, typer.Argument(help="A file `profiles export` wrote.")],
+                 db: DbOption = None) -> None:
+    """Merge an exported JSON file into the store (all or nothing; newer measurements win)."""
+    with _open(db) as store:
+        try:
+            rows = store.import_(file)
+        except (ValueError, sqlite3.Error) as error:
+            _fail(str(error))
+        path = store.path
+    console.print(f"imported {rows} cost(s) from {file} into {path}")
+
+
+@profiles_app.command("list")
+def list_costs(db: DbOption = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+               ) -> None:
+    """The machine fingerprints in the store and how many costs each holds."""
+    with _open(db) as store:
+        infos = store.fingerprints()
+        path = store.path
+    if as_json:
+        print(json.dumps([{"id": i.id, "rows": i.rows, "fingerprint": i.fingerprint}
+                          for i in infos], indent=2))
+        return
+    table = Table(title=f"cost store {path}")
+    for column in ("fingerprint", "threads", "cpu", "blas", "convplan", "costs"):
+        table.add_column(column, justify="right" if column in ("threads", "costs") else "left")
+    for info in infos:
+        fp = info.fingerprint
+        blas = fp.get("blas", {})
+        table.add_row(info.id, str(fp.get("threads", "?")), str(fp.get("cpu", "?")),
+                      f"{blas.get('version', '?')} {blas.get('corename', '')}".strip()
+                      if isinstance(blas, dict) else str(blas),
+                      str(fp.get("convplan", "?")), str(info.rows))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `profile` and the `profiles` group to the convplan app."""
+    app.command("profile")(profile)
+    app.add_typer(profiles_app, name="profiles")
