@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kernels import ConvSpec, blas, registry
 from kernels.layout import convert
 from kernels.measure import peak_allocation
+from profiles.profiler import Profiler
+from profiles.store import CostStore
 from profiles.timing import median_time
 from selector import zoo
 from selector.layers import paper_layer, paper_layers
 from selector.network import Network, NetworkError
+from selector.planning import baselines, build_problem, make_plan, parse_bytes
+from selector.planning import pareto as pareto_frontier
 from selector.runner import RunReport, run_network
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -165,19 +171,35 @@ def _read_inputs(path: Path, network: Network) -> dict[str, np.ndarray]:
         return {k: loaded[k] for k in loaded.files}
 
 
-def _read_plan(path: Path) -> dict[str, str]:
+@dataclasses.dataclass
+class PlanFile:
+    """What `run` needs of a plan document."""
+
+    assignment: dict[str, str]
+    layouts: dict[str, str]
+    threads: int | None
+    network: str | None
+
+
+def _read_plan(path: Path) -> PlanFile:
     try:
         plan = json.loads(path.read_text())
         assignment = plan["assignment"]
-        if not isinstance(assignment, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in assignment.items()):
+        layouts = plan.get("layouts", {})
+        for mapping in (assignment, layouts):
+            if not isinstance(mapping, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+                raise TypeError
+        threads = plan.get("threads")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise TypeError
     except OSError as error:
         raise NetworkError(f"cannot read plan {path}: {error.strerror}") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise NetworkError(f"{path} is not a plan: expected JSON with an \"assignment\" object "
-                           "mapping conv layer names to algorithm names") from None
-    return assignment
+                           "mapping conv layer names to algorithm names (and optionally "
+                           "\"layouts\" for the other layers)") from None
+    return PlanFile(assignment, layouts, threads, plan.get("network"))
 
 
 @app.command()
@@ -206,9 +228,12 @@ def run(
         _fail("give --algorithm or --plan, not both")
     try:
         network = zoo.load_network(model)
-        assignment = _read_plan(plan) if plan is not None else None
+        chosen = _read_plan(plan) if plan is not None else None
+        if chosen is not None and threads is None:
+            threads = chosen.threads        # the thread count its costs were measured with
         inputs = _read_inputs(input_path, network) if input_path is not None else None
-        report = run_network(network, inputs, assignment=assignment, algorithm=algorithm,
+        report = run_network(network, inputs, assignment=chosen and chosen.assignment,
+                             layouts=chosen and chosen.layouts, algorithm=algorithm,
                              strict=plan is not None, threads=threads, repeat=repeat,
                              check=check)
     except ValueError as error:     # NetworkError and every bad-argument error
@@ -249,6 +274,172 @@ def _print_run(report: RunReport) -> None:
     if report.max_abs_error is not None:
         console.print(f"check against {report.reference}: max |error| "
                       f"{report.max_abs_error:.2e} ({report.max_rel_error:.1e} of max |output|)")
+
+
+def _profiler(db: Path | None, threads: int | None, budget_seconds: float) -> Profiler:
+    store = CostStore(db) if db is not None else CostStore()
+    return Profiler(store, threads or os.cpu_count() or 1, budget_seconds)
+
+
+def _cost_function(profiler: Profiler, no_profile: bool):
+    """``Profiler.costs`` with a progress bar for whatever has to be measured first."""
+    def costs(requests):
+        if no_profile:
+            return profiler.costs(requests, measure_missing=False)
+        with Progress(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.description}"),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, request) -> None:
+                bar.update(task, completed=done, total=total,
+                           description=f"{request.kind} {request.candidate}")
+
+            return profiler.costs(requests, progress=progress)
+    return costs
+
+
+Model = Annotated[str, typer.Argument(
+    help="A built-in network (convplan networks), a .json description or an .onnx file.")]
+Threads = Annotated[int | None, typer.Option(help="BLAS threads (default: all cores).")]
+Solver = Annotated[str, typer.Option(help="ILP solver: cbc or highs.")]
+TimeLimit = Annotated[float, typer.Option("--time-limit", help="Solver time limit, seconds.")]
+Db = Annotated[Path | None, typer.Option(help="Cost store (default: $CONVPLAN_DB or the "
+                                               "user cache directory).")]
+NoProfile = Annotated[bool, typer.Option(
+    "--no-profile", help="Use the analytic cost model for missing costs instead of measuring.")]
+Budget = Annotated[float, typer.Option("--budget-seconds",
+                                       help="Measuring budget per candidate, seconds.")]
+
+
+@app.command()
+def plan(
+    model: Model,
+    memory_cap: Annotated[str | None, typer.Option(
+        "--memory-cap", help="Peak-memory cap: bytes, or with kB/MB/GB/KiB/MiB/GiB "
+                             "(default: none, the fastest plan).")] = None,
+    threads: Threads = None,
+    solver: Solver = "cbc",
+    time_limit: TimeLimit = 60.0,
+    out: Annotated[Path | None, typer.Option(help="Write the plan (JSON) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    no_profile: NoProfile = False,
+    db: Db = None,
+    budget_seconds: Budget = 0.3,
+) -> None:
+    """Choose every layer's algorithm and layout: fastest under the memory cap (an ILP)."""
+    try:
+        cap = parse_bytes(memory_cap) if memory_cap is not None else None
+        network = zoo.load_network(model)
+        profiler = _profiler(db, threads, budget_seconds)
+        document = make_plan(network, _cost_function(profiler, no_profile), cap,
+                             machine=profiler.fingerprint, threads=profiler.threads,
+                             solver=solver, time_limit_s=time_limit)
+    except ValueError as error:     # NetworkError, PlanningError, bad sizes and options
+        _fail(str(error))
+    if out is not None:
+        try:
+            out.write_text(json.dumps(document, indent=1))
+        except OSError as error:
+            _fail(f"cannot write {out}: {error.strerror}")
+    if as_json:
+        print(json.dumps(document, indent=1))
+        return
+    _print_plan(document)
+
+
+def _print_plan(document: dict) -> None:
+    cap = document["memory_cap_bytes"]
+    table = Table(title=f"{document['network']}: plan under "
+                        f"{_bytes(cap) if cap else 'no cap'}, {document['threads']} thread(s)")
+    for column in ("layer", "op", "algorithm", "layouts", "ms", "workspace", "options"):
+        table.add_column(column, justify="right" if column in ("ms", "workspace", "options")
+                         else "left")
+    for layer in document["layers"]:
+        table.add_row(layer["name"], layer["op"], layer["algorithm"] or "",
+                      f"{layer['input_layout']}->{layer['output_layout']}",
+                      f"{layer['time_s'] * 1e3:.2f}", _bytes(layer["workspace_bytes"]),
+                      str(len(layer["candidates"])))
+    console.print(table)
+    solver, predicted = document["solver"], document["predicted"]
+    console.print(f"{len(document['transforms'])} layout transform(s); solver {solver['name']}: "
+                  f"{solver['status']}{'' if solver['optimal'] else ' (not proven optimal)'} in "
+                  f"{solver['solve_seconds']:.2f} s; costs {document['costs']}")
+    summary = Table(title="predicted")
+    for column in ("plan", "time ms", "peak", "fits the cap"):
+        summary.add_column(column, justify="left" if column == "plan" else "right")
+    summary.add_row("this plan", f"{predicted['time_s'] * 1e3:.1f}",
+                    _bytes(predicted["peak_bytes"]), "yes")
+    for name, row in document["baselines"].items():
+        summary.add_row(name.replace("_", " "), f"{row['time_s'] * 1e3:.1f}",
+                        _bytes(row["peak_bytes"]), "yes" if row["fits_cap"] else "no")
+    console.print(summary)
+
+
+@app.command()
+def pareto(
+    model: Model,
+    points: Annotated[int, typer.Option(min=2, max=64, help="Caps to solve for.")] = 8,
+    plot: Annotated[Path | None, typer.Option(help="Draw the frontier (PNG, needs "
+                                                   "matplotlib).")] = None,
+    threads: Threads = None,
+    solver: Solver = "cbc",
+    time_limit: TimeLimit = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    no_profile: NoProfile = False,
+    db: Db = None,
+    budget_seconds: Budget = 0.3,
+) -> None:
+    """The time / peak-memory frontier: the fastest plan at each of a sweep of caps."""
+    try:
+        network = zoo.load_network(model)
+        profiler = _profiler(db, threads, budget_seconds)
+        problem = build_problem(network, _cost_function(profiler, no_profile))
+        frontier = pareto_frontier(problem, points, solver=solver, time_limit_s=time_limit)
+        marks = baselines(problem, None, solver=solver, time_limit_s=time_limit)
+    except ValueError as error:
+        _fail(str(error))
+    rows = [{k: v for k, v in p.items() if k != "choice"} for p in frontier]
+    if plot is not None:
+        try:
+            _plot_frontier(rows, marks, network.name, plot)
+        except (ImportError, OSError) as error:
+            _fail(f"cannot draw {plot}: {error}")
+    if as_json:
+        print(json.dumps({"network": network.name, "threads": profiler.threads,
+                          "points": rows, "baselines": marks}, indent=1))
+        return
+    table = Table(title=f"{network.name}: time / peak-memory frontier")
+    for column in ("peak", "time ms", "cap", "optimal"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(_bytes(row["predicted_peak_bytes"]), f"{row['time_s'] * 1e3:.1f}",
+                      _bytes(row["cap_bytes"]), "yes" if row["optimal"] else "no")
+    console.print(table)
+    for name, row in marks.items():
+        console.print(f"baseline {name.replace('_', ' ')}: {row['time_s'] * 1e3:.1f} ms at "
+                      f"{_bytes(row['peak_bytes'])}")
+
+
+def _plot_frontier(rows: list[dict], marks: dict, name: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.step([r["predicted_peak_bytes"] / 2**20 for r in rows],
+              [r["time_s"] * 1e3 for r in rows], where="post", marker="o", label="convplan")
+    for label, row in marks.items():
+        axes.scatter(row["peak_bytes"] / 2**20, row["time_s"] * 1e3, marker="x",
+                     label=label.replace("_", " "))
+    axes.set_xlabel("peak memory (MiB)")
+    axes.set_ylabel("time (ms)")
+    axes.set_title(f"{name}: time vs peak memory")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _bytes(n: int) -> str:

@@ -88,15 +88,17 @@ def check_inputs(network: Network, inputs: Mapping[str, np.ndarray]) -> dict[str
 
 def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None, *,
                 assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
-                strict: bool = False, threads: int | None = None, repeat: int = 1,
-                check: bool = False) -> RunReport:
+                layouts: Mapping[str, str] | None = None, strict: bool = False,
+                threads: int | None = None, repeat: int = 1, check: bool = False) -> RunReport:
     """Run ``network`` once traced (memory) and ``repeat`` times untraced (time: the median).
 
     ``assignment`` (layer -> algorithm; ``strict`` for plans) or one ``algorithm`` for every
-    convolution; neither: the default per layer. ``check`` compares with the reference.
+    convolution; neither: the default per layer. ``layouts``: the layout each other layer runs
+    in (a plan's choice). ``check`` compares with the reference.
     """
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
-    lowered = lower(network, assignment, algorithm=algorithm, strict=strict)
+    lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
+                    layouts=layouts)  # type: ignore[arg-type]
     program = lowered.program
     profile = predict(program)
     executor = Executor(program)
