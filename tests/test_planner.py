@@ -1,0 +1,118 @@
+"""Plans on real networks: under several caps the executed plan keeps measured <= predicted <=
+cap and still computes the reference's output; the plan document is complete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from profiles.profiler import Profiler
+from selector import zoo
+from selector.ilp import PlanningError, evaluate, minimum_peak, solve
+from selector.planning import (
+    build_problem,
+    make_plan,
+    pareto,
+    parse_bytes,
+    predicted_peak,
+)
+from selector.reference import reference_outputs
+from selector.runner import random_inputs, run_network
+
+NETWORKS = [*zoo.PAPER_NETWORKS, *(f"onnx:{m}" for m in zoo.light_models())]
+
+
+def estimated(requests):
+    """Analytic costs: the memory promise does not depend on where the times came from."""
+    return Profiler(None, threads=1).costs(requests, measure_missing=False)
+
+
+def caps_for(problem) -> list[int]:
+    """The smallest feasible cap, a binding one between it and the fastest plan's peak (when they
+    differ), and two generous ones: at least three distinct caps."""
+    low = minimum_peak(problem).peak_bytes
+    fast = solve(problem).peak_bytes
+    return sorted({low, (low + fast) // 2, int(1.1 * low), max(fast, 2 * low)})
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_plans_keep_the_promise_under_three_caps(name: str) -> None:
+    network = zoo.builtin(name)
+    problem = build_problem(network, estimated)
+    inputs = random_inputs(network, seed=2)
+    expected = reference_outputs(network, inputs)
+    for cap in caps_for(problem.problem):
+        plan = make_plan(network, estimated, cap, machine={}, threads=1, with_baselines=False)
+        assert plan["predicted"]["peak_bytes"] <= cap
+        report = run_network(network, inputs, assignment=plan["assignment"],
+                             layouts=plan["layouts"], strict=True, threads=1)
+        assert report.predicted_peak_bytes == plan["predicted"]["peak_bytes"]
+        assert report.measured_peak_bytes <= report.predicted_peak_bytes <= cap
+        for out, y in report.outputs.items():
+            ref = expected[out].reshape(y.shape)
+            assert np.abs(y - ref).max() <= 1e-3 * np.abs(ref).max() + 1e-6
+
+
+def test_the_model_bound_covers_the_memory_model_for_any_choice() -> None:
+    """The ILP's per-step accounting is an upper bound of what the lowered program predicts."""
+    rng = np.random.default_rng(0)
+    for name in ("googlenet", "onnx:shufflenet", "onnx:densenet121"):
+        problem = build_problem(zoo.builtin(name), estimated)
+        for _ in range(15):
+            choice = {n: int(rng.integers(len(c))) for n, c in problem.problem.candidates.items()}
+            _, bound, outputs_nchw = evaluate(problem.problem, choice)
+            if outputs_nchw:
+                peak = predicted_peak(problem, choice)
+                assert peak <= bound <= 1.05 * peak + 2**20
+
+
+def test_plan_document_lists_every_candidate_and_the_baselines() -> None:
+    network = zoo.builtin("onnx:squeezenet")
+    problem = build_problem(network, estimated)
+    cap = caps_for(problem.problem)[1]
+    plan = make_plan(network, estimated, cap, machine={"cpu": "test"}, threads=1)
+    assert plan["network"] == "onnx:squeezenet" and plan["memory_cap_bytes"] == cap
+    assert plan["machine"] == {"cpu": "test"} and plan["costs"] == "analytic"
+    assert plan["solver"]["optimal"] and plan["solver"]["name"] == "cbc"
+    assert set(plan["baselines"]) == {"fastest", "im2col", "greedy", "lowest_memory"}
+    assert plan["baselines"]["lowest_memory"]["peak_bytes"] <= plan["predicted"]["peak_bytes"]
+    assert plan["predicted"]["time_s"] <= plan["baselines"]["im2col"]["time_s"] + 1e-12 or \
+        not plan["baselines"]["im2col"]["fits_cap"]
+    convs = [layer for layer in plan["layers"] if layer["op"] == "conv"]
+    assert len(convs) == 26
+    for layer in plan["layers"]:
+        names = [c["name"] for c in layer["candidates"]]
+        chosen = layer["algorithm"] or layer["input_layout"]
+        assert chosen in names
+        assert {"time_s", "workspace_bytes", "input_layout", "output_layout"} <= set(layer)
+    assert plan["assignment"] == {layer["name"]: layer["algorithm"] for layer in convs}
+
+
+def test_an_infeasible_cap_states_the_minimum_peak() -> None:
+    network = zoo.builtin("onnx:squeezenet")
+    low = minimum_peak(build_problem(network, estimated).problem).peak_bytes
+    with pytest.raises(PlanningError, match=f"smallest achievable peak is {low} bytes"):
+        make_plan(network, estimated, low - 1, machine={}, threads=1)
+
+
+def test_the_frontier_is_monotone_and_spans_the_range() -> None:
+    problem = build_problem(zoo.builtin("googlenet"), estimated)
+    frontier = pareto(problem, points=6)
+    peaks = [p["peak_bytes"] for p in frontier]
+    times = [p["time_s"] for p in frontier]
+    assert peaks == sorted(peaks) and times == sorted(times, reverse=True)
+    assert peaks[0] == minimum_peak(problem.problem).peak_bytes
+    assert times[-1] == pytest.approx(solve(problem.problem).time_s)
+
+
+@pytest.mark.parametrize(("text", "size"), [("24MiB", 24 * 2**20), ("1.5 GiB", 3 * 2**29),
+                                             ("500kB", 500_000), ("123456", 123456),
+                                             (4096, 4096), ("2 MB", 2_000_000)])
+def test_caps_accept_bytes_and_units(text, size: int) -> None:
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["24 parsecs", "", "-5MiB", "0", "MiB", "1e9", "24 MiBs"])
+def test_caps_in_bad_units_are_clear_errors(text: str) -> None:
+    with pytest.raises(ValueError, match=r"size|positive"):
+        parse_bytes(text)
