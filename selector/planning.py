@@ -235,9 +235,12 @@ def baselines(np_: NetworkProblem, cap: int | None, *, solver: str = "cbc",
 
 
 def _summary(np_: NetworkProblem, choice: Mapping[str, int], cap: int | None) -> dict[str, Any]:
+    """Time, predicted peak, and what `run` needs to execute it."""
     time_s, _, _ = evaluate(np_.problem, choice)
     peak = predicted_peak(np_, choice)
-    return {"time_s": time_s, "peak_bytes": peak, "fits_cap": cap is None or peak <= cap}
+    algorithms, layouts = assignment_of(np_, choice)
+    return {"time_s": time_s, "peak_bytes": peak, "fits_cap": cap is None or peak <= cap,
+            "assignment": algorithms, "layouts": layouts}
 
 
 # -- the plan document ----------------------------------------------------------------------------
