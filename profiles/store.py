@@ -99,13 +99,35 @@ class CostStore:
         except sqlite3.Error as error:
             raise ValueError(f"cannot open cost store {self.path}: {error}") from None
         try:
-            self._setup()
+            self._setup_retrying(busy_timeout_s)
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise ValueError(f"{self.path} is not a usable convplan cost store: {error}") from None
 
+    def _setup_retrying(self, timeout_s: float) -> None:
+        """`_setup`, retried while another process holds the lock: switching a new file to WAL
+        can fail at once with "database is locked" (SQLite skips the busy handler there when
+        several processes open the same new file together)."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.001
+        while True:
+            try:
+                self._setup()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
     def _setup(self) -> None:
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":  # only the first opener switches (an exclusive lock)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.DatabaseError(f"cannot switch to WAL mode (journal mode is {mode})")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a crashed process
@@ -126,10 +148,11 @@ class CostStore:
         self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()

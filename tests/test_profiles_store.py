@@ -1,0 +1,270 @@
+"""The cost store: round trips, WAL, concurrent writers, interrupted and crashed batches,
+export/import between stores, and malformed imports that change nothing."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from profiles.fingerprint import fingerprint_id
+from profiles.measurement import Measurement
+from profiles.store import CostStore, default_db_path
+
+FP = {"cpu": "test cpu", "threads": 1}
+FP_ID = fingerprint_id(FP)
+OTHER_FP = {"cpu": "another cpu", "threads": 2}
+
+
+def m(t: float, ws: int = 100) -> Measurement:
+    return Measurement(t, ws, "measured", 5, 0.01)
+
+
+def rows(prefix: str, n: int, t: float = 1e-3) -> list[tuple[str, str, str, Measurement]]:
+    return [("conv", f"{prefix}{i}", "im2col", m(t * (i + 1), i)) for i in range(n)]
+
+
+def dump(store: CostStore) -> list[tuple]:
+    """Everything in a store, for before/after comparisons."""
+    return store._db.execute("SELECT * FROM costs ORDER BY 1, 2, 3, 4").fetchall() + \
+        store._db.execute("SELECT * FROM fingerprints ORDER BY 1").fetchall()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CostStore:
+    with CostStore(tmp_path / "costs.sqlite") as s:
+        yield s
+
+
+def test_round_trip(store: CostStore) -> None:
+    assert store.put_many(FP, [("conv", "k1", "im2col", m(0.5, 1234)),
+                               ("transform", "1x4x8x8_float32", "NCHW->NHWC", m(1e-6, 1024))]) == 2
+    assert store.get(FP_ID, "conv", "k1", "im2col") == m(0.5, 1234)
+    assert store.get(FP_ID, "conv", "k1", "kn2row") is None
+    assert store.get(fingerprint_id(OTHER_FP), "conv", "k1", "im2col") is None
+    found = store.get_many(FP_ID, [("conv", "k1", "im2col"), ("conv", "nope", "im2col"),
+                                   ("transform", "1x4x8x8_float32", "NCHW->NHWC")])
+    assert found == {("conv", "k1", "im2col"): m(0.5, 1234),
+                     ("transform", "1x4x8x8_float32", "NCHW->NHWC"): m(1e-6, 1024)}
+    # a later measurement of the same cost replaces the earlier one
+    store.put_many(FP, [("conv", "k1", "im2col", m(0.25, 99))])
+    assert store.get(FP_ID, "conv", "k1", "im2col") == m(0.25, 99)
+    assert store.count(FP_ID) == 2
+    [info] = store.fingerprints()
+    assert (info.id, info.fingerprint, info.rows) == (FP_ID, FP, 2)
+
+
+def test_survives_reopening(tmp_path: Path) -> None:
+    with CostStore(tmp_path / "a" / "b" / "costs.sqlite") as s:  # parents are created
+        s.put_many(FP, rows("k", 3))
+    with CostStore(tmp_path / "a" / "b" / "costs.sqlite") as s:
+        assert s.count() == 3 and s.get(FP_ID, "conv", "k2", "im2col") == m(3e-3, 2)
+
+
+def test_wal_mode(store: CostStore) -> None:
+    assert store.journal_mode == "wal"
+    other = sqlite3.connect(store.path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+
+
+def test_only_measured_costs_are_stored(store: CostStore) -> None:
+    analytic = Measurement(1e-3, 10, "analytic")
+    with pytest.raises(ValueError, match="only measured"):
+        store.put_many(FP, [*rows("k", 2), ("conv", "x", "im2col", analytic)])
+    assert store.count() == 0
+
+
+def test_interrupted_batch_leaves_earlier_batches_and_nothing_of_itself(store: CostStore
+                                                                        ) -> None:
+    store.put_many(FP, rows("first", 8))
+    store.put_many(FP, rows("second", 8))
+
+    def failing():
+        yield from rows("third", 5)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put_many(FP, failing())
+    assert store.count(FP_ID) == 16
+    assert store.get(FP_ID, "conv", "third0", "im2col") is None
+    # and the store is still usable afterwards
+    store.put_many(FP, rows("fourth", 2))
+    assert store.count(FP_ID) == 18
+
+
+# -- other processes (spawned: module-level functions) ---------------------------------------
+def _writer(path: str, worker: int, n: int, batch: int, start) -> None:
+    fp = {"cpu": "test cpu", "threads": 1}
+    start.wait(timeout=60)  # all open the new file at once (the WAL switch races)
+    with CostStore(path) as s:
+        for start in range(0, n, batch):
+            s.put_many(fp, [("conv", f"w{worker}_{i}", "im2col", m(1e-3 + i, i))
+                            for i in range(start, min(n, start + batch))])
+
+
+def _crash_mid_batch(path: str) -> None:
+    fp = {"cpu": "test cpu", "threads": 1}
+    with CostStore(path) as s:
+        s.put_many(fp, rows("committed", 10))
+
+        def dying():
+            yield from rows("doomed", 6)
+            os._exit(3)  # the process dies inside the transaction: no rollback, no cleanup
+
+        s.put_many(fp, dying())
+
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _spawn(target, *args) -> multiprocessing.Process:
+    process = SPAWN.Process(target=target, args=args)
+    process.start()
+    return process
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "costs.sqlite")
+    start = SPAWN.Barrier(4)
+    workers = [_spawn(_writer, path, w, 200, 10, start) for w in range(4)]
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    with CostStore(path) as s:
+        assert s.count(FP_ID) == 800
+        for w in range(4):
+            assert s.get(FP_ID, "conv", f"w{w}_199", "im2col") == m(1e-3 + 199, 199)
+        assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_process_killed_mid_batch_keeps_committed_batches(tmp_path: Path) -> None:
+    path = str(tmp_path / "costs.sqlite")
+    process = _spawn(_crash_mid_batch, path)
+    process.join(timeout=120)
+    assert process.exitcode == 3
+    with CostStore(path) as s:
+        assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert s.count(FP_ID) == 10
+        assert s.get(FP_ID, "conv", "doomed0", "im2col") is None
+
+
+# -- export / import -------------------------------------------------------------------------
+def test_export_import_round_trip(tmp_path: Path) -> None:
+    with CostStore(tmp_path / "a.sqlite") as a, CostStore(tmp_path / "b.sqlite") as b:
+        a.put_many(FP, rows("k", 20))
+        a.put_many(OTHER_FP, rows("other", 3))
+        assert a.export(tmp_path / "costs.json") == 23
+        assert b.import_(tmp_path / "costs.json") == 23
+        assert dump(a) == dump(b)
+        assert {i.id: i.rows for i in b.fingerprints()} == {FP_ID: 20,
+                                                           fingerprint_id(OTHER_FP): 3}
+        # one fingerprint only
+        assert a.export(tmp_path / "one.json", fingerprint_id(OTHER_FP)) == 3
+        document = json.loads((tmp_path / "one.json").read_text())
+        assert list(document["fingerprints"]) == [fingerprint_id(OTHER_FP)]
+
+
+def test_import_merges_and_newer_measurements_win(tmp_path: Path) -> None:
+    with CostStore(tmp_path / "a.sqlite") as a, CostStore(tmp_path / "b.sqlite") as b:
+        a.put_many(FP, [("conv", "old", "im2col", m(1.0)), ("conv", "shared", "im2col", m(1.0))])
+        a.export(tmp_path / "a.json")
+        b.put_many(FP, [("conv", "shared", "im2col", m(2.0)), ("conv", "mine", "im2col", m(3.0))])
+        b.import_(tmp_path / "a.json")  # a's "shared" is older than b's: b keeps its own
+        assert b.get(FP_ID, "conv", "shared", "im2col") == m(2.0)
+        assert b.get(FP_ID, "conv", "old", "im2col") == m(1.0)
+        assert b.count() == 3
+        b.export(tmp_path / "b.json")
+        a.import_(tmp_path / "b.json")  # b's "shared" is newer: a takes it
+        assert a.get(FP_ID, "conv", "shared", "im2col") == m(2.0)
+
+
+def _valid_export(tmp_path: Path) -> dict:
+    with CostStore(tmp_path / "src.sqlite") as s:
+        s.put_many(FP, rows("k", 3))
+        s.export(tmp_path / "valid.json")
+    return json.loads((tmp_path / "valid.json").read_text())
+
+
+def _broken(doc: dict, fault: str) -> str:
+    if fault == "not json":
+        return "{not json"
+    if fault == "not an export":
+        return json.dumps([1, 2, 3])
+    if fault == "wrong version":
+        doc["version"] = 99
+    elif fault == "tampered fingerprint":
+        next(iter(doc["fingerprints"].values()))["threads"] = 64
+    elif fault == "unknown fingerprint":
+        doc["rows"][-1]["fingerprint_id"] = "0123456789abcdef"
+    elif fault == "missing field":
+        del doc["rows"][-1]["time_s"]
+    elif fault == "negative time":
+        doc["rows"][-1]["time_s"] = -1
+    elif fault == "fractional workspace":
+        doc["rows"][-1]["workspace_bytes"] = 1.5
+    elif fault == "empty key":
+        doc["rows"][-1]["key"] = ""
+    elif fault == "rows not a list":
+        doc["rows"] = {"a": 1}
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("not json", "invalid JSON"), ("not an export", "format"), ("wrong version", "version 99"),
+    ("tampered fingerprint", "does not match"), ("unknown fingerprint", "unknown fingerprint"),
+    ("missing field", "rows[2] lacks time_s"), ("negative time", "rows[2]: time_s"),
+    ("fractional workspace", "workspace_bytes"), ("empty key", "rows[2].key"),
+    ("rows not a list", '"rows" a list')])
+def test_malformed_import_is_a_clear_error_and_changes_nothing(tmp_path: Path, fault: str,
+                                                               message: str) -> None:
+    doc = _valid_export(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(_broken(doc, fault))
+    with CostStore(tmp_path / "target.sqlite") as target:
+        target.put_many(OTHER_FP, rows("existing", 4))
+        before = dump(target)
+        with pytest.raises(ValueError, match="not a valid convplan cost export") as error:
+            target.import_(bad)
+        assert message in str(error.value)
+        assert dump(target) == before  # the valid rows before the bad one were not written
+
+
+def test_import_of_a_missing_or_binary_file(store: CostStore, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        store.import_(tmp_path / "nope.json")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not"):
+        store.import_(tmp_path / "bin.json")
+    assert store.count() == 0
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / "junk.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ValueError, match="not a usable convplan cost store"):
+        CostStore(tmp_path / "junk.sqlite")
+
+
+def test_default_db_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CONVPLAN_DB", str(tmp_path / "explicit.sqlite"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_db_path() == tmp_path / "explicit.sqlite"
+    monkeypatch.delenv("CONVPLAN_DB")
+    assert default_db_path() == tmp_path / "xdg" / "convplan" / "costs.sqlite"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_db_path() == tmp_path / "home" / ".cache" / "convplan" / "costs.sqlite"
+    with CostStore() as s:  # the default path, parents created
+        assert s.path == default_db_path() and s.path.exists()
+
+
+@pytest.mark.parametrize("fields", [(-1.0, 0), (float("nan"), 0), (1.0, -5), (1.0, 2.5)])
+def test_measurement_rejects_nonsense(fields: tuple) -> None:
+    with pytest.raises(ValueError):
+        Measurement(*fields)
