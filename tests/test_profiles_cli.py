@@ -1,0 +1,117 @@
+"""`convplan profile` and `convplan profiles ...`, registered on a fresh app (the real `convplan`
+app registers the same commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from api.cli_profiles import register
+
+NET = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],
+       "layers": [{"name": "c1", "op": "conv", "inputs": ["x"], "out_channels": 4, "kernel": 3,
+                   "padding": 1},
+                  {"name": "r1", "op": "relu", "inputs": ["c1"]},
+                  {"name": "c2", "op": "conv", "inputs": ["r1"], "out_channels": 4, "kernel": 3,
+                   "padding": 1},
+                  {"name": "p", "op": "maxpool", "inputs": ["c2"], "kernel": 2, "stride": 2},
+                  {"name": "f", "op": "flatten", "inputs": ["p"]}]}
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    def other() -> None:  # a second command, as in the real app
+        """Stand-in for the rest of convplan."""
+
+    register(app)
+    return app
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Path:
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(NET))
+    return path
+
+
+def invoke(app: typer.Typer, *args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_profile_measures_once_then_reads_the_store(app, net: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "costs.sqlite")
+    args = ("profile", str(net), "--db", db, "--threads", "1", "--budget-seconds", "0.005",
+            "--json")
+    result = invoke(app, *args)
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.stdout)
+    # c1 and c2 are one spec; 4-D tensors: x/c1/r1/c2 share a shape, p has another
+    assert first["conv_specs"] == 1 and first["transform_requests"] == 4
+    assert first["requested"] == first["conv_requests"] + 4 == first["measured"]
+    assert first["cached"] == 0 and first["threads"] == 1
+    second = json.loads(invoke(app, *args).stdout)
+    assert (second["measured"], second["cached"]) == (0, first["requested"])
+    assert second["fingerprint_id"] == first["fingerprint_id"]
+    # the table form says the same
+    text = invoke(app, *args[:-1]).stdout
+    assert "measured now 0" in text and f"cached {first['requested']}" in text
+
+
+def test_list_export_import(app, net: Path, tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
+    report = json.loads(invoke(app, "profile", str(net), "--db", a, "--threads", "1",
+                               "--budget-seconds", "0.005", "--json").stdout)
+    [listed] = json.loads(invoke(app, "profiles", "list", "--db", a, "--json").stdout)
+    assert listed["id"] == report["fingerprint_id"] and listed["rows"] == report["requested"]
+    assert listed["fingerprint"]["threads"] == 1
+    assert report["fingerprint_id"] in invoke(app, "profiles", "list", "--db", a).stdout
+    exported = tmp_path / "costs.json"
+    result = invoke(app, "profiles", "export", str(exported), "--db", a)
+    assert result.exit_code == 0 and f"exported {report['requested']}" in result.stdout
+    result = invoke(app, "profiles", "import", str(exported), "--db", b)
+    assert result.exit_code == 0 and f"imported {report['requested']}" in result.stdout
+    assert json.loads(invoke(app, "profiles", "list", "--db", b, "--json").stdout) == [listed]
+    # the imported costs are used: nothing left to measure on this machine
+    again = json.loads(invoke(app, "profile", str(net), "--db", b, "--threads", "1",
+                              "--json").stdout)
+    assert again["measured"] == 0
+
+
+def _error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("error:")
+    return result.stderr
+
+
+def test_import_of_a_bad_file_is_a_clear_error(app, tmp_path: Path) -> None:
+    db = str(tmp_path / "costs.sqlite")
+    (tmp_path / "bad.json").write_text('{"format": "convplan-costs", "version": 1, "rows": 3}')
+    assert "not a valid convplan cost export" in _error(
+        invoke(app, "profiles", "import", str(tmp_path / "bad.json"), "--db", db))
+    assert "cannot read" in _error(
+        invoke(app, "profiles", "import", str(tmp_path / "missing.json"), "--db", db))
+    assert json.loads(invoke(app, "profiles", "list", "--db", db, "--json").stdout) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["profile", "no-such-model"], "neither a built-in network"),
+    (["profile", "tiny", "--budget-seconds", "0"], "must be positive"),
+])
+def test_profile_bad_arguments(app, tmp_path: Path, args: list[str], message: str) -> None:
+    assert message in _error(invoke(app, *args, "--db", str(tmp_path / "c.sqlite")))
+
+
+def test_a_store_that_is_not_a_database(app, tmp_path: Path, net: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    assert "not a usable convplan cost store" in _error(
+        invoke(app, "profiles", "list", "--db", str(junk)))
+    assert "not a usable" in _error(invoke(app, "profile", str(net), "--db", str(junk)))
