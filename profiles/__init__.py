@@ -1,4 +1,27 @@
 """convplan.profiles: measured costs of each algorithm on this machine, and where they are kept.
 
-Depends on `kernels` only.
+`Profiler` measures `requests` (a convolution algorithm on a layer spec, a layout transform,
+another operator in a layout) once per machine fingerprint and keeps them in the SQLite
+`CostStore`; `analytic` estimates what was not measured. Depends on `kernels` only.
 """
+
+from .fingerprint import fingerprint_id, machine_fingerprint
+from .measurement import Measurement
+from .profiler import Profiler, ProfileStats, conv_requests, transform_requests
+from .requests import ConvRequest, OpRequest, TransformRequest
+from .store import CostStore, default_db_path
+
+__all__ = [
+    "ConvRequest",
+    "CostStore",
+    "Measurement",
+    "OpRequest",
+    "ProfileStats",
+    "Profiler",
+    "TransformRequest",
+    "conv_requests",
+    "default_db_path",
+    "fingerprint_id",
+    "machine_fingerprint",
+    "transform_requests",
+]

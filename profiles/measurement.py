@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Literal
 
 Source = Literal["measured", "analytic"]
@@ -27,18 +28,18 @@ class Measurement:
     spread: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.time_s, int | float) and math.isfinite(self.time_s)
-                and self.time_s >= 0):
-            raise ValueError(f"time_s must be a finite number >= 0, got {self.time_s!r}")
-        if isinstance(self.workspace_bytes, bool) or not isinstance(self.workspace_bytes, int) \
-                or self.workspace_bytes < 0:
-            raise ValueError(f"workspace_bytes must be an integer >= 0, got "
-                             f"{self.workspace_bytes!r}")
+        # Checked here so that nothing nonsensical reaches the store (or comes out of an import).
+        set_ = object.__setattr__
+        for name in ("time_s", "spread"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            set_(self, name, float(value))
+        for name in ("workspace_bytes", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            set_(self, name, int(value))
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) \
-                or self.repeats < 0:
-            raise ValueError(f"repeats must be an integer >= 0, got {self.repeats!r}")
-        if not (isinstance(self.spread, int | float) and math.isfinite(self.spread)
-                and self.spread >= 0):
-            raise ValueError(f"spread must be a finite number >= 0, got {self.spread!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _reset_counter() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> CostStore:
+def store(tmp_path: Path) -> Iterator[CostStore]:
     with CostStore(tmp_path / "costs.sqlite") as s:
         yield s
 

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def dump(store: CostStore) -> list[tuple]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> CostStore:
+def store(tmp_path: Path) -> Iterator[CostStore]:
     with CostStore(tmp_path / "costs.sqlite") as s:
         yield s
 
