@@ -114,7 +114,8 @@ class Profiler:
                     with contextlib.suppress(Exception):  # the original error matters more
                         self._save(batch)
                 raise
-            self._save(batch)
+            if batch:
+                self._save(batch)
         self.last_stats = ProfileStats(len(unique), cached, measured, estimated,
                                        time.perf_counter() - started)
         return result
