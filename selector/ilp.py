@@ -28,9 +28,12 @@ from kernels.spec import LAYOUTS, Layout
 
 #: Solver registry: name -> how to build the PuLP solver (msg off, a time limit).
 #: A tiny relative gap: "optimal" must mean optimal (HiGHS stops at 1e-4 by default). CBC is
-#: the binary bundled with PuLP 3 (``PULP_CBC_CMD``; PuLP 4 will move it to an extra).
+#: the binary bundled with PuLP 3 (``PULP_CBC_CMD``; PuLP 4 will move it to an extra). Its
+#: preprocessing (2.10.3) declares some feasible selection problems infeasible ("Cut generators
+#: found to be infeasible"; tests/test_ilp.py found one), so it is off.
 SOLVERS = {
-    "cbc": lambda limit: pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=1e-9),
+    "cbc": lambda limit: pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=1e-9,
+                                           options=["preprocess off"]),
     "highs": lambda limit: pulp.HiGHS(msg=False, timeLimit=limit, gapRel=1e-9),
 }
 
