@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli_profiles import register as register_profile_commands
 from kernels import ConvSpec, blas, registry
 from kernels.layout import convert
 from kernels.measure import peak_allocation
@@ -449,6 +450,8 @@ def _bytes(n: int) -> str:
         n /= 1024
     return f"{n} B"
 
+
+register_profile_commands(app)
 
 if __name__ == "__main__":
     app()

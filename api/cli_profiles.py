@@ -15,10 +15,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from profiles.profiler import Profiler, conv_requests, transform_requests
+from profiles.profiler import Profiler
 from profiles.requests import CostRequest
 from profiles.store import CostStore, default_db_path
 from selector import zoo
+from selector.planning import requests_for
 
 console = Console(width=None if Console().is_terminal else 120)
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -51,8 +52,7 @@ def profile(
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Measure every conv layer x applicable algorithm and every layout transform of MODEL on
-    this machine (cached costs are skipped; an interrupted run resumes)."""
+    """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
     if not budget_seconds > 0:
         _fail(f"--budget-seconds must be positive, got {budget_seconds}")
     try:
@@ -60,8 +60,10 @@ def profile(
     except ValueError as error:     # NetworkError and every bad-model error
         _fail(str(error))
     specs = [network.conv_spec(node) for node in network.conv_nodes]
-    convs = conv_requests(specs)
-    transforms = transform_requests(network.shapes.values())
+    requests = requests_for(network)        # exactly what `convplan plan` will ask for
+    convs = [r for r in requests if r.kind == "conv"]
+    transforms = [r for r in requests if r.kind == "transform"]
+    ops = [r for r in requests if r.kind == "op"]
     n_threads = threads or os.cpu_count() or 1
     store = _open(db)
     with store:
@@ -77,7 +79,7 @@ def profile(
                            description=f"{request.kind} {request.candidate}")
 
             try:
-                profiler.costs([*convs, *transforms], progress=progress)
+                profiler.costs(requests, progress=progress)
             except KeyboardInterrupt:
                 kept = store.count(profiler.fingerprint_id) - before
                 _fail(f"interrupted: {kept} new measurement(s) kept in {store.path}; run the "
@@ -90,7 +92,8 @@ def profile(
             "model": network.name, "db": str(store.path),
             "fingerprint_id": profiler.fingerprint_id, "threads": n_threads,
             "conv_specs": len(set(specs)), "conv_requests": len(convs),
-            "transform_requests": len(transforms), "requested": stats.requested,
+            "transform_requests": len(transforms), "op_requests": len(ops),
+            "requested": stats.requested,
             "measured": stats.measured, "cached": stats.cached,
             "seconds": round(stats.seconds, 3),
         }
@@ -99,7 +102,8 @@ def profile(
         return
     console.print(
         f"{summary['model']}: {stats.requested} costs ({len(set(specs))} distinct conv layers x "
-        f"algorithms: {len(convs)}, layout transforms: {len(transforms)}) | measured now "
+        f"algorithms: {len(convs)}, other layers x layouts: {len(ops)}, layout transforms: "
+        f"{len(transforms)}) | measured now "
         f"{stats.measured}, cached {stats.cached}, {stats.seconds:.1f} s | {n_threads} "
         f"thread(s), fingerprint {profiler.fingerprint_id}, store {store.path}")
 
