@@ -105,7 +105,7 @@ def profile(
         f"algorithms: {len(convs)}, other layers x layouts: {len(ops)}, layout transforms: "
         f"{len(transforms)}) | measured now "
         f"{stats.measured}, cached {stats.cached}, {stats.seconds:.1f} s | {n_threads} "
-        f"thread(s), fingerprint {profiler.fingerprint_id}, store {store.path}")
+        f"thread(s), fingerprint {profiler.fingerprint_id}, store {store.path}", soft_wrap=True)
 
 
 @profiles_app.command("export")
