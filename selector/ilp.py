@@ -17,9 +17,12 @@ Layouts are binary (NCHW / NHWC), so y is exactly "a transform is needed" at the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pulp
@@ -194,7 +197,8 @@ def solve(problem: Problem, cap: int | None = None, *, solver: str = "cbc",
         model += total_time
 
     started = time.perf_counter()
-    model.solve(SOLVERS[solver](time_limit_s))
+    with _native_stdout_silenced():
+        model.solve(SOLVERS[solver](time_limit_s))
     seconds = time.perf_counter() - started
     status = pulp.LpStatus[model.status]
     if model.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
@@ -210,6 +214,25 @@ def solve(problem: Problem, cap: int | None = None, *, solver: str = "cbc",
                   for t, layout in _copies(problem, choice, n)]
     return Solution(choice, status, model.sol_status == pulp.LpSolutionOptimal, seconds, solver,
                     total, peak_bound, transforms)
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced() -> Iterator[None]:
+    """HiGHS prints its banner from C++ even with msg=False; it must not land in `--json`
+    output. Point file descriptor 1 at /dev/null while the solver runs."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:             # no real stdout (embedded): nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def minimum_peak(problem: Problem, *, solver: str = "cbc", time_limit_s: float = 60.0

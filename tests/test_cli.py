@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +15,12 @@ import pytest
 from kernels import registry
 
 
-def convplan(*args: str) -> subprocess.CompletedProcess:
+def convplan(*args: str, db: Path | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("convplan")
     command = [exe] if exe else [sys.executable, "-m", "api.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "CONVPLAN_DB": str(db)} if db is not None else None
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def test_algorithms_json_lists_the_registry() -> None:
@@ -140,3 +144,65 @@ def test_run_wrong_input_shape_is_a_clear_error(tmp_path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     result = convplan("run", "onnx:squeezenet", "--input", str(tmp_path / "x.npy"))
     assert result.returncode == 2 and "expects [1, 3, 224, 224]" in result.stderr
+
+
+def test_plan_then_run_the_plan(tmp_path) -> None:
+    """Measured costs (a small budget), a binding cap, the plan file, then `run --plan`."""
+    db = tmp_path / "costs.sqlite"
+    low = json.loads(convplan("plan", "onnx:squeezenet", "--threads", "1", "--budget-seconds",
+                              "0.01", "--memory-cap", "1GiB", "--json", db=db).stdout)
+    assert low["costs"] == "measured" and low["solver"]["optimal"]
+    cap = (low["baselines"]["lowest_memory"]["peak_bytes"] + low["predicted"]["peak_bytes"]) // 2
+    plan_file = tmp_path / "plan.json"
+    result = convplan("plan", "onnx:squeezenet", "--threads", "1", "--memory-cap", str(cap),
+                      "--out", str(plan_file), db=db)
+    assert result.returncode == 0, result.stderr
+    assert "this plan" in result.stdout and "lowest memory" in result.stdout
+    plan = json.loads(plan_file.read_text())
+    assert plan["predicted"]["peak_bytes"] <= cap == plan["memory_cap_bytes"]
+    result = convplan("run", "onnx:squeezenet", "--plan", str(plan_file), "--check", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["threads"] == 1                     # the plan's thread count
+    assert report["measured_peak_bytes"] <= report["predicted_peak_bytes"] <= cap
+    assert report["predicted_peak_bytes"] == plan["predicted"]["peak_bytes"]
+    assert report["max_abs_error"] < 1e-4
+    chosen = {x["name"]: x["algorithm"] for x in report["layers"] if x["op"] == "conv"}
+    assert chosen == plan["assignment"]
+
+
+def test_plan_errors_are_clear(tmp_path) -> None:
+    db = tmp_path / "costs.sqlite"
+    result = convplan("plan", "onnx:squeezenet", "--memory-cap", "24 parsecs", db=db)
+    assert result.returncode == 2 and "cannot read '24 parsecs' as a size" in result.stderr
+    result = convplan("plan", "onnx:squeezenet", "--memory-cap", "1MiB", "--no-profile", db=db)
+    assert result.returncode == 2 and "smallest achievable peak is" in result.stderr
+    result = convplan("plan", "onnx:squeezenet", "--solver", "gurobi", "--no-profile", db=db)
+    assert result.returncode == 2 and "unknown solver" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db.exists() or "analytic" not in db.read_bytes().decode(errors="ignore")
+
+
+@pytest.mark.parametrize("solver", ["cbc", "highs"])
+def test_no_profile_plans_say_their_costs_are_estimates(tmp_path, solver: str) -> None:
+    result = convplan("plan", "googlenet", "--no-profile", "--json", "--solver", solver,
+                      db=tmp_path / "c.sqlite")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)        # nothing but the plan on stdout (no solver banner)
+    assert plan["costs"] == "analytic" and plan["solver"]["name"] == solver
+    assert all(c["source"] == "analytic" for layer in plan["layers"]
+               for c in layer["candidates"])
+
+
+def test_pareto_json_and_plot(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "pareto.png"
+    result = convplan("pareto", "googlenet", "--no-profile", "--points", "5", "--json",
+                      "--plot", str(png), db=tmp_path / "c.sqlite")
+    assert result.returncode == 0, result.stderr
+    frontier = json.loads(result.stdout)
+    peaks = [p["peak_bytes"] for p in frontier["points"]]
+    times = [p["time_s"] for p in frontier["points"]]
+    assert peaks == sorted(peaks) and times == sorted(times, reverse=True)
+    assert set(frontier["baselines"]) == {"fastest", "im2col", "greedy", "lowest_memory"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
