@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -18,13 +17,19 @@ from api.cli_profiles import register as register_profile_commands
 from kernels import ConvSpec, blas, registry
 from kernels.layout import convert
 from kernels.measure import peak_allocation
-from profiles.profiler import Profiler
-from profiles.store import CostStore
 from profiles.timing import median_time
 from selector import zoo
 from selector.layers import paper_layer, paper_layers
 from selector.network import Network, NetworkError
-from selector.planning import baselines, build_problem, make_plan, parse_bytes
+from selector.planning import (
+    PlanRequest,
+    baselines,
+    build_problem,
+    cost_function,
+    parse_bytes,
+    plan_network,
+    profiler_for,
+)
 from selector.planning import pareto as pareto_frontier
 from selector.runner import RunReport, run_network
 
@@ -277,27 +282,18 @@ def _print_run(report: RunReport) -> None:
                       f"{report.max_abs_error:.2e} ({report.max_rel_error:.1e} of max |output|)")
 
 
-def _profiler(db: Path | None, threads: int | None, budget_seconds: float) -> Profiler:
-    store = CostStore(db) if db is not None else CostStore()
-    return Profiler(store, threads or os.cpu_count() or 1, budget_seconds)
+def _progress_bar():
+    """A rich progress bar on stderr, and the profiler callback that drives it."""
+    bar = Progress(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.description}"),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task("", total=None)
 
+    def progress(done: int, total: int, request) -> None:
+        bar.update(task, completed=done, total=total,
+                   description=f"{request.kind} {request.candidate}")
 
-def _cost_function(profiler: Profiler, no_profile: bool):
-    """``Profiler.costs`` with a progress bar for whatever has to be measured first."""
-    def costs(requests):
-        if no_profile:
-            return profiler.costs(requests, measure_missing=False)
-        with Progress(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                      console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("", total=None)
-
-            def progress(done: int, total: int, request) -> None:
-                bar.update(task, completed=done, total=total,
-                           description=f"{request.kind} {request.candidate}")
-
-            return profiler.costs(requests, progress=progress)
-    return costs
+    return bar, progress
 
 
 Model = Annotated[str, typer.Argument(
@@ -330,12 +326,14 @@ def plan(
 ) -> None:
     """Choose every layer's algorithm and layout: fastest under the memory cap (an ILP)."""
     try:
-        cap = parse_bytes(memory_cap) if memory_cap is not None else None
+        request = PlanRequest(cap=parse_bytes(memory_cap) if memory_cap is not None else None,
+                              threads=threads, solver=solver, time_limit_s=time_limit,
+                              measure=not no_profile, budget_s=budget_seconds,
+                              db=str(db) if db is not None else None)
         network = zoo.load_network(model)
-        profiler = _profiler(db, threads, budget_seconds)
-        document = make_plan(network, _cost_function(profiler, no_profile), cap,
-                             machine=profiler.fingerprint, threads=profiler.threads,
-                             solver=solver, time_limit_s=time_limit)
+        bar, progress = _progress_bar()
+        with bar:
+            document = plan_network(network, request, progress)
     except ValueError as error:     # NetworkError, PlanningError, bad sizes and options
         _fail(str(error))
     if out is not None:
@@ -394,8 +392,13 @@ def pareto(
     """The time / peak-memory frontier: the fastest plan at each of a sweep of caps."""
     try:
         network = zoo.load_network(model)
-        profiler = _profiler(db, threads, budget_seconds)
-        problem = build_problem(network, _cost_function(profiler, no_profile))
+        request = PlanRequest(threads=threads, solver=solver, time_limit_s=time_limit,
+                              measure=not no_profile, budget_s=budget_seconds,
+                              db=str(db) if db is not None else None)
+        profiler = profiler_for(request)
+        bar, progress = _progress_bar()
+        with bar:
+            problem = build_problem(network, cost_function(profiler, request.measure, progress))
         frontier = pareto_frontier(problem, points, solver=solver, time_limit_s=time_limit)
         marks = baselines(problem, None, solver=solver, time_limit_s=time_limit)
     except ValueError as error:

@@ -11,6 +11,7 @@ its peak as the memory model predicts it for the lowered program.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,9 +20,20 @@ from typing import Any
 from kernels import registry
 from kernels.spec import Layout
 from profiles.measurement import Measurement
+from profiles.profiler import Profiler, Progress
 from profiles.requests import ConvRequest, CostRequest, OpRequest, TransformRequest
+from profiles.store import CostStore
 
-from .ilp import Candidate, PlanningError, Problem, Solution, evaluate, minimum_peak, solve
+from .ilp import (
+    SOLVERS,
+    Candidate,
+    PlanningError,
+    Problem,
+    Solution,
+    evaluate,
+    minimum_peak,
+    solve,
+)
 from .lowering import lower
 from .memory import EXECUTOR_BYTES, EXECUTOR_BYTES_PER_STEP, predict, tensor_bytes
 from .network import Network
@@ -304,6 +316,48 @@ def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine
     extra = baselines(np_, cap, solver=solver, time_limit_s=time_limit_s) \
         if with_baselines else {}
     return plan_document(np_, solution, cap, machine, threads, extra)
+
+
+@dataclass
+class PlanRequest:
+    """Everything one planning job needs besides the network (CLI, service and batch alike)."""
+
+    cap: int | None = None
+    threads: int | None = None          # None: all cores
+    solver: str = "cbc"
+    time_limit_s: float = 60.0
+    measure: bool = True                # False: analytic costs for what the store lacks
+    budget_s: float = 0.3               # measuring budget per candidate
+    db: str | None = None               # None: $CONVPLAN_DB or the user cache
+
+
+def profiler_for(request: PlanRequest) -> Profiler:
+    """The profiler (and cost store) a planning job uses."""
+    store = CostStore(request.db) if request.db is not None else CostStore()
+    return Profiler(store, request.threads or os.cpu_count() or 1, request.budget_s)
+
+
+def cost_function(profiler: Profiler, measure: bool, progress: Progress | None = None
+                  ) -> CostFunction:
+    """``profiler.costs``: measuring what is missing (reporting progress), or estimating it."""
+    def costs(requests: list[CostRequest]) -> Mapping[tuple[str, str, str], Measurement]:
+        if not measure:
+            return profiler.costs(requests, measure_missing=False)
+        return profiler.costs(requests, progress=progress)
+    return costs
+
+
+def plan_network(network: Network, request: PlanRequest, progress: Progress | None = None
+                 ) -> dict[str, Any]:
+    """Plan ``network`` as ``request`` asks: the plan document."""
+    if request.solver not in SOLVERS:
+        raise PlanningError(f"unknown solver {request.solver!r}; use one of "
+                            f"{', '.join(SOLVERS)}")
+    profiler = profiler_for(request)
+    costs = cost_function(profiler, request.measure, progress)
+    return make_plan(network, costs, request.cap, machine=profiler.fingerprint,
+                     threads=profiler.threads, solver=request.solver,
+                     time_limit_s=request.time_limit_s)
 
 
 def pareto(np_: NetworkProblem, points: int = 8, *, solver: str = "cbc",
