@@ -51,10 +51,21 @@ def profile(
         "--budget-seconds", help="Timing budget per measurement, in seconds.")] = 0.5,
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Measure on the workers of this Dask scheduler (tcp://HOST:PORT) "
+                            "whose machine fingerprint is this machine's.")] = None,
+    local_cluster: Annotated[int | None, typer.Option(
+        "--local-cluster", help="Measure on a local Dask cluster of N worker processes.")
+    ] = None,
+    connect_timeout: Annotated[float, typer.Option(
+        "--connect-timeout", help="Seconds to wait for the scheduler and its first worker.")
+    ] = 10.0,
 ) -> None:
     """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
     if not budget_seconds > 0:
         _fail(f"--budget-seconds must be positive, got {budget_seconds}")
+    if scheduler is not None and local_cluster is not None:
+        _fail("give --scheduler or --local-cluster, not both")
     try:
         network = zoo.load_network(model)
     except ValueError as error:     # NetworkError and every bad-model error
@@ -66,6 +77,14 @@ def profile(
     ops = [r for r in requests if r.kind == "op"]
     n_threads = threads or os.cpu_count() or 1
     store = _open(db)
+    if scheduler is not None or local_cluster is not None:
+        with store:
+            _profile_on_cluster(network.name, requests, store, n_threads, budget_seconds,
+                                scheduler, local_cluster, connect_timeout, as_json,
+                                {"conv_specs": len(set(specs)), "conv_requests": len(convs),
+                                 "transform_requests": len(transforms),
+                                 "op_requests": len(ops)})
+        return
     with store:
         profiler = Profiler(store, n_threads, budget_seconds)
         before = store.count(profiler.fingerprint_id)
@@ -106,6 +125,53 @@ def profile(
         f"{len(transforms)}) | measured now "
         f"{stats.measured}, cached {stats.cached}, {stats.seconds:.1f} s | {n_threads} "
         f"thread(s), fingerprint {profiler.fingerprint_id}, store {store.path}", soft_wrap=True)
+
+
+def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStore, threads: int,
+                        budget_seconds: float, scheduler: str | None, local_cluster: int | None,
+                        connect_timeout: float, as_json: bool, counts: dict[str, int]) -> None:
+    """`profile --scheduler/--local-cluster`: measure on the Dask workers that are this machine
+    (the others are refused, and the output says which and why); store here."""
+    from api.batch import BatchError, dask_client, profile_on_cluster
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with dask_client(scheduler, local_cluster, connect_timeout) as client, \
+                Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("profiling on the cluster", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = profile_on_cluster(client, requests, store, threads, budget_seconds,
+                                        progress)
+    except KeyboardInterrupt:
+        _fail(f"interrupted: the measurements that came back are kept in {store.path}; run "
+              "the same command again to measure the rest", code=130)
+    except (BatchError, sqlite3.Error) as error:
+        _fail(str(error) if isinstance(error, BatchError) else f"profiling failed: {error}")
+    summary = {"model": model, "db": str(store.path), "fingerprint_id": result.fingerprint_id,
+               "threads": threads, **counts, "requested": result.requested,
+               "measured": result.measured, "cached": result.cached,
+               "seconds": round(result.seconds, 3), **result.as_dict()}
+    err = Console(stderr=True, soft_wrap=True)
+    for worker in result.workers:
+        if not worker.accepted:
+            err.print(f"[yellow]refused worker[/yellow] {escape(worker.address)}: its machine "
+                      f"fingerprint is not this machine's ({escape('; '.join(worker.reasons))})"
+                      "; its measurements are not used")
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        used = ", ".join(f"{w.address} ({w.measured})" for w in result.accepted) or "none"
+        console.print(
+            f"{model}: {result.requested} costs | measured now {result.measured} on "
+            f"{len(result.accepted)} of {len(result.workers)} worker(s) [{escape(used)}], "
+            f"cached {result.cached}, {result.seconds:.1f} s | {threads} thread(s), "
+            f"fingerprint {result.fingerprint_id}, store {store.path}", soft_wrap=True)
+    if result.failures:
+        _fail("; ".join(result.failures), code=1)
 
 
 @profiles_app.command("export")
