@@ -311,6 +311,21 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 # -- the cluster ---------------------------------------------------------------------------------
 @contextmanager
+def environ_kept() -> Iterator[None]:
+    """Put this process's environment back afterwards: Dask's nanny sets ``OMP_NUM_THREADS=1``,
+    ``OPENBLAS_NUM_THREADS=1``, ``PYTHONHASHSEED`` ... in the *parent's* environment before it
+    spawns a worker, and a long-lived caller (a service, a test session) would pass them on to
+    every process it starts later."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dict(os.environ) != saved:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@contextmanager
 def dask_client(scheduler: str | None = None, local_workers: int | None = None,
                 timeout_s: float = 10.0) -> Iterator[Client]:
     """A Dask client to ``scheduler`` (``tcp://host:port``), or to a `LocalCluster` of
@@ -327,14 +342,16 @@ def dask_client(scheduler: str | None = None, local_workers: int | None = None,
     if not timeout_s > 0:
         raise BatchError(f"--connect-timeout must be positive, got {timeout_s}")
     if local_workers is not None:
-        try:
-            cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
-                                   processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR)
-        except (OSError, RuntimeError, TimeoutError) as error:
-            raise BatchError(f"cannot start a local Dask cluster: {error}") from None
-        with cluster, Client(cluster, timeout=timeout_s) as client:
-            yield client
+        with environ_kept():    # a worker restarted during the run sets them again
+            try:
+                with environ_kept():
+                    cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
+                                           processes=True, dashboard_address=":0",
+                                           silence_logs=logging.ERROR)
+            except (OSError, RuntimeError, TimeoutError) as error:
+                raise BatchError(f"cannot start a local Dask cluster: {error}") from None
+            with cluster, Client(cluster, timeout=timeout_s) as client:
+                yield client
         return
     assert scheduler is not None
     try:

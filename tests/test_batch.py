@@ -1,0 +1,357 @@
+"""`convplan batch` (in-process and on a Dask LocalCluster) and `convplan profile` on a cluster,
+with the fingerprint check that refuses workers on another kind of machine.
+
+Every cluster here is started by a fixture or by the command's own --local-cluster path and is
+closed when its test (or this module) ends. Plans use analytic costs (--no-profile) and tiny
+measuring budgets; every cost store is a temporary file, passed to the workers in the request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from api.batch import (
+    PLAN_SUFFIX,
+    SUMMARY_FILE,
+    BatchError,
+    collect_inputs,
+    dask_client,
+    environ_kept,
+    profile_on_cluster,
+    run_dask,
+    run_local,
+)
+from api.cli_batch import register as register_batch
+from api.cli_profiles import register as register_profiles
+from kernels import blas
+from profiles.fingerprint import machine_fingerprint
+from profiles.profiler import Profiler
+from profiles.remote import fingerprint_differences, measure_chunk
+from profiles.store import CostStore
+from selector import zoo
+from selector.planning import PlanRequest, requests_for
+from selector.runner import run_network
+
+DATA = Path(__file__).parent / "data"
+CAP = "4MiB"
+
+
+def _net(name: str, channels: int, size: int) -> dict:
+    return {"name": name, "seed": 1, "inputs": [{"name": "x", "shape": [1, 3, size, size]}],
+            "layers": [
+                {"name": "c1", "op": "conv", "inputs": ["x"], "out_channels": channels,
+                 "kernel": 3, "padding": 1},
+                {"name": "r1", "op": "relu", "inputs": ["c1"]},
+                {"name": "c2", "op": "conv", "inputs": ["r1"], "out_channels": channels,
+                 "kernel": 3, "padding": 1},
+                {"name": "c3", "op": "conv", "inputs": ["c2"], "out_channels": channels,
+                 "kernel": 1},
+                {"name": "sum", "op": "add", "inputs": ["r1", "c3"]},
+                {"name": "p", "op": "maxpool", "inputs": ["sum"], "kernel": 2, "stride": 2},
+                {"name": "gap", "op": "globalavgpool", "inputs": ["p"]},
+                {"name": "f", "op": "flatten", "inputs": ["gap"]}]}
+
+
+NETS = {"small": _net("small", 4, 12), "medium": _net("medium", 8, 16),
+        "wide": _net("wide", 16, 16)}
+GOOD = {*NETS, "torch_resnetish"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small JSON networks and a PyTorch-exported ONNX file."""
+    path = tmp_path_factory.mktemp("nets")
+    for name, description in NETS.items():
+        (path / f"{name}.json").write_text(json.dumps(description))
+    shutil.copy(DATA / "torch_resnetish.onnx", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Path:
+    """The same networks plus invalid JSON and a truncated ONNX file."""
+    path = tmp_path_factory.mktemp("broken")
+    for file in folder.iterdir():
+        shutil.copy(file, path)
+    (path / "broken.json").write_text('{"name": "broken", "inputs": [')
+    (path / "truncated.onnx").write_bytes((DATA / "torch_resnetish.onnx").read_bytes()[:700])
+    return path
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator:
+    """A two-worker LocalCluster (processes, one thread each), via the project's own path."""
+    with dask_client(local_workers=2, timeout_s=30) as c:
+        yield c
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    def other() -> None:  # a second command, as in the real app
+        """Stand-in for the rest of convplan."""
+
+    register_batch(app)
+    register_profiles(app)
+    return app
+
+
+def invoke(app: typer.Typer, *args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def batch_args(inputs: Path | str, out: Path, db: Path, *extra: str) -> list[str]:
+    return ["batch", str(inputs), "--memory-cap", CAP, "--out", str(out), "--no-profile",
+            "--threads", "1", "--db", str(db), "--json", *extra]
+
+
+def plans_in(out: Path) -> dict[str, dict]:
+    return {p.name.removesuffix(PLAN_SUFFIX): json.loads(p.read_text())
+            for p in out.glob(f"*{PLAN_SUFFIX}")}
+
+
+# -- batch ---------------------------------------------------------------------------------------
+def test_local_cluster_plans_like_in_process(app, folder: Path, tmp_path: Path) -> None:
+    db = tmp_path / "costs.sqlite"
+    here = invoke(app, *batch_args(folder, tmp_path / "here", db))
+    assert here.exit_code == 0, here.output
+    there = invoke(app, *batch_args(folder, tmp_path / "there", db, "--local-cluster", "2"))
+    assert there.exit_code == 0, there.output
+    local, remote = plans_in(tmp_path / "here"), plans_in(tmp_path / "there")
+    assert set(local) == set(remote) == GOOD
+    for name in GOOD:
+        a, b = local[name], remote[name]
+        assert a["assignment"] == b["assignment"] and a["layouts"] == b["layouts"], name
+        assert a["predicted"]["peak_bytes"] == b["predicted"]["peak_bytes"], name
+        assert a["predicted"]["peak_bytes"] <= a["memory_cap_bytes"] == 4 * 2**20
+        assert a["costs"] == "analytic"
+    summary = json.loads(there.stdout)
+    assert summary["planned"] == summary["networks"] == 4 and summary["failed"] == 0
+    assert all(r["worker"].startswith("tcp://") for r in summary["rows"])
+    assert json.loads((tmp_path / "there" / SUMMARY_FILE).read_text()) == summary
+    assert not list((tmp_path / "there").glob(".*"))      # no temporary files left behind
+
+
+def _check_broken(rows: list[dict]) -> None:
+    by_name = {r["network"]: r for r in rows}
+    assert set(by_name) == GOOD | {"broken", "truncated"}
+    assert "invalid network description" in by_name["broken"]["error"]
+    assert "not a valid ONNX file" in by_name["truncated"]["error"]
+    for name in GOOD:
+        assert by_name[name]["status"] == "planned" and by_name[name]["error"] is None, name
+    for name in ("broken", "truncated"):
+        assert by_name[name]["status"] == "error" and by_name[name]["plan"] is None
+
+
+def test_broken_files_are_reported_and_the_rest_planned(app, broken_folder: Path, client,
+                                                        tmp_path: Path) -> None:
+    db = tmp_path / "costs.sqlite"
+    result = invoke(app, *batch_args(broken_folder, tmp_path / "out", db))
+    assert result.exit_code == 1, result.output
+    assert "2 of 6 network(s) failed: broken, truncated" in result.stderr
+    assert "Traceback" not in result.output
+    assert set(plans_in(tmp_path / "out")) == GOOD
+    summary = json.loads(result.stdout)
+    _check_broken([{**r, "plan": None if r["status"] == "error" else {}}
+                   for r in summary["rows"]])
+    # the same on the cluster, through the library functions
+    request = PlanRequest(cap=4 * 2**20, threads=1, measure=False, db=str(db))
+    inputs = collect_inputs([broken_folder])
+    seen: list[str] = []
+    rows = run_dask(inputs, request, client, lambda row: seen.append(row["network"]))
+    _check_broken(rows)
+    assert sorted(seen) == sorted(i.name for i in inputs)
+    local = run_local(inputs, request)
+    for a, b in zip(local, rows, strict=True):
+        assert (a["network"], a["status"], a["peak_bytes"]) == \
+            (b["network"], b["status"], b["peak_bytes"])
+
+
+def test_plan_files_run_as_plans(app, folder: Path, tmp_path: Path) -> None:
+    from api.cli import _read_plan  # exactly what `convplan run --plan` reads
+
+    out = tmp_path / "out"
+    result = invoke(app, *batch_args(folder, out, tmp_path / "costs.sqlite"))
+    assert result.exit_code == 0, result.output
+    sources = {name: folder / f"{name}.json" for name in NETS}
+    sources["torch_resnetish"] = folder / "torch_resnetish.onnx"
+    for name, source in sources.items():
+        plan = _read_plan(out / f"{name}{PLAN_SUFFIX}")
+        report = run_network(zoo.load_network(source), assignment=plan.assignment,
+                             layouts=plan.layouts, strict=True, threads=plan.threads)
+        document = json.loads((out / f"{name}{PLAN_SUFFIX}").read_text())
+        assert report.predicted_peak_bytes == document["predicted"]["peak_bytes"]
+        assert report.measured_peak_bytes <= report.predicted_peak_bytes
+
+
+def _error(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory-cap", "12XB"], "cannot read '12XB' as a size"),
+    (["--memory-cap", "0"], "must be positive"),
+    (["--solver", "gurobi"], "unknown solver"),
+    (["--local-cluster", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+    (["--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "1"],
+     "cannot reach the Dask scheduler at tcp://127.0.0.1:1 within 1 s"),
+    (["--scheduler", "nonsense://x:1", "--connect-timeout", "1"], "unknown address scheme"),
+])
+def test_bad_arguments_are_clear_errors(app, folder: Path, tmp_path: Path, args: list[str],
+                                        message: str) -> None:
+    base = ["batch", str(folder), "--memory-cap", CAP, "--out", str(tmp_path / "out"),
+            "--no-profile"]
+    stderr = _error(invoke(app, *base, *args))
+    assert stderr.startswith("error:") and message in stderr
+    assert not list((tmp_path / "out").glob(f"*{PLAN_SUFFIX}"))
+
+
+def test_no_inputs_is_a_clear_error(app, tmp_path: Path) -> None:
+    out = ["--memory-cap", CAP, "--out", str(tmp_path / "out")]
+    assert "Missing argument" in _error(invoke(app, "batch", *out))
+    (tmp_path / "empty").mkdir()
+    assert "no .json or .onnx files in folder" in _error(
+        invoke(app, "batch", str(tmp_path / "empty"), *out))
+    assert "neither a built-in network" in _error(
+        invoke(app, "batch", str(tmp_path / "missing.onnx"), *out))
+    with pytest.raises(BatchError, match="no networks given"):
+        collect_inputs([])
+
+
+def test_a_local_cluster_leaves_the_environment_as_it_was(folder: Path, tmp_path: Path) -> None:
+    before = dict(os.environ)
+    with dask_client(local_workers=1, timeout_s=30) as client:
+        request = PlanRequest(threads=1, measure=False, db=str(tmp_path / "c.sqlite"))
+        rows = run_dask(collect_inputs([folder / "small.json"]), request, client)
+        assert rows[0]["status"] == "planned", rows[0]["error"]
+    assert dict(os.environ) == before       # no OPENBLAS_NUM_THREADS=1 left for later children
+
+
+def test_collect_inputs_names_and_skips(tmp_path: Path, folder: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.json").write_text(json.dumps(NETS["small"]))
+    shutil.copy(DATA / "torch_resnetish.onnx", tmp_path / "sub" / "a.onnx")
+    (tmp_path / f"old{PLAN_SUFFIX}").write_text("{}")      # a previous batch's output
+    (tmp_path / SUMMARY_FILE).write_text("{}")
+    (tmp_path / "notes.txt").write_text("not a network")
+    inputs = collect_inputs([tmp_path, "onnx:squeezenet", tmp_path / "a.json"])
+    assert [(i.name, i.kind) for i in inputs] == [
+        ("a", "json"), ("a-2", "onnx"), ("onnx_squeezenet", "builtin")]
+    assert inputs[0].data == (tmp_path / "a.json").read_bytes()     # bytes travel, not paths
+    assert inputs[2].data == b"onnx:squeezenet"
+
+
+# -- profiling on a cluster ----------------------------------------------------------------------
+def _keys(db: Path) -> set[tuple[str, str, str, str]]:
+    export = db.with_suffix(".export.json")
+    with CostStore(db) as store:
+        store.export(export)
+    rows = json.loads(export.read_text())["rows"]
+    return {(r["fingerprint_id"], r["kind"], r["key"], r["candidate"]) for r in rows}
+
+
+def test_profile_on_a_local_cluster_stores_what_a_local_profile_stores(
+        app, folder: Path, tmp_path: Path) -> None:
+    net = folder / "medium.json"
+    common = ["--threads", "1", "--budget-seconds", "0.002", "--json"]
+    local_db, cluster_db = tmp_path / "local.sqlite", tmp_path / "cluster.sqlite"
+    local = invoke(app, "profile", net, "--db", local_db, *common)
+    assert local.exit_code == 0, local.output
+    there = invoke(app, "profile", net, "--db", cluster_db, "--local-cluster", "2", *common)
+    assert there.exit_code == 0, there.output
+    report = json.loads(there.stdout)
+    assert report["measured"] == report["requested"] == json.loads(local.stdout)["requested"]
+    assert report["failures"] == [] and len(report["workers"]) == 2
+    assert all(w["accepted"] for w in report["workers"])
+    assert sum(w["measured"] for w in report["workers"]) == report["measured"]
+    assert _keys(cluster_db) == _keys(local_db)
+    assert report["fingerprint_id"] == json.loads(local.stdout)["fingerprint_id"]
+
+
+def test_profile_on_cluster_skips_what_is_stored(client, folder: Path, tmp_path: Path) -> None:
+    requests = requests_for(zoo.load_network(folder / "small.json"))
+    with CostStore(tmp_path / "costs.sqlite") as store:
+        Profiler(store, 1, 0.002).costs(requests[:5])
+        done = profile_on_cluster(client, requests, store, 1, 0.002, chunk_size=3)
+        assert (done.cached, done.measured, done.requested) == (5, len(requests) - 5,
+                                                                len(requests))
+        again = profile_on_cluster(client, requests, store, 1, 0.002)
+        assert (again.cached, again.measured) == (len(requests), 0)
+        assert store.count(done.fingerprint_id) == store.count() == len(requests)
+
+
+def test_fingerprint_differences_and_a_refusing_chunk(folder: Path) -> None:
+    here = machine_fingerprint(1)
+    assert fingerprint_differences(here, dict(here)) == []
+    there = {**here, "cpu": "Imaginary CPU 9000",
+             "blas": {**here["blas"], "corename": "Katmai-ish"}}
+    there.pop("numpy")
+    lines = fingerprint_differences(here, there)
+    assert len(lines) == 3
+    assert any(line.startswith("blas.corename: 'Katmai-ish' on the worker") for line in lines)
+    assert any(line.startswith("cpu: 'Imaginary CPU 9000' on the worker") for line in lines)
+    assert any(line.startswith("numpy: (absent) on the worker") for line in lines)
+    # a chunk sent to a machine that is not the expected one measures nothing
+    requests = requests_for(zoo.load_network(folder / "small.json"))[:2]
+    refused = measure_chunk(requests, 1, 0.002, there)
+    assert refused.measurements == [] and len(refused.refused) == 3
+    accepted = measure_chunk(requests, 1, 0.002, here)
+    assert accepted.refused == [] and len(accepted.measurements) == 2
+
+
+@pytest.fixture
+def mixed_cluster() -> Iterator[str]:
+    """Two workers; one loads its OpenBLAS with other kernels (CONVPLAN_BLAS_CORETYPE, which the
+    machine fingerprint records as blas.corename), as a worker on another kind of CPU would."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    mine = blas.info()["corename"]
+    other = "Prescott" if mine not in ("Prescott", "Katmai") else "Haswell"
+    worker = {"cls": Nanny, "options": {"nthreads": 1}}
+    odd = {"cls": Nanny, "options": {"nthreads": 1,
+                                     "env": {"CONVPLAN_BLAS_CORETYPE": other}}}
+    with environ_kept():
+        cluster = SpecCluster(workers={"same": worker, "odd": odd},
+                              scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                              silence_logs=logging.ERROR)
+        try:
+            yield cluster.scheduler_address
+        finally:
+            cluster.close()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="the other BLAS kernels named here are x86 ones")
+def test_a_worker_on_another_machine_is_refused(app, mixed_cluster: str, folder: Path,
+                                                tmp_path: Path) -> None:
+    db = tmp_path / "costs.sqlite"
+    result = invoke(app, "profile", folder / "small.json", "--db", db, "--threads", "1",
+                    "--budget-seconds", "0.002", "--scheduler", mixed_cluster,
+                    "--connect-timeout", "30", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    refused = [w for w in report["workers"] if not w["accepted"]]
+    used = [w for w in report["workers"] if w["accepted"]]
+    assert len(refused) == 1 and len(used) == 1
+    assert refused[0]["measured"] == 0
+    assert any(r.startswith("blas.corename:") for r in refused[0]["reasons"])
+    assert refused[0]["fingerprint_id"] != report["fingerprint_id"]
+    assert f"refused worker {refused[0]['address']}" in result.stderr
+    assert "blas.corename" in result.stderr
+    assert used[0]["measured"] == report["measured"] == report["requested"]
+    with CostStore(db) as store:     # everything is stored under this machine's fingerprint
+        assert [f.id for f in store.fingerprints()] == [report["fingerprint_id"]]
