@@ -333,8 +333,11 @@ def dask_client(scheduler: str | None = None, local_workers: int | None = None,
     to ``timeout_s`` for the connection and for at least one worker (BatchError otherwise)."""
     import logging
 
-    from distributed import Client, LocalCluster
-
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise BatchError("running on a Dask cluster needs Dask: pip install "
+                         "'dask[distributed]'") from None
     if (scheduler is None) == (local_workers is None):
         raise BatchError("give either --scheduler or --local-cluster")
     if local_workers is not None and local_workers < 1:
