@@ -1,0 +1,255 @@
+"""The HTTP service: `uvicorn api.app:app` (or `convplan serve`). OpenAPI docs at /docs.
+
+Light requests (health, listings, job status) answer on the event loop; everything that plans,
+measures or runs goes to worker processes through `WorkerPool`, whose admission gate answers
+503 with Retry-After when saturated. Every refusal is a JSON `ErrorBody`; unexpected errors are
+logged and answered with a generic 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, Form, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kernels import registry
+from selector import zoo
+
+from . import service
+from .concurrency import JobTable, Saturated, WorkerPool
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from .models import (
+    AlgorithmInfo,
+    CostOptions,
+    ErrorBody,
+    Health,
+    Job,
+    JobCreated,
+    NetworkInfo,
+    ParetoBody,
+    ParetoResponse,
+    PlanBody,
+    PlanDocument,
+    PlanOnnxForm,
+    ProfileBody,
+    RunBody,
+    RunResponse,
+)
+from .service import ServiceError, Settings, Source
+
+log = logging.getLogger("convplan.service")
+
+_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+                405: "method_not_allowed", 413: "body_too_large",
+                415: "unsupported_media_type", 422: "invalid_request", 503: "busy"}
+_RETRY = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                          "schema": {"type": "string"}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A bad network, input or option."},
+    404: {"model": ErrorBody, "description": "An unknown built-in network or job."},
+    413: {"model": ErrorBody, "description": "The body is over the limit."},
+    415: {"model": ErrorBody, "description": "The body is not JSON."},
+    422: {"model": ErrorBody, "description": "A body that does not validate, a network over "
+                                             "the limits, or a cap no plan fits."},
+    503: {"model": ErrorBody, "description": "Busy: retry later.", "headers": _RETRY},
+}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("convplan")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+           errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body = ErrorBody(error=code, detail=detail, errors=errors)  # type: ignore[arg-type]
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def require_json(request: Request) -> None:
+    """415 for a body declared as something other than JSON (a missing type is read as JSON)."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    kind = declared.split(";")[0].strip().lower()
+    if kind != "application/json" and not (kind.startswith("application/")
+                                           and kind.endswith("+json")):
+        raise StarletteHTTPException(415, f"send the body as application/json, not {kind!r}")
+
+
+def _source(network: Any) -> Source:
+    if isinstance(network, str):
+        return ("builtin", network)
+    return ("description", network.model_dump())
+
+
+def _network_rows() -> list[dict[str, str]]:
+    rows = []
+    for name in zoo.names():
+        light = zoo.PAPER_NETWORKS.get(name, name.removeprefix("onnx:"))
+        rows.append({"name": name, "source": "described in convplan (seeded weights)"
+                     if light is None else f"onnx light model {light}"})
+    return rows
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app with ``settings`` (default: from the CONVPLAN_* environment variables)."""
+    settings = settings or Settings.from_env()
+    pool = WorkerPool(settings.slots, settings.queue, settings.queue_timeout_s)
+    jobs = JobTable(settings)
+    retry = {"Retry-After": str(settings.retry_after_s)}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.start()
+        jobs.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(jobs.stop)
+            await anyio.to_thread.run_sync(pool.stop)
+
+    app = FastAPI(
+        title="convplan", version=_version(), lifespan=lifespan,
+        description="Choose a GEMM-based convolution algorithm per CNN layer under a peak-memory "
+                    "cap, run the network and measure the memory promise.")
+    app.state.settings, app.state.pool, app.state.jobs = settings, pool, jobs
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    v1_security: list[Any] = []
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key)   # outermost: checked first
+        v1_security = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))]
+    json_body = [Depends(require_json), *v1_security]
+
+    # -- errors ----------------------------------------------------------------------------------
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
+        return _error(error.status, error.code, error.message,
+                      retry if error.status == 503 else None)
+
+    @app.exception_handler(Saturated)
+    async def saturated(_: Request, __: Saturated) -> JSONResponse:
+        return _error(503, "busy", "the server is at its limit of concurrent heavy requests; "
+                                   f"retry in {settings.retry_after_s} s", retry)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+                     "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                    for e in error.errors()[:20]]
+        summary = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems[:5])
+        return _error(422, "invalid_request", summary or "invalid request", errors=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _ERROR_CODES.get(error.status_code, f"http_{error.status_code}")
+        return _error(error.status_code, code, str(error.detail), error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path,
+                  exc_info=error)
+        return _error(500, "internal_error", "internal server error (logged on the server)")
+
+    # -- light ---------------------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness, and how busy the heavy-request slots are (never needs the API key)."""
+        return {"status": "ok", "version": app.version, "slots": pool.slots,
+                "busy": pool.busy, "waiting": pool.waiting}
+
+    algorithm_rows = [a.describe() for a in registry.all_algorithms()]
+
+    @app.get("/v1/algorithms", response_model=list[AlgorithmInfo], tags=["catalogue"],
+             dependencies=v1_security)
+    async def algorithms() -> list[dict[str, Any]]:
+        """The registered convolution algorithms: layouts, limits, workspace formula."""
+        return algorithm_rows
+
+    network_rows = _network_rows()
+
+    @app.get("/v1/networks", response_model=list[NetworkInfo], tags=["catalogue"],
+             dependencies=v1_security)
+    async def networks() -> list[dict[str, str]]:
+        """The built-in networks (a request may also give a description or an ONNX file)."""
+        return network_rows
+
+    # -- heavy -----------------------------------------------------------------------------------
+    @app.post("/v1/plan", response_model=PlanDocument, responses=ERRORS, tags=["planning"],
+              dependencies=json_body)
+    async def plan(body: PlanBody) -> dict[str, Any]:
+        """The fastest plan under the memory cap (an ILP), with every candidate and four
+        baselines: the same document as `convplan plan --json`."""
+        options = body.model_dump(exclude={"network"})
+        return await pool.run(service.plan_task, _source(body.network), options, settings)
+
+    @app.post("/v1/plan/onnx", response_model=PlanDocument, responses=ERRORS,
+              tags=["planning"], dependencies=v1_security)
+    async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/form-data")]
+                        ) -> dict[str, Any]:
+        """As /v1/plan, for an uploaded ONNX file (multipart: `file` and the option fields)."""
+        data = await form.file.read()
+        return await pool.run(service.plan_task, ("onnx", data),
+                              form.model_dump(exclude={"file"}), settings)
+
+    @app.post("/v1/pareto", response_model=ParetoResponse, responses=ERRORS, tags=["planning"],
+              dependencies=json_body)
+    async def pareto(body: ParetoBody) -> dict[str, Any]:
+        """The time / peak-memory frontier (fastest plan over a sweep of caps) and the
+        baselines."""
+        options = body.model_dump(exclude={"network", "points"})
+        return await pool.run(service.pareto_task, _source(body.network), options,
+                              body.points, settings)
+
+    @app.post("/v1/run", response_model=RunResponse, responses=ERRORS, tags=["running"],
+              dependencies=json_body)
+    async def run(body: RunBody) -> dict[str, Any]:
+        """Run a plan (or plan first under `memory_cap`): the output, the measured time and
+        peak memory next to the predicted peak."""
+        options = body.model_dump(exclude={"network", "plan"})
+        if body.plan is not None:
+            options["plan"] = {"assignment": body.plan.assignment,
+                               "layouts": body.plan.layouts, "threads": body.plan.threads}
+        return await pool.run(service.run_task, _source(body.network), options, settings)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    @app.post("/v1/profile", status_code=202, response_model=JobCreated, tags=["jobs"],
+              responses=ERRORS, dependencies=json_body)
+    async def profile(body: ProfileBody, request: Request, response: Response
+                      ) -> dict[str, Any]:
+        """Start measuring every cost a plan of the network needs (kept in the cost store);
+        poll GET /v1/jobs/{id}."""
+        if isinstance(body.network, str) and body.network not in zoo.names():
+            raise ServiceError(404, "unknown_network", f"unknown network {body.network!r}; "
+                               f"built in: {', '.join(zoo.names())}")
+        service.plan_request(CostOptions(threads=body.threads).model_dump(), settings)
+        job = jobs.submit("profile", (_source(body.network), body.threads, body.budget_s))
+        url = str(request.url_for("job", job_id=job.id).path)
+        response.headers["Location"] = url
+        return {"id": job.id, "status": job.status, "url": url}
+
+    @app.get("/v1/jobs/{job_id}", response_model=Job, tags=["jobs"], name="job",
+             responses={404: ERRORS[404], 422: ERRORS[422]}, dependencies=v1_security)
+    async def job(job_id: str) -> dict[str, Any]:
+        """A job's status, progress and (when finished) its result or error."""
+        found = jobs.get(job_id)
+        if found is None:
+            raise ServiceError(404, "unknown_job", f"no job {job_id!r} (jobs are kept in "
+                               "memory; the oldest finished ones are dropped)")
+        return found
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,57 @@
+"""`convplan serve`: the HTTP service under uvicorn. `register(app)` adds the command; this
+module also runs on its own (``python -m api.cli_serve --port 8000``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (each with "
+                                                     "its own limits and job table).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
+    import uvicorn
+
+    from api.service import Settings
+
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        settings = Settings.from_env()      # fail here, in words, not in every worker
+    except ValueError as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(2) from None
+    if not _loopback(host) and not settings.api_key and not os.environ.get("CONVPLAN_API_KEY"):
+        err.print(f"[yellow]warning:[/yellow] serving on {escape(host)} without an API key: "
+                  "anyone who can reach this port can use it (set CONVPLAN_API_KEY)")
+    uvicorn.run("api.app:app", host=host, port=port, workers=workers, log_level=log_level,
+                timeout_graceful_shutdown=30)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the convplan app."""
+    app.command("serve")(serve)
+
+
+if __name__ == "__main__":
+    standalone = typer.Typer(add_completion=False)
+    register(standalone)
+    standalone()

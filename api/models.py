@@ -1,0 +1,290 @@
+"""Request and response bodies of the HTTP service (pydantic), so /docs shows every field and
+schema-driven clients (and fuzzers) see exactly what the service accepts and returns."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from selector.network import NetworkDescription
+
+#: A built-in network name (GET /v1/networks) or a JSON network description.
+NetworkField = Annotated[
+    NetworkDescription | Annotated[str, Field(min_length=1, max_length=256)],
+    Field(description="A built-in network name (GET /v1/networks) or a network description "
+                      "object (inputs, layers; see the README).")]
+
+#: A peak-memory cap: bytes, or a size string such as "24MiB".
+MemoryCap = Annotated[
+    Annotated[StrictInt, Field(le=2**62)] | Annotated[StrictStr, Field(max_length=64)] | None,
+    Field(description="Peak-memory cap: bytes (int) or a size string (\"24MiB\", \"1.5 GB\"). "
+                      "None: no cap (the fastest plan).")]
+
+
+# -- errors ------------------------------------------------------------------------------------
+class FieldError(BaseModel):
+    """One problem of a request body, where it is and what is wrong."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a short code and a message a person can act on."""
+
+    error: str = Field(description="Machine-readable code, e.g. invalid_network.")
+    detail: str = Field(description="What is wrong, in words.")
+    errors: list[FieldError] | None = Field(None, description="Per-field validation problems.")
+
+
+# -- options shared by planning requests ----------------------------------------------------------
+class CostOptions(BaseModel):
+    """How costs are obtained and the ILP solved (the service caps the limits)."""
+
+    model_config = ConfigDict(extra="forbid")
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        None, description="BLAS threads (default: all cores; at most the server's cores).")
+    solver: Literal["cbc", "highs"] = "cbc"
+    time_limit_s: float = Field(60.0, gt=0, le=86400, description=(
+        "Solver time limit in seconds, capped at the server's CONVPLAN_MAX_TIME_LIMIT."))
+    measure: bool = Field(True, description=(
+        "Measure missing costs on the server (true) or fill them with the analytic model "
+        "(false: fast, the plan says costs are analytic)."))
+    budget_s: float = Field(0.3, gt=0, le=3600, description=(
+        "Measuring budget per candidate, seconds; capped at CONVPLAN_MAX_BUDGET."))
+
+
+class PlanBody(CostOptions):
+    network: NetworkField
+    memory_cap: MemoryCap = None
+
+
+class PlanOnnxForm(CostOptions):
+    """The multipart form of /v1/plan/onnx: the ONNX file and the options as fields."""
+
+    file: UploadFile = Field(description="The ONNX model (no external data).")
+    memory_cap: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="Bytes or a size string (\"24MiB\"); empty: no cap.")
+
+
+class ParetoBody(CostOptions):
+    network: NetworkField
+    points: int = Field(8, ge=2, le=64, description="Caps to solve for.")
+
+
+class PlanInput(BaseModel):
+    """What /v1/run needs of a plan: a whole plan document, or just its assignment."""
+
+    model_config = ConfigDict(extra="allow")
+    assignment: dict[str, str] = Field(description="Conv layer name -> algorithm name.")
+    layouts: dict[str, str] = Field(default_factory=dict,
+                                    description="Other layer name -> layout (NCHW or NHWC).")
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+
+
+class RunBody(CostOptions):
+    network: NetworkField
+    plan: PlanInput | None = Field(None, description=(
+        "Run this plan. Without it (and without `algorithm`) the service plans first under "
+        "`memory_cap` with the cost options."))
+    memory_cap: MemoryCap = None
+    algorithm: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="One algorithm for every convolution instead of a plan.")
+    input: Annotated[str, Field(max_length=2**31)] | None = Field(None, description=(
+        "Base64 of a .npy file (or an .npz by input name). Default: seeded random input."))
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the random input.")
+    repeat: int = Field(1, ge=1, le=100, description="Timed runs (median), capped at 10.")
+    check: bool = Field(False, description="Compare the output with onnxruntime.")
+
+
+class ProfileBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    network: NetworkField
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+    budget_s: float = Field(0.5, gt=0, le=3600, description=(
+        "Timing budget per measurement, seconds; capped at CONVPLAN_MAX_BUDGET."))
+
+
+# -- the plan document ----------------------------------------------------------------------------
+class CandidateDoc(BaseModel):
+    name: str
+    algorithm: str | None
+    input_layout: str
+    output_layout: str
+    time_s: float
+    workspace_bytes: int
+    prepared_bytes: int
+    measured_workspace_bytes: int | None
+    source: str
+
+
+class LayerDoc(BaseModel):
+    name: str
+    op: str
+    algorithm: str | None
+    input_layout: str
+    output_layout: str
+    time_s: float
+    workspace_bytes: int
+    prepared_bytes: int
+    candidates: list[CandidateDoc]
+
+
+class TransformDoc(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    tensor: str
+    for_: str = Field(alias="for")
+    into: str
+    time_s: float
+    bytes: int
+
+
+class SolverDoc(BaseModel):
+    name: str
+    status: str
+    optimal: bool
+    solve_seconds: float
+
+
+class PredictedDoc(BaseModel):
+    time_s: float
+    peak_bytes: int
+    model_bound_bytes: int
+
+
+class BaselineDoc(BaseModel):
+    time_s: float
+    peak_bytes: int
+    fits_cap: bool
+    assignment: dict[str, str]
+    layouts: dict[str, str]
+
+
+class PlanDocument(BaseModel):
+    """The plan: what `convplan plan --json` prints and `/v1/run` (or `convplan run --plan`)
+    executes."""
+
+    network: str
+    machine: dict[str, Any]
+    threads: int
+    memory_cap_bytes: int | None
+    costs: Literal["measured", "analytic", "mixed"]
+    solver: SolverDoc
+    predicted: PredictedDoc
+    assignment: dict[str, str]
+    layouts: dict[str, str]
+    layers: list[LayerDoc]
+    transforms: list[TransformDoc]
+    baselines: dict[str, BaselineDoc]
+
+
+class ParetoPoint(BaseModel):
+    cap_bytes: int
+    time_s: float
+    peak_bytes: int
+    predicted_peak_bytes: int
+    optimal: bool
+
+
+class ParetoResponse(BaseModel):
+    network: str
+    threads: int
+    costs: Literal["measured", "analytic", "mixed"]
+    points: list[ParetoPoint]
+    baselines: dict[str, BaselineDoc]
+
+
+# -- running --------------------------------------------------------------------------------------
+class RunLayer(BaseModel):
+    name: str
+    op: str
+    algorithm: str | None
+    layout: str
+    time_s: float
+    workspace_bytes: int
+    live_bytes: int
+
+
+class RunResponse(BaseModel):
+    network: str
+    threads: int
+    time_s: float = Field(description="Median of `repeat` untraced runs.")
+    measured_peak_bytes: int = Field(description="tracemalloc's peak of the traced run.")
+    predicted_peak_bytes: int = Field(description="The memory model's peak (the promise).")
+    within_prediction: bool = Field(description="measured <= predicted.")
+    peak_step: str
+    prepared_bytes: int
+    input_bytes: int
+    weight_bytes: int
+    notes: list[str]
+    max_abs_error: float | None
+    max_rel_error: float | None
+    reference: str | None
+    layers: list[RunLayer]
+    output: str = Field(description="Base64 of a .npy (one output) or .npz (several, by name).")
+    output_format: Literal["npy", "npz"]
+    output_shapes: dict[str, list[int]]
+    plan: PlanDocument | None = Field(None, description="The plan made first, if one was.")
+
+
+# -- jobs and listings ----------------------------------------------------------------------------
+class ProfileResult(BaseModel):
+    network: str
+    fingerprint_id: str
+    threads: int
+    conv_specs: int
+    conv_requests: int
+    transform_requests: int
+    op_requests: int
+    requested: int
+    measured: int
+    cached: int
+    seconds: float
+
+
+class Progress(BaseModel):
+    done: int = 0
+    total: int | None = None
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    url: str
+
+
+class Job(BaseModel):
+    id: str
+    kind: Literal["profile"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: ProfileResult | None
+    error: ErrorBody | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    slots: int = Field(description="Heavy requests served at once (worker processes).")
+    busy: int
+    waiting: int
+
+
+class AlgorithmInfo(BaseModel):
+    name: str
+    input_layout: str
+    output_layout: str
+    summary: str
+    supports: str
+    workspace: str
+
+
+class NetworkInfo(BaseModel):
+    name: str
+    source: str

@@ -1,0 +1,415 @@
+"""What the HTTP service does, as plain functions that run in worker processes.
+
+Every task here is CPU-bound and measures memory with `tracemalloc`, which is process-global:
+a traced run sharing a process with other requests would count their allocations too. So the
+app (`api.app`) runs these functions in worker processes, one task per process at a time, and
+never on the event loop. Tasks take and return plain (picklable) data; a bad request becomes a
+`ServiceError` carrying its HTTP status, so the app maps errors in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from kernels import operators, registry
+from selector import zoo
+from selector.ilp import PlanningError
+from selector.network import Network, NetworkError
+from selector.onnx_import import load_onnx
+from selector.planning import (
+    PlanRequest,
+    baselines,
+    build_problem,
+    cost_function,
+    parse_bytes,
+    plan_network,
+    profiler_for,
+    requests_for,
+)
+from selector.planning import pareto as pareto_frontier
+from selector.runner import random_inputs, run_network
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+# -- settings ------------------------------------------------------------------------------------
+def _env_bytes(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = float,
+                minimum: float = 0) -> Any:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {text!r}")
+    return value
+
+
+def _default_slots() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's limits; `from_env` reads them from CONVPLAN_* environment variables."""
+
+    max_body_bytes: int = 64 * MiB          # CONVPLAN_MAX_BODY
+    max_layers: int = 1000                  # CONVPLAN_MAX_LAYERS
+    max_tensor_bytes: int = 1 * GiB         # CONVPLAN_MAX_TENSOR_BYTES (one activation/input)
+    max_weight_bytes: int = 1 * GiB         # CONVPLAN_MAX_WEIGHT_BYTES (a description's weights)
+    max_time_limit_s: float = 60.0          # CONVPLAN_MAX_TIME_LIMIT (solver seconds)
+    max_budget_s: float = 2.0               # CONVPLAN_MAX_BUDGET (measuring, per candidate)
+    max_repeat: int = 10                    # CONVPLAN_MAX_REPEAT (timed runs of /v1/run)
+    slots: int = field(default_factory=_default_slots)  # CONVPLAN_CONCURRENCY
+    queue: int = 32                         # CONVPLAN_QUEUE (requests waiting for a slot)
+    queue_timeout_s: float = 10.0           # CONVPLAN_QUEUE_TIMEOUT
+    max_jobs: int = 64                      # CONVPLAN_MAX_JOBS (job table entries)
+    max_pending_jobs: int = 4               # CONVPLAN_MAX_PENDING_JOBS (queued + running)
+    retry_after_s: int = 2                  # CONVPLAN_RETRY_AFTER
+    api_key: str | None = field(default=None, repr=False)   # CONVPLAN_API_KEY
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment; ValueError naming the variable that is wrong."""
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            max_body_bytes=_env_bytes(env, "CONVPLAN_MAX_BODY", d.max_body_bytes),
+            max_layers=_env_number(env, "CONVPLAN_MAX_LAYERS", d.max_layers, int, 1),
+            max_tensor_bytes=_env_bytes(env, "CONVPLAN_MAX_TENSOR_BYTES", d.max_tensor_bytes),
+            max_weight_bytes=_env_bytes(env, "CONVPLAN_MAX_WEIGHT_BYTES", d.max_weight_bytes),
+            max_time_limit_s=_env_number(env, "CONVPLAN_MAX_TIME_LIMIT", d.max_time_limit_s,
+                                         float, 0.01),
+            max_budget_s=_env_number(env, "CONVPLAN_MAX_BUDGET", d.max_budget_s, float, 0.001),
+            max_repeat=_env_number(env, "CONVPLAN_MAX_REPEAT", d.max_repeat, int, 1),
+            slots=_env_number(env, "CONVPLAN_CONCURRENCY", d.slots, int, 1),
+            queue=_env_number(env, "CONVPLAN_QUEUE", d.queue, int, 0),
+            queue_timeout_s=_env_number(env, "CONVPLAN_QUEUE_TIMEOUT", d.queue_timeout_s),
+            max_jobs=_env_number(env, "CONVPLAN_MAX_JOBS", d.max_jobs, int, 1),
+            max_pending_jobs=_env_number(env, "CONVPLAN_MAX_PENDING_JOBS",
+                                         d.max_pending_jobs, int, 1),
+            retry_after_s=_env_number(env, "CONVPLAN_RETRY_AFTER", d.retry_after_s, int, 1),
+            api_key=env.get("CONVPLAN_API_KEY") or None,
+        )
+
+
+# -- errors --------------------------------------------------------------------------------------
+class ServiceError(Exception):
+    """A request the service refuses: HTTP status, a short code, and the message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, code, message)
+        self.status, self.code, self.message = status, code, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def client_errors() -> Iterator[None]:
+    """The library's errors about its input, as the HTTP errors they are."""
+    try:
+        yield
+    except ServiceError:
+        raise
+    except NetworkError as error:
+        raise ServiceError(400, "invalid_network", str(error)) from None
+    except PlanningError as error:      # infeasible cap (states the smallest peak), solver
+        raise ServiceError(422, "planning_failed", str(error)) from None
+    except ValueError as error:         # bad sizes, algorithms, layouts, options
+        raise ServiceError(400, "invalid_value", str(error)) from None
+    except MemoryError:
+        raise ServiceError(422, "too_large", "the request needs more memory than this server "
+                                             "has; use a smaller network or input") from None
+
+
+# -- networks ------------------------------------------------------------------------------------
+#: Where a network comes from: a built-in name, a description (dict) or ONNX file bytes.
+Source = tuple[Literal["builtin"], str] | tuple[Literal["description"], dict] | \
+    tuple[Literal["onnx"], bytes]
+
+
+def _nbytes(shape: Any) -> int:
+    return 4 * math.prod(int(d) for d in shape)
+
+
+def preflight(description: Mapping[str, Any], settings: Settings) -> None:
+    """Refuse a description that would be too big *before* building it: building draws every
+    weight, so one absurd layer could allocate gigabytes. Shapes are inferred with the
+    operators' own rules; anything odd is left for the real build to report."""
+    layers = description.get("layers") or []
+    if len(layers) > settings.max_layers:
+        raise ServiceError(422, "network_too_large", f"the network has {len(layers)} layers; "
+                           f"this server takes at most {settings.max_layers}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in description.get("inputs") or []:
+        shapes[item["name"]] = tuple(item["shape"])
+        _check_tensor(item["name"], shapes[item["name"]], settings)
+    weight_total = 0
+    pending = list(layers)
+    while pending:
+        rest = []
+        for layer in pending:
+            if not all(t in shapes for t in layer["inputs"]):
+                rest.append(layer)
+                continue
+            attrs = {k: v for k, v in layer.items()
+                     if k not in ("name", "op", "inputs", "outputs")}
+            ins = [shapes[t] for t in layer["inputs"]]
+            try:
+                operator = operators.make(layer["op"], **attrs)
+                outs = operator.output_shapes(ins)
+                wanted = operator.weight_shapes(ins)
+            except Exception:       # the build will say what is wrong
+                return
+            weight_total += sum(_nbytes(s) for s in wanted.values())
+            if weight_total > settings.max_weight_bytes:
+                raise ServiceError(422, "network_too_large", (
+                    f"the weights reach {weight_total} bytes at layer {layer['name']!r}; this "
+                    f"server takes at most {settings.max_weight_bytes}"))
+            for name, shape in zip(layer.get("outputs") or [layer["name"]], outs, strict=False):
+                _check_tensor(name, shape, settings)
+                shapes[name] = tuple(int(d) for d in shape)
+        if len(rest) == len(pending):
+            return                  # unknown inputs or a cycle: the build reports it
+        pending = rest
+
+
+def _check_tensor(name: str, shape: Any, settings: Settings) -> None:
+    if _nbytes(shape) > settings.max_tensor_bytes:
+        raise ServiceError(422, "network_too_large", (
+            f"tensor {name!r} of shape {list(shape)} takes {_nbytes(shape)} bytes; this server "
+            f"takes at most {settings.max_tensor_bytes} per tensor"))
+
+
+def check_network(network: Network, settings: Settings) -> None:
+    """The same bounds on a built network (ONNX imports and built-ins included)."""
+    if len(network.nodes) > settings.max_layers:
+        raise ServiceError(422, "network_too_large", f"the network has {len(network.nodes)} "
+                           f"layers; this server takes at most {settings.max_layers}")
+    for name, shape in network.shapes.items():
+        _check_tensor(name, shape, settings)
+
+
+def load(source: Source, settings: Settings) -> Network:
+    """The network a request names; never a path on the server (names are built-ins only)."""
+    kind, value = source
+    if kind == "builtin":
+        assert isinstance(value, str)
+        if value not in zoo.names():
+            raise ServiceError(404, "unknown_network", f"unknown network {value!r}; built in: "
+                               f"{', '.join(zoo.names())} (or give a description object)")
+        network = zoo.builtin(value)
+    elif kind == "description":
+        assert isinstance(value, dict)
+        preflight(value, settings)
+        network = Network.from_description(value)
+    else:
+        assert isinstance(value, bytes)
+        network = load_onnx(value)
+    check_network(network, settings)
+    return network
+
+
+# -- planning ------------------------------------------------------------------------------------
+def plan_request(options: Mapping[str, Any], settings: Settings) -> PlanRequest:
+    """A `PlanRequest` from the body's options, the server's caps applied."""
+    cap = options.get("memory_cap")
+    if isinstance(cap, str) and not cap.strip():
+        cap = None
+    threads = options.get("threads")
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        raise ServiceError(422, "invalid_value", f"threads must be at most {cores} (the "
+                           f"server's cores), got {threads}")
+    return PlanRequest(
+        cap=parse_bytes(cap) if cap is not None else None, threads=threads,
+        solver=options.get("solver", "cbc"),
+        time_limit_s=min(float(options.get("time_limit_s", 60.0)), settings.max_time_limit_s),
+        measure=bool(options.get("measure", True)),
+        budget_s=min(float(options.get("budget_s", 0.3)), settings.max_budget_s))
+
+
+def plan_task(source: Source, options: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """POST /v1/plan: the plan document."""
+    with client_errors():
+        request = plan_request(options, settings)
+        return plan_network(load(source, settings), request)
+
+
+def _costs_label(sources: set[str]) -> str:
+    return "measured" if sources == {"measured"} else (
+        "analytic" if sources == {"analytic"} else "mixed")
+
+
+def pareto_task(source: Source, options: dict[str, Any], points: int, settings: Settings
+                ) -> dict[str, Any]:
+    """POST /v1/pareto: the time / peak-memory frontier and the baselines (no cap)."""
+    with client_errors():
+        request = plan_request({**options, "memory_cap": None}, settings)
+        network = load(source, settings)
+        profiler = profiler_for(request)
+        try:
+            problem = build_problem(network, cost_function(profiler, request.measure))
+        finally:
+            if profiler.store is not None:
+                profiler.store.close()
+        frontier = pareto_frontier(problem, points, solver=request.solver,
+                                   time_limit_s=request.time_limit_s)
+        marks = baselines(problem, None, solver=request.solver,
+                          time_limit_s=request.time_limit_s)
+    return {"network": network.name, "threads": profiler.threads,
+            "costs": _costs_label(problem.sources),
+            "points": [{k: v for k, v in p.items() if k != "choice"} for p in frontier],
+            "baselines": marks}
+
+
+# -- running -------------------------------------------------------------------------------------
+def _npy_shape(data: bytes) -> tuple[int, ...]:
+    """The shape an .npy header declares (read before NumPy allocates it)."""
+    buffer = io.BytesIO(data)
+    version = np.lib.format.read_magic(buffer)
+    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    shape, _, _ = reader(buffer)
+    return tuple(shape)
+
+
+def decode_inputs(text: str, network: Network, settings: Settings) -> dict[str, np.ndarray]:
+    """Base64 of an .npy (one input) or an .npz (by input name), sizes checked first."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(400, "invalid_input", "input is not base64 (of an .npy or .npz "
+                                                 "file)") from None
+    wanted = sum(_nbytes(s) for s in network.inputs.values())
+    try:
+        if data.startswith(b"PK"):
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                declared = sum(i.file_size for i in archive.infolist())
+            if declared > 2 * wanted + MiB:
+                raise ServiceError(400, "invalid_input", f"the .npz holds {declared} bytes; the "
+                                   f"network's inputs take {wanted}")
+            with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+                return {k: loaded[k] for k in loaded.files}
+        shape = _npy_shape(data)
+        if _nbytes(shape) > 2 * wanted + MiB:
+            raise ServiceError(400, "invalid_input", f"the input has shape {list(shape)}; the "
+                               f"network takes {', '.join(map(str, network.inputs.values()))}")
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ServiceError:
+        raise
+    except Exception as error:  # any unreadable file: the client's error
+        raise ServiceError(400, "invalid_input", f"cannot read the input as .npy or .npz "
+                           f"({type(error).__name__}: {error})") from None
+    if len(network.inputs) != 1:
+        raise ServiceError(400, "invalid_input", f"the network has {len(network.inputs)} "
+                           f"inputs; give an .npz with arrays named {', '.join(network.inputs)}")
+    return {next(iter(network.inputs)): array}
+
+
+def encode_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[str, str]:
+    """(base64, "npy" | "npz"): one output as .npy, several as .npz (as `convplan run`)."""
+    buffer = io.BytesIO()
+    if len(outputs) == 1:
+        np.save(buffer, next(iter(outputs.values())), allow_pickle=False)
+        kind = "npy"
+    else:
+        np.savez(buffer, **outputs)
+        kind = "npz"
+    return base64.b64encode(buffer.getvalue()).decode("ascii"), kind
+
+
+def run_task(source: Source, body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction."""
+    with client_errors():
+        network = load(source, settings)
+        plan = body.get("plan")
+        threads = body.get("threads")
+        document = None
+        assignment = layouts = algorithm = None
+        if plan is not None and body.get("algorithm") is not None:
+            raise ServiceError(400, "invalid_value", "give a plan or an algorithm, not both")
+        if plan is not None:
+            assignment, layouts = plan["assignment"], plan.get("layouts") or {}
+            threads = threads or plan.get("threads")
+        elif body.get("algorithm") is not None:
+            algorithm = body["algorithm"]
+            registry.get(algorithm)          # an unknown name is a clear error, not a fallback
+        else:
+            document = plan_network(network, plan_request(body, settings))
+            assignment, layouts = document["assignment"], document["layouts"]
+            threads = threads or document["threads"]
+        if threads is not None and threads > (os.cpu_count() or 1):
+            threads = os.cpu_count() or 1
+        text = body.get("input")
+        inputs = (decode_inputs(text, network, settings) if text is not None
+                  else random_inputs(network, int(body.get("seed", 0))))
+        report = run_network(network, inputs, assignment=assignment, layouts=layouts,
+                             algorithm=algorithm, strict=assignment is not None,
+                             threads=threads, repeat=min(int(body.get("repeat", 1)),
+                                                         settings.max_repeat),
+                             check=bool(body.get("check", False)))
+    out = report.as_dict()
+    out["output"], out["output_format"] = encode_outputs(report.outputs)
+    out["output_shapes"] = out.pop("outputs")
+    out["within_prediction"] = report.measured_peak_bytes <= report.predicted_peak_bytes
+    out["plan"] = document
+    return out
+
+
+# -- profiling -----------------------------------------------------------------------------------
+def profile_task(source: Source, threads: int | None, budget_s: float, settings: Settings,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """A profile job: measure (and store) every cost a plan of the network needs."""
+    with client_errors():
+        network = load(source, settings)
+        request = plan_request({"threads": threads, "budget_s": budget_s, "measure": True},
+                               settings)
+        requests = requests_for(network)
+        profiler = profiler_for(request)
+        try:
+            profiler.costs(requests, progress=(lambda done, total, _:
+                                               progress(done, total)) if progress else None)
+        finally:
+            if profiler.store is not None:
+                profiler.store.close()
+    stats = profiler.last_stats
+    assert stats is not None
+    return {"network": network.name, "fingerprint_id": profiler.fingerprint_id,
+            "threads": profiler.threads,
+            "conv_specs": len({network.conv_spec(n) for n in network.conv_nodes}),
+            "conv_requests": sum(r.kind == "conv" for r in requests),
+            "transform_requests": sum(r.kind == "transform" for r in requests),
+            "op_requests": sum(r.kind == "op" for r in requests),
+            "requested": stats.requested, "measured": stats.measured, "cached": stats.cached,
+            "seconds": round(stats.seconds, 3)}
+
+
+def warm_up() -> int:
+    """Run once in each worker at start-up so the first request does not pay for imports."""
+    return os.getpid()
