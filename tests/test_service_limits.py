@@ -1,0 +1,136 @@
+"""The service's manners under pressure and behind a key: a server with one heavy-request slot
+and no waiting room answers the second of two simultaneous heavy requests with 503 and
+Retry-After (and serves again afterwards); with CONVPLAN_API_KEY set, /v1 needs X-API-Key
+while /healthz and /docs stay open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from service_server import TINY, Server, assert_json_error, running_server
+
+from api.service import Settings
+
+KEY = "test-key-0123456789"
+RESTRICTED = {"CONVPLAN_CONCURRENCY": "1", "CONVPLAN_QUEUE": "0",
+              "CONVPLAN_MAX_PENDING_JOBS": "1", "CONVPLAN_API_KEY": KEY}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    with running_server(tmp_path_factory.mktemp("restricted"), RESTRICTED) as s:
+        yield s
+
+
+def test_requests_without_the_key_are_refused(server: Server) -> None:
+    with server.client() as anonymous:
+        for path in ("/v1/networks", "/v1/algorithms", "/v1/jobs/x"):
+            body = assert_json_error(anonymous.get(path), 401)
+            assert body["error"] == "unauthorized"
+        assert_json_error(anonymous.post("/v1/plan", json={"network": "alexnet"}), 401)
+        assert_json_error(anonymous.get("/v1/networks", headers={"X-API-Key": "wrong"}), 401)
+        assert anonymous.get("/healthz").status_code == 200
+        assert anonymous.get("/docs").status_code == 200
+        schema = anonymous.get("/openapi.json").json()
+        assert "APIKeyHeader" in schema["components"]["securitySchemes"]
+
+
+def test_requests_with_the_key_are_served(server: Server) -> None:
+    with server.client(headers={"X-API-Key": KEY}) as client:
+        assert client.get("/v1/networks").status_code == 200
+        response = client.post("/v1/plan", json={"network": TINY, "measure": False})
+        assert response.status_code == 200, response.text
+
+
+def test_a_saturated_server_answers_503_with_retry_after(server: Server) -> None:
+    slow = {"network": "alexnet", "algorithm": "im2col", "repeat": 5, "threads": 1}
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120,
+                                     headers={"X-API-Key": KEY}) as c:
+            first = asyncio.create_task(c.post("/v1/run", json=slow))
+            deadline = time.monotonic() + 30
+            while (await c.get("/healthz")).json()["busy"] == 0:   # the first holds the slot
+                assert time.monotonic() < deadline and not first.done()
+                await asyncio.sleep(0.02)
+            second = await c.post("/v1/plan", json={"network": TINY, "measure": False})
+            return await first, second
+
+    first, second = asyncio.run(main())
+    assert first.status_code == 200, first.text
+    body = assert_json_error(second, 503)
+    assert body["error"] == "busy"
+    assert int(second.headers["retry-after"]) >= 1
+    with server.client(headers={"X-API-Key": KEY}) as client:   # the slot is free again
+        assert client.post("/v1/plan", json={"network": TINY, "measure": False}
+                           ).status_code == 200
+
+
+def test_the_job_table_refuses_beyond_its_pending_bound(server: Server) -> None:
+    with server.client(headers={"X-API-Key": KEY}) as client:
+        body = {"network": TINY, "threads": 1, "budget_s": 0.01}
+        first = client.post("/v1/profile", json=body)
+        assert first.status_code == 202, first.text
+        second = client.post("/v1/profile", json=body)
+        if client.get(first.json()["url"]).json()["status"] in ("queued", "running"):
+            assert_json_error(second, 503)
+            assert "retry-after" in second.headers
+        deadline = time.monotonic() + 60
+        while client.get(first.json()["url"]).json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+def test_settings_come_from_the_environment_and_bad_ones_are_named() -> None:
+    settings = Settings.from_env({"CONVPLAN_MAX_BODY": "2MiB", "CONVPLAN_CONCURRENCY": "3",
+                                  "CONVPLAN_API_KEY": "k"})
+    assert settings.max_body_bytes == 2 * 2**20 and settings.slots == 3
+    assert settings.api_key == "k" and "k" not in repr(settings)
+    assert Settings.from_env({}).max_body_bytes == 64 * 2**20
+    for name, value in (("CONVPLAN_MAX_BODY", "lots"), ("CONVPLAN_CONCURRENCY", "0"),
+                        ("CONVPLAN_QUEUE_TIMEOUT", "soon")):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(("host", "key", "warned"), [
+    ("0.0.0.0", None, True), ("example.org", None, True), ("0.0.0.0", "k", False),
+    ("127.0.0.1", None, False), ("::1", None, False), ("localhost", None, False)])
+def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPatch, host: str,
+                                                    key: str | None, warned: bool) -> None:
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from api.cli_serve import register
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append((a, k)))
+    if key is None:
+        monkeypatch.delenv("CONVPLAN_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("CONVPLAN_API_KEY", key)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["--host", host, "--port", "8123", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert ("without an API key" in result.output) is warned
+    assert calls == [(("api.app:app",), {"host": host, "port": 8123, "workers": 2,
+                                         "log_level": "info",
+                                         "timeout_graceful_shutdown": 30})]
+
+
+def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from api.cli_serve import register
+
+    monkeypatch.setenv("CONVPLAN_MAX_BODY", "a lot")
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 2 and "CONVPLAN_MAX_BODY" in result.output
