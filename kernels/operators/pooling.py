@@ -4,6 +4,12 @@ Like the convolution algorithms they never build a padded copy of the input: eac
 updates the outputs whose window sees a real input element through strided views (`geometry`),
 so padding simply takes no part in a max or a sum. Shapes follow ONNX and PyTorch, including
 ceil_mode (which drops a last window that would start beyond the input and its leading pad).
+
+In NCHW a window is separable: first every kernel column into a (channels, H, Wo) buffer, then
+every kernel row from it, so kh + kw passes instead of kh * kw, and the row pass runs over whole
+contiguous rows. When the column pass keeps the width (stride 1, "same" padding) each tap is one
+flat shifted operation over the block, with the few columns that wrap into the next row saved
+and restored around it. Channels go in blocks whose buffer stays within `BLOCK_BYTES`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from .base import Operator, Shape, small_ufunc_buffers
 from .checks import flag
 from .conv import padding4, pair
 from .registry import register
+
+#: Bytes of the column-pass buffer per block of channels (it stays in cache between passes).
+BLOCK_BYTES = 256 * 1024
 
 
 def pooled_size(size: int, kernel: int, stride: int, before: int, after: int, dilation: int,
@@ -125,6 +134,76 @@ class Pool2d(Operator):
               channels_last: bool) -> None:
         raise NotImplementedError
 
+    # -- the separable NCHW path -------------------------------------------------------------
+    def _buffers(self, shape: Shape) -> tuple[int, int]:
+        """(channels per block, columns saved around a flat tap) for an NCHW input."""
+        _, c, h, w = shape
+        _, cols, _, wo = self.spans(shape)
+        block = max(1, min(c, BLOCK_BYTES // (4 * h * wo)))
+        counts = [s.count for s in cols if s.count]
+        edge = wo - min(counts) if wo == w and self.attrs["stride"][1] == 1 else 0
+        return block, edge
+
+    def _separable_bytes(self, shape: Shape, itemsize: int) -> int:
+        h = shape[2]
+        _, _, _, wo = self.spans(shape)
+        block, edge = self._buffers(shape)
+        return (block * h * wo + block * h * edge) * itemsize
+
+    def _separable(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
+                   ufunc: np.ufunc, identity: float) -> None:
+        n, c, h, _ = x.shape
+        wo = out.shape[3]
+        block, edge = self._buffers(x.shape)
+        buffer = np.empty(block * h * wo, dtype=x.dtype)
+        saved = np.empty(block * h * edge, dtype=x.dtype) if edge else None
+        for i in range(n):
+            for c0 in range(0, c, block):
+                cb = min(block, c - c0)
+                xb, ob = x[i, c0:c0 + cb], out[i, c0:c0 + cb]
+                t = buffer[:cb * h * wo].reshape(cb, h, wo)
+                t.fill(identity)
+                for s in cols:
+                    if not s.count:
+                        continue
+                    if saved is not None:
+                        self._flat_tap(xb, t, s, ufunc, saved[:cb * h * edge])
+                    else:
+                        view = t[:, :, s.out]
+                        ufunc(view, xb[:, :, s.inp], out=view)
+                ob.fill(identity)
+                for r in rows:
+                    if r.count:
+                        view = ob[:, r.out, :]
+                        ufunc(view, t[:, r.inp, :], out=view)
+
+    @staticmethod
+    def _flat_tap(xb: np.ndarray, t: np.ndarray, s: Span, ufunc: np.ufunc,
+                  saved: np.ndarray) -> None:
+        """One column tap when input and buffer rows have one pitch: a single flat operation
+        ``t[k] op= x[k + shift]``; the columns outside the tap's span (which would read the
+        neighbouring row) are saved before and restored after."""
+        cb, h, w = t.shape
+        shift = s.i0 - s.o0
+        left, right = s.o0, w - s.o1
+        keep = [(slice(0, left), left), (slice(s.o1, w), right)]
+        offset = 0
+        for cols, width in keep:
+            if width:
+                np.copyto(saved[offset:offset + cb * h * width].reshape(cb, h, width),
+                          t[:, :, cols])
+            offset += cb * h * width
+        flat_t, flat_x = t.reshape(-1), xb.reshape(-1)
+        begin, end = s.o0, cb * h * w - right
+        dst = flat_t[begin:end]
+        ufunc(dst, flat_x[begin + shift:end + shift], out=dst)
+        offset = 0
+        for cols, width in keep:
+            if width:
+                np.copyto(t[:, :, cols],
+                          saved[offset:offset + cb * h * width].reshape(cb, h, width))
+            offset += cb * h * width
+
 
 def taps(rows: list[Span], cols: list[Span],
          channels_last: bool) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
@@ -147,8 +226,14 @@ class MaxPool(Pool2d):
     def attribute_defaults(cls) -> dict[str, Any]:
         return {**super().attribute_defaults(), "dilation": 1}
 
+    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
+        return self._separable_bytes(shapes[0], itemsize)
+
     def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
               channels_last: bool) -> None:
+        if not channels_last:
+            self._separable(x, out, rows, cols, np.maximum, -np.inf)
+            return
         out.fill(-np.inf)
         for o, i in taps(rows, cols, channels_last):
             view = out[o]
@@ -172,7 +257,7 @@ class AvgPool(Pool2d):
 
     def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
         _, _, ho, wo = self.spans(shapes[0])
-        return (ho + wo + ho * wo) * itemsize
+        return (ho + wo + ho * wo) * itemsize + self._separable_bytes(shapes[0], itemsize)
 
     def _counts(self, spans: list[Span], out: int, size: int, before: int, after: int,
                 stride: int, dtype: np.dtype) -> np.ndarray:
@@ -191,10 +276,13 @@ class AvgPool(Pool2d):
         top, left, bottom, right = a["padding"]
         h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
         ho, wo = (out.shape[1], out.shape[2]) if channels_last else (out.shape[2], out.shape[3])
-        out.fill(0)
-        for o, i in taps(rows, cols, channels_last):
-            view = out[o]
-            np.add(view, x[i], out=view)
+        if channels_last:
+            out.fill(0)
+            for o, i in taps(rows, cols, channels_last):
+                view = out[o]
+                np.add(view, x[i], out=view)
+        else:
+            self._separable(x, out, rows, cols, np.add, 0.0)
         row_counts = self._counts(rows, ho, h, top, bottom, a["stride"][0], x.dtype)
         col_counts = self._counts(cols, wo, w, left, right, a["stride"][1], x.dtype)
         divisor = np.multiply.outer(row_counts, col_counts)
