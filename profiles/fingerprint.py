@@ -7,6 +7,7 @@ measured elsewhere (or before an upgrade) is never mistaken for one measured her
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -40,6 +41,20 @@ def _convplan_version() -> str:
         return "unknown"
 
 
+@functools.cache
+def kernels_digest() -> str:
+    """A hash of the kernels' source: a changed algorithm or operator makes earlier timings
+    stale even when the version number did not move (between releases, in development)."""
+    import kernels
+
+    root = pathlib.Path(kernels.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _blas() -> dict[str, str]:
     """Library, version and the kernel family it picked (not its current thread count: the
     fingerprint's own ``threads`` says under how many threads a measurement ran)."""
@@ -60,6 +75,7 @@ def machine_fingerprint(threads: int) -> dict[str, Any]:
         "blas": _blas(),
         "threads": threads,
         "convplan": _convplan_version(),
+        "kernels": kernels_digest(),
         "numpy": np.__version__,
     }
 
