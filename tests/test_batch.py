@@ -196,6 +196,23 @@ def test_plan_files_run_as_plans(app, folder: Path, tmp_path: Path) -> None:
         assert report.measured_peak_bytes <= report.predicted_peak_bytes
 
 
+def test_a_cap_too_small_for_one_network_fails_only_that_one(app, folder: Path,
+                                                             tmp_path: Path) -> None:
+    invoke(app, *batch_args(folder / "small.json", tmp_path / "a", tmp_path / "c.sqlite"))
+    small = plans_in(tmp_path / "a")["small"]
+    cap = small["predicted"]["model_bound_bytes"] + 1024     # fits "small", not "wide"
+    result = invoke(app, "batch", folder / "small.json", folder / "wide.json", "--memory-cap",
+                    str(cap), "--out", tmp_path / "b", "--no-profile", "--threads", "1",
+                    "--db", tmp_path / "c.sqlite", "--json")
+    assert result.exit_code == 1, result.output
+    rows = {r["network"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows["small"]["status"] == "planned", rows["small"]["error"]
+    assert rows["wide"]["status"] == "error"
+    assert "the smallest achievable peak is" in rows["wide"]["error"]
+    assert "1 of 2 network(s) failed: wide" in result.stderr
+    assert set(plans_in(tmp_path / "b")) == {"small"}
+
+
 def _error(result) -> str:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
