@@ -349,7 +349,7 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings) -> dict[s
     with client_errors():
         network = load(source, settings)
         plan = body.get("plan")
-        threads = body.get("threads")
+        threads = plan_request({"threads": body.get("threads")}, settings).threads
         document = None
         assignment = layouts = algorithm = None
         if plan is not None and body.get("algorithm") is not None:
@@ -365,7 +365,7 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings) -> dict[s
             assignment, layouts = document["assignment"], document["layouts"]
             threads = threads or document["threads"]
         if threads is not None and threads > (os.cpu_count() or 1):
-            threads = os.cpu_count() or 1
+            threads = os.cpu_count() or 1       # a plan made on a machine with more cores
         text = body.get("input")
         inputs = (decode_inputs(text, network, settings) if text is not None
                   else random_inputs(network, int(body.get("seed", 0))))

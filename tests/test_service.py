@@ -235,6 +235,7 @@ BAD_REQUESTS = {
     "unknown solver": ("/v1/plan", {"json": {"network": "alexnet", "solver": "gurobi"}}, 422),
     "too many threads": ("/v1/plan", {"json": {"network": "alexnet", "threads": 4096,
                                                "measure": False}}, 422),
+    "too many threads (run)": ("/v1/run", {"json": {"network": TINY, "threads": 4096}}, 422),
     "too many layers": ("/v1/plan", {"json": {"network": _layers(201), "measure": False}}, 422),
     "a huge input tensor": ("/v1/plan", {"json": {"network": {
         "inputs": [{"name": "x", "shape": [1, 3, 100000, 100000]}],
