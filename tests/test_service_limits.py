@@ -134,3 +134,30 @@ def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> N
     register(app)
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 2 and "CONVPLAN_MAX_BODY" in result.output
+
+
+def test_the_worker_pool_queues_within_bounds_and_survives_a_dead_worker() -> None:
+    """One slot, one waiting place: the second request waits, the third is refused; a worker
+    that dies answers 503 and the pool carries on with a fresh process."""
+    import os
+
+    from api.concurrency import Saturated, WorkerPool
+    from api.service import ServiceError
+
+    async def main() -> None:
+        pool = WorkerPool(1, queue=1, wait_s=30)
+        pool.start()
+        try:
+            outcomes = await asyncio.gather(*(pool.run(time.sleep, 0.5) for _ in range(3)),
+                                            return_exceptions=True)
+            assert sum(o is None for o in outcomes) == 2
+            assert sum(isinstance(o, Saturated) for o in outcomes) == 1
+            assert pool.busy == 0 and pool.waiting == 0
+            with pytest.raises(ServiceError) as died:
+                await pool.run(os._exit, 3)
+            assert died.value.status == 503
+            assert await pool.run(abs, -2) == 2
+        finally:
+            pool.stop()
+
+    asyncio.run(main())
