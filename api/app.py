@@ -127,9 +127,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.pool, app.state.jobs = settings, pool, jobs
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     v1_security: list[Any] = []
+    errors = ERRORS
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key)   # outermost: checked first
         v1_security = [Security(APIKeyHeader(name="X-API-Key", auto_error=False))]
+        errors = {**ERRORS, 401: {"model": ErrorBody, "description": "No valid X-API-Key."}}
     json_body = [Depends(require_json), *v1_security]
 
     # -- errors ----------------------------------------------------------------------------------
@@ -172,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     algorithm_rows = [a.describe() for a in registry.all_algorithms()]
 
     @app.get("/v1/algorithms", response_model=list[AlgorithmInfo], tags=["catalogue"],
+             responses={k: v for k, v in errors.items() if k == 401},
              dependencies=v1_security)
     async def algorithms() -> list[dict[str, Any]]:
         """The registered convolution algorithms: layouts, limits, workspace formula."""
@@ -180,13 +183,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     network_rows = _network_rows()
 
     @app.get("/v1/networks", response_model=list[NetworkInfo], tags=["catalogue"],
+             responses={k: v for k, v in errors.items() if k == 401},
              dependencies=v1_security)
     async def networks() -> list[dict[str, str]]:
         """The built-in networks (a request may also give a description or an ONNX file)."""
         return network_rows
 
     # -- heavy -----------------------------------------------------------------------------------
-    @app.post("/v1/plan", response_model=PlanDocument, responses=ERRORS, tags=["planning"],
+    @app.post("/v1/plan", response_model=PlanDocument, responses=errors, tags=["planning"],
               dependencies=json_body)
     async def plan(body: PlanBody) -> dict[str, Any]:
         """The fastest plan under the memory cap (an ILP), with every candidate and four
@@ -194,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         options = body.model_dump(exclude={"network"})
         return await pool.run(service.plan_task, _source(body.network), options, settings)
 
-    @app.post("/v1/plan/onnx", response_model=PlanDocument, responses=ERRORS,
+    @app.post("/v1/plan/onnx", response_model=PlanDocument, responses=errors,
               tags=["planning"], dependencies=v1_security)
     async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/form-data")]
                         ) -> dict[str, Any]:
@@ -203,7 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await pool.run(service.plan_task, ("onnx", data),
                               form.model_dump(exclude={"file"}), settings)
 
-    @app.post("/v1/pareto", response_model=ParetoResponse, responses=ERRORS, tags=["planning"],
+    @app.post("/v1/pareto", response_model=ParetoResponse, responses=errors, tags=["planning"],
               dependencies=json_body)
     async def pareto(body: ParetoBody) -> dict[str, Any]:
         """The time / peak-memory frontier (fastest plan over a sweep of caps) and the
@@ -212,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await pool.run(service.pareto_task, _source(body.network), options,
                               body.points, settings)
 
-    @app.post("/v1/run", response_model=RunResponse, responses=ERRORS, tags=["running"],
+    @app.post("/v1/run", response_model=RunResponse, responses=errors, tags=["running"],
               dependencies=json_body)
     async def run(body: RunBody) -> dict[str, Any]:
         """Run a plan (or plan first under `memory_cap`): the output, the measured time and
@@ -225,7 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- jobs ------------------------------------------------------------------------------------
     @app.post("/v1/profile", status_code=202, response_model=JobCreated, tags=["jobs"],
-              responses=ERRORS, dependencies=json_body)
+              responses=errors, dependencies=json_body)
     async def profile(body: ProfileBody, request: Request, response: Response
                       ) -> dict[str, Any]:
         """Start measuring every cost a plan of the network needs (kept in the cost store);
@@ -240,7 +244,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"id": job.id, "status": job.status, "url": url}
 
     @app.get("/v1/jobs/{job_id}", response_model=Job, tags=["jobs"], name="job",
-             responses={404: ERRORS[404], 422: ERRORS[422]}, dependencies=v1_security)
+             responses={k: v for k, v in errors.items() if k in (401, 404, 422)},
+             dependencies=v1_security)
     async def job(job_id: str) -> dict[str, Any]:
         """A job's status, progress and (when finished) its result or error."""
         found = jobs.get(job_id)
