@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli_batch import register as register_batch
 from api.cli_profiles import register as register_profile_commands
+from api.cli_serve import register as register_serve
 from kernels import ConvSpec, blas, registry
 from kernels.layout import convert
 from kernels.measure import peak_allocation
@@ -455,6 +457,8 @@ def _bytes(n: int) -> str:
 
 
 register_profile_commands(app)
+register_batch(app)
+register_serve(app)
 
 if __name__ == "__main__":
     app()
