@@ -2,12 +2,13 @@
 
     python bench/service.py [--requests 120] [--clients 1,4,16]
 
-Writes bench/results/service.md. The server (`python -m api.cli_serve` on 127.0.0.1, a fresh
-cost store in a temporary directory) first profiles the small network through a /v1/profile job,
-so its plans read every cost from a warm store; GoogLeNet is planned with analytic costs (a
-142-layer ILP with its four baselines). Each level sends the same number of POST /v1/plan
-requests from N concurrent clients (httpx, one connection each) after a warm-up; latency is per
-request as the client sees it, throughput is requests over the level's wall time.
+Writes bench/results/service.md. The server (`convplan serve`, run as `python -m api.cli serve`
+on 127.0.0.1, a fresh cost store in a temporary directory) first profiles the small network
+through a /v1/profile job, so its plans read every cost from a warm store; GoogLeNet is planned
+with analytic costs (a 142-layer ILP with its four baselines). Each level sends the same number
+of POST /v1/plan requests from N concurrent clients (httpx, one connection each) after a
+warm-up; latency is per request as the client sees it, throughput is requests over the level's
+wall time.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def start_server(store: Path) -> tuple[subprocess.Popen, str]:
     # the service's default limits, but a longer wait for a worker: measure latency, not 503s
     env = {**os.environ, "CONVPLAN_DB": str(store), "CONVPLAN_QUEUE_TIMEOUT": "120"}
     env.pop("CONVPLAN_API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "api.cli_serve", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
                                 "--log-level", "warning"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -180,8 +181,8 @@ def main() -> None:
         "# The HTTP service: plan latency and throughput",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical "
-        f"cores, Python {platform.python_version()}. One uvicorn process (`python -m "
-        f"api.cli_serve`, defaults: {health['slots']} worker processes for heavy requests) on "
+        f"cores, Python {platform.python_version()}. One uvicorn process (`convplan "
+        f"serve`, defaults: {health['slots']} worker processes for heavy requests) on "
         "127.0.0.1; clients on the same machine (httpx, one connection each). "
         "N POST /v1/plan per level after one warm-up request per client; "
         "latency as the client sees it (queueing for a worker included), throughput = "

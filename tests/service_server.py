@@ -1,5 +1,6 @@
 """A real convplan HTTP server for the service tests: started through the project's own entry
-point (`python -m api.cli_serve`) on 127.0.0.1 and a free port, stopped at the end."""
+point (`python -m api.cli serve`, i.e. `convplan serve`) on 127.0.0.1 and a free port, stopped
+at the end."""
 
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ def running_server(tmp: Path, env: Mapping[str, str] | None = None, *,
         environment.pop("CONVPLAN_API_KEY", None)   # the caller's key would change the tests
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli_serve", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"], cwd=ROOT, env=environment, stdout=sink,
+            [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--log-level", "warning"], cwd=ROOT, env=environment, stdout=sink,
             stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:

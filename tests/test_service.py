@@ -1,4 +1,4 @@
-"""The HTTP service end to end, against a real uvicorn server started by `api.cli_serve`:
+"""The HTTP service end to end, against a real uvicorn server started by `convplan serve`:
 planning (built-in, description, ONNX upload), running a plan, the Pareto frontier, profiling
 jobs, every kind of bad input (4xx with a JSON body, never 500, the server keeps serving) and a
 bounded load test. Costs are analytic or measured with tiny budgets, so this stays fast."""
