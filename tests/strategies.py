@@ -62,3 +62,11 @@ def fit(spec: ConvSpec, algorithm: ConvAlgorithm) -> ConvSpec | None:
         if candidate is not None and algorithm.supports(candidate):
             return candidate
     return None
+
+
+def examples(default: int) -> int:
+    """Hypothesis examples for a test: ``default`` per run, four times as many under
+    ``HYPOTHESIS_PROFILE=thorough`` (an explicit ``max_examples`` overrides the profile)."""
+    import os
+
+    return default * 4 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else default

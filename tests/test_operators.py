@@ -27,6 +27,7 @@ from kernels.layout import convert
 from kernels.measure import peak_allocation
 from kernels.operators import Operator
 from selector.onnx_export import layer_to_onnx, single_layer_model
+from tests.strategies import examples
 
 Shape = tuple[int, ...]
 SLACK = 64 * 1024
@@ -473,7 +474,7 @@ def test_every_operator_has_cases() -> None:
 
 
 @pytest.mark.parametrize("name", OPERATORS)
-@settings(max_examples=60)
+@settings(max_examples=examples(30))
 @given(data=st.data(), seed=st.integers(0, 2**16))
 def test_operator(name: str, data: st.DataObject, seed: int) -> None:
     if name not in CASES:

@@ -12,11 +12,12 @@ from selector.network import Network
 from selector.reference import reference_outputs
 from selector.runner import random_inputs, run_network
 from tests.networks import network_descriptions
+from tests.strategies import examples
 
 ASSIGNMENTS = ["default", "im2col", "kn2row-aa-nhwc", "im2row", "direct", "random", "random"]
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(description=network_descriptions(), choice=st.sampled_from(ASSIGNMENTS),
        data=st.data())
 def test_random_network_matches_the_reference(description, choice, data) -> None:
