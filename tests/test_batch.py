@@ -88,9 +88,11 @@ def broken_folder(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Pat
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client() -> Iterator:
-    """A two-worker LocalCluster (processes, one thread each), via the project's own path."""
+    """A two-worker LocalCluster (processes, one thread each), via the project's own path.
+    Per test, not per module: a live client's threads allocate, and `tracemalloc` (the measured
+    peak of the plans run here) sees every thread of this process."""
     with dask_client(local_workers=2, timeout_s=30) as c:
         yield c
 
