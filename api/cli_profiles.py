@@ -164,10 +164,10 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        used = ", ".join(f"{w.address} ({w.measured})" for w in result.accepted) or "none"
+        used = ", ".join(f"{w.address}: {w.measured}" for w in result.accepted) or "none"
         console.print(
             f"{model}: {result.requested} costs | measured now {result.measured} on "
-            f"{len(result.accepted)} of {len(result.workers)} worker(s) [{escape(used)}], "
+            f"{len(result.accepted)} of {len(result.workers)} worker(s) ({escape(used)}), "
             f"cached {result.cached}, {result.seconds:.1f} s | {threads} thread(s), "
             f"fingerprint {result.fingerprint_id}, store {store.path}", soft_wrap=True)
     if result.failures:
