@@ -337,7 +337,7 @@ def dask_client(scheduler: str | None = None, local_workers: int | None = None,
         from distributed import Client, LocalCluster
     except ImportError:
         raise BatchError("running on a Dask cluster needs Dask: pip install "
-                         "'dask[distributed]'") from None
+                         "'convplan[dask]' (or 'dask[distributed]')") from None
     if (scheduler is None) == (local_workers is None):
         raise BatchError("give either --scheduler or --local-cluster")
     if local_workers is not None and local_workers < 1:
