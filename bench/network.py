@@ -6,8 +6,9 @@ Writes bench/results/network.md. Each (engine, model, threads) runs in a fresh c
 peak RSS is comparable: "RSS growth" is the child's peak resident set minus its resident set
 after imports, before the model is loaded (weights included, for both engines). convplan's
 traced peak is its own promise: activations, workspaces and prepared weights.
-convplan runs the default algorithm per layer (no plan yet) and, as a reference point, im2col
-everywhere. Times are medians of --repeat runs after one warm-up; ratios are within one run.
+convplan runs three ways: the default algorithm per layer, im2col everywhere, and the fastest
+plan (no cap) from costs measured on this machine (profiled first, outside the timing). Times are
+medians of --repeat runs after one warm-up; ratios are within one run.
 """
 
 from __future__ import annotations
@@ -58,12 +59,19 @@ def child(engine: str, model: str, threads: int, repeat: int) -> dict:
         out["time_s"] = statistics.median(times)
     else:
         from selector.baselines import uniform_assignment
+        from selector.planning import PlanRequest, plan_network
         from selector.runner import run_network
 
         network = zoo.builtin(f"onnx:{model}")
-        assignment = uniform_assignment(network, "im2col") if engine == "convplan-im2col" else None
-        report = run_network(network, inputs, assignment=assignment, threads=threads,
-                             repeat=repeat)
+        assignment, layouts = None, None
+        if engine == "convplan-im2col":
+            assignment = uniform_assignment(network, "im2col")
+        elif engine == "convplan-plan":     # the fastest plan from costs measured here
+            plan = plan_network(network, PlanRequest(threads=threads, budget_s=0.2))
+            assignment, layouts = plan["assignment"], plan["layouts"]
+            out["planned_ms"] = plan["predicted"]["time_s"] * 1e3
+        report = run_network(network, inputs, assignment=assignment, layouts=layouts,
+                             threads=threads, repeat=repeat)
         out["time_s"] = report.time_s
         out["traced_peak_bytes"] = report.measured_peak_bytes
         out["predicted_peak_bytes"] = report.predicted_peak_bytes
@@ -92,7 +100,7 @@ def main() -> None:
     for model in args.models.split(","):
         for threads in (1, 2):
             results = {}
-            for engine in ("onnxruntime", "convplan", "convplan-im2col"):
+            for engine in ("onnxruntime", "convplan", "convplan-im2col", "convplan-plan"):
                 done = subprocess.run(
                     [sys.executable, __file__, "--repeat", str(args.repeat), "--child", engine,
                      model, str(threads)], capture_output=True, text=True, check=True)
@@ -108,23 +116,25 @@ def main() -> None:
         f"{platform.python_version()}. Same ONNX file (the onnx wheel's light models: real "
         "architectures, constant weights), batch 1, float32. Medians of "
         f"{args.repeat} runs after a warm-up; each engine in a fresh process. "
-        "convplan: default algorithm per layer (no plan yet); im2col: every convolution "
-        "with im2col. RSS growth: peak resident set minus the set after imports (weights "
-        "included). Traced: convplan's own measured peak (activations, workspaces, prepared "
-        "weights; the promise it predicts).",
+        "convplan: default algorithm per layer; im2col: every convolution with im2col; "
+        "plan: the fastest plan (no cap) from costs measured here, profiled before timing. "
+        "RSS growth: peak resident set minus the set after imports (weights included), "
+        "default assignment. Traced: convplan's own measured peak (activations, "
+        "workspaces, prepared weights; the promise it predicts), default assignment.",
         "",
         "| model | threads | onnxruntime ms | convplan ms | ratio | im2col ms | ratio | "
-        "conv share | ORT RSS growth MiB | convplan RSS growth MiB | convplan traced MiB | "
-        "predicted MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "plan ms | ratio | conv share | ORT RSS growth MiB | convplan RSS growth MiB | "
+        "convplan traced MiB | predicted MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, threads, r in rows:
         ort_t = r["onnxruntime"]["time_s"]
-        cp, im = r["convplan"], r["convplan-im2col"]
+        cp, im, pl = r["convplan"], r["convplan-im2col"], r["convplan-plan"]
         lines.append(
             f"| {model} | {threads} | {ort_t * 1e3:.1f} | {cp['time_s'] * 1e3:.1f} | "
             f"{cp['time_s'] / ort_t:.2f} | {im['time_s'] * 1e3:.1f} | {im['time_s'] / ort_t:.2f} | "
-            f"{cp['conv_share']:.0%} | {_mib(r['onnxruntime']['rss_growth_bytes'])} | "
+            f"{pl['time_s'] * 1e3:.1f} | {pl['time_s'] / ort_t:.2f} | {cp['conv_share']:.0%} | "
+            f"{_mib(r['onnxruntime']['rss_growth_bytes'])} | "
             f"{_mib(cp['rss_growth_bytes'])} | {_mib(cp['traced_peak_bytes'])} | "
             f"{_mib(cp['predicted_peak_bytes'])} |")
     RESULTS.parent.mkdir(exist_ok=True)
