@@ -262,12 +262,19 @@ def single_layer_model(op: str, attrs: Mapping[str, Any], input_shapes: Sequence
     outputs = [f"y{i}" for i in range(len(output_shapes))]
     nodes, initializers = layer_to_onnx(op, operator.attrs, inputs, outputs, weights, op,
                                         dtype=dtype)
+    return _checked_model(nodes, initializers, f"single {op}",
+                          dict(zip(inputs, shapes, strict=True)),
+                          dict(zip(outputs, output_shapes, strict=True)), elem)
+
+
+def _checked_model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
+                   name: str, inputs: Mapping[str, Sequence[int]],
+                   outputs: Mapping[str, Sequence[int]], elem: int) -> onnx.ModelProto:
+    """An opset-17 model of these nodes, with typed inputs and outputs, checked."""
     graph = helper.make_graph(
-        nodes, f"single {op}",
-        [helper.make_tensor_value_info(n, elem, list(s)) for n, s in zip(inputs, shapes,
-                                                                        strict=True)],
-        [helper.make_tensor_value_info(n, elem, list(s))
-         for n, s in zip(outputs, output_shapes, strict=True)],
+        nodes, name,
+        [helper.make_tensor_value_info(n, elem, list(s)) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, elem, list(s)) for n, s in outputs.items()],
         initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="convplan")
@@ -290,14 +297,5 @@ def network_to_onnx(network: Network) -> onnx.ModelProto:
                              node.weights, node.name)
         nodes += n
         initializers += i
-    graph = helper.make_graph(
-        nodes, network.name,
-        [helper.make_tensor_value_info(k, elem, list(v)) for k, v in network.inputs.items()],
-        [helper.make_tensor_value_info(k, elem, list(network.shapes[k]))
-         for k in network.outputs],
-        initializer=initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="convplan")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return _checked_model(nodes, initializers, network.name, network.inputs,
+                          {k: network.shapes[k] for k in network.outputs}, elem)
