@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Literal
 
-Source = Literal["measured", "analytic"]
-SOURCES: tuple[Source, ...] = ("measured", "analytic")
+Source = Literal["measured", "imported", "analytic"]
+SOURCES: tuple[Source, ...] = ("measured", "imported", "analytic")
 
 
 @dataclass(frozen=True)
@@ -16,9 +16,12 @@ class Measurement:
     """The cost of one candidate for one request.
 
     ``source`` tells a plan whether to trust the number ("measured" on this machine) or to
-    flag it ("analytic": the fallback model). ``repeats`` is how many timed runs the median
-    came from (0 for an estimate); ``spread`` is their interquartile range relative to the
-    median (0 for an estimate), a hint of how noisy the number is.
+    flag it: "imported" (measured elsewhere, or at least not here: it came from
+    `convplan profiles import`, whatever fingerprint the file claimed) or "analytic" (the
+    fallback model). ``origin`` says where an imported number came from
+    (``imported:<file>@<digest>``); it is empty for the other sources. ``repeats`` is how many
+    timed runs the median came from (0 for an estimate); ``spread`` is their interquartile range
+    relative to the median (0 for an estimate), a hint of how noisy the number is.
     """
 
     time_s: float
@@ -26,6 +29,7 @@ class Measurement:
     source: Source = "measured"
     repeats: int = 0
     spread: float = 0.0
+    origin: str = ""
 
     def __post_init__(self) -> None:
         # Checked here so that nothing nonsensical reaches the store (or comes out of an import).
@@ -43,3 +47,9 @@ class Measurement:
             set_(self, name, int(value))
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if not isinstance(self.origin, str):
+            raise ValueError(f"origin must be a string, got {self.origin!r}")
+        if (self.source == "imported") != self.origin.startswith("imported:"):
+            raise ValueError(f"an imported cost needs an origin 'imported:...' and only an "
+                             f"imported one has it (source {self.source!r}, origin "
+                             f"{self.origin!r})")

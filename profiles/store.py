@@ -9,14 +9,17 @@ analytic estimates are cheap to recompute and must never pass for measurements.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import sqlite3
 import tempfile
 import time
+import urllib.parse
+import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,27 @@ CostKey = tuple[str, str, str]
 #: One row to store: the cost key and its measurement.
 CostRow = tuple[str, str, str, Measurement]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: the ``origin`` column ('local' or 'imported:...')
 EXPORT_FORMAT = "convplan-costs"
 EXPORT_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
+
+# What a stored or imported number may be; anything else is damage or a forgery.
+MAX_TIME_S = 1e4                    # one run of one layer: under three hours
+MAX_WORKSPACE_BYTES = 2 ** 48       # 256 TiB
+MAX_REPEATS = 10 ** 9
+MAX_SPREAD = 1e6
+EARLIEST_MEASURED_AT = 946684800.0  # 2000-01-01: nothing was measured before
+CLOCK_SKEW_S = 86400.0              # an import's timestamps may be this far in the future
+MAX_IMPORT_BYTES = 32 * 2 ** 20     # an export of ~100 000 costs
+MAX_NAME_CHARS = 4096               # kind, key, candidate
+MAX_FINGERPRINT_CHARS = 65536       # one fingerprint's canonical JSON
+
+LOCAL = "local"
+IMPORTED = "imported:"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_FIX = ("move it away or delete it (convplan will measure again), or give another --db / "
+        "$CONVPLAN_DB")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS fingerprints (
@@ -48,18 +68,35 @@ _SCHEMA = (
         repeats INTEGER NOT NULL,
         spread REAL NOT NULL,
         measured_at REAL NOT NULL,
+        origin TEXT NOT NULL DEFAULT 'local',
         PRIMARY KEY (fingerprint_id, kind, key, candidate)) WITHOUT ROWID""",
 )
 _COLUMNS = ("fingerprint_id", "kind", "key", "candidate", "time_s", "workspace_bytes",
             "repeats", "spread", "measured_at")
-# Merging keeps the newer measurement of a cost (an import never overwrites a fresher local one).
-_UPSERT = (
-    f"INSERT INTO costs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+_TABLES = {"fingerprints": {"id", "json"}, "costs": set(_COLUMNS) | {"origin"}}
+# An import never overwrites a local measurement; of two imported ones the newer wins.
+_IMPORT_UPSERT = (
+    f"INSERT INTO costs ({', '.join(_COLUMNS)}, origin) "
+    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))}) "
     "ON CONFLICT (fingerprint_id, kind, key, candidate) DO UPDATE SET "
     "time_s = excluded.time_s, workspace_bytes = excluded.workspace_bytes, "
-    "repeats = excluded.repeats, spread = excluded.spread, measured_at = excluded.measured_at "
-    "WHERE excluded.measured_at >= costs.measured_at"
+    "repeats = excluded.repeats, spread = excluded.spread, measured_at = excluded.measured_at, "
+    "origin = excluded.origin "
+    f"WHERE costs.origin != '{LOCAL}' AND excluded.measured_at >= costs.measured_at"
 )
+
+
+class StoreError(ValueError):
+    """The cost store cannot be used as asked: it is damaged, not convplan's, read-only, or
+    one of its rows is nonsense. The message names the file, what is wrong and what to do."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
+
+class StoreWarning(UserWarning):
+    """Something in the cost store was ignored (a bad row, a bad fingerprint); it says which."""
 
 
 def default_db_path() -> Path:
@@ -75,39 +112,142 @@ def default_db_path() -> Path:
 
 @dataclass(frozen=True)
 class FingerprintInfo:
-    """One machine fingerprint in the store and how many costs it holds."""
+    """One machine fingerprint in the store and how many costs it holds (``imported`` of them
+    came from `import_`, the rest were measured here)."""
 
     id: str
     fingerprint: dict[str, Any]
     rows: int
+    imported: int = 0
+
+
+@dataclass(frozen=True)
+class ImportStats:
+    """What the last `CostStore.import_` did: rows read, rows written (new, or replacing an
+    older imported row), and rows skipped because this store measured that cost itself or
+    holds a newer import of it."""
+
+    read: int
+    written: int
+    kept_local: int
+    kept_newer: int
+    origin: str
 
 
 class CostStore:
     """Measured costs keyed by (fingerprint id, kind, key, candidate). One connection per
-    instance; open one store per process or thread (SQLite connections are not shared)."""
+    instance; open one store per process or thread (SQLite connections are not shared).
+
+    Trust. Opening checks the file before using it: an SQLite database (not another kind of
+    file, not truncated), intact (``PRAGMA quick_check``), and convplan's (another program's
+    database is refused and never modified). Each of these is a `StoreError` naming the file
+    and saying to move it away. Every row read is checked too (finite, non-negative, sane
+    times and sizes of the right types): a bad row is ignored with a `StoreWarning` naming it,
+    so it counts as not measured and the next measurement of it replaces it.
+
+    Origin. Every row is 'local' (measured on this machine by `put_many`) or
+    'imported:<file>@<digest>' (from `import_`, whatever fingerprint the file claims). Reads
+    return imported rows with source "imported", never "measured"; an import never overwrites a
+    local row, and a local measurement replaces an imported one. ``use_imported=False`` makes
+    reads ignore imported rows, so that a profiler measures those costs again.
+
+    Read-only. ``read_only=None`` opens the store read-only when it exists and this process
+    cannot write it or its directory; ``True`` forces it. A read-only store lists, exports and
+    answers reads; every write (`put_many`, `import_`, `drop_imported`) is a `StoreError`
+    saying so, and nothing is written: measuring into a store you cannot keep would repeat
+    the work on every run, so planning that needs new measurements fails and says to give a
+    writable ``--db`` or to plan with ``--no-profile``.
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
-                 busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+                 busy_timeout_s: float = BUSY_TIMEOUT_S, read_only: bool | None = None,
+                 use_imported: bool = True) -> None:
         self.path = Path(path) if path is not None else default_db_path()
+        self.use_imported = use_imported
+        self.last_import: ImportStats | None = None
+        exists = self.path.exists()
+        if exists and not self.path.is_file():
+            raise StoreError(self.path, f"{self.path} is not a usable convplan cost store: not "
+                                        f"a regular file; {_FIX}")
+        if read_only is None:
+            parent = self.path.parent
+            read_only = exists and not (os.access(self.path, os.W_OK)
+                                        and os.access(parent, os.W_OK | os.X_OK))
+        self.read_only = read_only
+        if exists:
+            self._check_header()
+        elif read_only:
+            raise StoreError(self.path, f"cannot open cost store {self.path} read-only: it "
+                                        "does not exist")
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(self.path, f"cannot create {self.path.parent}: "
+                                            f"{error.strerror}") from None
+        self._db = self._connect(immutable=False)
+        self._origin_sql = "origin"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ValueError(f"cannot create {self.path.parent}: {error.strerror}") from None
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves (one per batch).
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
-        except sqlite3.Error as error:
-            raise ValueError(f"cannot open cost store {self.path}: {error}") from None
-        try:
-            self._setup_retrying(busy_timeout_s)
+            try:
+                self._setup_retrying(busy_timeout_s)
+            except sqlite3.OperationalError as error:
+                if not (read_only and "unable to open" in str(error)):
+                    raise
+                # A WAL store in a directory we cannot write has no -shm file to share: read
+                # it as immutable (nobody can change it while we cannot write there either).
+                self._db.close()
+                self._db = self._connect(immutable=True)
+                self._setup_retrying(busy_timeout_s)
+        except StoreError:
+            self._db.close()
+            raise
         except sqlite3.DatabaseError as error:
             self._db.close()
-            raise ValueError(f"{self.path} is not a usable convplan cost store: {error}") from None
+            raise self._unusable(f"damaged or not a database ({error})") from None
+
+    # -- opening and checking ----------------------------------------------------------------
+    def _unusable(self, what: str) -> StoreError:
+        return StoreError(self.path, f"{self.path} is not a usable convplan cost store: {what}; "
+                                     f"{_FIX}")
+
+    def _check_header(self) -> None:
+        """Refuse what is not an SQLite file, before SQLite sees it."""
+        try:
+            with open(self.path, "rb") as handle:
+                header = handle.read(100)
+                size = os.fstat(handle.fileno()).st_size
+        except OSError as error:
+            raise StoreError(self.path, f"cannot read cost store {self.path}: "
+                                        f"{error.strerror}") from None
+        if size == 0:
+            return      # a new, empty database
+        if not header.startswith(_SQLITE_MAGIC):
+            raise self._unusable(f"not an SQLite database (it starts with {header[:16]!r})")
+        if len(header) < 100:
+            raise self._unusable(f"truncated ({size} bytes, less than an SQLite header)")
+        page = int.from_bytes(header[16:18], "big")
+        page = 65536 if page == 1 else page
+        if page < 512 or page & (page - 1) or size % page:
+            raise self._unusable(f"truncated or damaged ({size} bytes is not a whole number "
+                                 f"of {page}-byte pages)")
+
+    def _connect(self, immutable: bool) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (one per batch).
+            if not self.read_only:
+                return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+            return sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True,
+                                   timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreError(self.path, f"cannot open cost store {self.path}: {error}") \
+                from None
 
     def _setup_retrying(self, timeout_s: float) -> None:
         """`_setup`, retried while another process holds the lock: switching a new file to WAL
         can fail at once with "database is locked" (SQLite skips the busy handler there when
         several processes open the same new file together)."""
+        self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         deadline = time.monotonic() + timeout_s
         delay = 0.001
         while True:
@@ -124,7 +264,49 @@ class CostStore:
             time.sleep(delay)
             delay = min(2 * delay, 0.1)
 
+    def _schema(self) -> tuple[int, bool]:
+        """(schema version, whether the store is still empty); StoreError if the database is
+        not convplan's. Reads only."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        objects = self._db.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        tables = {name for kind, name in objects if kind == "table"}
+        others = sorted(f"{kind} {name}" for kind, name in objects
+                        if kind not in ("table", "index"))
+        if not objects and version == 0:
+            return 0, True
+        if version > SCHEMA_VERSION:
+            raise StoreError(self.path, f"cost store {self.path} was written by a newer convplan "
+                                        f"(schema version {version}; this one reads up to "
+                                        f"{SCHEMA_VERSION}): upgrade convplan, or give another "
+                                        "--db / $CONVPLAN_DB")
+        if tables != set(_TABLES) or others or version not in (0, 1, SCHEMA_VERSION):
+            found = ", ".join(sorted(tables) + others) or "none"
+            raise self._unusable(f"another program's SQLite database (tables: {found}; "
+                                 f"user_version {version}); convplan leaves it untouched")
+        for table, wanted in _TABLES.items():
+            columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            optional = {"origin"} if table == "costs" and version < SCHEMA_VERSION else set()
+            if not wanted - optional <= columns <= wanted:
+                raise self._unusable(f"table {table} has columns {', '.join(sorted(columns))}, "
+                                     "not convplan's")
+        if "origin" not in {r[1] for r in self._db.execute("PRAGMA table_info(costs)")}:
+            return 1, False
+        return max(version, 1), False
+
     def _setup(self) -> None:
+        self._schema()      # a foreign database is refused before anything touches it
+        problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise self._unusable("damaged (SQLite's integrity check says: "
+                                 f"{'; '.join(str(p) for p in problems)})")
+        if self.read_only:
+            version, empty = self._schema()
+            if empty:
+                raise StoreError(self.path, f"cost store {self.path} is empty and read-only: "
+                                            "there is nothing to read and nothing can be stored")
+            self._origin_sql = "origin" if version >= 2 else f"'{LOCAL}'"
+            return
         mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":  # only the first opener switches (an exclusive lock)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -132,12 +314,13 @@ class CostStore:
             raise sqlite3.DatabaseError(f"cannot switch to WAL mode (journal mode is {mode})")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a crashed process
         with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, this convplan reads "
-                                            f"version {SCHEMA_VERSION}")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            version, empty = self._schema()     # again: another process may have set it up
+            if empty:
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+            elif version < SCHEMA_VERSION:      # measured before origins were recorded: local
+                self._db.execute("ALTER TABLE costs ADD COLUMN origin TEXT NOT NULL "
+                                 f"DEFAULT '{LOCAL}'")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -151,8 +334,33 @@ class CostStore:
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+                with suppress(sqlite3.Error):   # the original error matters more
+                    self._db.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """SQLite's errors while ``doing`` something, as a `StoreError` naming the file."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            text = str(error)
+            if "readonly" in text or "read-only" in text:
+                raise self._read_only_error(doing) from None
+            if isinstance(error, sqlite3.DatabaseError) and any(
+                    word in text for word in ("malformed", "not a database", "corrupt")):
+                raise self._unusable(f"damaged ({doing}: {text})") from None
+            raise StoreError(self.path, f"cost store {self.path}: {doing} failed: {text}") \
+                from None
+
+    def _read_only_error(self, doing: str) -> StoreError:
+        return StoreError(self.path, f"cannot write cost store {self.path} ({doing}): it is "
+                                     "read-only, nothing was written; make it writable, give "
+                                     "another --db / $CONVPLAN_DB, or plan with --no-profile")
+
+    def _writable(self, doing: str) -> None:
+        if self.read_only:
+            raise self._read_only_error(doing)
 
     def close(self) -> None:
         self._db.close()
@@ -165,116 +373,283 @@ class CostStore:
 
     @property
     def journal_mode(self) -> str:
-        return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+        with self._errors("reading the journal mode"):
+            return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
 
     # -- reading -----------------------------------------------------------------------------
+    def _select(self) -> str:
+        return ("SELECT time_s, workspace_bytes, repeats, spread, measured_at, "
+                f"{self._origin_sql} FROM costs WHERE fingerprint_id = ? AND kind = ? "
+                "AND key = ? AND candidate = ?")
+
+    def _read(self, fp_id: str, key: CostKey, row: tuple[Any, ...] | None,
+              bad: list[str]) -> Measurement | None:
+        """A checked row as a Measurement; None (and a note in ``bad``) when it is nonsense,
+        None too for an imported row when imported rows are not used."""
+        if row is None:
+            return None
+        problem = _row_problem(row[:4], row[4], None) or _origin_problem(row[5])
+        if problem:
+            bad.append(f"{'/'.join(key)} of fingerprint {fp_id}: {problem}")
+            return None
+        origin = row[5]
+        if origin != LOCAL and not self.use_imported:
+            return None
+        time_s, workspace, repeats, spread = row[:4]
+        return Measurement(float(time_s), int(workspace),
+                           "measured" if origin == LOCAL else "imported", int(repeats),
+                           float(spread), "" if origin == LOCAL else origin)
+
+    def _warn(self, bad: list[str], what: str = "row") -> None:
+        if bad:
+            shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+            warnings.warn(StoreWarning(
+                f"cost store {self.path}: ignored {len(bad)} invalid {what}(s) ({shown}); "
+                "they count as not measured and are replaced when measured again"),
+                stacklevel=3)
+
     def get(self, fp_id: str, kind: str, key: str, candidate: str) -> Measurement | None:
-        """The stored measurement of one cost, or None."""
-        row = self._db.execute(
-            "SELECT time_s, workspace_bytes, repeats, spread FROM costs "
-            "WHERE fingerprint_id = ? AND kind = ? AND key = ? AND candidate = ?",
-            (fp_id, kind, key, candidate)).fetchone()
-        return None if row is None else _measurement(row)
+        """The stored measurement of one cost, or None (also for an invalid row: warned)."""
+        bad: list[str] = []
+        with self._errors("reading a cost"):
+            row = self._db.execute(self._select(), (fp_id, kind, key, candidate)).fetchone()
+        found = self._read(fp_id, (kind, key, candidate), row, bad)
+        self._warn(bad)
+        return found
 
     def get_many(self, fp_id: str, keys: Iterable[CostKey]) -> dict[CostKey, Measurement]:
         """The stored measurements among ``keys`` (missing ones are absent), read from one
-        consistent snapshot."""
+        consistent snapshot. ``Measurement.source`` says "measured" for this store's own
+        measurements and "imported" for imported ones. Invalid rows are absent, and a
+        `StoreWarning` names them."""
         found: dict[CostKey, Measurement] = {}
-        with self._transaction(write=False) as db:
+        bad: list[str] = []
+        select = self._select()
+        with self._errors("reading costs"), self._transaction(write=False) as db:
             for kind, key, candidate in keys:
-                row = db.execute(
-                    "SELECT time_s, workspace_bytes, repeats, spread FROM costs "
-                    "WHERE fingerprint_id = ? AND kind = ? AND key = ? AND candidate = ?",
-                    (fp_id, kind, key, candidate)).fetchone()
-                if row is not None:
-                    found[(kind, key, candidate)] = _measurement(row)
+                row = db.execute(select, (fp_id, kind, key, candidate)).fetchone()
+                m = self._read(fp_id, (kind, key, candidate), row, bad)
+                if m is not None:
+                    found[(kind, key, candidate)] = m
+        self._warn(bad)
         return found
 
     def count(self, fp_id: str | None = None) -> int:
         """How many costs are stored (for one fingerprint, or in all)."""
-        if fp_id is None:
-            return int(self._db.execute("SELECT COUNT(*) FROM costs").fetchone()[0])
-        return int(self._db.execute("SELECT COUNT(*) FROM costs WHERE fingerprint_id = ?",
-                                    (fp_id,)).fetchone()[0])
+        with self._errors("counting costs"):
+            if fp_id is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM costs").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM costs WHERE fingerprint_id = ?",
+                                        (fp_id,)).fetchone()[0])
 
     def fingerprints(self) -> list[FingerprintInfo]:
-        """Every machine fingerprint in the store with its number of costs."""
-        rows = self._db.execute(
-            "SELECT f.id, f.json, COUNT(c.kind) FROM fingerprints f "
-            "LEFT JOIN costs c ON c.fingerprint_id = f.id GROUP BY f.id ORDER BY f.id").fetchall()
-        return [FingerprintInfo(i, json.loads(text), int(n)) for i, text, n in rows]
+        """Every machine fingerprint in the store with its number of costs (and how many of
+        them were imported). A fingerprint whose stored JSON is not an object is listed as
+        ``{}`` with a `StoreWarning`."""
+        with self._errors("listing fingerprints"):
+            rows = self._db.execute(
+                f"SELECT f.id, f.json, COUNT(c.kind), "
+                f"COALESCE(SUM({self._origin_sql.replace('origin', 'c.origin')} != '{LOCAL}'), 0) "
+                "FROM fingerprints f LEFT JOIN costs c ON c.fingerprint_id = f.id "
+                "GROUP BY f.id ORDER BY f.id").fetchall()
+        infos, bad = [], []
+        for fp_id, text, n, imported in rows:
+            fp = _fingerprint(text)
+            if fp is None:
+                bad.append(f"fingerprint {fp_id!r}: not a JSON object")
+                fp = {}
+            infos.append(FingerprintInfo(str(fp_id), fp, int(n), int(imported)))
+        self._warn(bad, "fingerprint")
+        return infos
 
     # -- writing -----------------------------------------------------------------------------
     def put_many(self, fp: dict[str, Any], rows: Iterable[CostRow]) -> int:
-        """Store one batch of measurements of machine ``fp`` in ONE transaction (all or
-        nothing: an exception while the rows are consumed leaves no trace of this batch).
-        Returns the number of rows written."""
+        """Store one batch of measurements of machine ``fp``, made here, in ONE transaction
+        (all or nothing: an exception while the rows are consumed leaves no trace of this
+        batch). They are local: they replace any earlier row of the same cost, imported ones
+        included. Returns the number of rows written."""
+        self._writable("storing measurements")
         fp_id = fingerprint_id(fp)
         now = time.time()
         written = 0
-        with self._transaction() as db:
+        with self._errors("storing measurements"), self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO fingerprints (id, json) VALUES (?, ?)",
                        (fp_id, canonical_json(fp)))
             for kind, key, candidate, m in rows:
                 if m.source != "measured":
-                    raise ValueError(f"only measured costs are stored, not {m.source} ones "
-                                     f"({kind} {key} {candidate})")
+                    raise ValueError(f"only measured costs are stored (measured here), not "
+                                     f"{m.source} ones ({kind} {key} {candidate})")
+                values = (m.time_s, m.workspace_bytes, m.repeats, m.spread)
+                problem = _row_problem(values, now, None)
+                if problem:
+                    raise ValueError(f"not storing {kind} {key} {candidate}: {problem}")
                 db.execute(
-                    "INSERT OR REPLACE INTO costs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR REPLACE INTO costs ({', '.join(_COLUMNS)}, origin) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (fp_id, kind, key, candidate, float(m.time_s), int(m.workspace_bytes),
-                     int(m.repeats), float(m.spread), now))
+                     int(m.repeats), float(m.spread), now, LOCAL))
                 written += 1
         return written
+
+    def drop_imported(self, fp_id: str | None = None) -> int:
+        """Delete every imported row (of one fingerprint, or all), keeping local ones: the way
+        back from a bad import. Returns the number of rows deleted."""
+        self._writable("deleting imported costs")
+        where, args = ("AND fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
+        with self._errors("deleting imported costs"), self._transaction() as db:
+            deleted = db.execute(f"DELETE FROM costs WHERE origin != '{LOCAL}' {where}",
+                                 args).rowcount
+            db.execute("DELETE FROM fingerprints WHERE id NOT IN "
+                       "(SELECT DISTINCT fingerprint_id FROM costs)")
+        return int(deleted)
 
     # -- moving between machines -------------------------------------------------------------
     def export(self, path: str | os.PathLike[str], fp_id: str | None = None) -> int:
         """Write every cost (or one fingerprint's) with its fingerprints as JSON; the file is
-        replaced atomically, never left half-written. Returns the number of rows."""
+        replaced atomically, never left half-written. Each row keeps its ``origin``. Invalid
+        rows (and rows of an invalid fingerprint) are left out with a `StoreWarning`. Returns
+        the number of rows written."""
         where, args = ("WHERE fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
-        with self._transaction(write=False) as db:
-            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM costs {where} "
-                              "ORDER BY fingerprint_id, kind, key, candidate", args).fetchall()
-            fps = {i: json.loads(text) for i, text in
-                   db.execute("SELECT id, json FROM fingerprints").fetchall()}
-        used = {r[0] for r in rows} | ({fp_id} if fp_id in fps else set())
+        with self._errors("exporting"), self._transaction(write=False) as db:
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)}, {self._origin_sql} FROM costs "
+                              f"{where} ORDER BY fingerprint_id, kind, key, candidate",
+                              args).fetchall()
+            texts = db.execute("SELECT id, json FROM fingerprints").fetchall()
+        fps: dict[str, dict[str, Any]] = {}
+        for i, text in texts:
+            fp = _fingerprint(text)
+            if fp is not None and fingerprint_id(fp) == i:
+                fps[i] = fp
+        kept, bad = [], []
+        for r in rows:
+            problem = ("unknown or invalid fingerprint" if r[0] not in fps else None) \
+                or _row_problem(r[4:8], r[8], None) or _origin_problem(r[9])
+            if problem:
+                bad.append(f"{'/'.join(map(str, r[1:4]))} of fingerprint {r[0]}: {problem}")
+            else:
+                kept.append(r)
+        self._warn(bad)
+        used = {r[0] for r in kept} | ({fp_id} if fp_id in fps else set())
         document = {
             "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
             "fingerprints": {i: fps[i] for i in sorted(used)},
-            "rows": [dict(zip(_COLUMNS, r, strict=True)) for r in rows],
+            "rows": [dict(zip((*_COLUMNS, "origin"), r, strict=True)) for r in kept],
         }
         target = Path(path)
         handle, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.",
                                        suffix=".tmp")
         try:
             with os.fdopen(handle, "w") as out:
-                json.dump(document, out, indent=1)
+                json.dump(document, out, indent=1, allow_nan=False)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return len(rows)
+        return len(kept)
 
-    def import_(self, path: str | os.PathLike[str]) -> int:
+    def import_(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> int:
         """Merge an exported file: all of it in one transaction, or (ValueError saying what is
-        wrong) nothing. Of two measurements of one cost the newer wins. Returns rows read."""
+        wrong) nothing. The file is checked completely first: at most ``max_bytes``, JSON
+        without NaN/Infinity or absurd nesting, every number finite and within bounds, every
+        ``measured_at`` between 2000 and now (plus a day of clock skew).
+
+        Every row is stored as imported (origin ``imported:<file name>@<sha256 of the file>``),
+        whatever fingerprint it claims, this machine's included: an import never overwrites a
+        local row, and of two imported rows of one cost the newer wins. Returns rows read;
+        `last_import` has the details."""
+        self._writable(f"importing {path}")
+        data = _read_bounded(Path(path), max_bytes)
         try:
-            text = Path(path).read_text()
-        except OSError as error:
-            raise ValueError(f"cannot read {path}: {error.strerror}") from None
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError(f"{path} is not a convplan cost export: not text") from None
+            raise ValueError(f"{path} is not a convplan cost export: not UTF-8 text") from None
+        origin = f"{IMPORTED}{_printable(Path(path).name)[:80]}@" \
+                 f"{hashlib.sha256(data).hexdigest()[:12]}"
         fps, rows = _parse_export(text, str(path))
-        with self._transaction() as db:
+        with self._errors(f"importing {path}"), self._transaction() as db:
             for fp_id, fp in fps.items():
                 db.execute("INSERT OR IGNORE INTO fingerprints (id, json) VALUES (?, ?)",
                            (fp_id, canonical_json(fp)))
-            db.executemany(_UPSERT, rows)
+            local = 0
+            for row in rows:
+                found = db.execute("SELECT origin FROM costs WHERE fingerprint_id = ? AND "
+                                   "kind = ? AND key = ? AND candidate = ?", row[:4]).fetchone()
+                local += found is not None and found[0] == LOCAL
+            before = db.total_changes
+            db.executemany(_IMPORT_UPSERT, [(*row, origin) for row in rows])
+            written = db.total_changes - before
+        self.last_import = ImportStats(len(rows), written, local, len(rows) - written - local,
+                                       origin)
         return len(rows)
 
 
-def _measurement(row: tuple[Any, ...]) -> Measurement:
-    time_s, workspace, repeats, spread = row
-    return Measurement(float(time_s), int(workspace), "measured", int(repeats), float(spread))
+def _row_problem(values: tuple[Any, ...] | list[Any], measured_at: Any,
+                 window: tuple[float, float] | None) -> str | None:
+    """What is wrong with (time_s, workspace_bytes, repeats, spread) and ``measured_at`` (within
+    ``window``, when given), or None."""
+    time_s, workspace, repeats, spread = values
+    for name, value, top in (("time_s", time_s, MAX_TIME_S), ("spread", spread, MAX_SPREAD)):
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or not 0 <= value <= top:
+            return f"{name} must be a number between 0 and {top:g}, not {_short(value)}"
+    for name, value, top in (("workspace_bytes", workspace, MAX_WORKSPACE_BYTES),
+                             ("repeats", repeats, MAX_REPEATS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            return f"{name} must be an integer between 0 and {top}, not {_short(value)}"
+    if isinstance(measured_at, bool) or not isinstance(measured_at, int | float) \
+            or not math.isfinite(measured_at):
+        return ("measured_at must be a number (seconds since the epoch), not "
+                f"{_short(measured_at)}")
+    if window is not None and not window[0] <= measured_at <= window[1]:
+        return (f"measured_at {_short(measured_at)} is not between {window[0]:.0f} (the year 2000) "
+                f"and {window[1]:.0f} (now, plus {CLOCK_SKEW_S:.0f} s of clock skew)")
+    return None
+
+
+def _origin_problem(origin: Any) -> str | None:
+    if origin == LOCAL or (isinstance(origin, str) and origin.startswith(IMPORTED)):
+        return None
+    return f"origin must be '{LOCAL}' or '{IMPORTED}...', not {_short(origin)}"
+
+
+def _fingerprint(text: Any) -> dict[str, Any] | None:
+    """A stored fingerprint's JSON as a dict, or None when it is not one."""
+    if not isinstance(text, str) or len(text) > MAX_FINGERPRINT_CHARS:
+        return None
+    try:
+        fp = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    return fp if isinstance(fp, dict) else None
+
+
+def _printable(name: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
+def _read_bounded(path: Path, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` of ``path`` (a special file or a growing one is cut off there)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise ValueError(f"{path} is too large to be a convplan cost export ({size} "
+                                 f"bytes; at most {max_bytes})")
+            data = handle.read(max_bytes + 1)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} is too large to be a convplan cost export (more than "
+                         f"{max_bytes} bytes)")
+    return data
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(f"{name} is not a number convplan accepts")
 
 
 def _parse_export(text: str, where: str) -> tuple[dict[str, dict[str, Any]], list[tuple]]:
@@ -283,23 +658,39 @@ def _parse_export(text: str, where: str) -> tuple[dict[str, dict[str, Any]], lis
         return ValueError(f"{where} is not a valid convplan cost export: {what}")
 
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_no_constant)
+    except _Constant as error:
+        raise bad(str(error)) from None
     except json.JSONDecodeError as error:
+        raise bad(f"invalid JSON ({error})") from None
+    except RecursionError:
+        raise bad("nested too deeply") from None
+    except MemoryError:
+        raise bad("too large to parse") from None
+    except ValueError as error:     # e.g. an integer of more than 4300 digits
         raise bad(f"invalid JSON ({error})") from None
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
         raise bad(f'expected an object with "format": "{EXPORT_FORMAT}"')
     if document.get("version") != EXPORT_VERSION:
-        raise bad(f"version {document.get('version')!r}, expected {EXPORT_VERSION}")
+        raise bad(f"version {_short(document.get('version'))}, expected {EXPORT_VERSION}")
     fps = document.get("fingerprints")
     rows = document.get("rows")
     if not isinstance(fps, dict) or not isinstance(rows, list):
         raise bad('"fingerprints" must be an object and "rows" a list')
     for fp_id, fp in fps.items():
         if not isinstance(fp, dict):
-            raise bad(f"fingerprint {fp_id!r} is not an object")
+            raise bad(f"fingerprint {_short(fp_id)} is not an object")
+        try:
+            text_fp = canonical_json(fp)
+        except (ValueError, RecursionError):
+            raise bad(f"fingerprint {_short(fp_id)} cannot be stored") from None
+        if len(text_fp) > MAX_FINGERPRINT_CHARS:
+            raise bad(f"fingerprint {_short(fp_id)} is longer than {MAX_FINGERPRINT_CHARS} "
+                      "characters")
         if fingerprint_id(fp) != fp_id:
-            raise bad(f"fingerprint {fp_id!r} does not match its contents "
+            raise bad(f"fingerprint {_short(fp_id)} does not match its contents "
                       f"(hash {fingerprint_id(fp)})")
+    window = (EARLIEST_MEASURED_AT, time.time() + CLOCK_SKEW_S)
     parsed = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -307,20 +698,33 @@ def _parse_export(text: str, where: str) -> tuple[dict[str, dict[str, Any]], lis
         missing = [c for c in _COLUMNS if c not in row]
         if missing:
             raise bad(f"rows[{i}] lacks {', '.join(missing)}")
-        if row["fingerprint_id"] not in fps:
-            raise bad(f"rows[{i}] refers to unknown fingerprint {row['fingerprint_id']!r}")
+        if not isinstance(row["fingerprint_id"], str) or row["fingerprint_id"] not in fps:
+            raise bad(f"rows[{i}] refers to unknown fingerprint "
+                      f"{_short(row['fingerprint_id'])}")
         for name in ("kind", "key", "candidate"):
-            if not isinstance(row[name], str) or not row[name]:
-                raise bad(f"rows[{i}].{name} must be a non-empty string")
+            value = row[name]
+            if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+                raise bad(f"rows[{i}].{name} must be a non-empty string of at most "
+                          f"{MAX_NAME_CHARS} characters")
         try:
-            m = Measurement(row["time_s"], row["workspace_bytes"], "measured", row["repeats"],
-                            row["spread"])
+            Measurement(row["time_s"], row["workspace_bytes"], "measured", row["repeats"],
+                        row["spread"])
         except ValueError as error:
-            raise bad(f"rows[{i}]: {error}") from None
-        at = row["measured_at"]
-        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-            raise bad(f"rows[{i}].measured_at must be a number (seconds since the epoch)")
+            raise bad(f"rows[{i}]: {_short(str(error), 200)}") from None
+        values = (row["time_s"], row["workspace_bytes"], row["repeats"], row["spread"])
+        problem = _row_problem(values, row["measured_at"], window)
+        if problem:
+            raise bad(f"rows[{i}]: {_short(problem, 300)}")
         parsed.append((row["fingerprint_id"], row["kind"], row["key"], row["candidate"],
-                       float(m.time_s), m.workspace_bytes, m.repeats, float(m.spread),
-                       float(at)))
+                       float(row["time_s"]), int(row["workspace_bytes"]), int(row["repeats"]),
+                       float(row["spread"]), float(row["measured_at"])))
     return fps, parsed
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a hostile file may hold huge values)."""
+    try:
+        text = value if isinstance(value, str) and limit > 80 else repr(value)
+    except ValueError:          # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

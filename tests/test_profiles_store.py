@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,33 +158,121 @@ def test_process_killed_mid_batch_keeps_committed_batches(tmp_path: Path) -> Non
 
 
 # -- export / import -------------------------------------------------------------------------
+def imported(t: float, ws: int = 100, origin: str = "") -> Measurement:
+    return Measurement(t, ws, "imported", 5, 0.01, origin)
+
+
+def same_numbers(a: Measurement | None, b: Measurement) -> bool:
+    assert a is not None
+    return (a.time_s, a.workspace_bytes, a.repeats, a.spread) == \
+        (b.time_s, b.workspace_bytes, b.repeats, b.spread)
+
+
 def test_export_import_round_trip(tmp_path: Path) -> None:
     with CostStore(tmp_path / "a.sqlite") as a, CostStore(tmp_path / "b.sqlite") as b:
         a.put_many(FP, rows("k", 20))
         a.put_many(OTHER_FP, rows("other", 3))
         assert a.export(tmp_path / "costs.json") == 23
         assert b.import_(tmp_path / "costs.json") == 23
-        assert dump(a) == dump(b)
-        assert {i.id: i.rows for i in b.fingerprints()} == {FP_ID: 20,
-                                                           fingerprint_id(OTHER_FP): 3}
+        stats = b.last_import
+        assert stats is not None and (stats.read, stats.written, stats.kept_local) == (23, 23, 0)
+        assert stats.origin.startswith("imported:costs.json@")
+        # the same numbers and timestamps, but every row is marked as imported
+        origins = {r[-1] for r in dump(b) if len(r) == 10}
+        assert origins == {stats.origin}
+        assert [r[:-1] for r in dump(a) if len(r) == 10] == [r[:-1] for r in dump(b)
+                                                             if len(r) == 10]
+        assert {i.id: (i.rows, i.imported) for i in b.fingerprints()} == {
+            FP_ID: (20, 20), fingerprint_id(OTHER_FP): (3, 3)}
+        got = b.get(FP_ID, "conv", "k3", "im2col")
+        assert got is not None and got.source == "imported" and got.origin == stats.origin
+        assert same_numbers(got, m(4e-3, 3))
         # one fingerprint only
         assert a.export(tmp_path / "one.json", fingerprint_id(OTHER_FP)) == 3
         document = json.loads((tmp_path / "one.json").read_text())
         assert list(document["fingerprints"]) == [fingerprint_id(OTHER_FP)]
+        assert {r["origin"] for r in document["rows"]} == {"local"}
 
 
-def test_import_merges_and_newer_measurements_win(tmp_path: Path) -> None:
+def test_import_merges_but_never_replaces_local_measurements(tmp_path: Path) -> None:
     with CostStore(tmp_path / "a.sqlite") as a, CostStore(tmp_path / "b.sqlite") as b:
         a.put_many(FP, [("conv", "old", "im2col", m(1.0)), ("conv", "shared", "im2col", m(1.0))])
         a.export(tmp_path / "a.json")
         b.put_many(FP, [("conv", "shared", "im2col", m(2.0)), ("conv", "mine", "im2col", m(3.0))])
-        b.import_(tmp_path / "a.json")  # a's "shared" is older than b's: b keeps its own
+        b.import_(tmp_path / "a.json")  # b measured "shared" itself: it keeps its own
         assert b.get(FP_ID, "conv", "shared", "im2col") == m(2.0)
-        assert b.get(FP_ID, "conv", "old", "im2col") == m(1.0)
+        assert b.last_import is not None and b.last_import.kept_local == 1
+        assert same_numbers(b.get(FP_ID, "conv", "old", "im2col"), m(1.0))
         assert b.count() == 3
         b.export(tmp_path / "b.json")
-        a.import_(tmp_path / "b.json")  # b's "shared" is newer: a takes it
-        assert a.get(FP_ID, "conv", "shared", "im2col") == m(2.0)
+        a.import_(tmp_path / "b.json")  # b's "shared" is newer, but a's own measurement wins
+        assert a.get(FP_ID, "conv", "shared", "im2col") == m(1.0)
+        assert same_numbers(a.get(FP_ID, "conv", "mine", "im2col"), m(3.0))
+        # a local measurement replaces an imported row
+        a.put_many(FP, [("conv", "mine", "im2col", m(0.5))])
+        assert a.get(FP_ID, "conv", "mine", "im2col") == m(0.5)
+        assert [i.imported for i in a.fingerprints()] == [0]
+
+
+def test_of_two_imports_the_newer_wins(tmp_path: Path) -> None:
+    def export(name: str, t: float, at: float) -> Path:
+        doc = {"format": "convplan-costs", "version": 1, "fingerprints": {FP_ID: FP},
+               "rows": [{"fingerprint_id": FP_ID, "kind": "conv", "key": "k", "candidate": "c",
+                         "time_s": t, "workspace_bytes": 1, "repeats": 1, "spread": 0.0,
+                         "measured_at": at}]}
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return path
+
+    now = time.time()
+    with CostStore(tmp_path / "s.sqlite") as s:
+        s.import_(export("new.json", 2.0, now - 10))
+        s.import_(export("old.json", 1.0, now - 1000))
+        got = s.get(FP_ID, "conv", "k", "c")
+        assert got is not None and got.time_s == 2.0 and "new.json" in got.origin
+        s.import_(export("newer.json", 3.0, now))
+        assert s.get_many(FP_ID, [("conv", "k", "c")])[("conv", "k", "c")].time_s == 3.0
+
+
+def test_use_imported_false_and_drop_imported(tmp_path: Path) -> None:
+    with CostStore(tmp_path / "a.sqlite") as a:
+        a.put_many(FP, rows("k", 4))
+        a.export(tmp_path / "a.json")
+    with CostStore(tmp_path / "b.sqlite") as b:
+        b.put_many(FP, rows("mine", 2))
+        b.import_(tmp_path / "a.json")
+        keys = [("conv", f"k{i}", "im2col") for i in range(4)] + [("conv", "mine0", "im2col")]
+        assert len(b.get_many(FP_ID, keys)) == 5
+    with CostStore(tmp_path / "b.sqlite", use_imported=False) as b:
+        assert list(b.get_many(FP_ID, keys)) == [("conv", "mine0", "im2col")]
+        assert b.get(FP_ID, "conv", "k0", "im2col") is None
+        assert b.drop_imported() == 4
+        assert b.count() == 2 and [i.imported for i in b.fingerprints()] == [0]
+
+
+def test_a_version_1_store_is_migrated_and_its_rows_are_local(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE fingerprints (id TEXT PRIMARY KEY, json TEXT NOT NULL);
+        CREATE TABLE costs (fingerprint_id TEXT NOT NULL REFERENCES fingerprints(id),
+            kind TEXT NOT NULL, key TEXT NOT NULL, candidate TEXT NOT NULL,
+            time_s REAL NOT NULL, workspace_bytes INTEGER NOT NULL, repeats INTEGER NOT NULL,
+            spread REAL NOT NULL, measured_at REAL NOT NULL,
+            PRIMARY KEY (fingerprint_id, kind, key, candidate)) WITHOUT ROWID;
+        PRAGMA user_version=1;""")
+    db.execute("INSERT INTO fingerprints VALUES (?, ?)", (FP_ID, json.dumps(FP)))
+    db.execute("INSERT INTO costs VALUES (?, 'conv', 'k', 'im2col', 0.5, 7, 5, 0.01, ?)",
+               (FP_ID, time.time()))
+    db.commit()
+    db.close()
+    with CostStore(path, read_only=True) as s:      # read-only: read as it is
+        assert s.get(FP_ID, "conv", "k", "im2col") == m(0.5, 7)
+        assert s.fingerprints()[0].imported == 0
+    with CostStore(path) as s:
+        assert s.get(FP_ID, "conv", "k", "im2col") == m(0.5, 7)
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._db.execute("SELECT origin FROM costs").fetchall() == [("local",)]
 
 
 def _valid_export(tmp_path: Path) -> dict:
