@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -17,7 +20,7 @@ from rich.table import Table
 
 from profiles.profiler import Profiler
 from profiles.requests import CostRequest
-from profiles.store import CostStore, default_db_path
+from profiles.store import CostStore, StoreError, StoreWarning, default_db_path
 from selector import zoo
 from selector.planning import requests_for
 
@@ -35,11 +38,29 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _open(db: Path | None) -> CostStore:
+def _open(db: Path | None, **options: bool) -> CostStore:
+    """The store, or exit 2 with the StoreError's message (it names the file and the fix)."""
     try:
-        return CostStore(db if db is not None else default_db_path())
+        return CostStore(db if db is not None else default_db_path(), **options)
     except ValueError as error:
         _fail(str(error))
+
+
+@contextmanager
+def _store_warnings() -> Iterator[None]:
+    """The store's warnings (rows it ignored) as one line each on stderr, not Python's form."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreWarning)
+        try:
+            yield
+        finally:
+            err = Console(stderr=True, soft_wrap=True)
+            for warning in caught:
+                if issubclass(warning.category, StoreWarning):
+                    err.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}")
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename,
+                                         warning.lineno)
 
 
 def profile(
@@ -60,8 +81,23 @@ def profile(
     connect_timeout: Annotated[float, typer.Option(
         "--connect-timeout", help="Seconds to wait for the scheduler and its first worker.")
     ] = 10.0,
+    remeasure_imported: Annotated[bool, typer.Option(
+        "--remeasure-imported", help="Measure again the costs the store only has imported "
+                                     "(from `profiles import`); the new measurements replace "
+                                     "them.")] = False,
 ) -> None:
     """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
+    with _store_warnings():
+        try:
+            _profile(model, threads, budget_seconds, db, as_json, scheduler, local_cluster,
+                     connect_timeout, remeasure_imported)
+        except StoreError as error:     # damage found after opening: names the file
+            _fail(str(error))
+
+
+def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | None,
+             as_json: bool, scheduler: str | None, local_cluster: int | None,
+             connect_timeout: float, remeasure_imported: bool) -> None:
     if not budget_seconds > 0:
         _fail(f"--budget-seconds must be positive, got {budget_seconds}")
     if scheduler is not None and local_cluster is not None:
@@ -76,7 +112,11 @@ def profile(
     transforms = [r for r in requests if r.kind == "transform"]
     ops = [r for r in requests if r.kind == "op"]
     n_threads = threads or os.cpu_count() or 1
-    store = _open(db)
+    store = _open(db, use_imported=not remeasure_imported)
+    if store.read_only:
+        store.close()
+        _fail(f"cost store {store.path} is read-only: `convplan profile` stores what it "
+              "measures; make it writable or give another --db")
     if scheduler is not None or local_cluster is not None:
         with store:
             _profile_on_cluster(network.name, requests, store, n_threads, budget_seconds,
@@ -177,51 +217,80 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
 @profiles_app.command("export")
 def export_costs(file: Annotated[Path, typer.Argument(help="JSON file to write.")],
                  db: DbOption = None) -> None:
-    """Write every stored cost, with its machine fingerprint, to a JSON file."""
-    with _open(db) as store:
+    """Write every stored cost, with its machine fingerprint and origin, to a JSON file."""
+    with _store_warnings(), _open(db) as store:
         try:
             rows = store.export(file)
+            fps = len(store.fingerprints())
         except OSError as error:
             _fail(f"cannot write {file}: {error.strerror}")
-        fps = len(store.fingerprints())
+        except ValueError as error:
+            _fail(str(error))
     console.print(f"exported {rows} cost(s) of {fps} fingerprint(s) to {file}")
 
 
 @profiles_app.command("import")
 def import_costs(file: Annotated[Path, typer.Argument(help="A file `profiles export` wrote.")],
                  db: DbOption = None) -> None:
-    """Merge an exported JSON file into the store (all or nothing; newer measurements win)."""
-    with _open(db) as store:
+    """Merge an exported JSON file into the store (all or nothing). Imported costs are marked
+    as imported, never as measured here: they never replace this store's own measurements,
+    and of two imports of one cost the newer wins."""
+    with _store_warnings(), _open(db) as store:
         try:
             rows = store.import_(file)
         except (ValueError, sqlite3.Error) as error:
             _fail(str(error))
+        path, stats = store.path, store.last_import
+    assert stats is not None
+    console.print(
+        f"imported {rows} cost(s) from {file} into {path}: {stats.written} written as "
+        f"imported, {stats.kept_local} kept because this store measured them itself, "
+        f"{stats.kept_newer} kept because it holds a newer import", soft_wrap=True)
+
+
+@profiles_app.command("drop-imported")
+def drop_imported(db: DbOption = None,
+                  fingerprint: Annotated[str | None, typer.Option(
+                      "--fingerprint", help="Only this fingerprint's imported costs.")] = None
+                  ) -> None:
+    """Delete the imported costs (this store's own measurements stay): the way back from a bad
+    import. `convplan profile` then measures what is missing."""
+    with _store_warnings(), _open(db) as store:
+        try:
+            dropped = store.drop_imported(fingerprint)
+        except (ValueError, sqlite3.Error) as error:
+            _fail(str(error))
         path = store.path
-    console.print(f"imported {rows} cost(s) from {file} into {path}")
+    console.print(f"deleted {dropped} imported cost(s) from {path}")
 
 
 @profiles_app.command("list")
 def list_costs(db: DbOption = None,
                as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
                ) -> None:
-    """The machine fingerprints in the store and how many costs each holds."""
-    with _open(db) as store:
-        infos = store.fingerprints()
-        path = store.path
+    """The machine fingerprints in the store and how many costs each holds (how many of them
+    imported)."""
+    with _store_warnings(), _open(db) as store:
+        try:
+            infos = store.fingerprints()
+        except ValueError as error:
+            _fail(str(error))
+        path, read_only = store.path, store.read_only
     if as_json:
-        print(json.dumps([{"id": i.id, "rows": i.rows, "fingerprint": i.fingerprint}
-                          for i in infos], indent=2))
+        print(json.dumps([{"id": i.id, "rows": i.rows, "imported": i.imported,
+                           "fingerprint": i.fingerprint} for i in infos], indent=2))
         return
-    table = Table(title=f"cost store {path}")
-    for column in ("fingerprint", "threads", "cpu", "blas", "convplan", "costs"):
-        table.add_column(column, justify="right" if column in ("threads", "costs") else "left")
+    table = Table(title=f"cost store {path}" + (" (read-only)" if read_only else ""))
+    for column in ("fingerprint", "threads", "cpu", "blas", "convplan", "costs", "imported"):
+        table.add_column(column, justify="right" if column in ("threads", "costs", "imported")
+                         else "left")
     for info in infos:
         fp = info.fingerprint
         blas = fp.get("blas", {})
-        table.add_row(info.id, str(fp.get("threads", "?")), str(fp.get("cpu", "?")),
-                      f"{blas.get('version', '?')} {blas.get('corename', '')}".strip()
-                      if isinstance(blas, dict) else str(blas),
-                      str(fp.get("convplan", "?")), str(info.rows))
+        table.add_row(info.id, str(fp.get("threads", "?")), escape(str(fp.get("cpu", "?"))),
+                      escape(f"{blas.get('version', '?')} {blas.get('corename', '')}".strip()
+                             if isinstance(blas, dict) else str(blas)),
+                      escape(str(fp.get("convplan", "?"))), str(info.rows), str(info.imported))
     console.print(table)
 
 

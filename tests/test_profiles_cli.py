@@ -72,6 +72,7 @@ def test_list_export_import(app, net: Path, tmp_path: Path) -> None:
                                "--budget-seconds", "0.005", "--json").stdout)
     [listed] = json.loads(invoke(app, "profiles", "list", "--db", a, "--json").stdout)
     assert listed["id"] == report["fingerprint_id"] and listed["rows"] == report["requested"]
+    assert listed["imported"] == 0
     assert listed["fingerprint"]["threads"] == 1
     assert report["fingerprint_id"] in invoke(app, "profiles", "list", "--db", a).stdout
     exported = tmp_path / "costs.json"
@@ -79,11 +80,39 @@ def test_list_export_import(app, net: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0 and f"exported {report['requested']}" in result.stdout
     result = invoke(app, "profiles", "import", str(exported), "--db", b)
     assert result.exit_code == 0 and f"imported {report['requested']}" in result.stdout
-    assert json.loads(invoke(app, "profiles", "list", "--db", b, "--json").stdout) == [listed]
+    assert f"{report['requested']} written as imported" in result.stdout
+    assert json.loads(invoke(app, "profiles", "list", "--db", b, "--json").stdout) == [
+        {**listed, "imported": report["requested"]}]
     # the imported costs are used: nothing left to measure on this machine
     again = json.loads(invoke(app, "profile", str(net), "--db", b, "--threads", "1",
                               "--json").stdout)
     assert again["measured"] == 0
+    # importing again changes nothing; re-importing into the source keeps its own rows
+    result = invoke(app, "profiles", "import", str(exported), "--db", a)
+    assert result.exit_code == 0 and f"{report['requested']} kept because this store " \
+        "measured them itself" in result.stdout
+    # unless asked, then what was only imported is measured here and replaces the import
+    again = json.loads(invoke(app, "profile", str(net), "--db", b, "--threads", "1",
+                              "--budget-seconds", "0.005", "--remeasure-imported",
+                              "--json").stdout)
+    assert again["measured"] == report["requested"] and again["cached"] == 0
+    [relisted] = json.loads(invoke(app, "profiles", "list", "--db", b, "--json").stdout)
+    assert relisted["imported"] == 0 and relisted["rows"] == report["requested"]
+
+
+def test_drop_imported(app, net: Path, tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")
+    report = json.loads(invoke(app, "profile", str(net), "--db", a, "--threads", "1",
+                               "--budget-seconds", "0.005", "--json").stdout)
+    invoke(app, "profiles", "export", str(tmp_path / "a.json"), "--db", a)
+    assert invoke(app, "profiles", "import", str(tmp_path / "a.json"), "--db", b).exit_code == 0
+    result = invoke(app, "profiles", "drop-imported", "--db", b)
+    assert result.exit_code == 0 and f"deleted {report['requested']} imported" in result.stdout
+    assert json.loads(invoke(app, "profiles", "list", "--db", b, "--json").stdout) == []
+    result = invoke(app, "profiles", "drop-imported", "--db", a)   # local rows stay
+    assert result.exit_code == 0 and "deleted 0 imported" in result.stdout
+    assert json.loads(invoke(app, "profiles", "list", "--db", a, "--json").stdout)[0]["rows"] \
+        == report["requested"]
 
 
 def _error(result) -> str:
