@@ -180,6 +180,8 @@ class Executor:
             else:
                 assert step.operator is not None
                 ys = step.operator.run(xs, step.weights, step.layout, step.inplace)
+            if not step.aliases_input:
+                _check_owned(step, xs, ys)
             del xs
             for name, y in zip(step.outputs, ys, strict=True):
                 live[name] = y
@@ -191,3 +193,16 @@ class Executor:
                 peaks.append(tracemalloc.get_traced_memory()[1] - base)
         seconds = clock() - start
         return {name: live[name] for name in self.program.outputs}, times, seconds, peaks
+
+
+def _check_owned(step: Step, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+    """A step the program counts as allocating its outputs must not hand back a view of an
+    input: the next in-place step would write through it, maybe into the caller's array, and
+    the memory model would count bytes that are not there. A bounds check, O(1) per pair."""
+    for y in ys:
+        for x in xs:
+            if np.may_share_memory(y, x):
+                raise RuntimeError(
+                    f"step {step.name!r} ({step.kind}) returned a view of its input where the "
+                    "program expects a new buffer; refusing to continue with a result that "
+                    "could be wrong")

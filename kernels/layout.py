@@ -18,7 +18,10 @@ def check_layout(layout: str) -> Layout:
 def convert(x: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:
     """``x`` (4-D, layout ``src``) as a C-contiguous array in layout ``dst``.
 
-    Same layout: returned as is (no copy). Otherwise one copy of x.nbytes.
+    Same layout: returned as is (no copy). Otherwise always a new array of x.nbytes that owns
+    its memory, even where the transposed array is already contiguous (C == 1 or H*W == 1, where
+    NumPy would hand back a view): callers write into it, and a view would write through to
+    ``x``, possibly the caller's input.
     """
     check_layout(src)
     check_layout(dst)
@@ -26,5 +29,5 @@ def convert(x: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:
         raise ValueError(f"a layout transform needs a 4-D tensor, got shape {x.shape}")
     if src == dst:
         return x
-    return np.ascontiguousarray(x.transpose(_PERMUTATION[(src, dst)]))
+    return np.array(x.transpose(_PERMUTATION[(src, dst)]), order="C", copy=True)
 

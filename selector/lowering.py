@@ -148,7 +148,8 @@ def _plan_releases(program: Program) -> None:
 
 def _plan_inplace(program: Program) -> None:
     """Let an in-place capable operator overwrite its first input when this step is the last
-    use of every tensor sharing that input's buffer."""
+    use of every tensor sharing that input's buffer and no other operand of the step is a view
+    of it (the same tensor twice is fine: NumPy needs no copy for an exact overlap)."""
     buffer_of: dict[str, int] = {t: i for i, t in enumerate(program.inputs)}
     sharing: dict[int, list[str]] = {i: [t] for t, i in buffer_of.items()}
     pinned = {buffer_of[t] for t in program.inputs}
@@ -159,8 +160,11 @@ def _plan_inplace(program: Program) -> None:
             x = step.inputs[0]
             buffer = buffer_of[x]
             shapes = [program.shapes[t] for t in step.inputs]
+            # Another operand that shares the buffer (a view of x) would make NumPy copy it
+            # before overwriting: a hidden temporary the memory model does not count.
             step.inplace = (
                 buffer not in pinned
+                and not any(buffer_of[t] == buffer and t != x for t in step.inputs[1:])
                 and all(released_at.get(t, -1) == i for t in sharing[buffer])
                 and step.operator.can_overwrite(shapes)
                 and not any(t in program.outputs for t in sharing[buffer])

@@ -4,7 +4,8 @@ At each step the live set is every activation already produced and still needed,
 outputs, plus its workspace (a layout-transformed copy is its own step's output). Prepared
 weights count at every step; the network's inputs belong to the caller and count for the whole
 run; original weights are reported, not counted. Tensors that share a buffer (views, in-place
-outputs) count once, until the last of them is released.
+outputs) count once, until the last of them is released; every live tensor, views included, also
+costs its array object (`array_overhead_bytes`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,21 @@ class MemoryProfile:
                 "prepared_bytes": self.prepared_bytes, "input_bytes": self.input_bytes}
 
 
+#: What one live tensor costs beyond its data, whether it owns a buffer or is a view: the ndarray
+#: object (measured: 121 bytes), its shape and strides (16 bytes a dimension), its slot in the
+#: executor's tensor table (a dict entry, ~37 bytes, twice that while the table grows) and in
+#: the step's output lists. Thousands of tiny tensors (a split into 2000) make this dominate.
+ARRAY_BYTES = 208
+ARRAY_BYTES_PER_DIM = 16
+
+
 def tensor_bytes(shape: tuple[int, ...], itemsize: int = 4) -> int:
     return int(np.prod(shape, dtype=np.int64)) * itemsize
+
+
+def array_overhead_bytes(shape: tuple[int, ...]) -> int:
+    """The bytes one live array object costs beyond its data (see `ARRAY_BYTES`)."""
+    return ARRAY_BYTES + ARRAY_BYTES_PER_DIM * len(shape)
 
 
 def predict(program: Program, itemsize: int = 4) -> MemoryProfile:
@@ -67,6 +81,7 @@ def predict(program: Program, itemsize: int = 4) -> MemoryProfile:
     out: list[StepMemory] = []
     for step in program.steps:
         for t in step.outputs:
+            live += array_overhead_bytes(shapes[t])
             if step.aliases_input:
                 buffer_of[t] = buffer_of[step.inputs[0]]
             else:
@@ -77,6 +92,7 @@ def predict(program: Program, itemsize: int = 4) -> MemoryProfile:
         workspace = step.workspace_bytes(shapes, itemsize)
         out.append(StepMemory(step.name, step.kind, live, workspace, fixed + live + workspace))
         for t in step.release:
+            live -= array_overhead_bytes(shapes[t])
             b = buffer_of[t]
             holders[b].discard(t)
             if not holders[b] and b >= 0:

@@ -6,12 +6,19 @@ import numpy as np
 
 from kernels import registry
 from selector.lowering import lower
-from selector.memory import EXECUTOR_BYTES, EXECUTOR_BYTES_PER_STEP, predict
+from selector.memory import (
+    EXECUTOR_BYTES,
+    EXECUTOR_BYTES_PER_STEP,
+    array_overhead_bytes,
+    predict,
+)
 from selector.network import Network
 from selector.runner import run_network
 
 X = [1, 4, 32, 32]
 MB = 4 * 32 * 32 * 4          # one (1, 4, 32, 32) float32 tensor
+A = array_overhead_bytes(tuple(X))  # its array object, also paid by a view or in-place output
+T = MB + A
 
 
 def network(*layers: dict, outputs=None) -> Network:
@@ -31,14 +38,14 @@ def activations(net: Network, **kw) -> dict[str, int]:
 
 def test_a_chain_holds_two_tensors_at_a_time() -> None:
     net = network(conv("a", "x"), conv("b", "a"), conv("c", "b"))
-    assert activations(net, algorithm="im2col") == {"a": MB, "b": 2 * MB, "c": 2 * MB}
+    assert activations(net, algorithm="im2col") == {"a": T, "b": 2 * T, "c": 2 * T}
 
 
 def test_a_skip_connection_keeps_its_source_alive() -> None:
     net = network(conv("a", "x"), conv("b", "a"), conv("c", "b"),
                   {"name": "s", "op": "add", "inputs": ["a", "c"]})
     live = activations(net, algorithm="im2col")
-    assert live == {"a": MB, "b": 2 * MB, "c": 3 * MB, "s": 2 * MB}   # s overwrites a
+    assert live == {"a": T, "b": 2 * T, "c": 3 * T, "s": 2 * T + A}   # s overwrites a
 
 
 def test_in_place_only_at_the_last_use() -> None:
@@ -46,7 +53,7 @@ def test_in_place_only_at_the_last_use() -> None:
                   conv("b", "r"))
     steps = lower(net, algorithm="im2col").program.steps
     assert [s.inplace for s in steps] == [False, True, False]
-    assert activations(net, algorithm="im2col") == {"a": MB, "r": MB, "b": 2 * MB}
+    assert activations(net, algorithm="im2col") == {"a": T, "r": T + A, "b": 2 * T}
     # a is needed after the relu: the relu must not overwrite it
     net = network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
                   {"name": "s", "op": "add", "inputs": ["a", "r"]})
@@ -61,7 +68,9 @@ def test_views_cost_nothing_and_keep_their_buffer() -> None:
     net = network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
                   {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 8})
     live = activations(net, algorithm="im2col")
-    assert live == {"a": MB, "f": MB, "g": MB + 32}
+    a2 = array_overhead_bytes((1, 4 * 32 * 32))
+    # at g, a's name is gone (its last use was f) but f still holds the buffer
+    assert live == {"a": T, "f": T + a2, "g": MB + a2 + 32 + array_overhead_bytes((1, 8))}
 
 
 def test_layout_transforms_are_steps_with_their_own_copy() -> None:
@@ -69,7 +78,7 @@ def test_layout_transforms_are_steps_with_their_own_copy() -> None:
     program = lower(net, algorithm="kn2row-aa-nhwc").program
     assert [s.name for s in program.steps] == ["x@NHWC>a", "a", "b", "b@NCHW>output"]
     live = {s.name: s.activation_bytes for s in predict(program).steps}
-    assert live == {"x@NHWC>a": MB, "a": 2 * MB, "b": 2 * MB, "b@NCHW>output": 2 * MB}
+    assert live == {"x@NHWC>a": T, "a": 2 * T, "b": 2 * T, "b@NCHW>output": 2 * T}
 
 
 def test_a_copy_lives_for_its_consumer_step_only() -> None:
@@ -81,10 +90,10 @@ def test_a_copy_lives_for_its_consumer_step_only() -> None:
     names = [s.name for s in program.steps]
     assert names == ["a", "a@NHWC>b", "b", "a@NHWC>c", "c", "b@NCHW>s", "c@NCHW>s", "s"]
     live = {s.name: s.activation_bytes for s in predict(program).steps}
-    assert live["b"] == 3 * MB                 # a, its copy, b
-    assert live["a@NHWC>c"] == 3 * MB          # a, b, the new copy (b's copy is gone)
-    assert live["c@NCHW>s"] == 3 * MB          # b's copy (b was released after it), c, c's copy
-    assert live["s"] == 2 * MB                 # the two copies; s overwrites one
+    assert live["b"] == 3 * T                 # a, its copy, b
+    assert live["a@NHWC>c"] == 3 * T          # a, b, the new copy (b's copy is gone)
+    assert live["c@NCHW>s"] == 3 * T          # b's copy (b was released after it), c, c's copy
+    assert live["s"] == 2 * T + A             # the two copies; s overwrites one
 
 
 def test_fixed_part_is_prepared_weights_inputs_and_the_executor() -> None:
@@ -98,7 +107,7 @@ def test_fixed_part_is_prepared_weights_inputs_and_the_executor() -> None:
     assert profile.input_bytes == MB
     fixed = prepared + MB + EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * 2
     step_b = profile.steps[1]
-    assert step_b.total_bytes == fixed + 2 * MB + im2col.workspace_bytes(spec)
+    assert step_b.total_bytes == fixed + 2 * T + im2col.workspace_bytes(spec)
     assert profile.peak_bytes == max(s.total_bytes for s in profile.steps)
 
 
