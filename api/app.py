@@ -8,10 +8,13 @@ logged and answered with a generic 500 that leaks nothing.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -25,7 +28,7 @@ from kernels import registry
 from selector import zoo
 
 from . import service
-from .concurrency import JobTable, Saturated, WorkerPool
+from .concurrency import JobTable, Saturated, WorkerPool, validate_task
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from .models import (
     AlgorithmInfo,
@@ -60,7 +63,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorBody, "description": "The body is not JSON."},
     422: {"model": ErrorBody, "description": "A body that does not validate, a network over "
                                              "the limits, or a cap no plan fits."},
-    503: {"model": ErrorBody, "description": "Busy: retry later.", "headers": _RETRY},
+    503: {"model": ErrorBody, "description": "Busy, shutting down, or the worker died: retry "
+                                             "later.", "headers": _RETRY},
+    504: {"model": ErrorBody, "description": "The request overran its deadline "
+                                             "(CONVPLAN_REQUEST_TIMEOUT); its worker was "
+                                             "replaced."},
 }
 
 
@@ -103,10 +110,42 @@ def _network_rows() -> list[dict[str, str]]:
     return rows
 
 
+@contextmanager
+def _on_stop_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` (then the handler already installed: uvicorn's) on SIGTERM and SIGINT, so
+    requests in flight end at once instead of holding the shutdown until their deadline."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(stop)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:    # the default: die of it, as without us
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        saved[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            if signal.getsignal(sig) is not previous:   # leave a handler set since alone
+                signal.signal(sig, previous)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app with ``settings`` (default: from the CONVPLAN_* environment variables)."""
     settings = settings or Settings.from_env()
-    pool = WorkerPool(settings.slots, settings.queue, settings.queue_timeout_s)
+    pool = WorkerPool(settings.slots, settings.queue, settings.queue_timeout_s,
+                      timeout_s=settings.request_timeout_s,
+                      memory_bytes=settings.worker_memory_bytes or None,
+                      grace_s=settings.kill_grace_s)
     jobs = JobTable(settings)
     retry = {"Retry-After": str(settings.retry_after_s)}
 
@@ -115,10 +154,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool.start()
         jobs.start()
         try:
-            yield
+            with _on_stop_signals(pool.shut_down):
+                yield
         finally:
+            pool.stop()         # bounded: SIGTERM, SIGKILL after the grace
             await anyio.to_thread.run_sync(jobs.stop)
-            await anyio.to_thread.run_sync(pool.stop)
 
     app = FastAPI(
         title="convplan", version=_version(), lifespan=lifespan,
@@ -138,7 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, error: ServiceError) -> JSONResponse:
         return _error(error.status, error.code, error.message,
-                      retry if error.status == 503 else None)
+                      retry if error.status in (503, 504) else None)
 
     @app.exception_handler(Saturated)
     async def saturated(_: Request, __: Saturated) -> JSONResponse:
@@ -165,11 +205,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(500, "internal_error", "internal server error (logged on the server)")
 
     # -- light ---------------------------------------------------------------------------------
-    @app.get("/healthz", response_model=Health, tags=["service"])
-    async def healthz() -> dict[str, Any]:
-        """Liveness, and how busy the heavy-request slots are (never needs the API key)."""
-        return {"status": "ok", "version": app.version, "slots": pool.slots,
-                "busy": pool.busy, "waiting": pool.waiting}
+    @app.get("/healthz", response_model=Health, tags=["service"],
+             responses={503: {"model": ErrorBody, "description": "Unhealthy: no worker can "
+                                                                "make progress (the body says "
+                                                                "why)."}})
+    async def healthz() -> Any:
+        """Whether heavy requests can be served (some worker process alive and within its
+        deadline), and how busy the slots are; never needs the API key, costs nothing."""
+        healthy, why, counts = pool.health()
+        body = {"status": "ok", "version": app.version, "slots": pool.slots,
+                "busy": pool.busy, "waiting": pool.waiting, "workers": counts,
+                "replaced": pool.replaced}
+        if healthy:
+            return JSONResponse(body)
+        return JSONResponse({**body, "status": "unhealthy", "error": "unhealthy",
+                             "detail": why}, status_code=503, headers=retry)
 
     algorithm_rows = [a.describe() for a in registry.all_algorithms()]
 
@@ -196,7 +246,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The fastest plan under the memory cap (an ILP), with every candidate and four
         baselines: the same document as `convplan plan --json`."""
         options = body.model_dump(exclude={"network"})
-        return await pool.run(service.plan_task, _source(body.network), options, settings)
+        return await pool.run(service.plan_task, _source(body.network), options, settings,
+                              pass_deadline=True)
 
     @app.post("/v1/plan/onnx", response_model=PlanDocument, responses=errors,
               tags=["planning"], dependencies=v1_security)
@@ -205,7 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """As /v1/plan, for an uploaded ONNX file (multipart: `file` and the option fields)."""
         data = await form.file.read()
         return await pool.run(service.plan_task, ("onnx", data),
-                              form.model_dump(exclude={"file"}), settings)
+                              form.model_dump(exclude={"file"}), settings, pass_deadline=True)
 
     @app.post("/v1/pareto", response_model=ParetoResponse, responses=errors, tags=["planning"],
               dependencies=json_body)
@@ -214,7 +265,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         baselines."""
         options = body.model_dump(exclude={"network", "points"})
         return await pool.run(service.pareto_task, _source(body.network), options,
-                              body.points, settings)
+                              body.points, settings, pass_deadline=True)
 
     @app.post("/v1/run", response_model=RunResponse, responses=errors, tags=["running"],
               dependencies=json_body)
@@ -225,7 +276,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if body.plan is not None:
             options["plan"] = {"assignment": body.plan.assignment,
                                "layouts": body.plan.layouts, "threads": body.plan.threads}
-        return await pool.run(service.run_task, _source(body.network), options, settings)
+        return await pool.run(service.run_task, _source(body.network), options, settings,
+                              pass_deadline=True)
 
     # -- jobs ------------------------------------------------------------------------------------
     @app.post("/v1/profile", status_code=202, response_model=JobCreated, tags=["jobs"],
@@ -233,12 +285,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def profile(body: ProfileBody, request: Request, response: Response
                       ) -> dict[str, Any]:
         """Start measuring every cost a plan of the network needs (kept in the cost store);
-        poll GET /v1/jobs/{id}."""
+        poll GET /v1/jobs/{id}. The network is built first (in a worker), so a bad one is
+        refused here as /v1/plan refuses it, and takes no job."""
         if isinstance(body.network, str) and body.network not in zoo.names():
             raise ServiceError(404, "unknown_network", f"unknown network {body.network!r}; "
                                f"built in: {', '.join(zoo.names())}")
         service.plan_request(CostOptions(threads=body.threads).model_dump(), settings)
-        job = jobs.submit("profile", (_source(body.network), body.threads, body.budget_s))
+        source = _source(body.network)
+        jobs.check_room()
+        await pool.run(validate_task, source, settings)
+        job = jobs.submit("profile", (source, body.threads, body.budget_s))
         url = str(request.url_for("job", job_id=job.id).path)
         response.headers["Location"] = url
         return {"id": job.id, "status": job.status, "url": url}

@@ -43,7 +43,7 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] serving on {escape(host)} without an API key: "
                   "anyone who can reach this port can use it (set CONVPLAN_API_KEY)")
     uvicorn.run("api.app:app", host=host, port=port, workers=workers, log_level=log_level,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:

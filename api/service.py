@@ -91,6 +91,24 @@ class Settings:
     max_pending_jobs: int = 4               # CONVPLAN_MAX_PENDING_JOBS (queued + running)
     retry_after_s: int = 2                  # CONVPLAN_RETRY_AFTER
     api_key: str | None = field(default=None, repr=False)   # CONVPLAN_API_KEY
+    request_timeout_s: float = 120.0        # CONVPLAN_REQUEST_TIMEOUT (a heavy request, all in)
+    job_timeout_s: float = 900.0            # CONVPLAN_JOB_TIMEOUT (a profiling job)
+    #: CONVPLAN_WORKER_MEMORY: address space of a worker process (RLIMIT_AS); None: derived
+    #: from the tensor and weight limits (`default_worker_memory`); 0: no limit.
+    worker_memory_bytes: int | None = None
+    kill_grace_s: float = 1.0               # CONVPLAN_KILL_GRACE (SIGTERM, then SIGKILL)
+
+    def __post_init__(self) -> None:
+        if self.worker_memory_bytes is None:
+            object.__setattr__(self, "worker_memory_bytes", self.default_worker_memory())
+
+    def default_worker_memory(self) -> int:
+        """What a worker may map: a measured baseline with headroom (an idle worker maps about
+        0.2 GiB, one that planned and ran GoogLeNet with --check 0.75 GiB), the BLAS buffers
+        of every core, and two of the largest tensors plus the largest weights a request may
+        have."""
+        cores = os.cpu_count() or 1
+        return 2 * GiB + 64 * MiB * cores + 2 * self.max_tensor_bytes + self.max_weight_bytes
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +132,13 @@ class Settings:
                                          d.max_pending_jobs, int, 1),
             retry_after_s=_env_number(env, "CONVPLAN_RETRY_AFTER", d.retry_after_s, int, 1),
             api_key=env.get("CONVPLAN_API_KEY") or None,
+            request_timeout_s=_env_number(env, "CONVPLAN_REQUEST_TIMEOUT", d.request_timeout_s,
+                                          float, 0.1),
+            job_timeout_s=_env_number(env, "CONVPLAN_JOB_TIMEOUT", d.job_timeout_s, float, 0.1),
+            worker_memory_bytes=0 if env.get("CONVPLAN_WORKER_MEMORY", "").strip().lower()
+            in ("0", "none", "off") else _env_bytes(env, "CONVPLAN_WORKER_MEMORY",
+                                                    None),  # type: ignore[arg-type]
+            kill_grace_s=_env_number(env, "CONVPLAN_KILL_GRACE", d.kill_grace_s, float, 0),
         )
 
 
@@ -254,11 +279,45 @@ def plan_request(options: Mapping[str, Any], settings: Settings) -> PlanRequest:
         budget_s=min(float(options.get("budget_s", 0.3)), settings.max_budget_s))
 
 
-def plan_task(source: Source, options: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """POST /v1/plan: the plan document."""
+#: ILP solves of a plan (the plan, the lowest-memory baseline, a refused cap's lowest peak).
+PLAN_SOLVES = 3
+
+
+def _within_deadline(request: PlanRequest, deadline: float | None, solves: int,
+                     share: float = 0.5, measure_share: float = 1.0
+                     ) -> tuple[PlanRequest, float | None]:
+    """A task's deadline (a `time.monotonic` instant; None: none) split between measuring and
+    solving: the solver limit shrinks so ``solves`` solves fit in at most ``share`` of what is
+    left, and measuring must stop before them and within ``measure_share`` of what is left
+    (the instant returned, for `profiles.profiler.measuring_deadline`); costs not measured by
+    then are estimated."""
+    import dataclasses
+    import time
+
+    if deadline is None:
+        return request, None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ServiceError(504, "deadline_exceeded", "the request's deadline passed before "
+                           "planning could start (CONVPLAN_REQUEST_TIMEOUT)")
+    solving = min(request.time_limit_s * solves, left * share)
+    limit = min(request.time_limit_s, max(0.05, solving / solves))
+    measure_until = min(deadline - solving, time.monotonic() + left * measure_share)
+    return dataclasses.replace(request, time_limit_s=limit), measure_until
+
+
+def plan_task(source: Source, options: dict[str, Any], settings: Settings,
+              deadline: float | None = None) -> dict[str, Any]:
+    """POST /v1/plan: the plan document. With a ``deadline`` (`time.monotonic`), measuring
+    stops in time for the solver, whose limit fits what is left (the costs are then "mixed")."""
+    from profiles.profiler import measuring_deadline
+
     with client_errors():
         request = plan_request(options, settings)
-        return plan_network(load(source, settings), request)
+        network = load(source, settings)
+        request, measure_until = _within_deadline(request, deadline, PLAN_SOLVES)
+        with measuring_deadline(measure_until):
+            return plan_network(network, request)
 
 
 def _costs_label(sources: set[str]) -> str:
@@ -266,15 +325,20 @@ def _costs_label(sources: set[str]) -> str:
         "analytic" if sources == {"analytic"} else "mixed")
 
 
-def pareto_task(source: Source, options: dict[str, Any], points: int, settings: Settings
-                ) -> dict[str, Any]:
-    """POST /v1/pareto: the time / peak-memory frontier and the baselines (no cap)."""
+def pareto_task(source: Source, options: dict[str, Any], points: int, settings: Settings,
+                deadline: float | None = None) -> dict[str, Any]:
+    """POST /v1/pareto: the time / peak-memory frontier and the baselines (no cap); a
+    ``deadline`` bounds measuring and solving as for `plan_task`."""
+    from profiles.profiler import measuring_deadline
+
     with client_errors():
         request = plan_request({**options, "memory_cap": None}, settings)
         network = load(source, settings)
+        request, measure_until = _within_deadline(request, deadline, points + 3)
         profiler = profiler_for(request)
         try:
-            problem = build_problem(network, cost_function(profiler, request.measure))
+            with measuring_deadline(measure_until):
+                problem = build_problem(network, cost_function(profiler, request.measure))
         finally:
             if profiler.store is not None:
                 profiler.store.close()
@@ -344,8 +408,13 @@ def encode_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[str, str]:
     return base64.b64encode(buffer.getvalue()).decode("ascii"), kind
 
 
-def run_task(source: Source, body: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction."""
+def run_task(source: Source, body: dict[str, Any], settings: Settings,
+             deadline: float | None = None) -> dict[str, Any]:
+    """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction.
+    A ``deadline`` bounds planning first to half the time left (the run itself cannot stop
+    early: the pool kills it at the deadline)."""
+    from profiles.profiler import measuring_deadline
+
     with client_errors():
         network = load(source, settings)
         plan = body.get("plan")
@@ -361,7 +430,10 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings) -> dict[s
             algorithm = body["algorithm"]
             registry.get(algorithm)          # an unknown name is a clear error, not a fallback
         else:
-            document = plan_network(network, plan_request(body, settings))
+            request, measure_until = _within_deadline(  # half of the time left for the run
+                plan_request(body, settings), deadline, PLAN_SOLVES, 0.25, 0.25)
+            with measuring_deadline(measure_until):
+                document = plan_network(network, request)
             assignment, layouts = document["assignment"], document["layouts"]
             threads = threads or document["threads"]
         if threads is not None and threads > (os.cpu_count() or 1):
@@ -384,8 +456,12 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings) -> dict[s
 
 # -- profiling -----------------------------------------------------------------------------------
 def profile_task(source: Source, threads: int | None, budget_s: float, settings: Settings,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """A profile job: measure (and store) every cost a plan of the network needs."""
+                 progress: Callable[[int, int], None] | None = None,
+                 deadline: float | None = None) -> dict[str, Any]:
+    """A profile job: measure (and store) every cost a plan of the network needs; measuring
+    stops at ``deadline`` (`time.monotonic`; what is left is counted in ``unmeasured``)."""
+    from profiles.profiler import measuring_deadline
+
     with client_errors():
         network = load(source, settings)
         request = plan_request({"threads": threads, "budget_s": budget_s, "measure": True},
@@ -393,8 +469,9 @@ def profile_task(source: Source, threads: int | None, budget_s: float, settings:
         requests = requests_for(network)
         profiler = profiler_for(request)
         try:
-            profiler.costs(requests, progress=(lambda done, total, _:
-                                               progress(done, total)) if progress else None)
+            with measuring_deadline(deadline):
+                profiler.costs(requests, progress=(lambda done, total, _:
+                                                   progress(done, total)) if progress else None)
         finally:
             if profiler.store is not None:
                 profiler.store.close()
@@ -407,7 +484,7 @@ def profile_task(source: Source, threads: int | None, budget_s: float, settings:
             "transform_requests": sum(r.kind == "transform" for r in requests),
             "op_requests": sum(r.kind == "op" for r in requests),
             "requested": stats.requested, "measured": stats.measured, "cached": stats.cached,
-            "seconds": round(stats.seconds, 3)}
+            "unmeasured": stats.unmeasured, "seconds": round(stats.seconds, 3)}
 
 
 def warm_up() -> int:

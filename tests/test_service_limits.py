@@ -86,9 +86,9 @@ def test_the_job_table_refuses_beyond_its_pending_bound(server: Server) -> None:
 
 def test_settings_come_from_the_environment_and_bad_ones_are_named() -> None:
     settings = Settings.from_env({"CONVPLAN_MAX_BODY": "2MiB", "CONVPLAN_CONCURRENCY": "3",
-                                  "CONVPLAN_API_KEY": "k"})
+                                  "CONVPLAN_API_KEY": "s3cr3t-v4lue"})
     assert settings.max_body_bytes == 2 * 2**20 and settings.slots == 3
-    assert settings.api_key == "k" and "k" not in repr(settings)
+    assert settings.api_key == "s3cr3t-v4lue" and "s3cr3t" not in repr(settings)
     assert Settings.from_env({}).max_body_bytes == 64 * 2**20
     for name, value in (("CONVPLAN_MAX_BODY", "lots"), ("CONVPLAN_CONCURRENCY", "0"),
                         ("CONVPLAN_QUEUE_TIMEOUT", "soon")):
@@ -120,7 +120,7 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
     assert ("without an API key" in result.output) is warned
     assert calls == [(("api.app:app",), {"host": host, "port": 8123, "workers": 2,
                                          "log_level": "info",
-                                         "timeout_graceful_shutdown": 30})]
+                                         "timeout_graceful_shutdown": 5})]
 
 
 def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
