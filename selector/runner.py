@@ -7,10 +7,13 @@ with the independent reference when asked.
 
 from __future__ import annotations
 
+import io
 import statistics
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -19,7 +22,7 @@ from kernels.executor import Executor
 
 from .lowering import lower
 from .memory import predict
-from .network import Network, NetworkError
+from .network import Network, NetworkError, shown
 
 
 @dataclass
@@ -86,6 +89,93 @@ def check_inputs(network: Network, inputs: Mapping[str, np.ndarray]) -> dict[str
     return out
 
 
+def npy_header(stream: IO[bytes], what: str = "the input") -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) an .npy stream declares, read without reading (or allocating) its data;
+    NetworkError for anything that is not a plain numeric array (objects are never unpickled)."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f".npy format version {version} is not supported")
+    except (ValueError, OSError, EOFError, SyntaxError) as error:
+        raise NetworkError(f"{what} is not an .npy array: {str(error)[:200]}") from None
+    if dtype.hasobject or dtype.kind not in "fiu" or dtype.fields is not None:
+        raise NetworkError(f"{what} holds {shown(str(dtype), 40)} values; give float or int "
+                           "numbers")
+    return tuple(int(d) for d in shape), dtype
+
+
+def read_inputs(source: bytes | Path, network: Network, what: str = "the input"
+                ) -> dict[str, np.ndarray]:
+    """The network's inputs from an .npy (one input) or .npz (arrays by input name) file or
+    its bytes. Every array's header is checked against the network's input first (names,
+    count, shape, numeric dtype, the data really present), so nothing large is allocated for a
+    file that only declares a large array, and nothing is unpickled."""
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as error:
+        raise NetworkError(f"cannot read {what}: {error.strerror}") from None
+    if data.startswith(b"PK"):
+        return _read_npz(data, network, what)
+    if len(network.inputs) != 1:
+        raise NetworkError(f"the network has {len(network.inputs)} inputs; give an .npz "
+                           f"with arrays named {', '.join(network.inputs)}")
+    name, wanted = next(iter(network.inputs.items()))
+    stream = io.BytesIO(data)
+    array = _read_checked(stream, len(data), name, wanted, what)
+    return {name: array}
+
+
+def _read_checked(stream: IO[bytes], size: int, name: str, wanted: tuple[int, ...],
+                  what: str) -> np.ndarray:
+    shape, dtype = npy_header(stream, what)
+    if shape != tuple(wanted):
+        raise NetworkError(f"{what} {name!r} has shape {list(shape)[:8]}, the network expects "
+                           f"{list(wanted)}")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size - stream.tell() < needed:
+        raise NetworkError(f"{what} {name!r} declares {needed} bytes of data but holds "
+                           f"{max(size - stream.tell(), 0)}")
+    try:
+        return np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise NetworkError(f"cannot read {what} {name!r}: {str(error)[:200]}") from None
+
+
+def _read_npz(data: bytes, network: Network, what: str) -> dict[str, np.ndarray]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise NetworkError(f"{what} is not an .npz archive: {str(error)[:200]}") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > len(network.inputs):
+            raise NetworkError(f"{what} holds {len(members)} arrays; the network takes "
+                               f"{len(network.inputs)} ({', '.join(network.inputs)})")
+        names = {m.filename.removesuffix(".npy"): m for m in members}
+        if set(names) != set(network.inputs):
+            given = ", ".join(shown(n, 60) for n in sorted(names)[:5])
+            raise NetworkError(f"the network takes input(s) {', '.join(network.inputs)}; "
+                               f"{what} holds {given or 'nothing'}")
+        out = {}
+        for name, member in names.items():
+            wanted = network.inputs[name]
+            limit = 4096 + int(np.prod(wanted, dtype=object)) * 8
+            if member.file_size > limit:
+                raise NetworkError(f"{what} {name!r} takes {member.file_size} bytes; an input "
+                                   f"of shape {list(wanted)} needs at most {limit}")
+            try:
+                raw = archive.read(member)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError,
+                    NotImplementedError) as error:
+                raise NetworkError(f"cannot read {what} {name!r}: {str(error)[:200]}") from None
+            out[name] = _read_checked(io.BytesIO(raw), len(raw), name, wanted, what)
+    return out
+
+
 def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None, *,
                 assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
                 layouts: Mapping[str, str] | None = None, strict: bool = False,
@@ -96,6 +186,10 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     convolution; neither: the default per layer. ``layouts``: the layout each other layer runs
     in (a plan's choice). ``check`` compares with the reference.
     """
+    if strict and assignment is not None:
+        from .planning import check_plan
+
+        check_plan(network, assignment, layouts)
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
     lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                     layouts=layouts)  # type: ignore[arg-type]

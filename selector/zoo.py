@@ -9,6 +9,7 @@ described here. Every light model is also available unchanged as ``onnx:<name>``
 
 from __future__ import annotations
 
+import inspect
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -17,8 +18,12 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
-from .network import Network, NetworkError, parse_description
+from .network import LimitError, Limits, Network, NetworkError, parse_description
 from .onnx_import import load_onnx
+
+#: Whether `load_onnx` takes the size limits (checked once, on import).
+_ONNX_LIMITS = {"max_tensor_bytes", "max_weight_bytes"} <= set(
+    inspect.signature(load_onnx).parameters)
 
 #: The paper's networks and the light model behind each (None: described in this module).
 PAPER_NETWORKS: dict[str, str | None] = {
@@ -79,22 +84,59 @@ def builtin(name: str) -> Network:
     return _builtin(name)
 
 
-def load_network(source: str | Path) -> Network:
-    """A built-in name, a JSON description file, or an ONNX file."""
+def load_network(source: str | Path, limits: Limits | None = None) -> Network:
+    """A built-in name, a JSON description file, or an ONNX file; ``limits`` are checked
+    before any weight is drawn (a built-in network is checked once built)."""
     text = str(source)
     if text in PAPER_NETWORKS or text.startswith("onnx:"):
-        return builtin(text)
+        return check_limits(builtin(text), limits)
     path = Path(text)
     if not path.exists():
-        raise NetworkError(f"{text!r} is neither a built-in network ({', '.join(names())}) nor "
-                           "a file")
+        raise NetworkError(f"{text[:200]!r} is neither a built-in network "
+                           f"({', '.join(names())}) nor a file")
     if path.suffix.lower() == ".json":
         try:
             data = path.read_bytes()
         except OSError as error:
             raise NetworkError(f"cannot read {path}: {error.strerror}") from None
-        return Network.from_description(parse_description(data))
-    return load_onnx(path)
+        return Network.from_description(parse_description(data, limits), limits=limits)
+    return onnx_network(path, limits)
+
+
+def onnx_network(source: str | Path | bytes, limits: Limits | None = None) -> Network:
+    """An ONNX model with ``limits``: passed to the importer when it takes them (so it refuses
+    before allocating), and checked on the imported network in any case."""
+    if limits is not None and _ONNX_LIMITS:
+        network = load_onnx(source, max_tensor_bytes=limits.max_tensor_bytes,  # type: ignore
+                            max_weight_bytes=limits.max_weight_bytes)
+    else:
+        network = load_onnx(source)
+    return check_limits(network, limits)
+
+
+def check_limits(network: Network, limits: Limits | None) -> Network:
+    """``network`` if it keeps ``limits``, else LimitError (for networks built elsewhere)."""
+    if limits is None:
+        return network
+    if limits.max_layers is not None and len(network.nodes) > limits.max_layers:
+        raise LimitError(f"the network has {len(network.nodes)} layers; at most "
+                         f"{limits.max_layers} are allowed")
+    total = 0
+    for name, shape in network.shapes.items():
+        size = network.tensor_bytes(name)
+        total += size
+        if limits.max_tensor_bytes is not None and size > limits.max_tensor_bytes:
+            raise LimitError(f"tensor {name[:60]!r} of shape {list(shape)} takes {size} bytes; "
+                             f"at most {limits.max_tensor_bytes} per tensor are allowed")
+    weights = network.weight_bytes
+    if limits.max_weight_bytes is not None and weights > limits.max_weight_bytes:
+        raise LimitError(f"the weights take {weights} bytes; at most {limits.max_weight_bytes} "
+                         "are allowed")
+    if limits.max_total_bytes is not None and weights + total > limits.max_total_bytes:
+        raise LimitError(f"the network needs up to {weights + total} bytes (weights {weights} + "
+                         f"activations and inputs {total}); at most {limits.max_total_bytes} "
+                         "are allowed")
+    return network
 
 
 def vgg16_description() -> dict[str, Any]:
