@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -22,18 +25,21 @@ from kernels.measure import peak_allocation
 from profiles.timing import median_time
 from selector import zoo
 from selector.layers import paper_layer, paper_layers
-from selector.network import Network, NetworkError
+from selector.network import Limits, Network, NetworkError, machine_memory_bytes
 from selector.planning import (
     PlanRequest,
+    PlanSpec,
     baselines,
     build_problem,
+    check_plan,
     cost_function,
     parse_bytes,
     plan_network,
+    plan_spec,
     profiler_for,
 )
 from selector.planning import pareto as pareto_frontier
-from selector.runner import RunReport, run_network
+from selector.runner import RunReport, read_inputs, run_network
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Choose GEMM-based convolution algorithms per layer under a memory cap.")
@@ -41,8 +47,43 @@ console = Console(width=None if Console().is_terminal else 120)
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}")
+    """The one error path: one line on stderr (the message is never read as markup), exit 2."""
+    line = " ".join(str(message).split())
+    if len(line) > 2000:
+        line = line[:1997] + "..."
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(line)}")
     raise typer.Exit(2)
+
+
+NO_MEMORY = "this needs more memory than the machine (or the process's limit) allows"
+
+
+def _check_threads(threads: int | None) -> None:
+    """--threads: 1 .. the machine's cores; a warning above the cores this process may use."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        _fail(f"--threads must be between 1 and {cores} (this machine's cores), got {threads}")
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = cores
+    if threads > usable:
+        Console(stderr=True, soft_wrap=True).print(
+            f"warning: --threads {threads} is more than the {usable} core(s) this process may "
+            "run on; timings will suffer")
+
+
+def _check_positive(option: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        _fail(f"{option} must be a finite number above 0, got {value}")
+
+
+def _check_cost_options(threads: int | None, time_limit: float, budget_seconds: float) -> None:
+    _check_threads(threads)
+    _check_positive("--time-limit", time_limit)
+    _check_positive("--budget-seconds", budget_seconds)
 
 
 @app.command()
@@ -86,28 +127,11 @@ def _parse_spec(text: str) -> ConvSpec:
         raise ValueError(f"cannot read layer {text!r}: {error}") from None
 
 
-@app.command()
-def compare(
-    layer: Annotated[str, typer.Argument(help="A paper layer (vgg16:conv3_1) or c=..,h=..,...")
-                     ] = "vgg16:conv3_1",
-    threads: Annotated[int | None, typer.Option(help="BLAS threads (default: all cores).")
-                       ] = None,
-    list_layers: Annotated[bool, typer.Option("--list", help="List the paper layers.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Run every applicable algorithm on one layer: time, GFLOP/s, workspace, error."""
-    if list_layers:
-        for name, spec in paper_layers().items():
-            console.print(f"{name:22s} {spec.describe()}")
-        return
-    try:
-        spec = paper_layer(layer) if ":" in layer else _parse_spec(layer)
-    except ValueError as error:
-        _fail(str(error))
+def _compare_rows(spec: ConvSpec, threads: int | None) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(spec.input_shape()).astype(np.float32)
-    w = rng.standard_normal(spec.weight_shape).astype(np.float32)
-    b = rng.standard_normal(spec.m).astype(np.float32)
+    x = rng.standard_normal(spec.input_shape(), dtype=np.float32)
+    w = rng.standard_normal(spec.weight_shape, dtype=np.float32)
+    b = rng.standard_normal(spec.m, dtype=np.float32)
     direct = registry.get("direct")
     spec64 = dataclasses.replace(spec, dtype="float64")
     reference = direct.run(x.astype(np.float64), direct.prepare(w.astype(np.float64),
@@ -129,6 +153,40 @@ def compare(
                          "time_ms": seconds * 1e3, "gflops": spec.flops / seconds / 1e9,
                          "workspace_bytes": algorithm.workspace_bytes(spec),
                          "measured_workspace_bytes": measured, "max_abs_error": error})
+    return rows
+
+
+@app.command()
+def compare(
+    layer: Annotated[str, typer.Argument(help="A paper layer (vgg16:conv3_1) or c=..,h=..,...")
+                     ] = "vgg16:conv3_1",
+    threads: Annotated[int | None, typer.Option(help="BLAS threads (default: all cores).")
+                       ] = None,
+    list_layers: Annotated[bool, typer.Option("--list", help="List the paper layers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run every applicable algorithm on one layer: time, GFLOP/s, workspace, error."""
+    if list_layers:
+        for name, spec in paper_layers().items():
+            console.print(f"{name:22s} {spec.describe()}")
+        return
+    _check_threads(threads)
+    try:
+        spec = paper_layer(layer) if ":" in layer else _parse_spec(layer)
+    except ValueError as error:
+        _fail(str(error))
+    # float32 input, weights and output, their float64 copies and the reference: all before
+    # the first allocation (a layer of absurd size is refused, not attempted)
+    elements = (math.prod(spec.input_shape()) + math.prod(spec.weight_shape)
+                + math.prod(spec.output_shape("NCHW")))
+    if 12 * elements + max(a.workspace_bytes(spec) for a in registry.applicable(spec)) \
+            > machine_memory_bytes():
+        _fail(f"layer {spec.describe()} needs about {_bytes(12 * elements)} for its tensors; "
+              f"this machine has {_bytes(machine_memory_bytes())}")
+    try:
+        rows = _compare_rows(spec, threads)
+    except MemoryError:
+        _fail(NO_MEMORY)
     if as_json:
         print(json.dumps({"layer": layer, "spec": spec.key(), "threads": threads, "rows": rows},
                          indent=2))
@@ -166,48 +224,19 @@ def networks(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
 
 
 def _read_inputs(path: Path, network: Network) -> dict[str, np.ndarray]:
+    """--input: an .npy or .npz whose headers are checked against the network's inputs before
+    any data is read (`selector.runner.read_inputs`)."""
+    return read_inputs(path, network, what=f"input {path}")
+
+
+def _read_plan(path: Path) -> PlanSpec:
+    """A plan file (`selector.planning.PlanSpec`, exactly what /v1/run takes), or a
+    NetworkError (PlanError) saying what is wrong with it."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise NetworkError(f"cannot read input {path}: {error}") from None
-    if isinstance(loaded, np.ndarray):
-        if len(network.inputs) != 1:
-            raise NetworkError(f"the network has {len(network.inputs)} inputs; give an .npz "
-                               f"with arrays named {', '.join(network.inputs)}")
-        return {next(iter(network.inputs)): loaded}
-    with loaded:
-        return {k: loaded[k] for k in loaded.files}
-
-
-@dataclasses.dataclass
-class PlanFile:
-    """What `run` needs of a plan document."""
-
-    assignment: dict[str, str]
-    layouts: dict[str, str]
-    threads: int | None
-    network: str | None
-
-
-def _read_plan(path: Path) -> PlanFile:
-    try:
-        plan = json.loads(path.read_text())
-        assignment = plan["assignment"]
-        layouts = plan.get("layouts", {})
-        for mapping in (assignment, layouts):
-            if not isinstance(mapping, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-                raise TypeError
-        threads = plan.get("threads")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise TypeError
+        data = path.read_bytes()
     except OSError as error:
         raise NetworkError(f"cannot read plan {path}: {error.strerror}") from None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise NetworkError(f"{path} is not a plan: expected JSON with an \"assignment\" object "
-                           "mapping conv layer names to algorithm names (and optionally "
-                           "\"layouts\" for the other layers)") from None
-    return PlanFile(assignment, layouts, threads, plan.get("network"))
+    return plan_spec(data, f"plan {path}")
 
 
 @app.command()
@@ -234,18 +263,24 @@ def run(
     """Run a network: time, measured vs predicted peak memory, per-layer steps."""
     if algorithm is not None and plan is not None:
         _fail("give --algorithm or --plan, not both")
+    _check_threads(threads)
     try:
-        network = zoo.load_network(model)
         chosen = _read_plan(plan) if plan is not None else None
-        if chosen is not None and threads is None:
-            threads = chosen.threads        # the thread count its costs were measured with
+        network = zoo.load_network(model, limits=Limits.of_this_machine())
+        if chosen is not None:
+            check_plan(network, chosen.assignment, chosen.layouts, made_for=chosen.network)
+            if threads is None and chosen.threads is not None:
+                # the thread count its costs were measured with, within this machine's cores
+                threads = min(chosen.threads, os.cpu_count() or 1)
         inputs = _read_inputs(input_path, network) if input_path is not None else None
         report = run_network(network, inputs, assignment=chosen and chosen.assignment,
                              layouts=chosen and chosen.layouts, algorithm=algorithm,
                              strict=plan is not None, threads=threads, repeat=repeat,
                              check=check)
-    except ValueError as error:     # NetworkError and every bad-argument error
+    except ValueError as error:     # NetworkError, PlanError and every bad-argument error
         _fail(str(error))
+    except MemoryError:
+        _fail(NO_MEMORY)
     if output_path is not None:
         try:
             if len(report.outputs) == 1:
@@ -327,17 +362,20 @@ def plan(
     budget_seconds: Budget = 0.3,
 ) -> None:
     """Choose every layer's algorithm and layout: fastest under the memory cap (an ILP)."""
+    _check_cost_options(threads, time_limit, budget_seconds)
     try:
         request = PlanRequest(cap=parse_bytes(memory_cap) if memory_cap is not None else None,
                               threads=threads, solver=solver, time_limit_s=time_limit,
                               measure=not no_profile, budget_s=budget_seconds,
                               db=str(db) if db is not None else None)
-        network = zoo.load_network(model)
+        network = zoo.load_network(model, limits=Limits.of_this_machine())
         bar, progress = _progress_bar()
         with bar:
             document = plan_network(network, request, progress)
     except ValueError as error:     # NetworkError, PlanningError, bad sizes and options
         _fail(str(error))
+    except MemoryError:
+        _fail(NO_MEMORY)
     if out is not None:
         try:
             out.write_text(json.dumps(document, indent=1))
@@ -392,8 +430,9 @@ def pareto(
     budget_seconds: Budget = 0.3,
 ) -> None:
     """The time / peak-memory frontier: the fastest plan at each of a sweep of caps."""
+    _check_cost_options(threads, time_limit, budget_seconds)
     try:
-        network = zoo.load_network(model)
+        network = zoo.load_network(model, limits=Limits.of_this_machine())
         request = PlanRequest(threads=threads, solver=solver, time_limit_s=time_limit,
                               measure=not no_profile, budget_s=budget_seconds,
                               db=str(db) if db is not None else None)
@@ -405,6 +444,8 @@ def pareto(
         marks = baselines(problem, None, solver=solver, time_limit_s=time_limit)
     except ValueError as error:
         _fail(str(error))
+    except MemoryError:
+        _fail(NO_MEMORY)
     rows = [{k: v for k, v in p.items() if k != "choice"} for p in frontier]
     if plot is not None:
         try:

@@ -9,6 +9,7 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from selector.network import NetworkDescription
+from selector.planning import PlanSpec
 
 #: A built-in network name (GET /v1/networks) or a JSON network description.
 NetworkField = Annotated[
@@ -58,6 +59,7 @@ class CostOptions(BaseModel):
 
 
 class PlanBody(CostOptions):
+    model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     memory_cap: MemoryCap = None
 
@@ -71,21 +73,18 @@ class PlanOnnxForm(CostOptions):
 
 
 class ParetoBody(CostOptions):
+    model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     points: int = Field(8, ge=2, le=64, description="Caps to solve for.")
 
 
-class PlanInput(BaseModel):
-    """What /v1/run needs of a plan: a whole plan document, or just its assignment."""
-
-    model_config = ConfigDict(extra="allow")
-    assignment: dict[str, str] = Field(description="Conv layer name -> algorithm name.")
-    layouts: dict[str, str] = Field(default_factory=dict,
-                                    description="Other layer name -> layout (NCHW or NHWC).")
-    threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+class PlanInput(PlanSpec):
+    """What /v1/run needs of a plan: a whole plan document, or just its assignment (the same
+    model `convplan run --plan` reads; `check_plan` then checks it against the network)."""
 
 
 class RunBody(CostOptions):
+    model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     plan: PlanInput | None = Field(None, description=(
         "Run this plan. Without it (and without `algorithm`) the service plans first under "
@@ -101,7 +100,7 @@ class RunBody(CostOptions):
 
 
 class ProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     threads: Annotated[int, Field(ge=1, le=4096)] | None = None
     budget_s: float = Field(0.5, gt=0, le=3600, description=(

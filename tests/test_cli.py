@@ -114,7 +114,8 @@ def test_run_with_a_plan_and_a_json_description(tmp_path) -> None:
     assert any(x["op"] == "transform" for x in report["layers"])
     assert report["max_abs_error"] < 1e-4
     # a plan is strict: an algorithm that cannot run its layer is an error
-    (tmp_path / "bad.json").write_text(json.dumps({"assignment": {"c2": "winograd-2x2-3x3"}}))
+    (tmp_path / "bad.json").write_text(json.dumps({"assignment": {"c1": "im2col",
+                                                                 "c2": "winograd-2x2-3x3"}}))
     result = convplan("run", str(tmp_path / "net.json"), "--plan", str(tmp_path / "bad.json"))
     assert result.returncode == 2 and "cannot run it" in result.stderr
 
