@@ -14,7 +14,6 @@ import binascii
 import io
 import math
 import os
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,12 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kernels import operators, registry
+from kernels import registry
 from selector import zoo
 from selector.ilp import PlanningError
-from selector.network import Network, NetworkError
-from selector.onnx_import import load_onnx
+from selector.network import LimitError, Limits, Network, NetworkError
 from selector.planning import (
+    PlanError,
     PlanRequest,
     baselines,
     build_problem,
@@ -38,7 +37,7 @@ from selector.planning import (
     requests_for,
 )
 from selector.planning import pareto as pareto_frontier
-from selector.runner import random_inputs, run_network
+from selector.runner import npy_header, random_inputs, read_inputs, run_network
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -156,17 +155,24 @@ class ServiceError(Exception):
 
 @contextmanager
 def client_errors() -> Iterator[None]:
-    """The library's errors about its input, as the HTTP errors they are."""
+    """The library's errors about its input, as the HTTP errors they are: every one is a
+    ValueError (a limit crossed: 422; a bad plan, network or value: 400), never a 500."""
     try:
         yield
     except ServiceError:
         raise
+    except LimitError as error:         # valid, but more than this server takes
+        raise ServiceError(422, "network_too_large", str(error)) from None
+    except PlanError as error:
+        raise ServiceError(400, "invalid_plan", str(error)) from None
     except NetworkError as error:
         raise ServiceError(400, "invalid_network", str(error)) from None
     except PlanningError as error:      # infeasible cap (states the smallest peak), solver
         raise ServiceError(422, "planning_failed", str(error)) from None
     except ValueError as error:         # bad sizes, algorithms, layouts, options
-        raise ServiceError(400, "invalid_value", str(error)) from None
+        raise ServiceError(400, "invalid_value", str(error)[:2000]) from None
+    except RecursionError:
+        raise ServiceError(400, "invalid_value", "the request nests too deeply") from None
     except MemoryError:
         raise ServiceError(422, "too_large", "the request needs more memory than this server "
                                              "has; use a smaller network or input") from None
@@ -182,80 +188,53 @@ def _nbytes(shape: Any) -> int:
     return 4 * math.prod(int(d) for d in shape)
 
 
-def preflight(description: Mapping[str, Any], settings: Settings) -> None:
-    """Refuse a description that would be too big *before* building it: building draws every
-    weight, so one absurd layer could allocate gigabytes. Shapes are inferred with the
-    operators' own rules; anything odd is left for the real build to report."""
-    layers = description.get("layers") or []
-    if len(layers) > settings.max_layers:
-        raise ServiceError(422, "network_too_large", f"the network has {len(layers)} layers; "
-                           f"this server takes at most {settings.max_layers}")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for item in description.get("inputs") or []:
-        shapes[item["name"]] = tuple(item["shape"])
-        _check_tensor(item["name"], shapes[item["name"]], settings)
-    weight_total = 0
-    pending = list(layers)
-    while pending:
-        rest = []
-        for layer in pending:
-            if not all(t in shapes for t in layer["inputs"]):
-                rest.append(layer)
-                continue
-            attrs = {k: v for k, v in layer.items()
-                     if k not in ("name", "op", "inputs", "outputs")}
-            ins = [shapes[t] for t in layer["inputs"]]
-            try:
-                operator = operators.make(layer["op"], **attrs)
-                outs = operator.output_shapes(ins)
-                wanted = operator.weight_shapes(ins)
-            except Exception:       # the build will say what is wrong
-                return
-            weight_total += sum(_nbytes(s) for s in wanted.values())
-            if weight_total > settings.max_weight_bytes:
-                raise ServiceError(422, "network_too_large", (
-                    f"the weights reach {weight_total} bytes at layer {layer['name']!r}; this "
-                    f"server takes at most {settings.max_weight_bytes}"))
-            for name, shape in zip(layer.get("outputs") or [layer["name"]], outs, strict=False):
-                _check_tensor(name, shape, settings)
-                shapes[name] = tuple(int(d) for d in shape)
-        if len(rest) == len(pending):
-            return                  # unknown inputs or a cycle: the build reports it
-        pending = rest
+def preflight(description: Mapping[str, Any], settings: Settings) -> Network:
+    """The description built under the server's limits (`limits`): the layers are counted
+    before they are validated, and every layer's shapes, weight shapes and sizes are checked
+    before the first weight is drawn (`Network.from_description`)."""
+    return Network.from_description(description, limits=limits(settings))
+
+
+def limits(settings: Settings) -> Limits:
+    """The server's bounds on a network: layers, one tensor, all weights, and the whole
+    request (weights plus every activation, an upper bound of what a run holds at once)."""
+    total = getattr(settings, "max_request_bytes", None) or (
+        settings.max_weight_bytes + settings.max_tensor_bytes)
+    return Limits(max_layers=settings.max_layers, max_tensor_bytes=settings.max_tensor_bytes,
+                  max_weight_bytes=settings.max_weight_bytes, max_total_bytes=total)
 
 
 def _check_tensor(name: str, shape: Any, settings: Settings) -> None:
     if _nbytes(shape) > settings.max_tensor_bytes:
         raise ServiceError(422, "network_too_large", (
-            f"tensor {name!r} of shape {list(shape)} takes {_nbytes(shape)} bytes; this server "
-            f"takes at most {settings.max_tensor_bytes} per tensor"))
+            f"tensor {str(name)[:60]!r} of shape {list(shape)[:8]} takes {_nbytes(shape)} "
+            f"bytes; this server takes at most {settings.max_tensor_bytes} per tensor"))
 
 
 def check_network(network: Network, settings: Settings) -> None:
-    """The same bounds on a built network (ONNX imports and built-ins included)."""
-    if len(network.nodes) > settings.max_layers:
-        raise ServiceError(422, "network_too_large", f"the network has {len(network.nodes)} "
-                           f"layers; this server takes at most {settings.max_layers}")
-    for name, shape in network.shapes.items():
-        _check_tensor(name, shape, settings)
+    """The same bounds on a network built elsewhere (built-ins, ONNX imports)."""
+    with client_errors():
+        zoo.check_limits(network, limits(settings))
 
 
 def load(source: Source, settings: Settings) -> Network:
-    """The network a request names; never a path on the server (names are built-ins only)."""
+    """The network a request names; never a path on the server (names are built-ins only).
+    Descriptions and ONNX files are checked against the limits before weights exist."""
     kind, value = source
-    if kind == "builtin":
-        assert isinstance(value, str)
-        if value not in zoo.names():
-            raise ServiceError(404, "unknown_network", f"unknown network {value!r}; built in: "
-                               f"{', '.join(zoo.names())} (or give a description object)")
-        network = zoo.builtin(value)
-    elif kind == "description":
-        assert isinstance(value, dict)
-        preflight(value, settings)
-        network = Network.from_description(value)
-    else:
-        assert isinstance(value, bytes)
-        network = load_onnx(value)
+    with client_errors():
+        if kind == "builtin":
+            assert isinstance(value, str)
+            if value not in zoo.names():
+                raise ServiceError(404, "unknown_network", f"unknown network {value[:100]!r}; "
+                                   f"built in: {', '.join(zoo.names())} (or give a description "
+                                   "object)")
+            network = zoo.builtin(value)
+        elif kind == "description":
+            assert isinstance(value, dict)
+            network = preflight(value, settings)
+        else:
+            assert isinstance(value, bytes)
+            network = zoo.onnx_network(value, limits(settings))
     check_network(network, settings)
     return network
 
@@ -354,46 +333,22 @@ def pareto_task(source: Source, options: dict[str, Any], points: int, settings: 
 
 # -- running -------------------------------------------------------------------------------------
 def _npy_shape(data: bytes) -> tuple[int, ...]:
-    """The shape an .npy header declares (read before NumPy allocates it)."""
-    buffer = io.BytesIO(data)
-    version = np.lib.format.read_magic(buffer)
-    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
-    shape, _, _ = reader(buffer)
-    return tuple(shape)
+    """The shape an .npy header declares (read before NumPy allocates anything)."""
+    return npy_header(io.BytesIO(data))[0]
 
 
 def decode_inputs(text: str, network: Network, settings: Settings) -> dict[str, np.ndarray]:
-    """Base64 of an .npy (one input) or an .npz (by input name), sizes checked first."""
+    """Base64 of an .npy (one input) or an .npz (by input name); every array's header (name,
+    shape, numeric dtype, data present) is checked against the network before it is read."""
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ServiceError(400, "invalid_input", "input is not base64 (of an .npy or .npz "
                                                  "file)") from None
-    wanted = sum(_nbytes(s) for s in network.inputs.values())
     try:
-        if data.startswith(b"PK"):
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                declared = sum(i.file_size for i in archive.infolist())
-            if declared > 2 * wanted + MiB:
-                raise ServiceError(400, "invalid_input", f"the .npz holds {declared} bytes; the "
-                                   f"network's inputs take {wanted}")
-            with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
-                return {k: loaded[k] for k in loaded.files}
-        shape = _npy_shape(data)
-        if _nbytes(shape) > 2 * wanted + MiB:
-            raise ServiceError(400, "invalid_input", f"the input has shape {list(shape)}; the "
-                               f"network takes {', '.join(map(str, network.inputs.values()))}")
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except ServiceError:
-        raise
-    except Exception as error:  # any unreadable file: the client's error
-        raise ServiceError(400, "invalid_input", f"cannot read the input as .npy or .npz "
-                           f"({type(error).__name__}: {error})") from None
-    if len(network.inputs) != 1:
-        raise ServiceError(400, "invalid_input", f"the network has {len(network.inputs)} "
-                           f"inputs; give an .npz with arrays named {', '.join(network.inputs)}")
-    return {next(iter(network.inputs)): array}
+        return read_inputs(data, network, what="the input")
+    except NetworkError as error:
+        raise ServiceError(400, "invalid_input", str(error)) from None
 
 
 def encode_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[str, str]:
