@@ -40,6 +40,8 @@ MAX_JSON_DEPTH = 32
 #: An attribute value is a number, a bool or a list of them: at most this deep and this long.
 MAX_ATTRIBUTE_DEPTH = 2
 MAX_ATTRIBUTE_ITEMS = 64
+#: No description has more layers than this (a server's own limit is usually far lower).
+MAX_LAYERS = 100_000
 #: Echoed values are cut to this many characters.
 SHOWN_CHARS = 100
 
@@ -146,7 +148,7 @@ class NetworkDescription(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: Name = "network"
     inputs: Annotated[list[InputDescription], Field(min_length=1, max_length=1024)]
-    layers: Annotated[list[LayerDescription], Field(min_length=1)]
+    layers: Annotated[list[LayerDescription], Field(min_length=1, max_length=MAX_LAYERS)]
     #: The network's outputs; default: the outputs of the last layer.
     outputs: Annotated[list[Name], Field(max_length=1024)] | None = None
     #: Seed for the weights drawn when the network carries none.
