@@ -298,8 +298,9 @@ class CostStore:
         self._schema()      # a foreign database is refused before anything touches it
         problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
         if problems != ["ok"]:
-            raise self._unusable("damaged (SQLite's integrity check says: "
-                                 f"{'; '.join(str(p) for p in problems)})")
+            said = "; ".join(line for p in problems for line in str(p).splitlines()
+                             if line and not line.startswith("***"))
+            raise self._unusable(f"damaged (SQLite's integrity check says: {_short(said, 300)})")
         if self.read_only:
             version, empty = self._schema()
             if empty:
@@ -446,10 +447,11 @@ class CostStore:
         """Every machine fingerprint in the store with its number of costs (and how many of
         them were imported). A fingerprint whose stored JSON is not an object is listed as
         ``{}`` with a `StoreWarning`."""
+        origin = "c.origin" if self._origin_sql == "origin" else self._origin_sql
         with self._errors("listing fingerprints"):
             rows = self._db.execute(
                 f"SELECT f.id, f.json, COUNT(c.kind), "
-                f"COALESCE(SUM({self._origin_sql.replace('origin', 'c.origin')} != '{LOCAL}'), 0) "
+                f"COALESCE(SUM({origin} != '{LOCAL}'), 0) "
                 "FROM fingerprints f LEFT JOIN costs c ON c.fingerprint_id = f.id "
                 "GROUP BY f.id ORDER BY f.id").fetchall()
         infos, bad = [], []
