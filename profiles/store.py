@@ -191,10 +191,12 @@ class CostStore:
             try:
                 self._setup_retrying(busy_timeout_s)
             except sqlite3.OperationalError as error:
-                if not (read_only and "unable to open" in str(error)):
+                if not (read_only and ("unable to open" in str(error)
+                                       or "readonly" in str(error))):
                     raise
-                # A WAL store in a directory we cannot write has no -shm file to share: read
-                # it as immutable (nobody can change it while we cannot write there either).
+                # A WAL store in a directory we cannot write has no -shm file to share (SQLite
+                # says "unable to open" or "attempt to write a readonly database"): read it as
+                # immutable (nobody can change it while we cannot write there either).
                 self._db.close()
                 self._db = self._connect(immutable=True)
                 self._setup_retrying(busy_timeout_s)

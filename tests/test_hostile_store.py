@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -211,23 +213,86 @@ def test_a_read_only_store_reads_lists_exports_and_refuses_writes(tmp_path: Path
         assert other.import_(tmp_path / "out.json") == 5
 
 
-@pytest.mark.skipif(ROOT, reason="root writes through file modes: a 0444 store is writable "
-                                 "for root, so the automatic read-only opening cannot be seen")
-def test_a_0444_store_in_a_read_only_directory_is_opened_read_only(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    path = make_store(folder / "costs.sqlite", 5)
-    os.chmod(path, 0o444)
-    os.chmod(folder, 0o555)
+_AS_OTHER_USER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from profiles.store import CostStore, StoreError
+from profiles.measurement import Measurement
+out = {}
+for path in sys.argv[2:]:
+    with CostStore(path) as s:
+        found = s.get_many(s.fingerprints()[0].id, [("conv", f"layer{i}", "im2col")
+                                                    for i in range(5)])
+        try:
+            s.put_many({"cpu": "x"}, [("conv", "new", "im2col", Measurement(1.0, 1))])
+            error = None
+        except StoreError as e:
+            error = str(e)
+        out[path] = {"read_only": s.read_only, "found": len(found), "error": error}
+print(json.dumps(out))
+"""
+
+
+def _unprivileged() -> list[str] | None:
+    """How to run a command as a user file modes apply to: nothing for a normal user, setpriv
+    to 'nobody' for root; None when root has no way to drop privileges here."""
+    if not ROOT:
+        return []
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     try:
-        with CostStore(path) as s:
-            assert s.read_only and len(s.get_many(FP_ID, keys(5))) == 5
-            with pytest.raises(StoreError, match="read-only"):
-                s.put_many(FP, [("conv", "new", "im2col", m(1.0))])
-        result = cli("profiles", "list", "--db", path, "--json")
-        assert result.returncode == 0 and json.loads(result.stdout)[0]["rows"] == 5
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import profiles.store"],
+                               cwd=Path(__file__).parents[1], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return prefix if probe.returncode == 0 else None
+
+
+def test_a_0444_store_is_opened_read_only(tmp_path: Path) -> None:
+    """A 0444 store in a read-only directory (no -shm can be made: read as immutable) and in a
+    writable one: reads, `profiles list` and `export` work, writes are refused, nothing changes.
+    Root ignores file modes, so as root this runs as 'nobody' (setpriv)."""
+    prefix = _unprivileged()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: chmod 0444 does not stop root's writes")
+    base = Path(tempfile.mkdtemp(prefix="convplan-ro-"))
+    try:
+        os.chmod(base, 0o777)       # 'nobody' writes its exports and HOME here
+        closed, open_ = base / "closed", base / "open"
+        closed.mkdir()
+        open_.mkdir()
+        stores = [make_store(closed / "costs.sqlite", 5), make_store(open_ / "costs.sqlite", 5)]
+        for path in stores:
+            os.chmod(path, 0o444)
+        os.chmod(closed, 0o555)
+        os.chmod(open_, 0o777)
+        before = [digest(path) for path in stores]
+        env = {**os.environ, "HOME": str(base)}
+        root = str(Path(__file__).parents[1])
+        result = subprocess.run([*prefix, sys.executable, "-c", _AS_OTHER_USER, root,
+                                 *map(str, stores)], capture_output=True, text=True,
+                                timeout=120, env=env, cwd=base)
+        assert result.returncode == 0, result.stderr
+        for path, seen in json.loads(result.stdout).items():
+            assert seen["read_only"] and seen["found"] == 5, path
+            assert seen["error"] and "read-only, nothing was written" in seen["error"]
+            assert path in seen["error"]
+        listed = subprocess.run([*prefix, str(CONVPLAN), "profiles", "list", "--db",
+                                 str(stores[0]), "--json"], capture_output=True, text=True,
+                                timeout=120, env=env, cwd=base)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)[0]["rows"] == 5
+        exported = base / "out.json"
+        export = subprocess.run([*prefix, str(CONVPLAN), "profiles", "export", str(exported),
+                                 "--db", str(stores[0])], capture_output=True, text=True,
+                                timeout=120, env=env, cwd=base)
+        assert export.returncode == 0, export.stderr
+        assert len(json.loads(exported.read_text())["rows"]) == 5
+        assert [digest(path) for path in stores] == before
     finally:
-        os.chmod(folder, 0o755)
+        for folder in (base / "closed", base / "open"):
+            if folder.exists():
+                os.chmod(folder, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- bad rows written by hand ---------------------------------------------------------------
