@@ -45,6 +45,10 @@ SUPERVISE_EVERY_S = 0.5
 #: A task's own deadline (handed to it) comes this much before the pool kills it, so it can
 #: still answer with what it has.
 TASK_MARGIN_S = 0.5
+#: What a new worker must be able to allocate under its memory limit before it says ready.
+PROBE_BYTES = 64 << 20
+#: Seconds before retrying to start a worker after ``n`` failed starts: min(cap, base * 2**n).
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 
 
 class Saturated(Exception):
@@ -88,6 +92,16 @@ def _worker_main(conn: Any, parent: int, memory_bytes: int | None) -> None:
     pipe closes. A task that ran out of memory ends the worker after its answer, so the next
     task starts in a clean process."""
     _prepare_worker(parent, memory_bytes)
+    try:                                # a limit that leaves no room to work: fail now
+        import numpy as np
+
+        probe = np.ones(PROBE_BYTES // 8)
+        float(probe[:256] @ probe[:256])
+        del probe
+    except MemoryError:
+        conn.send(("failed", f"a worker cannot allocate {PROBE_BYTES >> 20} MiB under its "
+                             f"memory limit of {memory_bytes} bytes (CONVPLAN_WORKER_MEMORY)"))
+        return
     conn.send(("ready", service.warm_up()))
     while True:
         try:
@@ -143,6 +157,7 @@ class _Worker:
         self.state = "starting"         # starting, idle, busy, dead
         self.deadline: float | None = None
         self.killed_at: float | None = None
+        self.waiter: asyncio.Future | None = None   # set when its answer is readable
 
     def alive(self) -> bool:
         return self.state != "dead" and self.process.is_alive()
@@ -178,6 +193,8 @@ class WorkerPool:
         self.waiting = 0
         self.replaced = 0
         self.start_failures = 0         # consecutive workers that died before ready
+        self.last_failure = ""
+        self._next_start = 0.0          # no start before this instant (back-off after failures)
         self._workers: list[_Worker] = []
         self._dying: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -224,15 +241,21 @@ class WorkerPool:
         self.started = False
 
     # -- workers ---------------------------------------------------------------------------------
+    def _start_failed(self) -> None:
+        self.start_failures += 1
+        self._next_start = time.monotonic() + min(
+            BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self.start_failures - 1))
+
     def _add_worker(self) -> None:
-        if self.closing:
-            return
+        if self.closing or time.monotonic() < self._next_start:
+            return                      # (the supervisor starts it later)
         assert self._loop is not None
         try:
             worker = _Worker(self._context, self.memory_bytes)
-        except Exception:               # fork limits, out of memory ...: the supervisor retries
+        except Exception as error:      # fork limits, out of memory ...: the supervisor retries
             log.exception("cannot start a worker process")
-            self.start_failures += 1
+            self.last_failure = f"cannot start a worker process: {error}"
+            self._start_failed()
             return
         self._workers.append(worker)
         self._loop.add_reader(worker.conn.fileno(), self._on_ready, worker)
@@ -248,9 +271,10 @@ class WorkerPool:
         if worker.state != "starting":
             return
         if not message or message[0] != "ready":
-            log.error("a worker process died while starting (exit code %s)",
-                      worker.process.exitcode)
-            self.start_failures += 1
+            self.last_failure = message[1] if message else (
+                f"a worker process died while starting (exit code {worker.process.exitcode})")
+            log.error("%s", self.last_failure)
+            self._start_failed()
             self._retire(worker, grace_s=0)
             return
         self.start_failures = 0
@@ -266,6 +290,8 @@ class WorkerPool:
                     self._loop.remove_reader(worker.conn.fileno())
             was_dead = worker.state == "dead"
             worker.state = "dead"
+            if worker.waiter is not None and not worker.waiter.done():
+                worker.waiter.set_exception(EOFError())     # its task ends now
             if not was_dead:
                 worker.kill(grace_s)
                 self._dying.append(worker)
@@ -285,12 +311,15 @@ class WorkerPool:
                     log.error("worker %s died while %s (exit code %s); replacing it",
                               worker.pid, worker.state, worker.process.exitcode)
                     if worker.state == "starting":
-                        self.start_failures += 1
+                        self.last_failure = (f"a worker process died while starting (exit "
+                                             f"code {worker.process.exitcode})")
+                        self._start_failed()
                     self._retire(worker, grace_s=0)
                 elif worker.state == "starting" and now - worker.started > STARTUP_TIMEOUT_S:
                     log.error("worker %s did not start within %s s", worker.pid,
                               STARTUP_TIMEOUT_S)
-                    self.start_failures += 1
+                    self.last_failure = f"a worker did not start within {STARTUP_TIMEOUT_S} s"
+                    self._start_failed()
                     self._retire(worker, grace_s=0)
             for worker in list(self._dying):
                 worker.kill(self.grace_s)
@@ -327,8 +356,8 @@ class WorkerPool:
             if counts["overdue"]:
                 return False, (f"all {counts['overdue']} worker(s) are past their deadline "
                                "and could not be stopped"), counts
-            return False, ("no worker process can be started (last "
-                           f"{self.start_failures} attempts failed)"), counts
+            return False, (f"no worker process can serve: the last {self.start_failures} "
+                           f"start(s) failed ({self.last_failure})"), counts
         return True, "", counts
 
     # -- admission -------------------------------------------------------------------------------
@@ -348,17 +377,20 @@ class WorkerPool:
             self.waiting -= 1
 
     async def _take_worker(self) -> _Worker:
-        """An idle live worker, waiting for a replacement to start if need be (bounded)."""
+        """An idle live worker, waiting for a replacement to start if need be (bounded, and
+        not at all while workers fail to start)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if self.closing:
                 raise ServiceError(503, "shutting_down", "the server is shutting down")
+            healthy, why, _ = self.health()
+            if time.monotonic() > deadline or (not healthy and self.start_failures):
+                raise ServiceError(503, "no_worker", f"no worker process is available: {why}")
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async with asyncio.timeout(SUPERVISE_EVERY_S):
                     worker = await self._idle.get()
             except TimeoutError:
-                raise ServiceError(503, "no_worker", "no worker process is available (they "
-                                   "cannot be started); try again later") from None
+                continue
             if worker.state == "idle" and worker.process.is_alive():
                 return worker
             if worker in self._workers:     # died while idle: replace, take the next
@@ -438,7 +470,7 @@ class WorkerPool:
         """Send ``message`` to ``worker`` and read its answer within ``timeout`` seconds;
         TimeoutError, or EOFError / OSError when the worker died."""
         assert self._loop is not None
-        readable = self._loop.create_future()
+        readable = worker.waiter = self._loop.create_future()
         fd = worker.conn.fileno()
         self._loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
         try:
@@ -448,6 +480,7 @@ class WorkerPool:
                 self._loop.remove_reader(fd)
                 return await asyncio.to_thread(worker.conn.recv)
         finally:
+            worker.waiter = None
             if worker.state != "dead":      # (a retired worker's fd may be reused already)
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(fd)
