@@ -176,14 +176,14 @@ def description_of(data: Any, limits: Limits | None = None) -> NetworkDescriptio
         return data
     if not isinstance(data, Mapping):
         raise NetworkError(f"a network description is a JSON object, not {shown(data)}")
+    layers = data.get("layers")
+    most = MAX_LAYERS if limits is None or limits.max_layers is None else min(
+        MAX_LAYERS, limits.max_layers)
+    if isinstance(layers, list) and len(layers) > most:     # before anything walks them
+        raise LimitError(f"the network has {len(layers)} layers; at most {most} are allowed")
     if json_depth(data) > MAX_JSON_DEPTH:
         raise NetworkError(f"invalid network description: nested deeper than {MAX_JSON_DEPTH} "
                            "levels")
-    layers = data.get("layers")
-    if limits is not None and limits.max_layers is not None and isinstance(layers, list) \
-            and len(layers) > limits.max_layers:
-        raise LimitError(f"the network has {len(layers)} layers; at most {limits.max_layers} "
-                         "are allowed")
     try:
         return NetworkDescription.model_validate(_plain(data))
     except ValidationError as error:
@@ -336,7 +336,7 @@ def make_operator(op: str, attrs: Mapping[str, Any]) -> Operator:
     kinds = attribute_types(op)
     unknown = [k for k in attrs if k not in kinds]
     if unknown:
-        listed = ", ".join(_q(k) for k in sorted(unknown)[:5])
+        listed = ", ".join(quoted(k) for k in sorted(unknown)[:5])
         raise ValueError(f"{op}: unknown attribute(s) {listed}; known: "
                          f"{', '.join(kinds) or 'none'}")
     for name, value in attrs.items():
@@ -452,7 +452,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _q(name: str) -> str:
+def quoted(name: str) -> str:
     """A name for a message (quoted, cut to a readable length)."""
     return repr(name) if len(name) <= 60 else repr(name[:57]) + "..."
 
@@ -471,14 +471,14 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
     def tensor(name: str, shape: Shape, where: str) -> int:
         size = 4 * math.prod(shape)
         if limits.max_tensor_bytes is not None and size > limits.max_tensor_bytes:
-            raise LimitError(f"{where}tensor {_q(name)} of shape {list(shape)} takes "
+            raise LimitError(f"{where}tensor {quoted(name)} of shape {list(shape)} takes "
                              f"{_size(size)}; at most {_size(limits.max_tensor_bytes)} per "
                              "tensor are allowed")
         return size
 
     for inp in d.inputs:
         if inp.name in shapes:
-            raise NetworkError(f"input {_q(inp.name)} is declared twice")
+            raise NetworkError(f"input {quoted(inp.name)} is declared twice")
         shapes[inp.name] = tuple(inp.shape)
         producer[inp.name] = ""
         total += tensor(inp.name, shapes[inp.name], "input ")
@@ -488,19 +488,19 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
     graph = nx.DiGraph()
     for index, layer in enumerate(d.layers):
         if layer.name in nodes:
-            raise NetworkError(f"layer name {_q(layer.name)} is used twice")
+            raise NetworkError(f"layer name {quoted(layer.name)} is used twice")
         try:
             operator = make_operator(layer.op, layer.attrs)
             operator.check_arity(len(layer.inputs))
         except ValueError as error:
-            raise NetworkError(f"layer {_q(layer.name)}: {str(error)[:300]}") from None
+            raise NetworkError(f"layer {quoted(layer.name)}: {str(error)[:300]}") from None
         outputs = list(layer.outputs or [layer.name])
         if len(set(outputs)) != len(outputs):
-            raise NetworkError(f"layer {_q(layer.name)}: names one output twice")
+            raise NetworkError(f"layer {quoted(layer.name)}: names one output twice")
         for out in outputs:
             if out in producer:
-                what = "an input" if producer[out] == "" else f"layer {_q(producer[out])}"
-                raise NetworkError(f"layer {_q(layer.name)}: output {_q(out)} is already "
+                what = "an input" if producer[out] == "" else f"layer {quoted(producer[out])}"
+                raise NetworkError(f"layer {quoted(layer.name)}: output {quoted(out)} is already "
                                    f"produced by {what}")
             producer[out] = layer.name
         nodes[layer.name] = Node(layer.name, operator, list(layer.inputs), outputs)
@@ -508,8 +508,8 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
     for node in nodes.values():
         for t in node.inputs:
             if t not in producer:
-                raise NetworkError(f"layer {_q(node.name)}: input {_q(t)} is neither a network "
-                                   "input nor the output of a layer")
+                raise NetworkError(f"layer {quoted(node.name)}: input {quoted(t)} is neither a "
+                                   "network input nor the output of a layer")
             if producer[t]:
                 graph.add_edge(producer[t], node.name, tensor=t)
     try:
@@ -518,7 +518,7 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
         cycle = None
     if cycle:
         path = [cycle[0][0]] + [v for _, v in cycle]
-        shown_path = " -> ".join(_q(n) for n in path[:8]) + (" -> ..." if len(path) > 8 else "")
+        shown_path = " -> ".join(quoted(n) for n in path[:8]) + (" -> ..." if len(path) > 8 else "")
         raise NetworkError(f"the layers form a cycle: {shown_path}")
     order = list(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["index"]))
 
@@ -533,26 +533,26 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
             wanted = {k: tuple(int(d) for d in s)
                       for k, s in node.operator.weight_shapes(in_shapes).items()}
         except ValueError as error:
-            shown_in = ", ".join(f"{_q(t)} {list(s)}"
+            shown_in = ", ".join(f"{quoted(t)} {list(s)}"
                                  for t, s in zip(node.inputs[:4], in_shapes, strict=False))
             more = ", ..." if len(node.inputs) > 4 else ""
-            raise NetworkError(f"layer {_q(name)} ({node.op} of {shown_in}{more}): "
+            raise NetworkError(f"layer {quoted(name)} ({node.op} of {shown_in}{more}): "
                                f"{str(error)[:300]}") from None
         if len(out_shapes) != len(node.outputs):
-            raise NetworkError(f"layer {_q(name)}: {node.op} produces {len(out_shapes)} "
+            raise NetworkError(f"layer {quoted(name)}: {node.op} produces {len(out_shapes)} "
                                f"output(s), but {len(node.outputs)} are named")
         for t, shape in zip(node.outputs, out_shapes, strict=True):
             shape = tuple(int(s) for s in shape)
             if min(shape, default=1) < 1:
-                raise NetworkError(f"layer {_q(name)}: output {_q(t)} would have shape "
+                raise NetworkError(f"layer {quoted(name)}: output {quoted(t)} would have shape "
                                    f"{list(shape)} (empty)")
             shapes[t] = shape
-            total += tensor(t, shape, f"layer {_q(name)}: output ")
+            total += tensor(t, shape, f"layer {quoted(name)}: output ")
         _check_given(node, wanted, weights.get(name))
         wanted_of[name] = wanted
         weight_total += sum(4 * math.prod(s) for s in wanted.values())
         if limits.max_weight_bytes is not None and weight_total > limits.max_weight_bytes:
-            raise LimitError(f"the weights reach {_size(weight_total)} at layer {_q(name)}; at "
+            raise LimitError(f"the weights reach {_size(weight_total)} at layer {quoted(name)}; at "
                              f"most {_size(limits.max_weight_bytes)} are allowed")
     if limits.max_total_bytes is not None and weight_total + total > limits.max_total_bytes:
         raise LimitError(f"the network needs up to {_size(weight_total + total)} (weights "
@@ -562,7 +562,7 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
     outputs = list(d.outputs or nodes[order[-1]].outputs)
     for t in outputs:
         if t not in shapes:
-            raise NetworkError(f"network output {_q(t)} is not produced by any layer")
+            raise NetworkError(f"network output {quoted(t)} is not produced by any layer")
 
     for name in order:      # everything checked: now the weights
         nodes[name].weights = _weights_for(nodes[name], wanted_of[name], weights.get(name),
@@ -578,12 +578,12 @@ def _check_given(node: Node, wanted: dict[str, Shape],
     extra = set(given) - set(wanted)
     missing = set(wanted) - set(given)
     if extra or missing:
-        raise NetworkError(f"layer {_q(node.name)}: weights {sorted(given)[:8]} given, "
+        raise NetworkError(f"layer {quoted(node.name)}: weights {sorted(given)[:8]} given, "
                            f"{node.op} needs {sorted(wanted)}")
     for key, shape in wanted.items():
         got = tuple(np.shape(given[key]))
         if got != tuple(shape):
-            raise NetworkError(f"layer {_q(node.name)}: weight {key!r} has shape "
+            raise NetworkError(f"layer {quoted(node.name)}: weight {key!r} has shape "
                                f"{list(got)}, expected {list(shape)}")
 
 

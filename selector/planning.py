@@ -38,7 +38,7 @@ from .ilp import (
 )
 from .lowering import lower
 from .memory import EXECUTOR_BYTES, EXECUTOR_BYTES_PER_STEP, predict, tensor_bytes
-from .network import Name, Network, NetworkError, load_json, shown
+from .network import Name, Network, NetworkError, load_json, quoted
 
 #: Costs for a batch of requests: ``Profiler.costs`` (measured, cached, or estimated).
 CostFunction = Callable[[list[CostRequest]], Mapping[tuple[str, str, str], Measurement]]
@@ -109,7 +109,7 @@ def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
 
 def _names(names: Any, limit: int = 5) -> str:
     names = sorted(names)
-    listed = ", ".join(shown(n, 60) for n in names[:limit])
+    listed = ", ".join(quoted(n) for n in names[:limit])
     return listed + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -120,13 +120,13 @@ def check_plan(network: Network, assignment: Mapping[str, str],
     network), an algorithm for every convolution and for nothing else, layouts only for its
     other layers and only ones they run in, and only known algorithms."""
     if made_for is not None and made_for != network.name:
-        raise PlanError(f"the plan was made for network {shown(made_for, 60)}, not "
-                        f"{shown(network.name, 60)}")
+        raise PlanError(f"the plan was made for network {quoted(made_for)}, not "
+                        f"{quoted(network.name)}")
     kinds = {n.name: n for n in network.nodes}
     convs = {n.name for n in network.conv_nodes}
     unknown = set(assignment) - set(kinds)
     if unknown:
-        raise PlanError(f"the plan assigns algorithms to layers {shown(network.name, 60)} "
+        raise PlanError(f"the plan assigns algorithms to layers {quoted(network.name)} "
                         f"does not have: {_names(unknown)}")
     not_conv = set(assignment) - convs
     if not_conv:
@@ -138,18 +138,18 @@ def check_plan(network: Network, assignment: Mapping[str, str],
     known = {a.name for a in registry.all_algorithms()}
     for layer, name in assignment.items():
         if name not in known:
-            raise PlanError(f"layer {shown(layer, 60)}: unknown algorithm {shown(name, 60)}")
+            raise PlanError(f"layer {quoted(layer)}: unknown algorithm {quoted(name)}")
     for layer, layout in (layouts or {}).items():
         if layer not in kinds:
-            raise PlanError(f"the plan gives a layout to layer {shown(layer, 60)}, which "
-                            f"{shown(network.name, 60)} does not have")
+            raise PlanError(f"the plan gives a layout to layer {quoted(layer)}, which "
+                            f"{quoted(network.name)} does not have")
         if layer in convs:
-            raise PlanError(f"the plan gives a layout to convolution {shown(layer, 60)}; a "
+            raise PlanError(f"the plan gives a layout to convolution {quoted(layer)}; a "
                             "convolution runs in its algorithm's layout")
         if layout not in kinds[layer].operator.layouts:
             runs_in = ", ".join(kinds[layer].operator.layouts)
-            raise PlanError(f"layer {shown(layer, 60)}: {kinds[layer].op} does not run in "
-                            f"{shown(layout, 20)} (only {runs_in})")
+            raise PlanError(f"layer {quoted(layer)}: {kinds[layer].op} does not run in "
+                            f"{quoted(layout)} (only {runs_in})")
 
 
 # -- the problem ---------------------------------------------------------------------------------

@@ -92,12 +92,17 @@ def check_inputs(network: Network, inputs: Mapping[str, np.ndarray]) -> dict[str
 def npy_header(stream: IO[bytes], what: str = "the input") -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) an .npy stream declares, read without reading (or allocating) its data;
     NetworkError for anything that is not a plain numeric array (objects are never unpickled)."""
+    shape, _, dtype = _npy_header(stream, what)
+    return shape, dtype
+
+
+def _npy_header(stream: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f".npy format version {version} is not supported")
     except (ValueError, OSError, EOFError, SyntaxError) as error:
@@ -105,7 +110,7 @@ def npy_header(stream: IO[bytes], what: str = "the input") -> tuple[tuple[int, .
     if dtype.hasobject or dtype.kind not in "fiu" or dtype.fields is not None:
         raise NetworkError(f"{what} holds {shown(str(dtype), 40)} values; give float or int "
                            "numbers")
-    return tuple(int(d) for d in shape), dtype
+    return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
 def read_inputs(source: bytes | Path, network: Network, what: str = "the input"
@@ -124,25 +129,22 @@ def read_inputs(source: bytes | Path, network: Network, what: str = "the input"
         raise NetworkError(f"the network has {len(network.inputs)} inputs; give an .npz "
                            f"with arrays named {', '.join(network.inputs)}")
     name, wanted = next(iter(network.inputs.items()))
+    return {name: _read_checked(data, name, wanted, what)}
+
+
+def _read_checked(data: bytes, name: str, wanted: tuple[int, ...], what: str) -> np.ndarray:
     stream = io.BytesIO(data)
-    array = _read_checked(stream, len(data), name, wanted, what)
-    return {name: array}
-
-
-def _read_checked(stream: IO[bytes], size: int, name: str, wanted: tuple[int, ...],
-                  what: str) -> np.ndarray:
-    shape, dtype = npy_header(stream, what)
+    shape, fortran, dtype = _npy_header(stream, what)
     if shape != tuple(wanted):
         raise NetworkError(f"{what} {name!r} has shape {list(shape)[:8]}, the network expects "
                            f"{list(wanted)}")
-    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if size - stream.tell() < needed:
-        raise NetworkError(f"{what} {name!r} declares {needed} bytes of data but holds "
-                           f"{max(size - stream.tell(), 0)}")
-    try:
-        return np.lib.format.read_array(stream, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise NetworkError(f"cannot read {what} {name!r}: {str(error)[:200]}") from None
+    count = int(np.prod(shape, dtype=object))
+    offset = stream.tell()
+    if len(data) - offset < count * dtype.itemsize:
+        raise NetworkError(f"{what} {name!r} declares {count * dtype.itemsize} bytes of data "
+                           f"but holds {max(len(data) - offset, 0)}")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return np.array(flat.reshape(shape, order="F" if fortran else "C"))    # an owned copy
 
 
 def _read_npz(data: bytes, network: Network, what: str) -> dict[str, np.ndarray]:
@@ -172,7 +174,7 @@ def _read_npz(data: bytes, network: Network, what: str) -> dict[str, np.ndarray]
             except (zipfile.BadZipFile, ValueError, OSError, EOFError,
                     NotImplementedError) as error:
                 raise NetworkError(f"cannot read {what} {name!r}: {str(error)[:200]}") from None
-            out[name] = _read_checked(io.BytesIO(raw), len(raw), name, wanted, what)
+            out[name] = _read_checked(raw, name, wanted, what)
     return out
 
 
