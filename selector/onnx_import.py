@@ -184,6 +184,14 @@ class _Importer:
                                f"constants), but {_q(tensor)} is computed from the input")
         return self.consts[tensor]
 
+    def float_const(self, tensor: str, what: str, exact: bool = True) -> np.ndarray:
+        """A constant that meets float32 activations: float32 (``exact``) or another float."""
+        value = self.const(tensor, what)
+        if value.dtype != np.float32 and (exact or value.dtype.kind != "f"):
+            raise NetworkError(f"{what} ({_q(tensor)}) is {value.dtype}, but the activations "
+                               "are float32")
+        return value
+
     def tensor(self, name: str) -> str:
         return self.renamed.get(name, name)
 
@@ -196,7 +204,7 @@ class _Importer:
         try:
             operator = operators.make(op, **attrs)
             operator.check_arity(len(inputs))
-            in_shapes = [self.shapes[t] for t in inputs]
+            in_shapes = [self.shape_of(t) for t in inputs]
             shapes = operator.output_shapes(in_shapes)
             operator.check_weights(in_shapes, arrays)
         except ValueError as error:
@@ -276,6 +284,8 @@ class _Importer:
 
     def node(self, node: onnx.NodeProto) -> None:
         op = node.op_type
+        if op in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+            raise NetworkError(f"node {_label(node)}: control flow ({op}) is not supported")
         for a in node.attribute:
             if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or a.HasField("g") \
                     or len(a.graphs):
@@ -324,7 +334,16 @@ class _Importer:
         if convert is None:
             self.skip(node, op)     # e.g. Gather or Tile of an activation
             return
-        convert(self, node, attrs)
+        if op not in _CONSTANT_FIRST and self.is_const(node.input[0]):
+            raise NetworkError(f"node {_label(node)}: its first input {_q(node.input[0])} is a "
+                               "constant and another is computed from the input (not "
+                               "supported)")
+        try:
+            convert(self, node, attrs)
+        except NetworkError as error:
+            if "node " in str(error):
+                raise
+            raise NetworkError(f"node {_label(node)}: {error}") from None
         for out in node.output[:1]:
             if not self.known(out):
                 raise NetworkError(f"node {_label(node)}: output {_q(out)} was not produced")
@@ -374,7 +393,17 @@ class _Importer:
         self.renamed[node.output[0]] = self.tensor(node.input[0])
 
     def shape_of(self, tensor: str) -> Shape:
-        return self.shapes[self.tensor(tensor)]
+        name = self.tensor(tensor)
+        if name not in self.shapes:
+            raise NetworkError(f"{_q(tensor)} is a constant where convplan needs a tensor "
+                               "computed from the input")
+        return self.shapes[name]
+
+
+#: Converters that accept a constant first input (they check the others themselves).
+_CONSTANT_FIRST = {"Add", "Sum", "Mul", "Sub", "Div", "Concat", "MatMul"}
+#: Operators with subgraphs: never folded, never run.
+_CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -585,6 +614,10 @@ def _f_identity(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any],
 
 
 def _refuse_training(imp: _Importer, node: onnx.NodeProto) -> None:
+    if node.op_type == "Dropout" and len(node.input) > 1 and node.input[1]:
+        ratio = imp.const(node.input[1], "Dropout's ratio")
+        if ratio.size != 1 or ratio.dtype.kind != "f":
+            raise NetworkError(f"node {_label(node)}: Dropout's ratio must be one float")
     if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
         mode = imp.const(node.input[2], "Dropout's training_mode")
         if mode.size != 1 or bool(mode.reshape(-1)[0]):
@@ -1006,7 +1039,7 @@ def _pair_attr(attrs: dict[str, Any], key: str, node: onnx.NodeProto) -> tuple[i
 @_converts("Conv")
 def _conv(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     shape = _rank4(imp, node)
-    w = imp.const(node.input[1], f"the weights of Conv {_label(node)}")
+    w = imp.float_const(node.input[1], f"the weights of Conv {_label(node)}")
     if w.ndim != 4:
         raise _refuse(node, f"only 2-D Conv is supported (weights of shape {list(w.shape)})")
     kernel = (int(w.shape[2]), int(w.shape[3]))
@@ -1021,7 +1054,7 @@ def _conv(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     dilations = _pair_attr(attrs, "dilations", node)
     weights = {"weight": w}
     if len(node.input) > 2 and node.input[2]:
-        weights["bias"] = imp.const(node.input[2], f"the bias of Conv {_label(node)}")
+        weights["bias"] = imp.float_const(node.input[2], f"the bias of Conv {_label(node)}")
     imp.emit("conv", [node.input[0]], [node.output[0]], weights, out_channels=int(w.shape[0]),
              kernel=kernel, stride=strides, dilation=dilations,
              padding=_pads(imp, node, attrs, kernel, strides, dilations),
@@ -1049,7 +1082,7 @@ def _clip(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
             if not i:
                 bounds.append(None)
                 continue
-            value = imp.const(i, "Clip's min and max")
+            value = imp.float_const(i, "Clip's min and max")
             if value.size != 1:
                 raise _refuse(node, "Clip's min and max must hold one value each")
             bounds.append(float(value.reshape(-1)[0]))
@@ -1120,7 +1153,7 @@ def _batchnorm(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> N
     if len(shape) < 2:
         raise _refuse(node, f"the input of shape {_short(list(shape))} has no channel axis")
     what = f"the statistics of BatchNormalization {_label(node)}"
-    stats = [imp.const(i, what) for i in node.input[1:5]]
+    stats = [imp.float_const(i, what, exact=False) for i in node.input[1:5]]
     if any(s.shape != (shape[1],) for s in stats):
         raise _refuse(node, f"the statistics must have shape [{shape[1]}], not "
                             f"{_short([list(s.shape) for s in stats])}")
@@ -1156,7 +1189,8 @@ def _arithmetic(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> 
         raise _refuse(node, f"{node.op_type} with a constant first operand is not supported")
     constant = None
     if consts:
-        values = [imp.consts[c].astype(np.float64) for c in consts]
+        values = [imp.float_const(c, f"the constant operand of {_label(node)}").astype(np.float64)
+                  for c in consts]
         shape = _broadcast(node, [v.shape for v in values])
         imp.reserve(f"the constant operand of node {_label(node)}", shape, np.float64)
         constant = values[0]
@@ -1262,7 +1296,7 @@ def _slice(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 @_converts("Gemm")
 def _gemm(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
-    b = imp.const(node.input[1], f"Gemm {_label(node)}'s B")
+    b = imp.float_const(node.input[1], f"Gemm {_label(node)}'s B")
     if b.ndim != 2:
         raise _refuse(node, f"Gemm's B must be 2-D, not of shape {list(b.shape)}")
     if imp.is_const(node.input[0]) or len(imp.shape_of(node.input[0])) != 2:
@@ -1272,7 +1306,7 @@ def _gemm(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     weights = {"b": b}
     beta = float(attrs.get("beta", 1.0))
     if len(node.input) > 2 and node.input[2]:
-        c = imp.const(node.input[2], f"Gemm {_label(node)}'s C")
+        c = imp.float_const(node.input[2], f"Gemm {_label(node)}'s C")
         if c.size not in (1, n) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
             raise _refuse(node, f"Gemm's C of shape {list(c.shape)} is not a per-output bias")
         weights["c"] = np.broadcast_to(c.reshape(-1), (n,))
@@ -1287,7 +1321,7 @@ def _matmul(imp: _Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None
     if imp.is_const(a):
         raise _refuse(node, "MatMul with a constant first operand is not supported")
     if imp.is_const(b):
-        value = imp.consts[b]
+        value = imp.float_const(b, f"MatMul {_label(node)}'s B")
         if value.ndim == 2 and len(imp.shape_of(a)) == 2:
             imp.emit("gemm", [a], [node.output[0]], {"b": value}, out_features=int(value.shape[1]),
                      bias=False)
