@@ -3,23 +3,30 @@
 Why the shapes of these functions: a Dask worker may run on another machine, so it is sent the
 network file's bytes (and a name), never a path, and it sends back the plan document as data; the
 client writes every file. `plan_one` turns one network into one result row and never raises for
-a bad network (one broken file must not stop a batch); `run_local` and `run_dask` run a list of
-inputs one way or the other and give the same rows. `profile_on_cluster` spreads measurements over
-the workers whose machine fingerprint is this machine's (see `profiles.remote`) and stores them
-here. Dask is imported only when a cluster is used.
+a bad network (one broken file must not stop a batch); `plan_in_child` runs it in a child
+process under a deadline, killed when it overruns (a thread could not be stopped), so one network
+that takes too long fails alone; `run_local` and `run_dask` run a list of inputs one way or the
+other and give the same rows, and `write_plan` writes each plan as soon as it comes.
+`profile_on_cluster` spreads measurements over the workers whose machine fingerprint is this
+machine's (see `profiles.remote`) and stores them here. Dask is imported only when a cluster
+is used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,8 +56,10 @@ SCATTER_BYTES = 1 << 20
 #: Requests per profiling task: the unit of load balancing and of one store transaction.
 CHUNK_SIZE = 8
 
-#: ``on_result(row)`` after each network is done (drives a progress bar).
+#: ``on_result(row)`` after each network is done (drives a progress bar, writes its plan).
 OnResult = Callable[[dict[str, Any]], None]
+#: Seconds between SIGTERM and SIGKILL for a planning process past its deadline.
+KILL_GRACE_S = 1.0
 
 
 class BatchError(ValueError):
@@ -201,13 +210,83 @@ def _unreadable(item: NetworkInput) -> dict[str, Any]:
     return _row(item.name, "error", error=item.error)
 
 
+def _child_main() -> None:
+    """The planning child process of `plan_in_child`: the job from stdin (pickled), the row
+    to the file named by argv[1] (pickled), nothing else on stdout."""
+    name, kind, data, request = pickle.load(sys.stdin.buffer)
+    row = plan_one(name, kind, data, request)
+    with open(sys.argv[1], "wb") as out:
+        pickle.dump(row, out)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the child's process group (the child and its solver), SIGKILL after a grace."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
+        if process.poll() is not None:
+            break
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=wait_s)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # what the child started (a solver) goes too
+
+
+def plan_in_child(name: str, kind: Kind, data: bytes, request: PlanRequest,
+                  timeout_s: float) -> dict[str, Any]:
+    """`plan_one` in a child process (a new Python, not a fork: it works inside a daemonic
+    Dask worker too) that is killed, with everything it started, after ``timeout_s`` seconds:
+    then the row says the network timed out."""
+    started = time.perf_counter()
+    handle, result = tempfile.mkstemp(prefix="convplan-batch-", suffix=".pickle")
+    os.close(handle)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from api.batch import _child_main; _child_main()", result],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(pickle.dumps((name, kind, data, request)))
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            process.wait(timeout=max(0.0, timeout_s - (time.perf_counter() - started)))
+        except subprocess.TimeoutExpired:
+            _stop_group(process)
+            return _row(name, "error", error=f"timed out: not planned within {timeout_s:g} s "
+                        "(--timeout-seconds)", seconds=time.perf_counter() - started)
+        except BaseException:           # interrupted: the child must not outlive us
+            _stop_group(process)
+            raise
+        _stop_group(process)            # its solver, if one is left
+        try:
+            with open(result, "rb") as handle_in:
+                row = pickle.load(handle_in)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            code = process.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            return _row(name, "error", error=f"the planning process died ({how})",
+                        seconds=time.perf_counter() - started)
+        return row
+    finally:
+        Path(result).unlink(missing_ok=True)
+
+
 def run_local(inputs: Sequence[NetworkInput], request: PlanRequest,
-              on_result: OnResult | None = None) -> list[dict[str, Any]]:
-    """Plan every input in this process, one after another; rows in input order."""
+              on_result: OnResult | None = None, timeout_s: float | None = None
+              ) -> list[dict[str, Any]]:
+    """Plan every input on this machine, one after another; rows in input order. With
+    ``timeout_s``, each in a child process killed after that many seconds (its row then says
+    it timed out); without, in this process."""
     rows = []
     for item in inputs:
-        row = _unreadable(item) if item.error else plan_one(item.name, item.kind, item.data,
-                                                           request)
+        if item.error:
+            row = _unreadable(item)
+        elif timeout_s is None:
+            row = plan_one(item.name, item.kind, item.data, request)
+        else:
+            row = plan_in_child(item.name, item.kind, item.data, request, timeout_s)
         row["source"] = item.source
         rows.append(row)
         if on_result is not None:
@@ -215,12 +294,14 @@ def run_local(inputs: Sequence[NetworkInput], request: PlanRequest,
     return rows
 
 
-def _plan_on_worker(name: str, kind: Kind, data: bytes, request: PlanRequest
-                    ) -> dict[str, Any]:
-    """`plan_one` on a Dask worker, saying which worker it was."""
+def _plan_on_worker(name: str, kind: Kind, data: bytes, request: PlanRequest,
+                    timeout_s: float | None = None) -> dict[str, Any]:
+    """`plan_one` on a Dask worker (in a child process under ``timeout_s``, if given), saying
+    which worker it was."""
     from distributed import get_worker
 
-    row = plan_one(name, kind, data, request)
+    row = plan_one(name, kind, data, request) if timeout_s is None else \
+        plan_in_child(name, kind, data, request, timeout_s)
     row["worker"] = get_worker().address
     return row
 
@@ -230,10 +311,12 @@ def _task_key(what: str, name: str) -> str:
 
 
 def run_dask(inputs: Sequence[NetworkInput], request: PlanRequest, client: Client,
-             on_result: OnResult | None = None) -> list[dict[str, Any]]:
+             on_result: OnResult | None = None, timeout_s: float | None = None
+             ) -> list[dict[str, Any]]:
     """Plan every input on the Dask cluster behind ``client`` (the bytes travel, not paths);
     rows in input order. A task that fails on the cluster (a worker lost, say) becomes an error
-    row like any bad network."""
+    row like any bad network; with ``timeout_s`` each network is planned in a child process of
+    its worker, killed after that many seconds."""
     from distributed import as_completed
 
     rows: list[dict[str, Any] | None] = [None] * len(inputs)
@@ -247,7 +330,7 @@ def run_dask(inputs: Sequence[NetworkInput], request: PlanRequest, client: Clien
         data: Any = item.data
         if len(data) > SCATTER_BYTES:   # large files go to the cluster once, outside the graph
             data = client.scatter(data, hash=False)
-        future = client.submit(_plan_on_worker, item.name, item.kind, data, request,
+        future = client.submit(_plan_on_worker, item.name, item.kind, data, request, timeout_s,
                                key=_task_key("plan", item.name), pure=False, retries=0)
         futures[future] = i
     try:
@@ -281,19 +364,27 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_plan(row: dict[str, Any], out_dir: Path) -> None:
+    """Write a planned row's plan to ``out_dir/<name>.plan.json`` now (once; a failed write
+    turns the row into an error) and note the file in the row as ``plan_file``."""
+    if "plan_file" in row:
+        return
+    row["plan_file"] = None
+    if row["status"] != "planned":
+        return
+    path = out_dir / f"{row['network']}{PLAN_SUFFIX}"
+    try:
+        write_atomic(path, json.dumps(row["plan"], indent=1))
+        row["plan_file"] = str(path)
+    except OSError as error:
+        row.update(status="error", error=f"cannot write {path}: {error.strerror}")
+
+
 def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-    """Write each planned row's plan to ``out_dir/<name>.plan.json`` (a failed write turns the
-    row into an error) and the summary to ``out_dir/batch-summary.json``; the summary."""
+    """Write each planned row's plan not written yet (`write_plan`) and the summary to
+    ``out_dir/batch-summary.json``; the summary."""
     for row in rows:
-        row.setdefault("plan_file", None)
-        if row["status"] != "planned":
-            continue
-        path = out_dir / f"{row['network']}{PLAN_SUFFIX}"
-        try:
-            write_atomic(path, json.dumps(row["plan"], indent=1))
-            row["plan_file"] = str(path)
-        except OSError as error:
-            row.update(status="error", error=f"cannot write {path}: {error.strerror}")
+        write_plan(row, out_dir)
     summary = summarize(rows)
     try:
         write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1))

@@ -21,6 +21,7 @@ from api.batch import (
     run_dask,
     run_local,
     write_outputs,
+    write_plan,
 )
 from selector.planning import PlanRequest, parse_bytes
 
@@ -79,10 +80,17 @@ def batch(
         help="Cost store path, opened by whichever process plans (each worker its own file "
              "at this path); default: its $CONVPLAN_DB or user cache.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    timeout_seconds: Annotated[float, typer.Option(
+        "--timeout-seconds", help="Deadline of each network, seconds: one that takes longer is "
+                                  "stopped (it runs in a child process) and reported as timed "
+                                  "out; the others are still planned.")] = 3600.0,
 ) -> None:
-    """Plan every network under one memory cap; one plan file each, and a summary."""
+    """Plan every network under one memory cap; one plan file each (written as soon as that
+    network is planned), and a summary."""
     if scheduler is not None and local_cluster is not None:
         _fail("give --scheduler or --local-cluster, not both")
+    if not timeout_seconds > 0:
+        _fail(f"--timeout-seconds must be positive, got {timeout_seconds}")
     try:
         request = PlanRequest(cap=parse_bytes(memory_cap), threads=threads, solver=solver,
                               time_limit_s=time_limit, measure=not no_profile,
@@ -100,20 +108,25 @@ def batch(
                TextColumn("{task.description}"))
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=len(inputs))
+        done: list[dict[str, Any]] = []
 
         def on_result(row: dict[str, Any]) -> None:
+            write_plan(row, out)            # now, not at the end
+            done.append(row)
             bar.update(task, advance=1, description=f"{row['network']}: {row['status']}")
 
         try:
             if scheduler is None and local_cluster is None:
-                rows = run_local(inputs, request, on_result)
+                rows = run_local(inputs, request, on_result, timeout_seconds)
             else:
                 with dask_client(scheduler, local_cluster, connect_timeout) as client:
-                    rows = run_dask(inputs, request, client, on_result)
+                    rows = run_dask(inputs, request, client, on_result, timeout_seconds)
         except BatchError as error:
             _fail(str(error))
         except KeyboardInterrupt:
-            _fail("interrupted: no plans written", code=130)
+            write_outputs(done, out)
+            _fail(f"interrupted: the {len(done)} network(s) finished so far are in {out}",
+                  code=130)
     summary = write_outputs(rows, out)
     if as_json:
         print(json.dumps(summary, indent=1))

@@ -215,6 +215,48 @@ def test_a_cap_too_small_for_one_network_fails_only_that_one(app, folder: Path,
     assert set(plans_in(tmp_path / "b")) == {"small"}
 
 
+def test_a_network_over_its_deadline_fails_alone_and_plans_are_written_as_they_come(
+        folder: Path, tmp_path: Path) -> None:
+    """vgg16, measured, takes minutes; with a 20 s deadline per network it is stopped and
+    reported, the networks around it are planned, and the first plan file exists while vgg16
+    is still being planned (not only at the end)."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "api.cli", "batch", str(folder / "small.json"), "vgg16",
+               str(folder / "medium.json"), "--memory-cap", "1GiB", "--out", str(out),
+               "--threads", "1", "--budget-seconds", "0.002", "--db",
+               str(tmp_path / "costs.sqlite"), "--timeout-seconds", "20", "--json"]
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[1], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = out / f"small{PLAN_SUFFIX}"
+        while not first.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() - started < 60, "no plan for small within 60 s"
+            time.sleep(0.1)
+        assert process.poll() is None          # vgg16 is still being planned
+        assert not (out / f"medium{PLAN_SUFFIX}").exists()
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    elapsed = time.monotonic() - started
+    assert process.returncode == 1, stderr
+    rows = {r["network"]: r for r in json.loads(stdout)["rows"]}
+    assert rows["vgg16"]["status"] == "error" and "timed out" in rows["vgg16"]["error"]
+    assert 20 <= rows["vgg16"]["seconds"] < 20 + 8
+    assert rows["small"]["status"] == rows["medium"]["status"] == "planned"
+    assert set(plans_in(out)) == {"small", "medium"}
+    assert plans_in(out)["medium"]["costs"] == "measured"
+    assert "1 of 3 network(s) failed: vgg16" in stderr
+    assert elapsed < 90, elapsed
+
+
 def _error(result) -> str:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
