@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -236,8 +237,8 @@ class _Importer:
         for value in graph.input:
             if value.name in self.consts:
                 continue
-            if value.name in inputs:
-                raise NetworkError(f"input {_q(value.name)} is declared twice")
+            if value.name in inputs or not value.name:
+                raise NetworkError(f"input {_q(value.name)} is declared twice or unnamed")
             shape = _value_shape(value, given.pop(value.name, None))
             self.check_activation(value.name, shape, "input")
             inputs[value.name] = shape
@@ -293,6 +294,9 @@ class _Importer:
                                    "control flow (If, Loop, Scan) is not supported")
         if not len(node.output):
             raise NetworkError(f"node {_label(node)} has no output")
+        named = [o for o in node.output if o]
+        if len(set(named)) != len(named):
+            raise NetworkError(f"node {_label(node)} names an output twice")
         for out in node.output:
             if out and (self.known(out) or out in self.renamed):
                 raise NetworkError(f"node {_label(node)}: tensor {_q(out)} is produced twice "
@@ -1417,14 +1421,17 @@ def load_onnx(source: str | Path | bytes, name: str | None = None,
     else:
         path = Path(source)
         try:
-            size = path.stat().st_size
+            info = path.stat()
         except OSError as error:
             raise NetworkError(f"cannot read {_short(str(path))}: {error.strerror}") from None
-        if size > MAX_ONNX_BYTES:
-            raise NetworkError(f"{_short(str(path))} is {size} bytes; the limit is "
+        if not stat.S_ISREG(info.st_mode):
+            raise NetworkError(f"{_short(str(path))} is not a regular file")
+        if info.st_size > MAX_ONNX_BYTES:
+            raise NetworkError(f"{_short(str(path))} is {info.st_size} bytes; the limit is "
                                f"{MAX_ONNX_BYTES}")
         try:
-            data = path.read_bytes()
+            with path.open("rb") as file:
+                data = file.read(MAX_ONNX_BYTES + 1)    # it may have grown since stat
         except OSError as error:
             raise NetworkError(f"cannot read {_short(str(path))}: {error.strerror}") from None
         default_name = path.stem

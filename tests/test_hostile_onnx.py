@@ -279,6 +279,9 @@ CASES = [
                  r"tensor 'x' is produced twice", {}, id="output-overwrites-input"),
     pytest.param(lambda: model([node("Relu", ["a"]), node("Relu", ["x"], ["a"])]),
                  r"reads 'a', which no earlier node produces", {}, id="not-topological"),
+    pytest.param(lambda: relu_then(node("Split", ["r"], ["a", "a"], axis=1),
+                                   node("Relu", ["a"])),
+                 r"names an output twice", {}, id="split-same-output-twice"),
     pytest.param(lambda: model([node("Relu", ["x"], ["z"])]), r"output 'y' is not produced",
                  {}, id="output-not-produced"),
     pytest.param(lambda: plus_constant([node("Constant", [], ["c"], value_string="hello")], "c"),
@@ -315,20 +318,44 @@ def test_hostile_file_is_refused_cleanly(build, match: str, limits: dict) -> Non
     refused(build(), match, **limits)
 
 
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], str | Path):
+        _OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_audit)     # audit hooks cannot be removed; this one records only when asked
+
+
 @pytest.mark.parametrize("builder", [h.sparse_constant, h.sparse_in_if_branch,
                                      h.external_initializer, h.external_constant_value,
                                      h.external_in_nested_branch],
                          ids=lambda b: b.__name__)
 def test_no_file_existence_oracle(builder, tmp_path: Path) -> None:
-    """A file that exists, one that does not, one that is a directory: the same message, and
-    the existing file is never opened (its access time would not tell reliably, so it is
-    unreadable: opening it would raise PermissionError, not NetworkError)."""
+    """A data file that exists, one that does not, a directory: the same message each time,
+    and nothing under tmp_path is opened."""
+    global _OPENED
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"\x00" * 4096)
-    secret.chmod(0)
-    messages = {refused(builder(str(where)), r"sparse tensor|external data")
-                for where in (secret, tmp_path / "missing.bin", tmp_path)}
+    _OPENED = []
+    try:
+        messages = {refused(builder(str(where)), r"sparse tensor|external data")
+                    for where in (secret, tmp_path / "missing.bin", tmp_path)}
+        opened = [p for p in _OPENED if p.startswith(str(tmp_path))]
+    finally:
+        _OPENED = None
     assert len(messages) == 1, messages
+    assert not opened, opened
+
+
+def test_a_device_or_fifo_is_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/zero"), fifo, tmp_path):
+        with deadline(5), pytest.raises(NetworkError, match="not a regular file"):
+            load_onnx(path)
 
 
 def test_deep_nesting_in_memory_is_walked_without_recursion() -> None:
