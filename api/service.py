@@ -204,13 +204,6 @@ def limits(settings: Settings) -> Limits:
                   max_weight_bytes=settings.max_weight_bytes, max_total_bytes=total)
 
 
-def _check_tensor(name: str, shape: Any, settings: Settings) -> None:
-    if _nbytes(shape) > settings.max_tensor_bytes:
-        raise ServiceError(422, "network_too_large", (
-            f"tensor {str(name)[:60]!r} of shape {list(shape)[:8]} takes {_nbytes(shape)} "
-            f"bytes; this server takes at most {settings.max_tensor_bytes} per tensor"))
-
-
 def check_network(network: Network, settings: Settings) -> None:
     """The same bounds on a network built elsewhere (built-ins, ONNX imports)."""
     with client_errors():
