@@ -523,7 +523,7 @@ def _axis(node: onnx.NodeProto, axis: int, rank: int, what: str = "axis",
 
 
 def _axes(node: onnx.NodeProto, axes: Sequence[int], rank: int) -> list[int]:
-    out = [_axis(node, int(a), rank, "axes") for a in axes]
+    out = [_axis(node, int(a), rank) for a in axes]
     if len(set(out)) != len(out):
         raise NetworkError(f"node {_label(node)}: axes {_short(list(axes))} repeat an axis")
     return out

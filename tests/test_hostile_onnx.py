@@ -228,7 +228,7 @@ CASES = [
                  r"\(Flatten\): axis 5 is out of range", {}, id="flatten-axis"),
     pytest.param(lambda: relu_then(node("Squeeze", ["r", "ax"]),
                                    inits=[const("ax", [7], np.int64)]),
-                 r"axes 7 is out of range", {}, id="squeeze-axis"),
+                 r"\(Squeeze\): axis 7 is out of range for a rank-4", {}, id="squeeze-axis"),
     pytest.param(lambda: relu_then(node("Squeeze", ["r", "ax"]),
                                    inits=[const("ax", [1], np.int64)]),
                  r"axes \[1\] of shape \[1, 4, 8, 8\] are not all 1", {}, id="squeeze-not-1"),
