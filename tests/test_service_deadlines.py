@@ -27,9 +27,11 @@ from selector.planning import requests_for
 
 TIMEOUT_S = 3.0         # CONVPLAN_REQUEST_TIMEOUT of the shared server
 GRACE_S = 0.5
+JOB_TIMEOUT_S = 12.0    # CONVPLAN_JOB_TIMEOUT
 LIMITED = {"CONVPLAN_CONCURRENCY": "2", "CONVPLAN_QUEUE": "4", "CONVPLAN_QUEUE_TIMEOUT": "30",
            "CONVPLAN_REQUEST_TIMEOUT": str(TIMEOUT_S), "CONVPLAN_KILL_GRACE": str(GRACE_S),
-           "CONVPLAN_WORKER_MEMORY": "2GiB", "CONVPLAN_MAX_PENDING_JOBS": "1"}
+           "CONVPLAN_WORKER_MEMORY": "2GiB", "CONVPLAN_MAX_PENDING_JOBS": "1",
+           "CONVPLAN_JOB_TIMEOUT": str(JOB_TIMEOUT_S)}
 #: About 5 s on one core here: alexnet with im2col everywhere, ten timed runs.
 SLOW_RUN = {"network": "alexnet", "algorithm": "im2col", "repeat": 10, "threads": 1}
 QUICK_PLAN = {"network": TINY, "measure": False}
@@ -37,10 +39,6 @@ QUICK_PLAN = {"network": TINY, "measure": False}
 HUGE = {"name": "huge", "seed": 0, "inputs": [{"name": "x", "shape": [1, 64, 512, 512]}],
         "layers": [{"name": "conv", "op": "conv", "inputs": ["x"], "out_channels": 8,
                     "kernel": 7, "padding": 3}]}
-#: A network with few costs to measure.
-SMALL = {"name": "small", "seed": 0, "inputs": [{"name": "x", "shape": [1, 2, 6, 6]}],
-         "layers": [{"name": "conv", "op": "conv", "inputs": ["x"], "out_channels": 2,
-                     "kernel": 1}]}
 #: Shapes no other test measures, so its costs are never cached when it is planned here.
 FRESH = {**TINY, "name": "fresh", "inputs": [{"name": "x", "shape": [1, 5, 20, 20]}]}
 
@@ -269,7 +267,8 @@ def test_healthz_says_unhealthy_when_no_worker_can_start_and_sigint_stops(
 
 
 # -- jobs -----------------------------------------------------------------------------------------
-def test_profile_refuses_an_invalid_network_without_taking_a_job(server: Server) -> None:
+def test_profile_refuses_an_invalid_network_and_a_job_keeps_its_deadline(
+        server: Server) -> None:
     broken = {**TINY, "layers": [*TINY["layers"][:-1],
                                  {"name": "fc", "op": "gemm", "inputs": ["nowhere"],
                                   "out_features": 4}]}
@@ -279,22 +278,30 @@ def test_profile_refuses_an_invalid_network_without_taking_a_job(server: Server)
         body = assert_json_error(response, 400)
         assert body["error"] == "invalid_network" and "nowhere" in body["detail"]
         assert "location" not in response.headers
+    # the job slot is free; vgg16 at 2 s per candidate would take over an hour
     good = httpx.post(f"{server.url}/v1/profile", timeout=60,
-                      json={"network": SMALL, "budget_s": 0.01, "threads": 1})
+                      json={"network": "vgg16", "budget_s": 2, "threads": 1})
     assert good.status_code == 202, good.text
-    job = httpx.get(f"{server.url}{good.json()['url']}").json()
-    assert job["status"] in ("queued", "running", "succeeded"), job    # (SIGTERM ends it)
+    url = good.json()["url"]
+    _wait_for(lambda: httpx.get(f"{server.url}{url}").json()["status"]
+              not in ("queued", "running"), JOB_TIMEOUT_S + 10, "the job to end")
+    job = httpx.get(f"{server.url}{url}").json()
+    assert job["status"] == "succeeded", job       # it stopped measuring in time, and says so
+    result = job["result"]
+    assert result["measured"] >= 1 and result["measured"] + result["cached"] < result["requested"]
+    assert job["progress"]["done"] < job["progress"]["total"]
+    assert job["finished_at"] - job["started_at"] < JOB_TIMEOUT_S + 1
 
 
 # -- last: the shared server is stopped ------------------------------------------------------
 def test_sigterm_ends_the_server_in_seconds_with_requests_in_flight(server: Server) -> None:
-    """Two slow requests (well within their deadline) and maybe the profile job above are
-    running: SIGTERM ends them all and the server within seconds, and no child outlives it."""
+    """Two slow requests (well within their deadline) are running: SIGTERM ends them and the
+    server within seconds, and no child outlives it."""
     _wait_idle(server)
     slow = [InFlight(server, "/v1/run", SLOW_RUN) for _ in range(2)]
     _wait_for(lambda: _health(server).json()["busy"] == 2, 15, "two busy slots")
     everything = _children(server.process.pid)
-    assert len(_workers(server.process.pid)) >= 2       # two workers (and the job's process)
+    assert len(_workers(server.process.pid)) == 2
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=15)
