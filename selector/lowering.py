@@ -12,7 +12,7 @@ overwrites its input when nothing else needs it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kernels import ConvAlgorithm, registry
@@ -55,13 +55,14 @@ def choose_algorithm(network: Network, node_name: str, requested: str | None,
 
 def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
           algorithm: str | None = None, strict: bool = False,
-          layouts: Mapping[str, Layout] | None = None) -> Lowered:
+          layouts: Mapping[str, Layout] | None = None, keep: Sequence[str] = ()) -> Lowered:
     """Lower ``network`` with ``assignment`` (conv layer -> algorithm), or one ``algorithm`` for
     every convolution, or `kernels.conv.default_algorithm` per layer; ``layouts`` (other layers
     -> the layout they run in) as a plan chose them.
 
     ``strict`` (plans): an algorithm that cannot run its layer is an error. Otherwise the layer
-    falls back to the default algorithm and a note says so.
+    falls back to the default algorithm and a note says so. ``keep``: inner tensors the
+    program also returns (in NCHW), alive to the end (`--check` compares a softmax's input).
     """
     assignment = dict(assignment or {})
     layouts = dict(layouts or {})
@@ -116,7 +117,11 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
         for t in node.outputs:
             layout_of[t] = out_layout if len(shapes[t]) == 4 else "NCHW"
 
-    outputs = {name: in_layout(name, "NCHW", "output") for name in network.outputs}
+    unknown = [t for t in keep if t not in shapes]
+    if unknown:
+        raise NetworkError(f"no tensor named {', '.join(map(repr, unknown))} to keep")
+    outputs = {name: in_layout(name, "NCHW", "output")
+               for name in dict.fromkeys([*network.outputs, *keep])}
     program = Program(steps, list(network.inputs), list(outputs.values()), shapes)
     _plan_releases(program)
     _plan_inplace(program)

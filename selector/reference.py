@@ -27,10 +27,24 @@ def network_model(network: Network) -> onnx.ModelProto:
     return network_to_onnx(network)
 
 
+def inner_tensors(network: Network, names: list[str]) -> list[str]:
+    """Those of ``names`` the reference model can also return (values some node of its main
+    graph produces: an imported network's own tensor names, not the ones convplan added)."""
+    produced = {t for node in network_model(network).graph.node for t in node.output}
+    return [t for t in names if t in produced]
+
+
 def reference_outputs(network: Network, inputs: dict[str, np.ndarray],
-                      threads: int | None = None) -> dict[str, np.ndarray]:
-    """The network's outputs (name -> array) computed by the reference engine."""
+                      threads: int | None = None, extra: list[str] | None = None
+                      ) -> dict[str, np.ndarray]:
+    """The network's outputs (name -> array) computed by the reference engine, and the inner
+    tensors ``extra`` (see `inner_tensors`)."""
     model = network_model(network)
+    known = {o.name for o in model.graph.output}
+    for name in extra or []:
+        if name not in known:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, None))
     names = [o.name for o in model.graph.output]
     if reference_engine() == "onnxruntime":
         import onnxruntime as ort

@@ -225,15 +225,71 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
         input_bytes=profile.input_bytes, weight_bytes=network.weight_bytes, layers=layers,
         outputs=outputs, notes=lowered.notes)
     if check:
-        from .reference import reference_engine, reference_outputs
-
-        expected = reference_outputs(network, feeds, threads=threads)
-        abs_err, rel_err = 0.0, 0.0
-        for name, y in outputs.items():
-            ref = expected[name].reshape(y.shape)
-            diff = float(np.abs(y.astype(np.float64) - ref).max())
-            abs_err = max(abs_err, diff)
-            rel_err = max(rel_err, diff / max(float(np.abs(ref).max()), 1e-30))
-        report.max_abs_error, report.max_rel_error = abs_err, rel_err
-        report.reference = reference_engine()
+        _check(report, network, feeds, assignment, algorithm, strict, layouts, threads)
     return report
+
+
+def softmax_inputs(network: Network) -> dict[str, str]:
+    """Network output -> the input of the softmax it comes from (through views only).
+
+    A softmax hides what a check should see: where random weights saturate it, the output is
+    one-hot or constant whatever the error in the logits, and where logits are huge and tied
+    (constant weights), one rounding step flips it. So `--check` compares the logits."""
+    producer = {t: node for node in network.nodes for t in node.outputs}
+    out = {}
+    for name in network.outputs:
+        node = producer.get(name)
+        while node is not None and node.operator.view:
+            node = producer.get(node.inputs[0])
+        if node is not None and node.op == "softmax":
+            out[name] = node.inputs[0]
+    return out
+
+
+def degenerate(values: np.ndarray) -> str | None:
+    """Why comparing ``values`` proves little (constant, or one-hot), or None."""
+    flat = np.asarray(values, dtype=np.float64).reshape(values.shape[0], -1) \
+        if values.ndim else np.asarray(values, dtype=np.float64).reshape(1, 1)
+    spread = float(np.ptp(flat))
+    if flat.size > 1 and spread <= 1e-6 * max(float(np.abs(flat).max()), 1e-30):
+        return "constant"
+    rows = flat.shape[1] > 1 and np.all(flat >= 0) and \
+        np.allclose(flat.sum(axis=1), 1.0, atol=1e-3) and bool(np.all(flat.max(axis=1) > 0.999))
+    return "one-hot" if rows else None
+
+
+def _check(report: RunReport, network: Network, feeds: dict[str, np.ndarray],
+           assignment: Mapping[str, str] | None, algorithm: str | None, strict: bool,
+           layouts: Mapping[str, str] | None, threads: int | None) -> None:
+    """Compare with the reference: the outputs, or the logits before a final softmax."""
+    from .reference import inner_tensors, reference_engine, reference_outputs
+
+    logits = softmax_inputs(network)
+    usable = set(inner_tensors(network, sorted(set(logits.values())))) if logits else set()
+    compared = {out: logits[out] if logits.get(out) in usable else out
+                for out in network.outputs}
+    inner = sorted({t for out, t in compared.items() if t != out})
+    expected = reference_outputs(network, feeds, threads=threads, extra=inner)
+    ours = dict(report.outputs)
+    if inner:       # one more (untraced) run that also returns the logits
+        lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
+                        layouts=layouts, keep=inner)  # type: ignore[arg-type]
+        with blas.threads(threads):
+            result = Executor(lowered.program).run(feeds)
+        ours.update({t: result.outputs[lowered.outputs[t]] for t in inner})
+    abs_err, rel_err = 0.0, 0.0
+    for out, tensor in compared.items():
+        y = ours[tensor]
+        ref = expected[tensor].reshape(y.shape)
+        diff = float(np.abs(y.astype(np.float64) - ref).max())
+        abs_err = max(abs_err, diff)
+        rel_err = max(rel_err, diff / max(float(np.abs(ref).max()), 1e-30))
+        if tensor != out:
+            report.notes.append(f"check: compared {tensor!r}, the input of the softmax that "
+                                f"gives output {out!r}")
+        why = degenerate(ref)
+        if why:
+            report.notes.append(f"check: the compared tensor {tensor!r} is {why} in the "
+                                "reference, so agreeing with it proves little")
+    report.max_abs_error, report.max_rel_error = abs_err, rel_err
+    report.reference = reference_engine()

@@ -75,7 +75,10 @@ def test_run_json_reports_time_memory_error_and_layers(tmp_path) -> None:
     report = json.loads(result.stdout)
     assert 0 < report["time_s"] < 60
     assert report["measured_peak_bytes"] <= report["predicted_peak_bytes"]
-    assert report["max_abs_error"] < 1e-4
+    # the light model's constant weights tie its huge logits: the softmax's input is compared
+    assert report["max_rel_error"] < 1e-5
+    assert any("the input of the softmax" in note for note in report["notes"])
+    assert any("is constant in the reference" in note for note in report["notes"])
     assert report["threads"] == 1
     convs = [layer for layer in report["layers"] if layer["op"] == "conv"]
     assert len(convs) == 26 and {layer["algorithm"] for layer in convs} == {"im2col"}
@@ -167,7 +170,7 @@ def test_plan_then_run_the_plan(tmp_path) -> None:
     assert report["threads"] == 1                     # the plan's thread count
     assert report["measured_peak_bytes"] <= report["predicted_peak_bytes"] <= cap
     assert report["predicted_peak_bytes"] == plan["predicted"]["peak_bytes"]
-    assert report["max_abs_error"] < 1e-4
+    assert report["max_rel_error"] < 1e-5
     chosen = {x["name"]: x["algorithm"] for x in report["layers"] if x["op"] == "conv"}
     assert chosen == plan["assignment"]
 

@@ -16,7 +16,6 @@ from selector.planning import (
     parse_bytes,
     predicted_peak,
 )
-from selector.reference import reference_outputs
 from selector.runner import random_inputs, run_network
 
 NETWORKS = [*zoo.PAPER_NETWORKS, *(f"onnx:{m}" for m in zoo.light_models())]
@@ -40,17 +39,16 @@ def test_plans_keep_the_promise_under_three_caps(name: str) -> None:
     network = zoo.builtin(name)
     problem = build_problem(network, estimated)
     inputs = random_inputs(network, seed=2)
-    expected = reference_outputs(network, inputs)
     for cap in caps_for(problem.problem):
         plan = make_plan(network, estimated, cap, machine={}, threads=1, with_baselines=False)
         assert plan["predicted"]["peak_bytes"] <= cap
         report = run_network(network, inputs, assignment=plan["assignment"],
-                             layouts=plan["layouts"], strict=True, threads=1)
+                             layouts=plan["layouts"], strict=True, threads=1, check=True)
         assert report.predicted_peak_bytes == plan["predicted"]["peak_bytes"]
         assert report.measured_peak_bytes <= report.predicted_peak_bytes <= cap
-        for out, y in report.outputs.items():
-            ref = expected[out].reshape(y.shape)
-            assert np.abs(y - ref).max() <= 1e-3 * np.abs(ref).max() + 1e-6
+        # the logits where a softmax ends the network (constant weights tie them, and one
+        # rounding step then flips the softmax)
+        assert report.max_rel_error is not None and report.max_rel_error <= 1e-3
 
 
 def test_the_model_bound_covers_the_memory_model_for_any_choice() -> None:
