@@ -223,10 +223,14 @@ class Limits:
 
     @classmethod
     def of_this_machine(cls) -> Limits:
-        """What this process could possibly hold: no tensor, and not all the weights, larger
-        than its memory (physical memory, or a lower address-space limit)."""
+        """What this process could sensibly hold: no tensor, and not all the weights, larger
+        than a quarter of its memory (physical memory, or a lower address-space limit), nor
+        weights and activations together larger than half of it. A quarter, because building
+        a constant (an ONNX Tile, say) and preparing weights briefly need a few times the bytes
+        they keep: a tiny file must not take the machine down before a limit says no."""
         memory = machine_memory_bytes()
-        return cls(max_tensor_bytes=memory, max_weight_bytes=memory)
+        return cls(max_tensor_bytes=memory // 4, max_weight_bytes=memory // 4,
+                   max_total_bytes=memory // 2)
 
 
 def machine_memory_bytes() -> int:
