@@ -52,7 +52,7 @@ from .service import ServiceError, Settings, Source
 log = logging.getLogger("convplan.service")
 
 _ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
-                405: "method_not_allowed", 413: "body_too_large",
+                405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large",
                 415: "unsupported_media_type", 422: "invalid_request", 503: "busy"}
 _RETRY = {"Retry-After": {"description": "Seconds to wait before retrying.",
                           "schema": {"type": "string"}}}
@@ -165,7 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Choose a GEMM-based convolution algorithm per CNN layer under a peak-memory "
                     "cap, run the network and measure the memory promise.")
     app.state.settings, app.state.pool, app.state.jobs = settings, pool, jobs
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
     v1_security: list[Any] = []
     errors = ERRORS
     if settings.api_key:

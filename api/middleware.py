@@ -1,11 +1,14 @@
-"""ASGI middleware of the service: the request-body limit and the optional API key.
+"""ASGI middleware of the service: the request-body limits and the optional API key.
 
 Both act before any route reads the body. The body limit counts the bytes actually received,
-so a chunked upload without Content-Length is stopped too, not only an honest header.
+so a chunked upload without Content-Length is stopped too, not only an honest header; and the
+whole body must arrive within a deadline, so a client trickling bytes cannot hold a connection
+(and the memory of what it sent) for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any
@@ -26,6 +29,14 @@ class BodyTooLarge(HTTPException):
                               f"{limit} bytes (CONVPLAN_MAX_BODY)")
 
 
+class BodyTooSlow(HTTPException):
+    """Raised from ``receive`` when the body has not arrived within its deadline (408)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {timeout_s:g} s "
+                              "(CONVPLAN_BODY_TIMEOUT)")
+
+
 async def _send_json(send: Send, status: int, body: dict[str, Any],
                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(body).encode()
@@ -36,11 +47,13 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
 
 
 class BodyLimitMiddleware:
-    """413 for a body over ``limit`` bytes: at once from Content-Length, else while counting."""
+    """413 for a body over ``limit`` bytes: at once from Content-Length, else while counting;
+    408 for a body not received within ``timeout_s`` seconds of the request's start."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,14 +73,25 @@ class BodyLimitMiddleware:
                     return
         received = 0
         started = False
+        complete = False
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
 
         async def counted() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete or deadline is None:    # (after the body: waiting for a disconnect)
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTooSlow(self.timeout_s or 0) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise BodyTooLarge(self.limit)
+                complete = not message.get("more_body", False)
             return message
 
         async def tracked(message: Message) -> None:
@@ -82,6 +106,10 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await _send_json(send, 413, {"error": "body_too_large", "detail": error.detail})
+        except BodyTooSlow as error:
+            if started:
+                raise
+            await _send_json(send, 408, {"error": "body_timeout", "detail": error.detail})
 
 
 class ApiKeyMiddleware:

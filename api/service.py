@@ -96,6 +96,7 @@ class Settings:
     #: from the tensor and weight limits (`default_worker_memory`); 0: no limit.
     worker_memory_bytes: int | None = None
     kill_grace_s: float = 1.0               # CONVPLAN_KILL_GRACE (SIGTERM, then SIGKILL)
+    body_timeout_s: float = 60.0            # CONVPLAN_BODY_TIMEOUT (receiving a request body)
 
     def __post_init__(self) -> None:
         if self.worker_memory_bytes is None:
@@ -138,6 +139,8 @@ class Settings:
             in ("0", "none", "off") else _env_bytes(env, "CONVPLAN_WORKER_MEMORY",
                                                     None),  # type: ignore[arg-type]
             kill_grace_s=_env_number(env, "CONVPLAN_KILL_GRACE", d.kill_grace_s, float, 0),
+            body_timeout_s=_env_number(env, "CONVPLAN_BODY_TIMEOUT", d.body_timeout_s, float,
+                                       0.1),
         )
 
 
