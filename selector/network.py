@@ -224,13 +224,20 @@ class Limits:
     @classmethod
     def of_this_machine(cls) -> Limits:
         """What this process could sensibly hold: no tensor, and not all the weights, larger
-        than a quarter of its memory (physical memory, or a lower address-space limit), nor
+        than `CLI_MAX_BYTES` or a quarter of its memory (physical memory, or a lower
+        address-space limit), nor
         weights and activations together larger than half of it. A quarter, because building
         a constant (an ONNX Tile, say) and preparing weights briefly need a few times the bytes
         they keep: a tiny file must not take the machine down before a limit says no."""
         memory = machine_memory_bytes()
-        return cls(max_tensor_bytes=memory // 4, max_weight_bytes=memory // 4,
+        return cls(max_tensor_bytes=min(memory // 4, CLI_MAX_BYTES),
+                   max_weight_bytes=min(memory // 4, CLI_MAX_BYTES),
                    max_total_bytes=memory // 2)
+
+
+#: The CLI's bound on one tensor and on all weights (what any CNN convplan plans needs: VGG's
+#: largest weight is 411 MB), whatever the machine's memory.
+CLI_MAX_BYTES = 2 << 30
 
 
 def machine_memory_bytes() -> int:

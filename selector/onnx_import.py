@@ -228,6 +228,17 @@ class _Importer:
     # -- the walk ----------------------------------------------------------------------------
     def run(self, input_shapes: dict[str, Shape] | None) -> Network:
         graph = self.model.graph
+        # Operators convplan neither runs nor folds are named before anything is decoded or
+        # folded: a 2 GiB constant feeding a Cos must not be built to be refused.
+        for node in graph.node:
+            op = node.op_type
+            if node.domain not in ("", "ai.onnx"):
+                self.unsupported[f"{node.domain}.{op}"] = \
+                    self.unsupported.get(f"{node.domain}.{op}", 0) + 1
+            elif op not in _FOLDERS and op not in _CONVERTERS and op not in _CONTROL_FLOW:
+                self.unsupported[op] = self.unsupported.get(op, 0) + 1
+        if self.unsupported:
+            self.refuse_unsupported()
         for init in graph.initializer:
             if init.name in self.consts:
                 raise NetworkError(f"initializer {_q(init.name)} is given twice")
@@ -251,12 +262,7 @@ class _Importer:
         for node in graph.node:
             self.node(node)
         if self.unsupported:
-            items = sorted(self.unsupported.items())
-            listed = ", ".join(f"{_short(op)} (x{n})" if n > 1 else _short(op)
-                               for op, n in items[:8])
-            if len(items) > 8:
-                listed += f" and {len(items) - 8} more"
-            raise NetworkError(f"the model uses operators convplan does not support: {listed}")
+            self.refuse_unsupported()
         outputs = [o.name for o in graph.output]
         if not outputs:
             raise NetworkError("the model declares no output")
@@ -351,6 +357,14 @@ class _Importer:
         for out in node.output[:1]:
             if not self.known(out):
                 raise NetworkError(f"node {_label(node)}: output {_q(out)} was not produced")
+
+    def refuse_unsupported(self) -> None:
+        items = sorted(self.unsupported.items())
+        listed = ", ".join(f"{_short(op)} (x{n})" if n > 1 else _short(op)
+                           for op, n in items[:8])
+        if len(items) > 8:
+            listed += f" and {len(items) - 8} more"
+        raise NetworkError(f"the model uses operators convplan does not support: {listed}")
 
     def skip(self, node: onnx.NodeProto, unsupported: str | None) -> None:
         if unsupported is not None:
