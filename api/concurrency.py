@@ -472,12 +472,17 @@ class WorkerPool:
         assert self._loop is not None
         readable = worker.waiter = self._loop.create_future()
         fd = worker.conn.fileno()
-        self._loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
         try:
             async with asyncio.timeout(timeout):
+                # The pipe is blocking for the threads that send and receive whole messages;
+                # an event loop's reader may make it non-blocking (uvloop does), and then a
+                # message larger than the socket buffer (a 500 KB upload) fails half-sent.
+                os.set_blocking(fd, True)
                 await asyncio.to_thread(worker.conn.send, message)
+                self._loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
                 await readable
                 self._loop.remove_reader(fd)
+                os.set_blocking(fd, True)
                 return await asyncio.to_thread(worker.conn.recv)
         finally:
             worker.waiter = None

@@ -187,6 +187,39 @@ def test_a_body_that_trickles_in_gets_408_at_its_deadline(server: Server) -> Non
 
 
 # -- dead workers -------------------------------------------------------------------------------
+def test_messages_larger_than_the_pipe_buffer_reach_the_worker_and_back(server: Server
+                                                                          ) -> None:
+    """A 2.4 MB ONNX upload and a 3 MB input (uvloop makes the worker's pipe non-blocking for
+    its reader; a message larger than the socket buffer used to fail half-sent: 503)."""
+    import base64
+    import io
+
+    import numpy as np
+
+    from selector.onnx_export import network_to_onnx
+
+    wide = {"name": "wide", "seed": 0, "inputs": [{"name": "x", "shape": [1, 256, 8, 8]}],
+            "layers": [{"name": "c", "op": "conv", "inputs": ["x"], "out_channels": 256,
+                        "kernel": 3, "padding": 1}]}
+    data = network_to_onnx(Network.from_description(wide)).SerializeToString()
+    assert len(data) > 2 << 20
+    with server.client() as client:
+        response = client.post("/v1/plan/onnx", files={"file": ("wide.onnx", data)},
+                               data={"measure": "false"})
+        assert response.status_code == 200, response.text[:300]
+        x = np.random.default_rng(0).random((1, 3, 512, 512), dtype=np.float32)
+        buffer = io.BytesIO()
+        np.save(buffer, x)
+        big_input = {"name": "big", "seed": 0, "inputs": [{"name": "x", "shape": [1, 3, 512, 512]}],
+                     "layers": [{"name": "r", "op": "relu", "inputs": ["x"]}]}
+        response = client.post("/v1/run", json={"network": big_input, "algorithm": "im2col",
+                                                "input": base64.b64encode(buffer.getvalue())
+                                                .decode()})
+        assert response.status_code == 200, response.text[:300]
+        y = np.load(io.BytesIO(base64.b64decode(response.json()["output"])))
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
 def test_a_worker_killed_from_outside_is_replaced(server: Server) -> None:
     _wait_idle(server)
     old = _workers(server.process.pid)
