@@ -372,8 +372,7 @@ def plan_document(np_: NetworkProblem, solution: Solution, cap: int | None,
     transforms = [{"tensor": t, "for": n, "into": layout,
                    "time_s": p.transform_time[t, layout], "bytes": p.tensor_bytes[t]}
                   for t, n, layout in solution.transforms]
-    costs = "measured" if np_.sources == {"measured"} else (
-        "analytic" if np_.sources == {"analytic"} else "mixed")
+    costs = next(iter(np_.sources)) if len(np_.sources) == 1 else "mixed"
     return {
         "network": network.name,
         "machine": dict(machine),
@@ -404,9 +403,29 @@ def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine
         solution = solve(np_.problem, None, solver=solver, time_limit_s=time_limit_s)
     else:
         solution = solve_under_cap(np_.problem, cap, solver=solver, time_limit_s=time_limit_s)
+        solution = _held_to(np_, solution, cap, solver=solver, time_limit_s=time_limit_s)
     extra = baselines(np_, cap, solver=solver, time_limit_s=time_limit_s) \
         if with_baselines else {}
     return plan_document(np_, solution, cap, machine, threads, extra)
+
+
+def _held_to(np_: NetworkProblem, solution: Solution, cap: int, *, solver: str,
+             time_limit_s: float, attempts: int = 3) -> Solution:
+    """The ILP's per-step accounting bounds the memory model's prediction from above for
+    every choice tried so far, but the plan's promise is the prediction: a solution the
+    memory model puts over the cap is solved again under a cap lowered by the excess, and
+    refused if that does not help. Never a plan over its cap."""
+    for _ in range(attempts):
+        peak = predicted_peak(np_, solution.choice)
+        if peak <= cap:
+            return solution
+        lowered = cap - (peak - cap)
+        try:
+            solution = solve(np_.problem, lowered, solver=solver, time_limit_s=time_limit_s)
+        except PlanningError:
+            break
+    raise PlanningError(f"no plan fits in {cap} bytes by the memory model (the solver's best "
+                        f"plan needs {predicted_peak(np_, solution.choice)}); give a larger cap")
 
 
 @dataclass
@@ -445,10 +464,14 @@ def plan_network(network: Network, request: PlanRequest, progress: Progress | No
         raise PlanningError(f"unknown solver {request.solver!r}; use one of "
                             f"{', '.join(SOLVERS)}")
     profiler = profiler_for(request)
-    costs = cost_function(profiler, request.measure, progress)
-    return make_plan(network, costs, request.cap, machine=profiler.fingerprint,
-                     threads=profiler.threads, solver=request.solver,
-                     time_limit_s=request.time_limit_s)
+    try:
+        costs = cost_function(profiler, request.measure, progress)
+        return make_plan(network, costs, request.cap, machine=profiler.fingerprint,
+                         threads=profiler.threads, solver=request.solver,
+                         time_limit_s=request.time_limit_s)
+    finally:
+        if profiler.store is not None:
+            profiler.store.close()
 
 
 def pareto(np_: NetworkProblem, points: int = 8, *, solver: str = "cbc",

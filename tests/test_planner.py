@@ -114,3 +114,34 @@ def test_caps_accept_bytes_and_units(text, size: int) -> None:
 def test_caps_in_bad_units_are_clear_errors(text: str) -> None:
     with pytest.raises(ValueError, match=r"size|positive"):
         parse_bytes(text)
+
+
+def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> None:
+    """Make the ILP's accounting 1 MiB too optimistic at every step: what it returns under a
+    binding cap would break the cap by the memory model, so it is solved again lower or
+    refused, never returned. (Random costs, so the fastest plan is not the leanest.)"""
+    from profiles.measurement import Measurement
+    from selector.ilp import solve_under_cap
+    from selector.planning import _held_to
+
+    rng = np.random.default_rng(0)
+
+    def costs(requests):
+        return {(r.kind, r.key, r.candidate): Measurement(float(rng.uniform(1e-4, 1e-2)), 0,
+                                                           "analytic") for r in requests}
+
+    np_ = build_problem(zoo.builtin("onnx:squeezenet"), costs)
+    honest = caps_for(np_.problem)
+    for n in np_.problem.fixed_bytes:
+        np_.problem.fixed_bytes[n] -= 1 << 20
+    broken = 0
+    for cap in honest:
+        raw = solve_under_cap(np_.problem, cap)
+        broken += predicted_peak(np_, raw.choice) > cap
+        try:
+            held = _held_to(np_, raw, cap, solver="cbc", time_limit_s=60)
+        except PlanningError as error:
+            assert "by the memory model" in str(error)
+            continue
+        assert predicted_peak(np_, held.choice) <= cap
+    assert broken, "the optimistic accounting never broke a cap: the test shows nothing"
