@@ -24,6 +24,13 @@ MemoryCap = Annotated[
                       "None: no cap (the fastest plan).")]
 
 
+#: Where a plan's costs come from: all measured on this server, all imported from another
+#: store, all from the analytic model, or a mix.
+CostsLabel = Annotated[Literal["measured", "imported", "analytic", "mixed"], Field(
+    description="measured / imported / analytic: every cost has that source; mixed: some "
+                "mix of them.")]
+
+
 # -- errors ------------------------------------------------------------------------------------
 class FieldError(BaseModel):
     """One problem of a request body, where it is and what is wrong."""
@@ -170,7 +177,7 @@ class PlanDocument(BaseModel):
     machine: dict[str, Any]
     threads: int
     memory_cap_bytes: int | None
-    costs: Literal["measured", "analytic", "mixed"]
+    costs: CostsLabel
     solver: SolverDoc
     predicted: PredictedDoc
     assignment: dict[str, str]
@@ -191,7 +198,7 @@ class ParetoPoint(BaseModel):
 class ParetoResponse(BaseModel):
     network: str
     threads: int
-    costs: Literal["measured", "analytic", "mixed"]
+    costs: CostsLabel
     points: list[ParetoPoint]
     baselines: dict[str, BaselineDoc]
 
@@ -241,6 +248,8 @@ class ProfileResult(BaseModel):
     requested: int
     measured: int
     cached: int
+    unmeasured: int = Field(0, description="Costs left unmeasured at the job's deadline "
+                                           "(estimated when planning).")
     seconds: float
 
 
@@ -267,12 +276,30 @@ class Job(BaseModel):
     error: ErrorBody | None
 
 
+class WorkerCounts(BaseModel):
+    """The worker processes by state."""
+
+    idle: int = 0
+    busy: int = 0
+    starting: int = 0
+    overdue: int = Field(0, description="Busy past their deadline and not yet stopped.")
+    dead: int = 0
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    """GET /healthz: 200 with status "ok" while some worker can make progress, else 503 with
+    status "unhealthy" and why (`error`, `detail`)."""
+
+    status: Literal["ok", "unhealthy"]
     version: str
     slots: int = Field(description="Heavy requests served at once (worker processes).")
     busy: int
     waiting: int
+    workers: WorkerCounts
+    replaced: int = Field(description="Worker processes replaced since the start (died, "
+                                      "overran their deadline or memory).")
+    error: Literal["unhealthy"] | None = Field(None, description="Only when unhealthy.")
+    detail: str | None = Field(None, description="Why no worker can serve (when unhealthy).")
 
 
 class AlgorithmInfo(BaseModel):
