@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
@@ -64,7 +64,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "A body that does not validate, a network over "
                                              "the limits, or a cap no plan fits."},
     503: {"model": ErrorBody, "description": "Busy, shutting down, or the worker died: retry "
-                                             "later.", "headers": _RETRY},
+                                             "later; or the server's cost store is unusable "
+                                             "(cost_store: the server's problem, not the "
+                                             "request's).", "headers": _RETRY},
     504: {"model": ErrorBody, "description": "The request overran its deadline "
                                              "(CONVPLAN_REQUEST_TIMEOUT); its worker was "
                                              "replaced."},
@@ -82,6 +84,37 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
            errors: list[dict[str, Any]] | None = None) -> JSONResponse:
     body = ErrorBody(error=code, detail=detail, errors=errors)  # type: ignore[arg-type]
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+#: A 422 lists this many problems (then says how many more); each location part and message is
+#: cut to these lengths, so a body with a huge key or many errors gets a small answer.
+MAX_PROBLEMS = 10
+MAX_LOC_PARTS = 16
+MAX_LOC_CHARS = 64
+MAX_MSG_CHARS = 256
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _validation_problems(errors: Sequence[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(summary, problems) of pydantic's errors: the first `MAX_PROBLEMS`, each location part
+    and message cut short (they may echo the request: an unknown key is its location)."""
+    problems = []
+    for e in errors[:MAX_PROBLEMS]:
+        loc = list(e.get("loc", ()))
+        parts: list[str | int] = [p if isinstance(p, int) else _clip(str(p), MAX_LOC_CHARS)
+                                  for p in loc[:MAX_LOC_PARTS]]
+        if len(loc) > MAX_LOC_PARTS:
+            parts.append(f"... ({len(loc) - MAX_LOC_PARTS} more)")
+        problems.append({"loc": parts, "msg": _clip(str(e.get("msg", "")), MAX_MSG_CHARS),
+                         "type": _clip(str(e.get("type", "")), MAX_LOC_CHARS)})
+    summary = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems[:5])
+    more = len(errors) - min(len(errors), 5)
+    if more:
+        summary += f"; and {more} more"
+    return summary or "invalid request", problems
 
 
 def require_json(request: Request) -> None:
@@ -166,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "cap, run the network and measure the memory promise.")
     app.state.settings, app.state.pool, app.state.jobs = settings, pool, jobs
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes,
+                       json_limit=settings.max_json_body_bytes,
                        timeout_s=settings.body_timeout_s)
     v1_security: list[Any] = []
     errors = ERRORS
@@ -188,11 +222,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [{"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
-                     "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-                    for e in error.errors()[:20]]
-        summary = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems[:5])
-        return _error(422, "invalid_request", summary or "invalid request", errors=problems)
+        summary, problems = _validation_problems(error.errors())
+        return _error(422, "invalid_request", summary, errors=problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -207,20 +238,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # -- light ---------------------------------------------------------------------------------
     @app.get("/healthz", response_model=Health, tags=["service"],
-             responses={503: {"model": ErrorBody, "description": "Unhealthy: no worker can "
-                                                                "make progress (the body says "
-                                                                "why)."}})
+             responses={503: {"model": Health, "description": "Unhealthy: no worker can make "
+                                                              "progress (`detail` says why).",
+                              "headers": _RETRY}})
     async def healthz() -> Any:
         """Whether heavy requests can be served (some worker process alive and within its
         deadline), and how busy the slots are; never needs the API key, costs nothing."""
         healthy, why, counts = pool.health()
-        body = {"status": "ok", "version": app.version, "slots": pool.slots,
-                "busy": pool.busy, "waiting": pool.waiting, "workers": counts,
-                "replaced": pool.replaced}
-        if healthy:
-            return JSONResponse(body)
-        return JSONResponse({**body, "status": "unhealthy", "error": "unhealthy",
-                             "detail": why}, status_code=503, headers=retry)
+        health = Health(status="ok" if healthy else "unhealthy", version=app.version,
+                        slots=pool.slots, busy=pool.busy, waiting=pool.waiting,
+                        workers=counts, replaced=pool.replaced,  # type: ignore[arg-type]
+                        error=None if healthy else "unhealthy", detail=None if healthy else why)
+        return JSONResponse(health.model_dump(exclude_none=True),
+                            status_code=200 if healthy else 503,
+                            headers=None if healthy else retry)
 
     algorithm_rows = [a.describe() for a in registry.all_algorithms()]
 
@@ -275,7 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         peak memory next to the predicted peak."""
         options = body.model_dump(exclude={"network", "plan"})
         if body.plan is not None:
-            options["plan"] = {"assignment": body.plan.assignment,
+            options["plan"] = {"network": body.plan.network, "assignment": body.plan.assignment,
                                "layouts": body.plan.layouts, "threads": body.plan.threads}
         return await pool.run(service.run_task, _source(body.network), options, settings,
                               pass_deadline=True)

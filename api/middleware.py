@@ -24,9 +24,9 @@ class BodyTooLarge(HTTPException):
     """Raised from ``receive`` mid-body; an HTTPException, so FastAPI's body parsing passes
     it on unchanged and the app's handler answers 413."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, setting: str = "CONVPLAN_MAX_BODY", what: str = "") -> None:
         super().__init__(413, f"the request body is larger than this server's limit of "
-                              f"{limit} bytes (CONVPLAN_MAX_BODY)")
+                              f"{limit} bytes{what} ({setting})")
 
 
 class BodyTooSlow(HTTPException):
@@ -46,19 +46,42 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
-class BodyLimitMiddleware:
-    """413 for a body over ``limit`` bytes: at once from Content-Length, else while counting;
-    408 for a body not received within ``timeout_s`` seconds of the request's start."""
+def _is_multipart(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower().startswith(b"multipart/")
+    return False
 
-    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None) -> None:
+
+class BodyLimitMiddleware:
+    """413 for a body over its limit: at once from Content-Length, else while counting; 408
+    for a body not received within ``timeout_s`` seconds of the request's start.
+
+    A multipart body (an ONNX upload) may have ``limit`` bytes; any other body (JSON: a
+    missing Content-Type is read as JSON) ``json_limit`` (default ``limit``), which is far
+    smaller: a JSON body is parsed whole, into objects many times its size, before the
+    route can count its layers."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None,
+                 json_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.json_limit = limit if json_limit is None else json_limit
         self.timeout_s = timeout_s
+
+    def _too_large(self, multipart: bool) -> BodyTooLarge:
+        if multipart:
+            return BodyTooLarge(self.limit)
+        return BodyTooLarge(self.json_limit, "CONVPLAN_MAX_JSON_BODY",
+                            " for a JSON body (a multipart ONNX upload may have "
+                            f"{self.limit})")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        multipart = _is_multipart(scope["headers"])
+        limit = self.limit if multipart else self.json_limit
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -67,9 +90,9 @@ class BodyLimitMiddleware:
                     await _send_json(send, 400, {"error": "bad_request",
                                                  "detail": "Content-Length is not a number"})
                     return
-                if declared > self.limit:
+                if declared > limit:
                     await _send_json(send, 413, {"error": "body_too_large",
-                                                 "detail": BodyTooLarge(self.limit).detail})
+                                                 "detail": self._too_large(multipart).detail})
                     return
         received = 0
         started = False
@@ -89,8 +112,8 @@ class BodyLimitMiddleware:
                     raise BodyTooSlow(self.timeout_s or 0) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise self._too_large(multipart)
                 complete = not message.get("more_body", False)
             return message
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kernels import registry
+from profiles.store import StoreError
 from selector import zoo
 from selector.ilp import PlanningError
 from selector.network import LimitError, Limits, Network, NetworkError
@@ -30,6 +31,7 @@ from selector.planning import (
     PlanRequest,
     baselines,
     build_problem,
+    check_plan,
     cost_function,
     parse_bytes,
     plan_network,
@@ -41,6 +43,8 @@ from selector.runner import npy_header, random_inputs, read_inputs, run_network
 
 MiB = 1 << 20
 GiB = 1 << 30
+#: What the default JSON body limit allows a layer of a network description.
+JSON_BYTES_PER_LAYER = 4 << 10
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -97,10 +101,21 @@ class Settings:
     worker_memory_bytes: int | None = None
     kill_grace_s: float = 1.0               # CONVPLAN_KILL_GRACE (SIGTERM, then SIGKILL)
     body_timeout_s: float = 60.0            # CONVPLAN_BODY_TIMEOUT (receiving a request body)
+    #: CONVPLAN_MAX_JSON_BODY: a body that is not a multipart upload (a JSON request); None:
+    #: derived from the layer limit (`default_json_body`), so a description of far more layers
+    #: than the server takes is refused (413) before it is parsed.
+    max_json_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.worker_memory_bytes is None:
             object.__setattr__(self, "worker_memory_bytes", self.default_worker_memory())
+        if self.max_json_body_bytes is None:
+            object.__setattr__(self, "max_json_body_bytes", self.default_json_body())
+
+    def default_json_body(self) -> int:
+        """4 KiB a layer (a described layer takes 50 to 300 bytes of JSON) and 1 MiB for the
+        options and a run's input (base64), within CONVPLAN_MAX_BODY."""
+        return min(self.max_body_bytes, self.max_layers * JSON_BYTES_PER_LAYER + MiB)
 
     def default_worker_memory(self) -> int:
         """What a worker may map: a measured baseline with headroom (an idle worker maps about
@@ -141,6 +156,8 @@ class Settings:
             kill_grace_s=_env_number(env, "CONVPLAN_KILL_GRACE", d.kill_grace_s, float, 0),
             body_timeout_s=_env_number(env, "CONVPLAN_BODY_TIMEOUT", d.body_timeout_s, float,
                                        0.1),
+            max_json_body_bytes=_env_bytes(env, "CONVPLAN_MAX_JSON_BODY",
+                                           None),  # type: ignore[arg-type]
         )
 
 
@@ -158,12 +175,16 @@ class ServiceError(Exception):
 
 @contextmanager
 def client_errors() -> Iterator[None]:
-    """The library's errors about its input, as the HTTP errors they are: every one is a
-    ValueError (a limit crossed: 422; a bad plan, network or value: 400), never a 500."""
+    """The library's errors, as the HTTP errors they are: every one is a ValueError (a limit
+    crossed: 422; a bad plan, network or value: 400), never a 500; but a `StoreError` (the
+    server's cost store is damaged, foreign or read-only) is the server's problem, not the
+    request's: 503 cost_store, with the store's message."""
     try:
         yield
     except ServiceError:
         raise
+    except StoreError as error:         # before ValueError, of which it is one
+        raise ServiceError(503, "cost_store", str(error)[:2000]) from None
     except LimitError as error:         # valid, but more than this server takes
         raise ServiceError(422, "network_too_large", str(error)) from None
     except PlanError as error:
@@ -295,9 +316,15 @@ def plan_task(source: Source, options: dict[str, Any], settings: Settings,
             return plan_network(network, request)
 
 
+#: The `costs` of a plan or frontier whose costs all have one source (else "mixed").
+COST_SOURCES = ("measured", "imported", "analytic")
+
+
 def _costs_label(sources: set[str]) -> str:
-    return "measured" if sources == {"measured"} else (
-        "analytic" if sources == {"analytic"} else "mixed")
+    """The label of costs from ``sources``: the one source they all have, else "mixed"."""
+    if len(sources) == 1 and next(iter(sources)) in COST_SOURCES:
+        return next(iter(sources))
+    return "mixed"
 
 
 def pareto_task(source: Source, options: dict[str, Any], points: int, settings: Settings,
@@ -376,6 +403,8 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings,
             raise ServiceError(400, "invalid_value", "give a plan or an algorithm, not both")
         if plan is not None:
             assignment, layouts = plan["assignment"], plan.get("layouts") or {}
+            # made for this network (when the plan names its own), as `convplan run --plan`
+            check_plan(network, assignment, layouts, made_for=plan.get("network"))
             threads = threads or plan.get("threads")
         elif body.get("algorithm") is not None:
             algorithm = body["algorithm"]
