@@ -105,10 +105,11 @@ HIDDEN_TEMPORARIES = {
         {"name": "v4", "op": "reshape", "inputs": ["v"], "shape": [16, 64, 64]},
         {"name": "m", "op": "mul", "inputs": ["r", "v4"]})),
     # thousands of array objects, each small beside its own bookkeeping
-    "a split into 2000 parts": ((1, 2000, 4, 4), _layers_of(
-        {"name": "sp", "op": "split", "inputs": ["x"], "axis": 1, "sizes": [1] * 2000,
-         "outputs": [f"p{i}" for i in range(2000)]},
-        {"name": "cat", "op": "concat", "inputs": [f"p{i}" for i in range(2000)], "axis": 1})),
+    "15 splits into 64 parts each": ((1, 64, 2, 2), _layers_of(
+        *[{"name": f"sp{j}", "op": "split", "inputs": ["x"], "axis": 1, "sizes": [1] * 64,
+           "outputs": [f"p{j}_{i}" for i in range(64)]} for j in range(15)],
+        {"name": "cat", "op": "concat", "axis": 1,
+         "inputs": [f"p{j}_{i}" for j in range(15) for i in range(64)]})),
     "900 live tiny tensors": ((1, 1, 2, 2), _layers_of(
         *[{"name": f"r{i}", "op": "relu", "inputs": ["x"]} for i in range(900)],
         {"name": "cat", "op": "concat", "inputs": [f"r{i}" for i in range(900)], "axis": 1})),
