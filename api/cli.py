@@ -6,17 +6,25 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from api.cli_batch import register as register_batch
+from api.cli_profiles import (
+    check_seconds,
+    check_threads,
+    console,
+    fail,
+    progress_bar,
+    store_warnings,
+)
 from api.cli_profiles import register as register_profile_commands
 from api.cli_serve import register as register_serve
 from kernels import ConvSpec, blas, registry
@@ -41,49 +49,46 @@ from selector.planning import (
 from selector.planning import pareto as pareto_frontier
 from selector.runner import RunReport, read_inputs, run_network
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# click's base error class: older typer re-exports click's, newer typer vendors its own
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """A usage error (a bad number, an unknown option, a missing argument) is one ``error:``
+    line too, like every other bad input, instead of click's usage text and boxed message."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **extra)
+        try:
+            result = super().main(*args, standalone_mode=False, **extra)
+        except _CLICK_ERROR as error:
+            if type(error).__name__ == "NoArgsIsHelpError":      # `convplan`: the help
+                if error.format_message():      # (newer typer has printed it already)
+                    typer.echo(error.format_message(), err=True)
+                sys.exit(error.exit_code)
+            ctx = getattr(error, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            try:
+                fail(error.format_message() + hint, code=error.exit_code)
+            except typer.Exit as exit_:
+                sys.exit(exit_.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Choose GEMM-based convolution algorithms per layer under a memory cap.")
-console = Console(width=None if Console().is_terminal else 120)
-
-
-def _fail(message: str) -> None:
-    """The one error path: one line on stderr (the message is never read as markup), exit 2."""
-    line = " ".join(str(message).split())
-    if len(line) > 2000:
-        line = line[:1997] + "..."
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(line)}")
-    raise typer.Exit(2)
-
 
 NO_MEMORY = "this needs more memory than the machine (or the process's limit) allows"
 
 
-def _check_threads(threads: int | None) -> None:
-    """--threads: 1 .. the machine's cores; a warning above the cores this process may use."""
-    if threads is None:
-        return
-    cores = os.cpu_count() or 1
-    if not 1 <= threads <= cores:
-        _fail(f"--threads must be between 1 and {cores} (this machine's cores), got {threads}")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = cores
-    if threads > usable:
-        Console(stderr=True, soft_wrap=True).print(
-            f"warning: --threads {threads} is more than the {usable} core(s) this process may "
-            "run on; timings will suffer")
-
-
-def _check_positive(option: str, value: float) -> None:
-    if not math.isfinite(value) or value <= 0:
-        _fail(f"{option} must be a finite number above 0, got {value}")
-
-
 def _check_cost_options(threads: int | None, time_limit: float, budget_seconds: float) -> None:
-    _check_threads(threads)
-    _check_positive("--time-limit", time_limit)
-    _check_positive("--budget-seconds", budget_seconds)
+    check_threads(threads)
+    check_seconds("--time-limit", time_limit)
+    check_seconds("--budget-seconds", budget_seconds)
 
 
 @app.command()
@@ -170,23 +175,23 @@ def compare(
         for name, spec in paper_layers().items():
             console.print(f"{name:22s} {spec.describe()}")
         return
-    _check_threads(threads)
+    check_threads(threads)
     try:
         spec = paper_layer(layer) if ":" in layer else _parse_spec(layer)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     # float32 input, weights and output, their float64 copies and the reference: all before
     # the first allocation (a layer of absurd size is refused, not attempted)
     elements = (math.prod(spec.input_shape()) + math.prod(spec.weight_shape)
                 + math.prod(spec.output_shape("NCHW")))
     if 12 * elements + max(a.workspace_bytes(spec) for a in registry.applicable(spec)) \
             > machine_memory_bytes():
-        _fail(f"layer {spec.describe()} needs about {_bytes(12 * elements)} for its tensors; "
-              f"this machine has {_bytes(machine_memory_bytes())}")
+        fail(f"layer {spec.describe()} needs about {_bytes(12 * elements)} for its tensors; "
+             f"this machine has {_bytes(machine_memory_bytes())}")
     try:
         rows = _compare_rows(spec, threads)
     except MemoryError:
-        _fail(NO_MEMORY)
+        fail(NO_MEMORY)
     if as_json:
         print(json.dumps({"layer": layer, "spec": spec.key(), "threads": threads, "rows": rows},
                          indent=2))
@@ -262,8 +267,8 @@ def run(
 ) -> None:
     """Run a network: time, measured vs predicted peak memory, per-layer steps."""
     if algorithm is not None and plan is not None:
-        _fail("give --algorithm or --plan, not both")
-    _check_threads(threads)
+        fail("give --algorithm or --plan, not both")
+    check_threads(threads)
     try:
         chosen = _read_plan(plan) if plan is not None else None
         network = zoo.load_network(model, limits=Limits.of_this_machine())
@@ -278,9 +283,9 @@ def run(
                              strict=plan is not None, threads=threads, repeat=repeat,
                              check=check)
     except ValueError as error:     # NetworkError, PlanError and every bad-argument error
-        _fail(str(error))
+        fail(str(error))
     except MemoryError:
-        _fail(NO_MEMORY)
+        fail(NO_MEMORY)
     if output_path is not None:
         try:
             if len(report.outputs) == 1:
@@ -288,7 +293,7 @@ def run(
             else:
                 np.savez(output_path, **report.outputs)
         except OSError as error:
-            _fail(f"cannot write {output_path}: {error.strerror}")
+            fail(f"cannot write {output_path}: {error.strerror}")
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
@@ -321,9 +326,8 @@ def _print_run(report: RunReport) -> None:
 
 def _progress_bar():
     """A rich progress bar on stderr, and the profiler callback that drives it."""
-    bar = Progress(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.description}"),
-                   console=Console(stderr=True), transient=True)
+    bar = progress_bar(TextColumn("profiling"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), TextColumn("{task.description}", markup=False))
     task = bar.add_task("", total=None)
 
     def progress(done: int, total: int, request) -> None:
@@ -370,17 +374,17 @@ def plan(
                               db=str(db) if db is not None else None)
         network = zoo.load_network(model, limits=Limits.of_this_machine())
         bar, progress = _progress_bar()
-        with bar:
+        with store_warnings(), bar:
             document = plan_network(network, request, progress)
     except ValueError as error:     # NetworkError, PlanningError, bad sizes and options
-        _fail(str(error))
+        fail(str(error))
     except MemoryError:
-        _fail(NO_MEMORY)
+        fail(NO_MEMORY)
     if out is not None:
         try:
             out.write_text(json.dumps(document, indent=1))
         except OSError as error:
-            _fail(f"cannot write {out}: {error.strerror}")
+            fail(f"cannot write {out}: {error.strerror}")
     if as_json:
         print(json.dumps(document, indent=1))
         return
@@ -436,22 +440,28 @@ def pareto(
         request = PlanRequest(threads=threads, solver=solver, time_limit_s=time_limit,
                               measure=not no_profile, budget_s=budget_seconds,
                               db=str(db) if db is not None else None)
-        profiler = profiler_for(request)
-        bar, progress = _progress_bar()
-        with bar:
-            problem = build_problem(network, cost_function(profiler, request.measure, progress))
+        with store_warnings():
+            profiler = profiler_for(request)
+            try:
+                bar, progress = _progress_bar()
+                with bar:
+                    problem = build_problem(network, cost_function(profiler, request.measure,
+                                                                   progress))
+            finally:
+                if profiler.store is not None:
+                    profiler.store.close()
         frontier = pareto_frontier(problem, points, solver=solver, time_limit_s=time_limit)
         marks = baselines(problem, None, solver=solver, time_limit_s=time_limit)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     except MemoryError:
-        _fail(NO_MEMORY)
+        fail(NO_MEMORY)
     rows = [{k: v for k, v in p.items() if k != "choice"} for p in frontier]
     if plot is not None:
         try:
             _plot_frontier(rows, marks, network.name, plot)
         except (ImportError, OSError) as error:
-            _fail(f"cannot draw {plot}: {error}")
+            fail(f"cannot draw {plot}: {error}")
     if as_json:
         print(json.dumps({"network": network.name, "threads": profiler.threads,
                           "points": rows, "baselines": marks}, indent=1))

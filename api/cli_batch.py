@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.batch import (
@@ -23,15 +21,8 @@ from api.batch import (
     write_outputs,
     write_plan,
 )
+from api.cli_profiles import check_seconds, check_threads, console, fail, progress_bar
 from selector.planning import PlanRequest, parse_bytes
-
-console = Console(width=None if Console().is_terminal else 120)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, no traceback: what the user can act on."""
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(code)
 
 
 def _size(n: int | None) -> str:
@@ -88,9 +79,13 @@ def batch(
     """Plan every network under one memory cap; one plan file each (written as soon as that
     network is planned), and a summary."""
     if scheduler is not None and local_cluster is not None:
-        _fail("give --scheduler or --local-cluster, not both")
-    if not timeout_seconds > 0:
-        _fail(f"--timeout-seconds must be positive, got {timeout_seconds}")
+        fail("give --scheduler or --local-cluster, not both")
+    # a --scheduler's workers may be other machines, with other core counts
+    check_threads(threads, this_machine=scheduler is None)
+    for option, seconds in (("--time-limit", time_limit), ("--budget-seconds", budget_seconds),
+                            ("--timeout-seconds", timeout_seconds),
+                            ("--connect-timeout", connect_timeout)):
+        check_seconds(option, seconds)
     try:
         request = PlanRequest(cap=parse_bytes(memory_cap), threads=threads, solver=solver,
                               time_limit_s=time_limit, measure=not no_profile,
@@ -98,15 +93,15 @@ def batch(
         check_request(request)
         inputs = collect_inputs(paths)
     except ValueError as error:     # BatchError, a bad size
-        _fail(str(error))
+        fail(str(error))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        _fail(f"cannot create the output folder {out}: {error.strerror}")
+        fail(f"cannot create the output folder {out}: {error.strerror}")
 
     columns = (TextColumn("planning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+               TextColumn("{task.description}", markup=False))
+    with progress_bar(*columns) as bar:
         task = bar.add_task("", total=len(inputs))
         done: list[dict[str, Any]] = []
 
@@ -122,22 +117,22 @@ def batch(
                 with dask_client(scheduler, local_cluster, connect_timeout) as client:
                     rows = run_dask(inputs, request, client, on_result, timeout_seconds)
         except BatchError as error:
-            _fail(str(error))
+            fail(str(error))
         except KeyboardInterrupt:
             write_outputs(done, out)
-            _fail(f"interrupted: the {len(done)} network(s) finished so far are in {out}",
-                  code=130)
+            fail(f"interrupted: the {len(done)} network(s) finished so far are in {out}",
+                 code=130)
     summary = write_outputs(rows, out)
     if as_json:
         print(json.dumps(summary, indent=1))
     else:
         _print_summary(summary, out)
     if summary.get("summary_error"):
-        _fail(summary["summary_error"], code=1)
+        fail(summary["summary_error"], code=1)
     if summary["failed"]:
         failed = [r["network"] for r in summary["rows"] if r["status"] != "planned"]
-        _fail(f"{summary['failed']} of {summary['networks']} network(s) failed: "
-              f"{', '.join(failed)} (their errors are in {out / 'batch-summary.json'})", code=1)
+        fail(f"{summary['failed']} of {summary['networks']} network(s) failed: "
+             f"{', '.join(failed)} (their errors are in {out / 'batch-summary.json'})", code=1)
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -150,7 +145,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         table.add_row(row["network"], row["status"],
                       "" if time_s is None else f"{time_s * 1e3:.2f}", _size(row["peak_bytes"]),
                       "" if row["solve_seconds"] is None else f"{row['solve_seconds']:.2f}",
-                      row["worker"] or "", escape(row["error"] or ""))
+                      row["worker"] or "", row["error"] or "")
     console.print(table)
     console.print(f"plans and batch-summary.json in {out}", soft_wrap=True)
 

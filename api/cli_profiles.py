@@ -4,6 +4,7 @@ the cost store, and move them between machines. `register(app)` adds these comma
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import warnings
@@ -14,9 +15,16 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from profiles.profiler import Profiler
 from profiles.requests import CostRequest
@@ -24,7 +32,70 @@ from profiles.store import CostStore, StoreError, StoreWarning, default_db_path
 from selector import zoo
 from selector.planning import requests_for
 
-console = Console(width=None if Console().is_terminal else 120)
+
+# -- shared by every convplan command (api/cli.py and api/cli_batch.py import these) -----------
+def plain_console(**options: object) -> Console:
+    """A console that prints text as it is: no rich markup (a name like ``[/x]`` is shown, not
+    read as a closing tag) and no emoji codes (``:smile:`` stays text)."""
+    return Console(markup=False, emoji=False, highlight=False, **options)  # type: ignore[arg-type]
+
+
+console = plain_console(width=None if Console().is_terminal else 120)
+
+
+def _one_line(message: object) -> str:
+    line = " ".join(str(message).split())
+    return line if len(line) <= 2000 else line[:1997] + "..."
+
+
+def warn(message: object) -> None:
+    """``warning: ...``: one line on stderr, shown literally."""
+    plain_console(stderr=True, soft_wrap=True).print(
+        Text.assemble(("warning:", "yellow"), " ", _one_line(message)))
+
+
+def fail(message: object, code: int = 2) -> NoReturn:
+    """The one error path of every command: ``error: ...``, one line on stderr (the message is
+    never read as markup), then exit ``code`` (2: bad input)."""
+    plain_console(stderr=True, soft_wrap=True).print(
+        Text.assemble(("error:", "red"), " ", _one_line(message)))
+    raise typer.Exit(code)
+
+
+def progress_bar(*columns: ProgressColumn | str) -> Progress:
+    """A transient progress bar on stderr; nothing at all when stderr is not a terminal (a log
+    gets no blank line from it)."""
+    err = plain_console(stderr=True)
+    return Progress(*columns, console=err, transient=True, disable=not err.is_terminal)
+
+
+def check_threads(threads: int | None, *, this_machine: bool = True) -> None:
+    """--threads: 1 .. the machine's cores, with a warning above the cores this process may run
+    on. ``this_machine=False`` (work done on other machines): only at least 1."""
+    if threads is None:
+        return
+    if not this_machine:
+        if threads < 1:
+            fail(f"--threads must be at least 1, got {threads}")
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        fail(f"--threads must be between 1 and {cores} (this machine's cores), got {threads}")
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = cores
+    if threads > usable:
+        warn(f"--threads {threads} is more than the {usable} core(s) this process may run on; "
+             "timings will suffer")
+
+
+def check_seconds(option: str, value: float) -> None:
+    """A duration option: a finite number above 0 (``nan``, ``inf``, 0 and below refused)."""
+    if not math.isfinite(value) or value <= 0:
+        fail(f"{option} must be a finite number above 0, got {value}")
+
+
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="The cost store: list, export and import measured costs.")
 
@@ -32,42 +103,38 @@ DbOption = Annotated[Path | None, typer.Option(
     "--db", help="Cost store (default: $CONVPLAN_DB, else ~/.cache/convplan/costs.sqlite).")]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, no traceback: what the user can act on."""
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(code)
-
-
 def _open(db: Path | None, **options: bool) -> CostStore:
     """The store, or exit 2 with the StoreError's message (it names the file and the fix)."""
     try:
         return CostStore(db if db is not None else default_db_path(), **options)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @contextmanager
-def _store_warnings() -> Iterator[None]:
-    """The store's warnings (rows it ignored) as one line each on stderr, not Python's form."""
+def store_warnings() -> Iterator[None]:
+    """The cost store's warnings (rows it ignored) as ``warning: ...`` lines on stderr, each
+    distinct one once, instead of Python's ``file:line: StoreWarning: ...`` form."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StoreWarning)
         try:
             yield
         finally:
-            err = Console(stderr=True, soft_wrap=True)
+            shown: set[str] = set()
             for warning in caught:
-                if issubclass(warning.category, StoreWarning):
-                    err.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}")
-                else:
+                if not issubclass(warning.category, StoreWarning):
                     warnings.showwarning(warning.message, warning.category, warning.filename,
                                          warning.lineno)
+                elif str(warning.message) not in shown:
+                    shown.add(str(warning.message))
+                    warn(warning.message)
 
 
 def profile(
     model: Annotated[str, typer.Argument(
         help="A built-in network (convplan networks), a .json description or an .onnx file.")],
     threads: Annotated[int | None, typer.Option(
-        min=1, help="BLAS threads to measure under (default: all cores).")] = None,
+        help="BLAS threads to measure under (default: all cores).")] = None,
     budget_seconds: Annotated[float, typer.Option(
         "--budget-seconds", help="Timing budget per measurement, in seconds.")] = 0.5,
     db: DbOption = None,
@@ -87,25 +154,26 @@ def profile(
                                      "them.")] = False,
 ) -> None:
     """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
-    with _store_warnings():
+    with store_warnings():
         try:
             _profile(model, threads, budget_seconds, db, as_json, scheduler, local_cluster,
                      connect_timeout, remeasure_imported)
         except StoreError as error:     # damage found after opening: names the file
-            _fail(str(error))
+            fail(str(error))
 
 
 def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | None,
              as_json: bool, scheduler: str | None, local_cluster: int | None,
              connect_timeout: float, remeasure_imported: bool) -> None:
-    if not budget_seconds > 0:
-        _fail(f"--budget-seconds must be positive, got {budget_seconds}")
+    check_threads(threads)
+    check_seconds("--budget-seconds", budget_seconds)
+    check_seconds("--connect-timeout", connect_timeout)
     if scheduler is not None and local_cluster is not None:
-        _fail("give --scheduler or --local-cluster, not both")
+        fail("give --scheduler or --local-cluster, not both")
     try:
         network = zoo.load_network(model)
     except ValueError as error:     # NetworkError and every bad-model error
-        _fail(str(error))
+        fail(str(error))
     specs = [network.conv_spec(node) for node in network.conv_nodes]
     requests = requests_for(network)        # exactly what `convplan plan` will ask for
     convs = [r for r in requests if r.kind == "conv"]
@@ -115,8 +183,8 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
     store = _open(db, use_imported=not remeasure_imported)
     if store.read_only:
         store.close()
-        _fail(f"cost store {store.path} is read-only: `convplan profile` stores what it "
-              "measures; make it writable or give another --db")
+        fail(f"cost store {store.path} is read-only: `convplan profile` stores what it "
+             "measures; make it writable or give another --db")
     if scheduler is not None or local_cluster is not None:
         with store:
             _profile_on_cluster(network.name, requests, store, n_threads, budget_seconds,
@@ -128,9 +196,9 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
     with store:
         profiler = Profiler(store, n_threads, budget_seconds)
         before = store.count(profiler.fingerprint_id)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        columns = (TextColumn("{task.description}", markup=False), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn())
+        with progress_bar(*columns) as bar:
             task = bar.add_task("profiling", total=None)
 
             def progress(done: int, total: int, request: CostRequest) -> None:
@@ -141,10 +209,10 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
                 profiler.costs(requests, progress=progress)
             except KeyboardInterrupt:
                 kept = store.count(profiler.fingerprint_id) - before
-                _fail(f"interrupted: {kept} new measurement(s) kept in {store.path}; run the "
-                      "same command again to measure the rest", code=130)
+                fail(f"interrupted: {kept} new measurement(s) kept in {store.path}; run the "
+                     "same command again to measure the rest", code=130)
             except (ValueError, sqlite3.Error) as error:
-                _fail(f"profiling failed: {error}")
+                fail(f"profiling failed: {error}")
         stats = profiler.last_stats
         assert stats is not None
         summary = {
@@ -174,11 +242,11 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
     (the others are refused, and the output says which and why); store here."""
     from api.batch import BatchError, dask_client, profile_on_cluster
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with dask_client(scheduler, local_cluster, connect_timeout) as client, \
-                Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+                progress_bar(*columns) as bar:
             task = bar.add_task("profiling on the cluster", total=None)
 
             def progress(done: int, total: int) -> None:
@@ -187,45 +255,43 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
             result = profile_on_cluster(client, requests, store, threads, budget_seconds,
                                         progress)
     except KeyboardInterrupt:
-        _fail(f"interrupted: the measurements that came back are kept in {store.path}; run "
-              "the same command again to measure the rest", code=130)
+        fail(f"interrupted: the measurements that came back are kept in {store.path}; run "
+             "the same command again to measure the rest", code=130)
     except (BatchError, sqlite3.Error) as error:
-        _fail(str(error) if isinstance(error, BatchError) else f"profiling failed: {error}")
+        fail(str(error) if isinstance(error, BatchError) else f"profiling failed: {error}")
     summary = {"model": model, "db": str(store.path), "fingerprint_id": result.fingerprint_id,
                "threads": threads, **counts, "requested": result.requested,
                "measured": result.measured, "cached": result.cached,
                "seconds": round(result.seconds, 3), **result.as_dict()}
-    err = Console(stderr=True, soft_wrap=True)
     for worker in result.workers:
         if not worker.accepted:
-            err.print(f"[yellow]refused worker[/yellow] {escape(worker.address)}: its machine "
-                      f"fingerprint is not this machine's ({escape('; '.join(worker.reasons))})"
-                      "; its measurements are not used")
+            warn(f"refused worker {worker.address}: its machine fingerprint is not this "
+                 f"machine's ({'; '.join(worker.reasons)}); its measurements are not used")
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         used = ", ".join(f"{w.address}: {w.measured}" for w in result.accepted) or "none"
         console.print(
             f"{model}: {result.requested} costs | measured now {result.measured} on "
-            f"{len(result.accepted)} of {len(result.workers)} worker(s) ({escape(used)}), "
+            f"{len(result.accepted)} of {len(result.workers)} worker(s) ({used}), "
             f"cached {result.cached}, {result.seconds:.1f} s | {threads} thread(s), "
             f"fingerprint {result.fingerprint_id}, store {store.path}", soft_wrap=True)
     if result.failures:
-        _fail("; ".join(result.failures), code=1)
+        fail("; ".join(result.failures), code=1)
 
 
 @profiles_app.command("export")
 def export_costs(file: Annotated[Path, typer.Argument(help="JSON file to write.")],
                  db: DbOption = None) -> None:
     """Write every stored cost, with its machine fingerprint and origin, to a JSON file."""
-    with _store_warnings(), _open(db) as store:
+    with store_warnings(), _open(db) as store:
         try:
             rows = store.export(file)
             fps = len(store.fingerprints())
         except OSError as error:
-            _fail(f"cannot write {file}: {error.strerror}")
+            fail(f"cannot write {file}: {error.strerror}")
         except ValueError as error:
-            _fail(str(error))
+            fail(str(error))
     console.print(f"exported {rows} cost(s) of {fps} fingerprint(s) to {file}")
 
 
@@ -235,11 +301,11 @@ def import_costs(file: Annotated[Path, typer.Argument(help="A file `profiles exp
     """Merge an exported JSON file into the store (all or nothing). Imported costs are marked
     as imported, never as measured here: they never replace this store's own measurements,
     and of two imports of one cost the newer wins."""
-    with _store_warnings(), _open(db) as store:
+    with store_warnings(), _open(db) as store:
         try:
             rows = store.import_(file)
         except (ValueError, sqlite3.Error) as error:
-            _fail(str(error))
+            fail(str(error))
         path, stats = store.path, store.last_import
     assert stats is not None
     console.print(
@@ -255,11 +321,11 @@ def drop_imported(db: DbOption = None,
                   ) -> None:
     """Delete the imported costs (this store's own measurements stay): the way back from a bad
     import. `convplan profile` then measures what is missing."""
-    with _store_warnings(), _open(db) as store:
+    with store_warnings(), _open(db) as store:
         try:
             dropped = store.drop_imported(fingerprint)
         except (ValueError, sqlite3.Error) as error:
-            _fail(str(error))
+            fail(str(error))
         path = store.path
     console.print(f"deleted {dropped} imported cost(s) from {path}")
 
@@ -270,11 +336,11 @@ def list_costs(db: DbOption = None,
                ) -> None:
     """The machine fingerprints in the store and how many costs each holds (how many of them
     imported)."""
-    with _store_warnings(), _open(db) as store:
+    with store_warnings(), _open(db) as store:
         try:
             infos = store.fingerprints()
         except ValueError as error:
-            _fail(str(error))
+            fail(str(error))
         path, read_only = store.path, store.read_only
     if as_json:
         print(json.dumps([{"id": i.id, "rows": i.rows, "imported": i.imported,
@@ -287,10 +353,10 @@ def list_costs(db: DbOption = None,
     for info in infos:
         fp = info.fingerprint
         blas = fp.get("blas", {})
-        table.add_row(info.id, str(fp.get("threads", "?")), escape(str(fp.get("cpu", "?"))),
-                      escape(f"{blas.get('version', '?')} {blas.get('corename', '')}".strip()
-                             if isinstance(blas, dict) else str(blas)),
-                      escape(str(fp.get("convplan", "?"))), str(info.rows), str(info.imported))
+        table.add_row(info.id, str(fp.get("threads", "?")), str(fp.get("cpu", "?")),
+                      f"{blas.get('version', '?')} {blas.get('corename', '')}".strip()
+                      if isinstance(blas, dict) else str(blas),
+                      str(fp.get("convplan", "?")), str(info.rows), str(info.imported))
     console.print(table)
 
 

@@ -134,7 +134,13 @@ def test_import_of_a_bad_file_is_a_clear_error(app, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["profile", "no-such-model"], "neither a built-in network"),
-    (["profile", "tiny", "--budget-seconds", "0"], "must be positive"),
+    (["profile", "tiny", "--budget-seconds", "0"], "--budget-seconds must be a finite number"),
+    (["profile", "tiny", "--budget-seconds", "nan"], "above 0, got nan"),
+    (["profile", "tiny", "--budget-seconds", "inf"], "above 0, got inf"),
+    (["profile", "tiny", "--budget-seconds", "-1"], "above 0, got -1"),
+    (["profile", "tiny", "--threads", "0"], "--threads must be between 1 and"),
+    (["profile", "tiny", "--threads", "100000"], "got 100000"),
+    (["profile", "tiny", "--connect-timeout", "inf"], "--connect-timeout must be a finite"),
 ])
 def test_profile_bad_arguments(app, tmp_path: Path, args: list[str], message: str) -> None:
     assert message in _error(invoke(app, *args, "--db", str(tmp_path / "c.sqlite")))
