@@ -39,7 +39,6 @@ from profiles.store import CostKey, CostStore
 from selector import zoo
 from selector.ilp import SOLVERS
 from selector.network import Network, parse_description
-from selector.onnx_import import load_onnx
 from selector.planning import PlanRequest, plan_network
 
 if TYPE_CHECKING:
@@ -168,7 +167,7 @@ def parse_network(name: str, kind: Kind, data: bytes) -> Network:
         return zoo.builtin(data.decode())
     if kind == "json":
         return Network.from_description(parse_description(data))
-    return load_onnx(data, name=name)
+    return zoo.load_onnx(data, name=name)
 
 
 def _row(name: str, status: str, *, error: str | None = None,

@@ -9,21 +9,22 @@ described here. Every light model is also available unchanged as ``onnx:<name>``
 
 from __future__ import annotations
 
-import inspect
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
 
 from .network import LimitError, Limits, Network, NetworkError, parse_description
-from .onnx_import import load_onnx
 
-#: Whether `load_onnx` takes the size limits (checked once, on import).
-_ONNX_LIMITS = {"max_tensor_bytes", "max_weight_bytes"} <= set(
-    inspect.signature(load_onnx).parameters)
+
+def load_onnx(*args: Any, **kwargs: Any) -> Network:
+    """`onnx_import.load_onnx`, imported when first needed: onnx takes over a second to import,
+    which every CLI command (and `--help`) would pay."""
+    from .onnx_import import load_onnx as load
+
+    return load(*args, **kwargs)
 
 #: The paper's networks and the light model behind each (None: described in this module).
 PAPER_NETWORKS: dict[str, str | None] = {
@@ -55,6 +56,8 @@ def light_model_io(name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     for key, shape in net.inputs.items():
         size = int(np.prod(shape))
         inputs[key] = (np.arange(size).reshape(shape) / size).astype(np.float32)
+    from onnx import TensorProto, numpy_helper
+
     tensor = TensorProto()
     tensor.ParseFromString((light_dir() / f"light_{name}_output_0.pb").read_bytes())
     return inputs, numpy_helper.to_array(tensor)
@@ -104,10 +107,10 @@ def load_network(source: str | Path, limits: Limits | None = None) -> Network:
 
 
 def onnx_network(source: str | Path | bytes, limits: Limits | None = None) -> Network:
-    """An ONNX model with ``limits``: passed to the importer when it takes them (so it refuses
-    before allocating), and checked on the imported network in any case."""
-    if limits is not None and _ONNX_LIMITS:
-        network = load_onnx(source, max_tensor_bytes=limits.max_tensor_bytes,  # type: ignore
+    """An ONNX model with ``limits``: passed to the importer (so it refuses before
+    allocating), and checked on the imported network in any case."""
+    if limits is not None:
+        network = load_onnx(source, max_tensor_bytes=limits.max_tensor_bytes,
                             max_weight_bytes=limits.max_weight_bytes)
     else:
         network = load_onnx(source)
