@@ -8,8 +8,8 @@ import os
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+from api.cli_profiles import fail, warn
 
 
 def _loopback(host: str) -> bool:
@@ -33,15 +33,13 @@ def serve(
 
     from api.service import Settings
 
-    err = Console(stderr=True, soft_wrap=True)
     try:
         settings = Settings.from_env()      # fail here, in words, not in every worker
     except ValueError as error:
-        err.print(f"[red]error:[/red] {escape(str(error))}")
-        raise typer.Exit(2) from None
+        fail(error)
     if not _loopback(host) and not settings.api_key and not os.environ.get("CONVPLAN_API_KEY"):
-        err.print(f"[yellow]warning:[/yellow] serving on {escape(host)} without an API key: "
-                  "anyone who can reach this port can use it (set CONVPLAN_API_KEY)")
+        warn(f"serving on {host} without an API key: anyone who can reach this port can use it "
+             "(set CONVPLAN_API_KEY)")
     uvicorn.run("api.app:app", host=host, port=port, workers=workers, log_level=log_level,
                 timeout_graceful_shutdown=5)
 
