@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_hostile_store import spoil_a_row
+
 CONVPLAN = Path(sys.executable).with_name("convplan")
 CORES = os.cpu_count() or 1
 MARKUP = "[/x]"             # a closing tag that matches nothing: rich would raise on it
@@ -117,13 +119,7 @@ def test_profile_warns_above_the_cores_it_may_run_on(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["plan", "pareto"])
 def test_a_bad_row_is_one_warning_line(work: Path, command: str) -> None:
     db = store_copy(work, f"bad-{command}/{MARKUP}.sqlite")     # the path holds markup, too
-    raw = sqlite3.connect(db)
-    [(key, candidate)] = raw.execute("SELECT key, candidate FROM costs WHERE kind = 'conv' "
-                                     "LIMIT 1").fetchall()
-    raw.execute("UPDATE costs SET time_s = 'garbage' WHERE key = ? AND candidate = ?",
-                (key, candidate))
-    raw.commit()
-    raw.close()
+    key, candidate = spoil_a_row(db)
     result = cli(command, "tiny.json", "--db", db, "--no-profile", "--threads", "1", "--json",
                  cwd=work)
     assert result.returncode == 0, result.stderr

@@ -90,6 +90,18 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> str:
 
 
 # -- damaged and foreign files at the store path --------------------------------------------
+def spoil_a_row(db: Path) -> tuple[str, str]:
+    """Overwrite one convolution row's time with text, by hand; its (key, candidate)."""
+    raw = sqlite3.connect(db)
+    [(key, candidate)] = raw.execute("SELECT key, candidate FROM costs WHERE kind = 'conv' "
+                                     "LIMIT 1").fetchall()
+    raw.execute("UPDATE costs SET time_s = 'garbage' WHERE key = ? AND candidate = ?",
+                (key, candidate))
+    raw.commit()
+    raw.close()
+    return key, candidate
+
+
 def _damaged(data: bytes) -> bytes:
     middle = len(data) // 2
     return data[:middle] + b"\xab" * 512 + data[middle + 512:]
@@ -341,13 +353,7 @@ def test_a_bad_row_does_not_stop_a_plan_and_is_measured_again(tmp_path: Path) ->
     db = tmp_path / "costs.sqlite"
     first = plan(net, db)
     assert first["costs"] == "measured"
-    raw = sqlite3.connect(db)
-    [(key, candidate)] = raw.execute("SELECT key, candidate FROM costs WHERE kind = 'conv' "
-                                     "LIMIT 1").fetchall()
-    raw.execute("UPDATE costs SET time_s = 'garbage' WHERE key = ? AND candidate = ?",
-                (key, candidate))
-    raw.commit()
-    raw.close()
+    key, candidate = spoil_a_row(db)
     with pytest.warns(StoreWarning, match=f"conv/{key}/{candidate}"):
         again = plan(net, db)
     assert again["costs"] == "measured"
