@@ -326,7 +326,7 @@ CLI_CASES = {
                             "layers": [{"name": "r", "op": "relu", "inputs": ["x"]}]},
         None, "tensor 'x'"),
     "absurd weights (plan)": (["plan", "d.json", "--no-profile"],
-                              net(conv(out_channels=10**9, kernel=8, padding=0)), None,
+                              net(conv(out_channels=10**7, kernel=8, padding=0)), None,
                               "weights reach"),
     "a plan for another network": (["run", "d.json", "--plan", "p.json"], TWO_CONVS,
                                    {"network": "other", "assignment": {"a": "im2col",
