@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -29,6 +26,7 @@ from selector.network import (
     NetworkError,
 )
 from selector.planning import PlanError, check_plan, plan_spec
+from tests.processes import run_convplan
 
 X = {"name": "x", "shape": [1, 3, 8, 8]}
 MiB = 1 << 20
@@ -286,23 +284,12 @@ def test_a_whole_plan_document_is_a_plan() -> None:
 # -- the CLI ------------------------------------------------------------------------------------
 def convplan(*args: str, cwd: Path) -> tuple[int, str, float]:
     """(exit status, stderr, peak RSS MiB) of one real `convplan` process (60 s at most)."""
-    exe = shutil.which("convplan") or str(Path(sys.executable).with_name("convplan"))
-    command = [exe] if Path(exe).exists() else [sys.executable, "-m", "api.cli"]
-    with open(cwd / "stderr.txt", "wb") as err:
-        process = subprocess.Popen([*command, *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                                   stderr=err, env={**os.environ,
-                                                    "CONVPLAN_DB": str(cwd / "c.sqlite")})
-        deadline = time.monotonic() + 60
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"convplan {args} did not finish in 60 s")
-            time.sleep(0.05)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, (cwd / "stderr.txt").read_text(), usage.ru_maxrss / 1024
+    try:
+        status, stderr, peak = run_convplan(args, cwd=cwd, timeout_s=60,
+                                            env={"CONVPLAN_DB": str(cwd / "c.sqlite")})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"convplan {args} did not finish in 60 s")
+    return status, stderr, peak / 2**20
 
 
 def _npy_with_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
