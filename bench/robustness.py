@@ -6,7 +6,7 @@ Writes bench/results/robustness.md. The inputs come from the test suite's own ge
 (tests/hostile_onnx.py and the cases of tests/test_hostile_onnx.py; the wrong-typed attributes
 of tests/test_hostile_json.py; the damaged stores and hostile imports of
 tests/test_hostile_store.py; the aliasing networks of tests/hostile_networks.py) and go in as a
-user's would: the `convplan` CLI in a fresh process per input (its peak RSS from wait4), and a
+user's would: the `convplan` CLI in a fresh process per input (its own peak RSS), and a
 real server (`convplan serve` on 127.0.0.1, 2 workers) over HTTP, whose workers' peak RSS is
 read from /proc. After each door the server must still answer /healthz and plan a small
 network.
@@ -53,10 +53,10 @@ from selector.network import Network  # noqa: E402
 from selector.reference import reference_outputs  # noqa: E402
 from tests import hostile_networks, test_hostile_json, test_hostile_onnx  # noqa: E402
 from tests import test_hostile_store as stores  # noqa: E402
+from tests.processes import run_convplan  # noqa: E402
 from tests.service_server import TINY, running_server  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "robustness.md"
-CONVPLAN = Path(sys.executable).with_name("convplan")
 CLI_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 120.0
 
@@ -84,27 +84,14 @@ class Door:
 # -- the CLI door ---------------------------------------------------------------------------------
 def run_cli(args: list[str], timeout_s: float = CLI_TIMEOUT_S
             ) -> tuple[int | None, str, str, float, int]:
-    """(exit status or None on timeout, stdout, stderr, seconds, peak RSS bytes of the child)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        process = subprocess.Popen([str(CONVPLAN), *args], stdout=out, stderr=err,
-                                   env={**os.environ, "COLUMNS": "200"})
-        status, usage = None, None
-        while time.monotonic() - start < timeout_s:
-            pid, code, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                status = os.waitstatus_to_exitcode(code)
-                break
-            time.sleep(0.02)
-        seconds = time.monotonic() - start
-        if status is None:
-            process.kill()
-            _, _, usage = os.wait4(process.pid, 0)
-        process.returncode = status if status is not None else -9
-        out.seek(0)
-        err.seek(0)
-        return (status, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                seconds, usage.ru_maxrss * 1024)
+    """(exit status or None on timeout, stdout, stderr, seconds, the child's own peak RSS)."""
+    start = time.monotonic()
+    try:
+        status, err, rss = run_convplan(args, cwd=Path(tempfile.gettempdir()),
+                                        timeout_s=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None, "", "", time.monotonic() - start, 0
+    return status, "", err, time.monotonic() - start, rss
 
 
 def cli_refusal(door: Door, what: str, args: list[str]) -> None:
@@ -414,7 +401,7 @@ def main() -> None:
         f"{args.json_sample} --seed {args.seed}` on {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; "
         f"{time.monotonic() - started:.0f} s in all.", "",
-        "CLI doors: one fresh `convplan` process per input, its peak RSS from wait4 (imports "
+        "CLI doors: one fresh `convplan` process per input, its own peak RSS (VmHWM; imports "
         "included: a bare `convplan` start is most of it). HTTP doors: a real server with 2 "
         "workers; max RSS is the largest peak RSS of any worker process over the door; "
         "after each door the server must answer /healthz and plan a small network, or the "
