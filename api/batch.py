@@ -31,15 +31,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from profiles.fingerprint import fingerprint_id, machine_fingerprint
-from profiles.profiler import request_key
-from profiles.remote import ChunkResult, fingerprint_differences, measure_chunk, worker_fingerprint
-from profiles.requests import CostRequest
-from profiles.store import CostKey, CostStore
-from selector import zoo
-from selector.ilp import SOLVERS
-from selector.network import Network, parse_description
-from selector.planning import PlanRequest, plan_network
+from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
+from convplan.profiles.profiler import request_key
+from convplan.profiles.remote import (
+    ChunkResult,
+    fingerprint_differences,
+    measure_chunk,
+    worker_fingerprint,
+)
+from convplan.profiles.requests import CostRequest
+from convplan.profiles.store import CostKey, CostStore
+from convplan.selector import zoo
+from convplan.selector.ilp import SOLVERS
+from convplan.selector.network import Network, parse_description
+from convplan.selector.planning import PlanRequest, plan_network
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -241,7 +246,8 @@ def plan_in_child(name: str, kind: Kind, data: bytes, request: PlanRequest,
     os.close(handle)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from api.batch import _child_main; _child_main()", result],
+            [sys.executable, "-c",
+             "from convplan.api.batch import _child_main; _child_main()", result],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
         try:
             assert process.stdin is not None

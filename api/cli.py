@@ -12,12 +12,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from typer.core import TyperGroup
-
-from api.cli_batch import register as register_batch
-from api.cli_profiles import (
+from convplan.api.cli_batch import register as register_batch
+from convplan.api.cli_profiles import (
     check_seconds,
     check_threads,
     console,
@@ -25,16 +21,16 @@ from api.cli_profiles import (
     progress_bar,
     store_warnings,
 )
-from api.cli_profiles import register as register_profile_commands
-from api.cli_serve import register as register_serve
-from kernels import ConvSpec, blas, registry
-from kernels.layout import convert
-from kernels.measure import peak_allocation
-from profiles.timing import median_time
-from selector import zoo
-from selector.layers import paper_layer, paper_layers
-from selector.network import Limits, Network, NetworkError, machine_memory_bytes
-from selector.planning import (
+from convplan.api.cli_profiles import register as register_profile_commands
+from convplan.api.cli_serve import register as register_serve
+from convplan.kernels import ConvSpec, blas, registry
+from convplan.kernels.layout import convert
+from convplan.kernels.measure import peak_allocation
+from convplan.profiles.timing import median_time
+from convplan.selector import zoo
+from convplan.selector.layers import paper_layer, paper_layers
+from convplan.selector.network import Limits, Network, NetworkError, machine_memory_bytes
+from convplan.selector.planning import (
     PlanRequest,
     PlanSpec,
     baselines,
@@ -46,8 +42,11 @@ from selector.planning import (
     plan_spec,
     profiler_for,
 )
-from selector.planning import pareto as pareto_frontier
-from selector.runner import RunReport, read_inputs, run_network
+from convplan.selector.planning import pareto as pareto_frontier
+from convplan.selector.runner import RunReport, read_inputs, run_network
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
 
 # click's base error class: older typer re-exports click's, newer typer vendors its own
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

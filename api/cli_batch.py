@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from api.batch import (
+from convplan.api.batch import (
     BatchError,
     check_request,
     collect_inputs,
@@ -21,8 +18,10 @@ from api.batch import (
     write_outputs,
     write_plan,
 )
-from api.cli_profiles import check_seconds, check_threads, console, fail, progress_bar
-from selector.planning import PlanRequest, parse_bytes
+from convplan.api.cli_profiles import check_seconds, check_threads, console, fail, progress_bar
+from convplan.selector.planning import PlanRequest, parse_bytes
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 
 def _size(n: int | None) -> str:

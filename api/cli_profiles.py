@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from convplan.profiles.profiler import Profiler
+from convplan.profiles.requests import CostRequest
+from convplan.profiles.store import CostStore, StoreError, StoreWarning, default_db_path
+from convplan.selector import zoo
+from convplan.selector.planning import requests_for
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,12 +30,6 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-
-from profiles.profiler import Profiler
-from profiles.requests import CostRequest
-from profiles.store import CostStore, StoreError, StoreWarning, default_db_path
-from selector import zoo
-from selector.planning import requests_for
 
 
 # -- shared by every convplan command (api/cli.py and api/cli_batch.py import these) -----------
@@ -240,7 +239,7 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
                         connect_timeout: float, as_json: bool, counts: dict[str, int]) -> None:
     """`profile --scheduler/--local-cluster`: measure on the Dask workers that are this machine
     (the others are refused, and the output says which and why); store here."""
-    from api.batch import BatchError, dask_client, profile_on_cluster
+    from convplan.api.batch import BatchError, dask_client, profile_on_cluster
 
     columns = (TextColumn("{task.description}", markup=False), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())

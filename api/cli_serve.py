@@ -8,8 +8,7 @@ import os
 from typing import Annotated
 
 import typer
-
-from api.cli_profiles import fail, warn
+from convplan.api.cli_profiles import fail, warn
 
 
 def _loopback(host: str) -> bool:
@@ -30,8 +29,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
     import uvicorn
-
-    from api.service import Settings
+    from convplan.api.service import Settings
 
     try:
         settings = Settings.from_env()      # fail here, in words, not in every worker
@@ -40,7 +38,7 @@ def serve(
     if not _loopback(host) and not settings.api_key and not os.environ.get("CONVPLAN_API_KEY"):
         warn(f"serving on {host} without an API key: anyone who can reach this port can use it "
              "(set CONVPLAN_API_KEY)")
-    uvicorn.run("api.app:app", host=host, port=port, workers=workers, log_level=log_level,
+    uvicorn.run("convplan.api.app:app", host=host, port=port, workers=workers, log_level=log_level,
                 timeout_graceful_shutdown=5)
 
 

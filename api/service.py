@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-
-from kernels import registry
-from profiles.store import StoreError
-from selector import zoo
-from selector.ilp import PlanningError
-from selector.network import LimitError, Limits, Network, NetworkError
-from selector.planning import (
+from convplan.kernels import registry
+from convplan.profiles.store import StoreError
+from convplan.selector import zoo
+from convplan.selector.ilp import PlanningError
+from convplan.selector.network import LimitError, Limits, Network, NetworkError
+from convplan.selector.planning import (
     PlanError,
     PlanRequest,
     baselines,
@@ -38,8 +37,8 @@ from selector.planning import (
     profiler_for,
     requests_for,
 )
-from selector.planning import pareto as pareto_frontier
-from selector.runner import npy_header, random_inputs, read_inputs, run_network
+from convplan.selector.planning import pareto as pareto_frontier
+from convplan.selector.runner import npy_header, random_inputs, read_inputs, run_network
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -306,7 +305,7 @@ def plan_task(source: Source, options: dict[str, Any], settings: Settings,
               deadline: float | None = None) -> dict[str, Any]:
     """POST /v1/plan: the plan document. With a ``deadline`` (`time.monotonic`), measuring
     stops in time for the solver, whose limit fits what is left (the costs are then "mixed")."""
-    from profiles.profiler import measuring_deadline
+    from convplan.profiles.profiler import measuring_deadline
 
     with client_errors():
         request = plan_request(options, settings)
@@ -331,7 +330,7 @@ def pareto_task(source: Source, options: dict[str, Any], points: int, settings: 
                 deadline: float | None = None) -> dict[str, Any]:
     """POST /v1/pareto: the time / peak-memory frontier and the baselines (no cap); a
     ``deadline`` bounds measuring and solving as for `plan_task`."""
-    from profiles.profiler import measuring_deadline
+    from convplan.profiles.profiler import measuring_deadline
 
     with client_errors():
         request = plan_request({**options, "memory_cap": None}, settings)
@@ -391,7 +390,7 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings,
     """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction.
     A ``deadline`` bounds planning first to half the time left (the run itself cannot stop
     early: the pool kills it at the deadline)."""
-    from profiles.profiler import measuring_deadline
+    from convplan.profiles.profiler import measuring_deadline
 
     with client_errors():
         network = load(source, settings)
@@ -440,7 +439,7 @@ def profile_task(source: Source, threads: int | None, budget_s: float, settings:
                  deadline: float | None = None) -> dict[str, Any]:
     """A profile job: measure (and store) every cost a plan of the network needs; measuring
     stops at ``deadline`` (`time.monotonic`; what is left is counted in ``unmeasured``)."""
-    from profiles.profiler import measuring_deadline
+    from convplan.profiles.profiler import measuring_deadline
 
     with client_errors():
         network = load(source, settings)

@@ -37,7 +37,7 @@ def _rss_bytes() -> int:
 
 def child(engine: str, model: str, threads: int, repeat: int) -> dict:
     """Runs in a fresh process: import, note RSS, load, warm up, time."""
-    from selector import zoo
+    from convplan.selector import zoo
 
     baseline = _rss_bytes()
     inputs, _ = zoo.light_model_io(model)
@@ -58,9 +58,9 @@ def child(engine: str, model: str, threads: int, repeat: int) -> dict:
             times.append(time.perf_counter() - t0)
         out["time_s"] = statistics.median(times)
     else:
-        from selector.baselines import uniform_assignment
-        from selector.planning import PlanRequest, plan_network
-        from selector.runner import run_network
+        from convplan.selector.baselines import uniform_assignment
+        from convplan.selector.planning import PlanRequest, plan_network
+        from convplan.selector.runner import run_network
 
         network = zoo.builtin(f"onnx:{model}")
         assignment, layouts = None, None

@@ -19,12 +19,12 @@ from pathlib import Path
 # This folder holds bench/kernels.py, which would shadow the `kernels` package.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from profiles.profiler import Profiler  # noqa: E402
-from profiles.store import CostStore  # noqa: E402
-from selector import zoo  # noqa: E402
-from selector.ilp import PlanningError, solve  # noqa: E402
-from selector.planning import baselines, build_problem, make_plan  # noqa: E402
-from selector.runner import run_network  # noqa: E402
+from convplan.profiles.profiler import Profiler  # noqa: E402
+from convplan.profiles.store import CostStore  # noqa: E402
+from convplan.selector import zoo  # noqa: E402
+from convplan.selector.ilp import PlanningError, solve  # noqa: E402
+from convplan.selector.planning import baselines, build_problem, make_plan  # noqa: E402
+from convplan.selector.runner import run_network  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "planner.md"
 FRACTIONS = (1.0, 0.5, 0.25, 0.10)

@@ -71,7 +71,7 @@ def start_server(store: Path) -> tuple[subprocess.Popen, str]:
     # the service's default limits, but a longer wait for a worker: measure latency, not 503s
     env = {**os.environ, "CONVPLAN_DB": str(store), "CONVPLAN_QUEUE_TIMEOUT": "120"}
     env.pop("CONVPLAN_API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "convplan", "serve", "--port", str(port),
                                 "--log-level", "warning"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -134,9 +134,9 @@ async def level(url: str, body: dict, clients: int, requests: int) -> dict:
 
 def in_process_ms(body: dict, store: Path, repeats: int = 5) -> float:
     """The same plan by `plan_network` in this process: what the service adds is the rest."""
-    from selector import zoo
-    from selector.network import Network
-    from selector.planning import PlanRequest, parse_bytes, plan_network
+    from convplan.selector import zoo
+    from convplan.selector.network import Network
+    from convplan.selector.planning import PlanRequest, parse_bytes, plan_network
 
     network = (zoo.builtin(body["network"]) if isinstance(body["network"], str)
                else Network.from_description(body["network"]))

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from math import prod
 
-from kernels import ConvSpec, registry
-from kernels.base import run_overhead_bytes
-from kernels.operators import Operator
+from convplan.kernels import ConvSpec, registry
+from convplan.kernels.base import run_overhead_bytes
+from convplan.kernels.operators import Operator
 
 from .measurement import Measurement
 

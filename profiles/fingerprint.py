@@ -18,8 +18,7 @@ import re
 from typing import Any
 
 import numpy as np
-
-from kernels import blas
+from convplan.kernels import blas
 
 
 def _cpu_model() -> str:
@@ -45,7 +44,7 @@ def _convplan_version() -> str:
 def kernels_digest() -> str:
     """A hash of the kernels' source: a changed algorithm or operator makes earlier timings
     stale even when the version number did not move (between releases, in development)."""
-    import kernels
+    from convplan import kernels
 
     root = pathlib.Path(kernels.__file__).parent
     digest = hashlib.sha256()

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kernels import ConvSpec, blas, registry
-from kernels.layout import LAYOUTS
+from convplan.kernels import ConvSpec, blas, registry
+from convplan.kernels.layout import LAYOUTS
 
 from .fingerprint import fingerprint_id, machine_fingerprint
 from .measurement import Measurement

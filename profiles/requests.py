@@ -18,12 +18,11 @@ from math import prod
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-
-from kernels import ConvSpec, operators, registry
-from kernels.layout import check_layout, convert
-from kernels.measure import peak_allocation
-from kernels.operators import Operator
-from kernels.spec import Layout
+from convplan.kernels import ConvSpec, operators, registry
+from convplan.kernels.layout import check_layout, convert
+from convplan.kernels.measure import peak_allocation
+from convplan.kernels.operators import Operator
+from convplan.kernels.spec import Layout
 
 from . import analytic
 from .measurement import Measurement

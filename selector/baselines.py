@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kernels import registry
+from convplan.kernels import registry
 
 from .network import Network
 

@@ -26,8 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pulp
-
-from kernels.spec import LAYOUTS, Layout
+from convplan.kernels.spec import LAYOUTS, Layout
 
 #: Solver registry: name -> how to build the PuLP solver (msg off, a time limit).
 #: A tiny relative gap: "optimal" must mean optimal (HiGHS stops at 1e-4 by default). CBC is

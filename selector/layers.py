@@ -6,13 +6,13 @@ import json
 from functools import cache
 from importlib import resources
 
-from kernels import ConvSpec
+from convplan.kernels import ConvSpec
 
 
 @cache
 def paper_layers() -> dict[str, ConvSpec]:
     """``{"vgg16:conv3_1": ConvSpec, ...}``, batch 1, float32, in the file's order."""
-    text = resources.files("selector").joinpath("data/paper_layers.json").read_text()
+    text = resources.files("convplan.selector").joinpath("data/paper_layers.json").read_text()
     layers = {}
     for row in json.loads(text)["layers"]:
         layers[f"{row['network']}:{row['layer']}"] = ConvSpec(

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kernels import ConvAlgorithm, registry
-from kernels.conv import default_algorithm
-from kernels.executor import Program, Step
-from kernels.spec import Layout
+from convplan.kernels import ConvAlgorithm, registry
+from convplan.kernels.conv import default_algorithm
+from convplan.kernels.executor import Program, Step
+from convplan.kernels.spec import Layout
 
 from .network import Network, NetworkError
 

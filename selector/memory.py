@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from kernels.executor import Program
+from convplan.kernels.executor import Program
 
 #: What the executor itself holds: its tensor table and per-step timings (measured: about 10 KiB
 #: plus 70 bytes a step on ResNet-50), with room to spare.

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+from convplan.kernels import operators
 from onnx import helper, numpy_helper
-
-from kernels import operators
 
 from .network import Network
 

@@ -17,14 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from convplan.kernels import registry
+from convplan.kernels.spec import Layout
+from convplan.profiles.measurement import Measurement
+from convplan.profiles.profiler import Profiler, Progress
+from convplan.profiles.requests import ConvRequest, CostRequest, OpRequest, TransformRequest
+from convplan.profiles.store import CostStore
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
-
-from kernels import registry
-from kernels.spec import Layout
-from profiles.measurement import Measurement
-from profiles.profiler import Profiler, Progress
-from profiles.requests import ConvRequest, CostRequest, OpRequest, TransformRequest
-from profiles.store import CostStore
 
 from .ilp import (
     SOLVERS,
@@ -261,7 +260,7 @@ def build_problem(network: Network, costs: CostFunction) -> NetworkProblem:
 
 
 def _transform_workspace() -> int:
-    from kernels.base import run_overhead_bytes
+    from convplan.kernels.base import run_overhead_bytes
 
     return run_overhead_bytes(4)
 

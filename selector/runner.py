@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-
-from kernels import blas
-from kernels.executor import Executor
+from convplan.kernels import blas
+from convplan.kernels.executor import Executor
 
 from .lowering import lower
 from .memory import predict

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from convplan.kernels import operators, registry
+from convplan.selector.network import Network
 from hypothesis import strategies as st
-
-from kernels import operators, registry
-from selector.network import Network
 
 UNARY = ["relu", "sigmoid", "hardswish", "batchnorm", "clip"]
 

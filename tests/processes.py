@@ -20,7 +20,7 @@ def _peak():
         out.write(next(line.split()[1] for line in status if line.startswith('VmHWM:')))
 atexit.register(_peak)
 sys.argv[0] = 'convplan'
-from api.cli import app
+from convplan.api.cli import app
 app()
 """
 

@@ -66,7 +66,7 @@ def running_server(tmp: Path, env: Mapping[str, str] | None = None, *,
         environment.pop("CONVPLAN_API_KEY", None)   # the caller's key would change the tests
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "convplan", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--log-level", "warning"], cwd=ROOT, env=environment, stdout=sink,
             stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from convplan.kernels import ConvSpec
+from convplan.kernels.base import ConvAlgorithm
 from hypothesis import strategies as st
-
-from kernels import ConvSpec
-from kernels.base import ConvAlgorithm
 
 KERNELS = [1, 2, 3, 3, 3, 4, 5, 6, 7, 11]
 

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
-from api.batch import (
+from convplan.api.batch import (
     PLAN_SUFFIX,
     SUMMARY_FILE,
     BatchError,
@@ -31,16 +29,17 @@ from api.batch import (
     run_dask,
     run_local,
 )
-from api.cli_batch import register as register_batch
-from api.cli_profiles import register as register_profiles
-from kernels import blas
-from profiles.fingerprint import machine_fingerprint
-from profiles.profiler import Profiler
-from profiles.remote import fingerprint_differences, measure_chunk
-from profiles.store import CostStore
-from selector import zoo
-from selector.planning import PlanRequest, requests_for
-from selector.runner import run_network
+from convplan.api.cli_batch import register as register_batch
+from convplan.api.cli_profiles import register as register_profiles
+from convplan.kernels import blas
+from convplan.profiles.fingerprint import machine_fingerprint
+from convplan.profiles.profiler import Profiler
+from convplan.profiles.remote import fingerprint_differences, measure_chunk
+from convplan.profiles.store import CostStore
+from convplan.selector import zoo
+from convplan.selector.planning import PlanRequest, requests_for
+from convplan.selector.runner import run_network
+from typer.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 CAP = "4MiB"
@@ -182,7 +181,7 @@ def test_broken_files_are_reported_and_the_rest_planned(app, broken_folder: Path
 
 
 def test_plan_files_run_as_plans(app, folder: Path, tmp_path: Path) -> None:
-    from api.cli import _read_plan  # exactly what `convplan run --plan` reads
+    from convplan.api.cli import _read_plan  # exactly what `convplan run --plan` reads
 
     out = tmp_path / "out"
     result = invoke(app, *batch_args(folder, out, tmp_path / "costs.sqlite"))
@@ -225,7 +224,7 @@ def test_a_network_over_its_deadline_fails_alone_and_plans_are_written_as_they_c
     import time
 
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "api.cli", "batch", str(folder / "small.json"), "vgg16",
+    command = [sys.executable, "-m", "convplan", "batch", str(folder / "small.json"), "vgg16",
                str(folder / "medium.json"), "--memory-cap", "1GiB", "--out", str(out),
                "--threads", "1", "--budget-seconds", "0.002", "--db",
                str(tmp_path / "costs.sqlite"), "--timeout-seconds", "20", "--json"]

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kernels import registry
+from convplan.kernels import registry
 
 
 def convplan(*args: str, db: Path | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("convplan")
-    command = [exe] if exe else [sys.executable, "-m", "api.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "convplan"]
     env = {**os.environ, "CONVPLAN_DB": str(db)} if db is not None else None
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300,
                           env=env)

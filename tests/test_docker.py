@@ -39,5 +39,5 @@ def test_dockerfile_runs_the_service_as_a_user_with_a_volume_and_healthcheck() -
     assert "HEALTHCHECK" in instructions and "/healthz" in text
     assert text.rstrip().endswith(
         'CMD ["convplan", "serve", "--host", "0.0.0.0", "--port", "8000"]')
-    for package in ("kernels", "selector", "profiles", "api"):
+    for package in ("convplan", "kernels", "selector", "profiles", "api"):
         assert f"COPY {package} ./{package}" in text

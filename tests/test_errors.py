@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from kernels import ConvSpec, conv2d, registry
+from convplan.kernels import ConvSpec, conv2d, registry
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_server import TINY, assert_json_error, running_server
-
-from kernels import operators
-from selector.network import (
+from convplan.kernels import operators
+from convplan.selector.network import (
     ATTRIBUTE_TYPES,
     LimitError,
     Limits,
     Network,
     NetworkError,
 )
-from selector.planning import PlanError, check_plan, plan_spec
+from convplan.selector.planning import PlanError, check_plan, plan_spec
+from service_server import TINY, assert_json_error, running_server
+
 from tests.processes import run_convplan
 
 X = {"name": "x", "shape": [1, 3, 8, 8]}

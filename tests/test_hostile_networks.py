@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convplan.kernels.executor import Executor, Program, Step
+from convplan.kernels.layout import convert
+from convplan.profiles.measurement import Measurement
+from convplan.selector.network import Network
+from convplan.selector.planning import make_plan
+from convplan.selector.reference import reference_outputs
+from convplan.selector.runner import run_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.executor import Executor, Program, Step
-from kernels.layout import convert
-from profiles.measurement import Measurement
-from selector.network import Network
-from selector.planning import make_plan
-from selector.reference import reference_outputs
-from selector.runner import run_network
 from tests.hostile_networks import aliasing_descriptions, random_plans
 from tests.strategies import examples
 
@@ -76,7 +76,7 @@ def test_a_layout_transform_owns_its_output(shape, src, dst) -> None:
 
 def test_the_executor_refuses_a_step_that_returns_a_view_of_its_input() -> None:
     """The last line of defence: a step that should allocate but aliases is an error."""
-    from kernels import operators
+    from convplan.kernels import operators
 
     relu = operators.make("relu")
     aliasing = operators.make("identity")      # returns its input, but is not declared a view

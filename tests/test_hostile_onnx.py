@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from convplan.selector.network import NetworkError
+from convplan.selector.onnx_import import _refuse_external_data, load_onnx
+from convplan.selector.runner import run_network
 from onnx import AttributeProto, TensorProto, helper
 
-from selector.network import NetworkError
-from selector.onnx_import import _refuse_external_data, load_onnx
-from selector.runner import run_network
 from tests import hostile_onnx as h
 from tests.hostile_onnx import F, const, model, plus_constant, relu_then
 from tests.processes import run_convplan
@@ -373,7 +373,7 @@ def test_the_loop_that_never_ends_is_refused_in_a_fresh_process(tmp_path: Path) 
     path.write_bytes(as_bytes(h.loop_forever()))
     assert path.stat().st_size < 400
     code = ("import sys\nfrom selector.onnx_import import load_onnx\n"
-            "from selector.network import NetworkError\n"
+            "from convplan.selector.network import NetworkError\n"
             "try:\n    load_onnx(sys.argv[1])\nexcept NetworkError as e:\n"
             "    print(e)\n    sys.exit(3)\n")
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
@@ -390,7 +390,7 @@ def test_the_cli_refuses_with_one_line_and_status_2(builder, tmp_path: Path) -> 
     path = tmp_path / "hostile.onnx"
     path.write_bytes(as_bytes(builder()))
     exe = ROOT / ".venv" / "bin" / "convplan"
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "api.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "convplan"]
     result = subprocess.run([*command, "plan", str(path), "--no-profile"], capture_output=True,
                             text=True, timeout=60, cwd=ROOT,
                             env={**os.environ, "CONVPLAN_DB": str(tmp_path / "db.sqlite")})

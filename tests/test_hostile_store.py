@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from profiles.fingerprint import fingerprint_id
-from profiles.measurement import Measurement
-from profiles.store import CostStore, StoreError, StoreWarning
+from convplan.profiles.fingerprint import fingerprint_id
+from convplan.profiles.measurement import Measurement
+from convplan.profiles.store import CostStore, StoreError, StoreWarning
 
 FP = {"cpu": "test cpu", "threads": 1}
 FP_ID = fingerprint_id(FP)
@@ -34,8 +33,8 @@ NET = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],
 
 def plan(net_json: Path, db: Path, measure: bool = True) -> dict:
     """The plan document of ``net_json`` from the costs in ``db`` (without the baselines)."""
-    from selector import zoo
-    from selector.planning import PlanRequest, cost_function, make_plan, profiler_for
+    from convplan.selector import zoo
+    from convplan.selector.planning import PlanRequest, cost_function, make_plan, profiler_for
 
     profiler = profiler_for(PlanRequest(threads=1, budget_s=0.002, db=str(db)))
     assert profiler.store is not None
@@ -228,8 +227,8 @@ def test_a_read_only_store_reads_lists_exports_and_refuses_writes(tmp_path: Path
 _AS_OTHER_USER = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from profiles.store import CostStore, StoreError
-from profiles.measurement import Measurement
+from convplan.profiles.store import CostStore, StoreError
+from convplan.profiles.measurement import Measurement
 out = {}
 for path in sys.argv[2:]:
     with CostStore(path) as s:
@@ -252,7 +251,7 @@ def _unprivileged() -> list[str] | None:
         return []
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     try:
-        probe = subprocess.run([*prefix, sys.executable, "-c", "import profiles.store"],
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import convplan.profiles.store"],
                                cwd=Path(__file__).parents[1], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -488,9 +487,9 @@ def _forged(genuine: dict, path: Path, measured_at: float) -> Path:
 
 
 def test_a_forged_import_never_beats_this_machines_measurements(tmp_path: Path) -> None:
-    from profiles.profiler import Profiler
-    from selector import zoo
-    from selector.planning import requests_for
+    from convplan.profiles.profiler import Profiler
+    from convplan.selector import zoo
+    from convplan.selector.planning import requests_for
 
     net = tmp_path / "net.json"
     net.write_text(json.dumps(NET))

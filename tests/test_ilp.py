@@ -4,10 +4,7 @@ dynamic program on chains."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from selector.ilp import (
+from convplan.selector.ilp import (
     Candidate,
     PlanningError,
     Problem,
@@ -17,6 +14,8 @@ from selector.ilp import (
     solve,
     solve_under_cap,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @st.composite

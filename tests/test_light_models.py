@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from selector import zoo
-from selector.baselines import lowest_memory_assignment, uniform_assignment
-from selector.runner import run_network
+from convplan.selector import zoo
+from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
+from convplan.selector.runner import run_network
 
 MODELS = zoo.light_models()
 

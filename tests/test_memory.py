@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-
-from kernels import registry
-from selector.lowering import lower
-from selector.memory import (
+from convplan.kernels import registry
+from convplan.selector.lowering import lower
+from convplan.selector.memory import (
     EXECUTOR_BYTES,
     EXECUTOR_BYTES_PER_STEP,
     array_overhead_bytes,
     predict,
 )
-from selector.network import Network
-from selector.runner import run_network
+from convplan.selector.network import Network
+from convplan.selector.runner import run_network
 
 X = [1, 4, 32, 32]
 MB = 4 * 32 * 32 * 4          # one (1, 4, 32, 32) float32 tensor

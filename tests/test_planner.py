@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from profiles.profiler import Profiler
-from selector import zoo
-from selector.ilp import PlanningError, evaluate, minimum_peak, solve
-from selector.planning import (
+from convplan.profiles.profiler import Profiler
+from convplan.selector import zoo
+from convplan.selector.ilp import PlanningError, evaluate, minimum_peak, solve
+from convplan.selector.planning import (
     build_problem,
     make_plan,
     pareto,
     parse_bytes,
     predicted_peak,
 )
-from selector.runner import random_inputs, run_network
+from convplan.selector.runner import random_inputs, run_network
 
 NETWORKS = [*zoo.PAPER_NETWORKS, *(f"onnx:{m}" for m in zoo.light_models())]
 
@@ -120,9 +119,9 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
     """Make the ILP's accounting 1 MiB too optimistic at every step: what it returns under a
     binding cap would break the cap by the memory model, so it is solved again lower or
     refused, never returned. (Random costs, so the fastest plan is not the leanest.)"""
-    from profiles.measurement import Measurement
-    from selector.ilp import solve_under_cap
-    from selector.planning import _held_to
+    from convplan.profiles.measurement import Measurement
+    from convplan.selector.ilp import solve_under_cap
+    from convplan.selector.planning import _held_to
 
     rng = np.random.default_rng(0)
 

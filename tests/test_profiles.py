@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from kernels import ConvSpec, operators, registry
-from profiles.fingerprint import fingerprint_id, machine_fingerprint
-from profiles.measurement import Measurement
-from profiles.profiler import Profiler, conv_requests, request_key, transform_requests
-from profiles.requests import ConvRequest, OpRequest, TransformRequest
-from profiles.store import CostStore
-from selector.network import Network
+from convplan.kernels import ConvSpec, operators, registry
+from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
+from convplan.profiles.measurement import Measurement
+from convplan.profiles.profiler import Profiler, conv_requests, request_key, transform_requests
+from convplan.profiles.requests import ConvRequest, OpRequest, TransformRequest
+from convplan.profiles.store import CostStore
+from convplan.selector.network import Network
 
 BUDGET = 0.005
 TINY = ConvSpec(n=1, c=4, h=8, w=8, m=4, kh=3, kw=3, padding=1)

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from profiles.fingerprint import fingerprint_id
-from profiles.measurement import Measurement
-from profiles.store import CostStore, default_db_path
+from convplan.profiles.fingerprint import fingerprint_id
+from convplan.profiles.measurement import Measurement
+from convplan.profiles.store import CostStore, default_db_path
 
 FP = {"cpu": "test cpu", "threads": 1}
 FP_ID = fingerprint_id(FP)

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from convplan.profiles.profiler import Profiler
+from convplan.selector.network import Network
+from convplan.selector.planning import requests_for
 from service_server import ROOT, TINY, Server, assert_json_error, free_port, running_server
-
-from profiles.profiler import Profiler
-from selector.network import Network
-from selector.planning import requests_for
 
 TIMEOUT_S = 3.0         # CONVPLAN_REQUEST_TIMEOUT of the shared server
 GRACE_S = 0.5
@@ -195,8 +194,7 @@ def test_messages_larger_than_the_pipe_buffer_reach_the_worker_and_back(server: 
     import io
 
     import numpy as np
-
-    from selector.onnx_export import network_to_onnx
+    from convplan.selector.onnx_export import network_to_onnx
 
     wide = {"name": "wide", "seed": 0, "inputs": [{"name": "x", "shape": [1, 256, 8, 8]}],
             "layers": [{"name": "c", "op": "conv", "inputs": ["x"], "out_channels": 256,
@@ -277,7 +275,7 @@ def _bare_server(tmp: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     environment = {**os.environ, "CONVPLAN_DB": str(tmp / "costs.sqlite"), **env}
     environment.pop("CONVPLAN_API_KEY", None)
     with (tmp / "server.log").open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port",
+        process = subprocess.Popen([sys.executable, "-m", "convplan", "serve", "--port",
                                     str(port), "--log-level", "warning"], cwd=ROOT,
                                    env=environment, stdout=log, stderr=subprocess.STDOUT)
     process.url = f"http://127.0.0.1:{port}"     # type: ignore[attr-defined]

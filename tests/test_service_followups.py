@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from convplan.api.models import Health, ProfileResult
+from convplan.api.service import JSON_BYTES_PER_LAYER, MiB, Settings
 from service_server import TINY, Server, assert_json_error, running_server
-
-from api.models import Health, ProfileResult
-from api.service import JSON_BYTES_PER_LAYER, MiB, Settings
 
 #: 50 layers: a JSON body may have 50 * 4 KiB + 1 MiB; an upload 4 MiB.
 LAYERS = 50
@@ -274,7 +273,7 @@ def test_a_damaged_cost_store_is_the_servers_503_not_a_bad_request(
 
 def test_a_plan_whose_costs_are_all_imported_says_imported(
         store_server: tuple[Server, Path]) -> None:
-    from profiles.store import CostStore
+    from convplan.profiles.store import CostStore
 
     server, db = store_server
     export = db.parent / "export.json"

@@ -10,9 +10,8 @@ import time
 
 import httpx
 import pytest
+from convplan.api.service import Settings
 from service_server import TINY, Server, assert_json_error, running_server
-
-from api.service import Settings
 
 KEY = "test-key-0123456789"
 RESTRICTED = {"CONVPLAN_CONCURRENCY": "1", "CONVPLAN_QUEUE": "0",
@@ -103,9 +102,8 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
                                                     key: str | None, warned: bool) -> None:
     import typer
     import uvicorn
+    from convplan.api.cli_serve import register
     from typer.testing import CliRunner
-
-    from api.cli_serve import register
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append((a, k)))
@@ -118,16 +116,15 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(app, ["--host", host, "--port", "8123", "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert ("without an API key" in result.output) is warned
-    assert calls == [(("api.app:app",), {"host": host, "port": 8123, "workers": 2,
+    assert calls == [(("convplan.api.app:app",), {"host": host, "port": 8123, "workers": 2,
                                          "log_level": "info",
                                          "timeout_graceful_shutdown": 5})]
 
 
 def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
+    from convplan.api.cli_serve import register
     from typer.testing import CliRunner
-
-    from api.cli_serve import register
 
     monkeypatch.setenv("CONVPLAN_MAX_BODY", "a lot")
     app = typer.Typer()
@@ -141,8 +138,8 @@ def test_the_worker_pool_queues_within_bounds_and_survives_a_dead_worker() -> No
     that dies answers 503 and the pool carries on with a fresh process."""
     import os
 
-    from api.concurrency import Saturated, WorkerPool
-    from api.service import ServiceError
+    from convplan.api.concurrency import Saturated, WorkerPool
+    from convplan.api.service import ServiceError
 
     async def main() -> None:
         pool = WorkerPool(1, queue=1, wait_s=30)

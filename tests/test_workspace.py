@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convplan.kernels import ConvSpec, registry
+from convplan.kernels.measure import peak_allocation
+from convplan.selector.layers import paper_layer
 from strategies import fit
-
-from kernels import ConvSpec, registry
-from kernels.measure import peak_allocation
-from selector.layers import paper_layer
 
 SLACK = 64 * 1024
 SPECS = [

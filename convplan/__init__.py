@@ -1,0 +1,47 @@
+"""convplan: per-layer choice of GEMM-based convolution algorithms under a peak-memory cap.
+
+The repository's top-level folders are installed as its sub-packages:
+
+- `convplan.kernels`: the convolution algorithms (im2col, kn2row, MEC, Winograd ...), the other
+  operators, layouts and the one BLAS wrapper. NumPy only.
+- `convplan.profiles`: what each candidate costs on this machine, measured and kept in SQLite.
+- `convplan.selector`: networks, the memory model, the ILP planner and the runner.
+- `convplan.api`: the command line, the HTTP service and batch planning.
+
+The names below are imported on first use, so `import convplan` (and `convplan --help`)
+stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from convplan.kernels import conv2d as conv2d
+    from convplan.selector.zoo import load_network as load_network
+
+try:
+    __version__ = version("convplan")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+_PUBLIC = {
+    "conv2d": "convplan.kernels",
+    "load_network": "convplan.selector.zoo",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'convplan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
