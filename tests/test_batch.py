@@ -29,8 +29,8 @@ from convplan.api.batch import (
     run_dask,
     run_local,
 )
-from convplan.api.cli_batch import register as register_batch
-from convplan.api.cli_profiles import register as register_profiles
+from convplan.api.cli.batch import register as register_batch
+from convplan.api.cli.profiles import register as register_profiles
 from convplan.kernels import blas
 from convplan.profiles.fingerprint import machine_fingerprint
 from convplan.profiles.profiler import Profiler

@@ -1,6 +1,7 @@
 """The distribution installs one `convplan` namespace and nothing generic at the top level."""
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -53,8 +54,15 @@ def test_nothing_imports_a_folder_by_its_bare_name() -> None:
 
 
 def test_the_wheel_holds_only_the_convplan_namespace(tmp_path: Path) -> None:
+    source = tmp_path / "source"   # a copy, so the build leaves nothing in the repository
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("convplan", *FOLDERS):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, timeout=300,
+                    "-q", "-w", str(tmp_path), str(source)], check=True, timeout=300,
                    capture_output=True)
     [wheel] = tmp_path.glob("convplan-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -63,7 +71,7 @@ def test_the_wheel_holds_only_the_convplan_namespace(tmp_path: Path) -> None:
     for module in ("convplan/__init__.py", "convplan/cli.py", "convplan/kernels/blas.py",
                    "convplan/kernels/algorithms/patch.py", "convplan/selector/ilp.py",
                    "convplan/selector/data/paper_layers.json", "convplan/profiles/store.py",
-                   "convplan/api/app.py"):
+                   "convplan/api/service/app.py", "convplan/api/cli/app.py"):
         assert module in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "convplan = convplan.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from convplan.api.cli_profiles import register
+from convplan.api.cli.profiles import register
 from typer.testing import CliRunner
 
 NET = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from convplan.api.app import create_app
-from convplan.api.service import Settings
+from convplan.api.service.app import create_app
+from convplan.api.service.work import Settings
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from convplan.api.service import Settings
+from convplan.api.service.work import Settings
 from service_server import TINY, Server, assert_json_error, running_server
 
 KEY = "test-key-0123456789"
@@ -102,7 +102,7 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
                                                     key: str | None, warned: bool) -> None:
     import typer
     import uvicorn
-    from convplan.api.cli_serve import register
+    from convplan.api.cli.serve import register
     from typer.testing import CliRunner
 
     calls = []
@@ -116,14 +116,14 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(app, ["--host", host, "--port", "8123", "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert ("without an API key" in result.output) is warned
-    assert calls == [(("convplan.api.app:app",), {"host": host, "port": 8123, "workers": 2,
+    assert calls == [(("convplan.api.service.app:app",), {"host": host, "port": 8123, "workers": 2,
                                          "log_level": "info",
                                          "timeout_graceful_shutdown": 5})]
 
 
 def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
-    from convplan.api.cli_serve import register
+    from convplan.api.cli.serve import register
     from typer.testing import CliRunner
 
     monkeypatch.setenv("CONVPLAN_MAX_BODY", "a lot")
@@ -138,8 +138,8 @@ def test_the_worker_pool_queues_within_bounds_and_survives_a_dead_worker() -> No
     that dies answers 503 and the pool carries on with a fresh process."""
     import os
 
-    from convplan.api.concurrency import Saturated, WorkerPool
-    from convplan.api.service import ServiceError
+    from convplan.api.service.work import ServiceError
+    from convplan.api.service.workers import Saturated, WorkerPool
 
     async def main() -> None:
         pool = WorkerPool(1, queue=1, wait_s=30)

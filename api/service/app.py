@@ -26,10 +26,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import service
-from .concurrency import JobTable, Saturated, WorkerPool, validate_task
+from . import work as service
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware
-from .models import (
+from .schemas import (
     AlgorithmInfo,
     CostOptions,
     ErrorBody,
@@ -46,7 +45,8 @@ from .models import (
     RunBody,
     RunResponse,
 )
-from .service import ServiceError, Settings, Source
+from .work import ServiceError, Settings, Source
+from .workers import JobTable, Saturated, WorkerPool, validate_task
 
 log = logging.getLogger("convplan.service")
 

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import service
-from .service import ServiceError, Settings, Source
+from . import work as service
+from .work import ServiceError, Settings, Source
 
 log = logging.getLogger("convplan.service")
 T = TypeVar("T")

@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 
-# -- shared by every convplan command (api/cli.py and api/cli_batch.py import these) -----------
+# -- shared by every convplan command (api/cli/app.py and api/cli/batch.py import these) -----------
 def plain_console(**options: object) -> Console:
     """A console that prints text as it is: no rich markup (a name like ``[/x]`` is shown, not
     read as a closing tag) and no emoji codes (``:smile:`` stays text)."""

@@ -1,5 +1,5 @@
 """`convplan serve`: the HTTP service under uvicorn. `register(app)` adds the command; this
-module also runs on its own (``python -m api.cli_serve --port 8000``)."""
+module also runs on its own (``python -m convplan.api.cli.serve --port 8000``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from typing import Annotated
 
 import typer
-from convplan.api.cli_profiles import fail, warn
+from convplan.api.cli.profiles import fail, warn
 
 
 def _loopback(host: str) -> bool:
@@ -29,7 +29,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
     import uvicorn
-    from convplan.api.service import Settings
+    from convplan.api.service.work import Settings
 
     try:
         settings = Settings.from_env()      # fail here, in words, not in every worker
@@ -38,8 +38,8 @@ def serve(
     if not _loopback(host) and not settings.api_key and not os.environ.get("CONVPLAN_API_KEY"):
         warn(f"serving on {host} without an API key: anyone who can reach this port can use it "
              "(set CONVPLAN_API_KEY)")
-    uvicorn.run("convplan.api.app:app", host=host, port=port, workers=workers, log_level=log_level,
-                timeout_graceful_shutdown=5)
+    uvicorn.run("convplan.api.service.app:app", host=host, port=port, workers=workers,
+                log_level=log_level, timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:

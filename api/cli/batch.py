@@ -18,7 +18,7 @@ from convplan.api.batch import (
     write_outputs,
     write_plan,
 )
-from convplan.api.cli_profiles import check_seconds, check_threads, console, fail, progress_bar
+from convplan.api.cli.profiles import check_seconds, check_threads, console, fail, progress_bar
 from convplan.selector.planning import PlanRequest, parse_bytes
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table

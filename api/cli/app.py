@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from convplan.api.cli_batch import register as register_batch
-from convplan.api.cli_profiles import (
+from convplan.api.cli.batch import register as register_batch
+from convplan.api.cli.profiles import (
     check_seconds,
     check_threads,
     console,
@@ -21,8 +21,8 @@ from convplan.api.cli_profiles import (
     progress_bar,
     store_warnings,
 )
-from convplan.api.cli_profiles import register as register_profile_commands
-from convplan.api.cli_serve import register as register_serve
+from convplan.api.cli.profiles import register as register_profile_commands
+from convplan.api.cli.serve import register as register_serve
 from convplan.kernels import ConvSpec, blas, registry
 from convplan.kernels.layout import convert
 from convplan.kernels.measure import peak_allocation

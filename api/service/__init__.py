@@ -1,0 +1,1 @@
+"""convplan.api.service: the HTTP service (FastAPI app, request workers, schemas, limits)."""
