@@ -45,12 +45,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the service tests import `se
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from convplan.selector.network import Network  # noqa: E402
-from convplan.selector.reference import reference_outputs  # noqa: E402
 from hypothesis import HealthCheck, given  # noqa: E402
 from hypothesis import settings as hsettings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from convplan.selector.network import Network  # noqa: E402
+from convplan.selector.reference import reference_outputs  # noqa: E402
 from tests import hostile_networks, test_hostile_json, test_hostile_onnx  # noqa: E402
 from tests import test_hostile_store as stores  # noqa: E402
 from tests.processes import run_convplan  # noqa: E402

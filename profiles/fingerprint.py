@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import numpy as np
+
 from convplan.kernels import blas
 
 

@@ -18,6 +18,7 @@ from math import prod
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+
 from convplan.kernels import ConvSpec, operators, registry
 from convplan.kernels.layout import check_layout, convert
 from convplan.kernels.measure import peak_allocation

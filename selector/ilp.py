@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pulp
+
 from convplan.kernels.spec import LAYOUTS, Layout
 
 #: Solver registry: name -> how to build the PuLP solver (msg off, a time limit).

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from convplan.kernels.executor import Program
 
 #: What the executor itself holds: its tensor table and per-step timings (measured: about 10 KiB

@@ -27,10 +27,11 @@ from typing import Annotated, Any, Literal
 import networkx as nx
 import numpy as np
 import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+
 from convplan.kernels import ConvSpec, operators
 from convplan.kernels.operators import Operator, Shape
 from convplan.kernels.operators.conv import Conv
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 

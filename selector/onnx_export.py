@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from convplan.kernels import operators
 from onnx import helper, numpy_helper
+
+from convplan.kernels import operators
 
 from .network import Network
 

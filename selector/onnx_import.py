@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.defs
-from convplan.kernels import operators
-from convplan.kernels.operators import Shape
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
+
+from convplan.kernels import operators
+from convplan.kernels.operators import Shape
 
 from .network import LimitError, Limits, Network, NetworkError
 

@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
 from convplan.kernels import registry
 from convplan.kernels.spec import Layout
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import Profiler, Progress
 from convplan.profiles.requests import ConvRequest, CostRequest, OpRequest, TransformRequest
 from convplan.profiles.store import CostStore
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from .ilp import (
     SOLVERS,

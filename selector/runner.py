@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
 from convplan.kernels import blas
 from convplan.kernels.executor import Executor
 

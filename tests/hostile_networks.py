@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import strategies as st
+
 from convplan.kernels import operators, registry
 from convplan.selector.network import Network
-from hypothesis import strategies as st
 
 UNARY = ["relu", "sigmoid", "hardswish", "batchnorm", "clip"]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from convplan.kernels import operators
 from hypothesis import strategies as st
+
+from convplan.kernels import operators
 
 
 def _divisors(n: int) -> list[int]:

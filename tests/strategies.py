@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from hypothesis import strategies as st
+
 from convplan.kernels import ConvSpec
 from convplan.kernels.base import ConvAlgorithm
-from hypothesis import strategies as st
 
 KERNELS = [1, 2, 3, 3, 3, 4, 5, 6, 7, 11]
 

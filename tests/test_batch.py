@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from convplan.api.batch import (
     PLAN_SUFFIX,
     SUMMARY_FILE,
@@ -39,7 +41,6 @@ from convplan.profiles.store import CostStore
 from convplan.selector import zoo
 from convplan.selector.planning import PlanRequest, requests_for
 from convplan.selector.runner import run_network
-from typer.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 CAP = "4MiB"

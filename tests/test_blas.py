@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from convplan.kernels import blas
 from hypothesis import given
 from hypothesis import strategies as st
+
+from convplan.kernels import blas
 
 
 @given(m=st.integers(1, 9), n=st.integers(1, 9), k=st.integers(1, 9),

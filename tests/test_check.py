@@ -4,6 +4,7 @@ when the compared tensor is degenerate (constant or one-hot) so agreement proves
 from __future__ import annotations
 
 import numpy as np
+
 from convplan.selector.network import Network
 from convplan.selector.runner import degenerate, random_inputs, run_network, softmax_inputs
 

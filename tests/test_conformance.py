@@ -7,12 +7,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from convplan.kernels import ConvSpec, conv2d, registry
-from convplan.kernels.layout import convert
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from reference import conv2d_reference, error_scale, neighbourhood_max
 from strategies import conv_specs, fit
+
+from convplan.kernels import ConvSpec, conv2d, registry
+from convplan.kernels.layout import convert
 
 ALGORITHMS = registry.names()
 

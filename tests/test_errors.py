@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from convplan.kernels import ConvSpec, conv2d, registry
 
 rng = np.random.default_rng(0)

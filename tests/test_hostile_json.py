@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from service_server import TINY, assert_json_error, running_server
+
 from convplan.kernels import operators
 from convplan.selector.network import (
     ATTRIBUTE_TYPES,
@@ -24,8 +26,6 @@ from convplan.selector.network import (
     NetworkError,
 )
 from convplan.selector.planning import PlanError, check_plan, plan_spec
-from service_server import TINY, assert_json_error, running_server
-
 from tests.processes import run_convplan
 
 X = {"name": "x", "shape": [1, 3, 8, 8]}

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from convplan.kernels.executor import Executor, Program, Step
 from convplan.kernels.layout import convert
 from convplan.profiles.measurement import Measurement
@@ -14,9 +17,6 @@ from convplan.selector.network import Network
 from convplan.selector.planning import make_plan
 from convplan.selector.reference import reference_outputs
 from convplan.selector.runner import run_network
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.hostile_networks import aliasing_descriptions, random_plans
 from tests.strategies import examples
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import AttributeProto, TensorProto, helper
+
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx_import import _refuse_external_data, load_onnx
 from convplan.selector.runner import run_network
-from onnx import AttributeProto, TensorProto, helper
-
 from tests import hostile_onnx as h
 from tests.hostile_onnx import F, const, model, plus_constant, relu_then
 from tests.processes import run_convplan

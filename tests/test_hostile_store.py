@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from convplan.profiles.fingerprint import fingerprint_id
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.store import CostStore, StoreError, StoreWarning

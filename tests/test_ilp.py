@@ -4,6 +4,9 @@ dynamic program on chains."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from convplan.selector.ilp import (
     Candidate,
     PlanningError,
@@ -14,8 +17,6 @@ from convplan.selector.ilp import (
     solve,
     solve_under_cap,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @st.composite

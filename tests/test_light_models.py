@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from convplan.selector import zoo
 from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
 from convplan.selector.runner import run_network

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from convplan.kernels import registry
 from convplan.selector.lowering import lower
 from convplan.selector.memory import (

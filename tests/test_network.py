@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from convplan.selector.network import Network, NetworkError, parse_description
 
 X = {"name": "x", "shape": [1, 3, 16, 16]}

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx_import import load_onnx
 from convplan.selector.reference import reference_outputs
 from convplan.selector.runner import random_inputs, run_network
-from onnx import TensorProto, helper, numpy_helper
 
 DATA = Path(__file__).parent / "data"
 TORCH_EXPORTS = sorted(DATA.glob("torch_*.onnx"))

@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from onnx.reference import ReferenceEvaluator
+
 from convplan.kernels import operators
 from convplan.kernels.base import run_overhead_bytes
 from convplan.kernels.layout import convert
 from convplan.kernels.measure import peak_allocation
 from convplan.kernels.operators import Operator
 from convplan.selector.onnx_export import layer_to_onnx, single_layer_model
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
-from onnx.reference import ReferenceEvaluator
-
 from tests.strategies import examples
 
 Shape = tuple[int, ...]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from convplan.profiles.profiler import Profiler
 from convplan.selector import zoo
 from convplan.selector.ilp import PlanningError, evaluate, minimum_peak, solve

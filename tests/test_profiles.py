@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from convplan.kernels import ConvSpec, operators, registry
 from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
 from convplan.profiles.measurement import Measurement

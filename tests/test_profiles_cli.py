@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from convplan.api.cli.profiles import register
 from typer.testing import CliRunner
+
+from convplan.api.cli.profiles import register
 
 NET = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],
        "layers": [{"name": "c1", "op": "conv", "inputs": ["x"], "out_channels": 4, "kernel": 3,

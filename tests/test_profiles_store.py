@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from convplan.profiles.fingerprint import fingerprint_id
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.store import CostStore, default_db_path

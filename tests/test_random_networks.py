@@ -4,13 +4,13 @@ the reference's output under several algorithm assignments, and keep the memory 
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from convplan.kernels import registry
 from convplan.selector.network import Network
 from convplan.selector.reference import reference_outputs
 from convplan.selector.runner import random_inputs, run_network
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.networks import network_descriptions
 from tests.strategies import examples
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from service_server import ROOT, TINY, Server, assert_json_error, free_port, running_server
+
 from convplan.profiles.profiler import Profiler
 from convplan.selector.network import Network
 from convplan.selector.planning import requests_for
-from service_server import ROOT, TINY, Server, assert_json_error, free_port, running_server
 
 TIMEOUT_S = 3.0         # CONVPLAN_REQUEST_TIMEOUT of the shared server
 GRACE_S = 0.5
@@ -194,6 +195,7 @@ def test_messages_larger_than_the_pipe_buffer_reach_the_worker_and_back(server: 
     import io
 
     import numpy as np
+
     from convplan.selector.onnx_export import network_to_onnx
 
     wide = {"name": "wide", "seed": 0, "inputs": [{"name": "x", "shape": [1, 256, 8, 8]}],

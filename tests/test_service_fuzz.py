@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from convplan.api.service.app import create_app
-from convplan.api.service.work import Settings
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -17,6 +15,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from service_server import Server, running_server
+
+from convplan.api.service.app import create_app
+from convplan.api.service.work import Settings
 
 #: Small limits: anything valid the fuzzer finds is planned or measured in a blink.
 LIMITS = {"CONVPLAN_MAX_BODY": "256KiB", "CONVPLAN_MAX_LAYERS": "40",

@@ -10,8 +10,9 @@ import time
 
 import httpx
 import pytest
-from convplan.api.service.work import Settings
 from service_server import TINY, Server, assert_json_error, running_server
+
+from convplan.api.service.work import Settings
 
 KEY = "test-key-0123456789"
 RESTRICTED = {"CONVPLAN_CONCURRENCY": "1", "CONVPLAN_QUEUE": "0",
@@ -102,8 +103,9 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
                                                     key: str | None, warned: bool) -> None:
     import typer
     import uvicorn
-    from convplan.api.cli.serve import register
     from typer.testing import CliRunner
+
+    from convplan.api.cli.serve import register
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append((a, k)))
@@ -123,8 +125,9 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
 
 def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
-    from convplan.api.cli.serve import register
     from typer.testing import CliRunner
+
+    from convplan.api.cli.serve import register
 
     monkeypatch.setenv("CONVPLAN_MAX_BODY", "a lot")
     app = typer.Typer()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from strategies import fit
+
 from convplan.kernels import ConvSpec, registry
 from convplan.kernels.measure import peak_allocation
 from convplan.selector.layers import paper_layer
-from strategies import fit
 
 SLACK = 64 * 1024
 SPECS = [

@@ -12,6 +12,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
 from convplan.api.cli.batch import register as register_batch
 from convplan.api.cli.profiles import (
     check_seconds,
@@ -44,9 +48,6 @@ from convplan.selector.planning import (
 )
 from convplan.selector.planning import pareto as pareto_frontier
 from convplan.selector.runner import RunReport, read_inputs, run_network
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from typer.core import TyperGroup
 
 # click's base error class: older typer re-exports click's, newer typer vendors its own
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")

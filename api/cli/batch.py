@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
 from convplan.api.batch import (
     BatchError,
     check_request,
@@ -20,8 +23,6 @@ from convplan.api.batch import (
 )
 from convplan.api.cli.profiles import check_seconds, check_threads, console, fail, progress_bar
 from convplan.selector.planning import PlanRequest, parse_bytes
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 
 def _size(n: int | None) -> str:

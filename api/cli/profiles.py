@@ -14,11 +14,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from convplan.profiles.profiler import Profiler
-from convplan.profiles.requests import CostRequest
-from convplan.profiles.store import CostStore, StoreError, StoreWarning, default_db_path
-from convplan.selector import zoo
-from convplan.selector.planning import requests_for
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,6 +25,12 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from convplan.profiles.profiler import Profiler
+from convplan.profiles.requests import CostRequest
+from convplan.profiles.store import CostStore, StoreError, StoreWarning, default_db_path
+from convplan.selector import zoo
+from convplan.selector.planning import requests_for
 
 
 # -- shared by every convplan command (api/cli/app.py and api/cli/batch.py import these) -----------

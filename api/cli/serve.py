@@ -8,6 +8,7 @@ import os
 from typing import Annotated
 
 import typer
+
 from convplan.api.cli.profiles import fail, warn
 
 
@@ -29,6 +30,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
     import uvicorn
+
     from convplan.api.service.work import Settings
 
     try:

@@ -18,13 +18,14 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
 import anyio
-from convplan.kernels import registry
-from convplan.selector import zoo
 from fastapi import Depends, FastAPI, Form, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from convplan.kernels import registry
+from convplan.selector import zoo
 
 from . import work as service
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware

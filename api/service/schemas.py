@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from convplan.selector.network import NetworkDescription
-from convplan.selector.planning import PlanSpec
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from convplan.selector.network import NetworkDescription
+from convplan.selector.planning import PlanSpec
 
 #: A built-in network name (GET /v1/networks) or a JSON network description.
 NetworkField = Annotated[

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from convplan.kernels import registry
 from convplan.profiles.store import StoreError
 from convplan.selector import zoo
