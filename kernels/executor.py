@@ -12,7 +12,7 @@ predicts its memory; this module only runs what it is given.
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import time
 import tracemalloc
 from collections.abc import Mapping
@@ -22,6 +22,7 @@ import numpy as np
 
 from .base import ConvAlgorithm, Prepared, run_overhead_bytes
 from .layout import convert
+from .measure import collector_paused
 from .operators import Operator
 from .spec import ConvSpec, Layout
 
@@ -140,20 +141,20 @@ class Executor:
         if missing:
             raise ValueError(f"missing input(s): {', '.join(sorted(missing))}")
         if trace:
-            gc.collect()
             started = not tracemalloc.is_tracing()
             if started:
                 tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
         try:
-            if not self._prepared:
-                self.prepare()
-            held = sum(inputs[name].nbytes for name in self.program.inputs)
-            prepare_peak = tracemalloc.get_traced_memory()[1] - base + held if trace else 0
-            outputs, times, seconds, step_peaks = self._execute(
-                inputs, base - held if trace else None)
-            peak = max([prepare_peak, *step_peaks]) if trace else None
+            with collector_paused() if trace else contextlib.nullcontext():
+                if not self._prepared:
+                    self.prepare()
+                held = sum(inputs[name].nbytes for name in self.program.inputs)
+                prepare_peak = tracemalloc.get_traced_memory()[1] - base + held if trace else 0
+                outputs, times, seconds, step_peaks = self._execute(
+                    inputs, base - held if trace else None)
+                peak = max([prepare_peak, *step_peaks]) if trace else None
         finally:
             if trace and started:
                 tracemalloc.stop()
