@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from convplan.settings import StoreSettings
+
 from .fingerprint import canonical_json, fingerprint_id
 from .measurement import Measurement
 
@@ -100,14 +102,10 @@ class StoreWarning(UserWarning):
 
 
 def default_db_path() -> Path:
-    """``$CONVPLAN_DB``, else ``$XDG_CACHE_HOME/convplan/costs.sqlite``, else
-    ``~/.cache/convplan/costs.sqlite``: measurements are a cache of this machine's speed."""
-    explicit = os.environ.get("CONVPLAN_DB")
-    if explicit:
-        return Path(explicit).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
-    return base / "convplan" / "costs.sqlite"
+    """``$CONVPLAN_DB``, else the user cache (platformdirs: ``$XDG_CACHE_HOME/convplan`` or
+    ``~/.cache/convplan`` on Linux) ``/costs.sqlite``: measurements are a cache of this
+    machine's speed. Read on every call, so a changed environment is honoured."""
+    return StoreSettings.from_env().db.expanduser()
 
 
 @dataclass(frozen=True)
