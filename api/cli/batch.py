@@ -8,41 +8,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from convplan.api.batch import (
-    BatchError,
-    check_request,
-    collect_inputs,
-    dask_client,
-    run_dask,
-    run_local,
-    write_outputs,
-    write_plan,
+from convplan.api.cli.common import (
+    Budget,
+    ConnectTimeout,
+    LocalCluster,
+    NoProfile,
+    Solver,
+    TimeLimit,
+    check_threads,
+    console,
+    counting_bar,
+    fail,
+    new_table,
+    seconds_checked,
+    size,
 )
-from convplan.api.cli.profiles import check_seconds, check_threads, console, fail, progress_bar
-from convplan.selector.planning import PlanRequest, parse_bytes
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return ""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-SchedulerOption = Annotated[str | None, typer.Option(
-    "--scheduler", help="Run on the Dask cluster of this scheduler (tcp://HOST:PORT).")]
-LocalClusterOption = Annotated[int | None, typer.Option(
-    "--local-cluster", help="Start a local Dask cluster of N worker processes (1 thread each) "
-                            "for this run.")]
-ConnectTimeoutOption = Annotated[float, typer.Option(
-    "--connect-timeout", help="Seconds to wait for the scheduler and its first worker.")]
 
 
 def batch(
@@ -54,19 +35,17 @@ def batch(
         show_default=False)],
     out: Annotated[Path, typer.Option(help="Folder for the plans (<name>.plan.json) and "
                                            "batch-summary.json.", show_default=False)],
-    scheduler: SchedulerOption = None,
-    local_cluster: LocalClusterOption = None,
-    connect_timeout: ConnectTimeoutOption = 10.0,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Run on the Dask cluster of this scheduler (tcp://HOST:PORT).")
+    ] = None,
+    local_cluster: LocalCluster = None,
+    connect_timeout: ConnectTimeout = 10.0,
     threads: Annotated[int | None, typer.Option(help="BLAS threads (default: all cores of "
                                                      "the machine planning).")] = None,
-    solver: Annotated[str, typer.Option(help="ILP solver: cbc or highs.")] = "cbc",
-    time_limit: Annotated[float, typer.Option("--time-limit",
-                                              help="Solver time limit, seconds.")] = 60.0,
-    no_profile: Annotated[bool, typer.Option(
-        "--no-profile", help="Use the analytic cost model for missing costs instead of "
-                             "measuring.")] = False,
-    budget_seconds: Annotated[float, typer.Option(
-        "--budget-seconds", help="Measuring budget per candidate, seconds.")] = 0.3,
+    solver: Solver = "cbc",
+    time_limit: TimeLimit = 60.0,
+    no_profile: NoProfile = False,
+    budget_seconds: Budget = 0.3,
     db: Annotated[Path | None, typer.Option(
         help="Cost store path, opened by whichever process plans (each worker its own file "
              "at this path); default: its $CONVPLAN_DB or user cache.")] = None,
@@ -74,18 +53,27 @@ def batch(
     timeout_seconds: Annotated[float, typer.Option(
         "--timeout-seconds", help="Deadline of each network, seconds: one that takes longer is "
                                   "stopped (it runs in a child process) and reported as timed "
-                                  "out; the others are still planned.")] = 3600.0,
+                                  "out; the others are still planned.",
+        callback=seconds_checked)] = 3600.0,
 ) -> None:
     """Plan every network under one memory cap; one plan file each (written as soon as that
     network is planned), and a summary."""
+    from convplan.api.batch import (
+        BatchError,
+        check_request,
+        collect_inputs,
+        dask_client,
+        run_dask,
+        run_local,
+        write_outputs,
+        write_plan,
+    )
+    from convplan.selector.planning import PlanRequest, parse_bytes
+
     if scheduler is not None and local_cluster is not None:
         fail("give --scheduler or --local-cluster, not both")
     # a --scheduler's workers may be other machines, with other core counts
-    check_threads(threads, this_machine=scheduler is None)
-    for option, seconds in (("--time-limit", time_limit), ("--budget-seconds", budget_seconds),
-                            ("--timeout-seconds", timeout_seconds),
-                            ("--connect-timeout", connect_timeout)):
-        check_seconds(option, seconds)
+    check_threads(threads, this_machine=scheduler is None)   # (the durations: by declaration)
     try:
         request = PlanRequest(cap=parse_bytes(memory_cap), threads=threads, solver=solver,
                               time_limit_s=time_limit, measure=not no_profile,
@@ -99,16 +87,15 @@ def batch(
     except OSError as error:
         fail(f"cannot create the output folder {out}: {error.strerror}")
 
-    columns = (TextColumn("planning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}", markup=False))
-    with progress_bar(*columns) as bar:
-        task = bar.add_task("", total=len(inputs))
+    bar, progress = counting_bar("planning")
+    with bar:
         done: list[dict[str, Any]] = []
+        progress(0, len(inputs))
 
         def on_result(row: dict[str, Any]) -> None:
             write_plan(row, out)            # now, not at the end
             done.append(row)
-            bar.update(task, advance=1, description=f"{row['network']}: {row['status']}")
+            progress(len(done), len(inputs), f"{row['network']}: {row['status']}")
 
         try:
             if scheduler is None and local_cluster is None:
@@ -136,14 +123,13 @@ def batch(
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    table = Table(title=f"batch: {summary['planned']} of {summary['networks']} planned")
-    for column in ("network", "status", "time ms", "peak", "solve s", "worker", "error"):
-        table.add_column(column, justify="right" if column in ("time ms", "peak", "solve s")
-                         else "left", overflow="fold")
+    table = new_table(f"batch: {summary['planned']} of {summary['networks']} planned",
+                      ("network", "status", "time ms", "peak", "solve s", "worker", "error"),
+                      right=("time ms", "peak", "solve s"), overflow="fold")
     for row in summary["rows"]:
         time_s = row["predicted_time_s"]
         table.add_row(row["network"], row["status"],
-                      "" if time_s is None else f"{time_s * 1e3:.2f}", _size(row["peak_bytes"]),
+                      "" if time_s is None else f"{time_s * 1e3:.2f}", size(row["peak_bytes"]),
                       "" if row["solve_seconds"] is None else f"{row['solve_seconds']:.2f}",
                       row["worker"] or "", row["error"] or "")
     console.print(table)

@@ -4,156 +4,64 @@ the cost store, and move them between machines. `register(app)` adds these comma
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
+
+from convplan.api.cli.common import (
+    Budget,
+    ConnectTimeout,
+    Db,
+    Json,
+    LocalCluster,
+    Model,
+    Threads,
+    console,
+    counting_bar,
+    fail,
+    new_table,
+    store_warnings,
+    warn,
 )
-from rich.table import Table
-from rich.text import Text
 
-from convplan.profiles.profiler import Profiler
-from convplan.profiles.requests import CostRequest
-from convplan.profiles.store import CostStore, StoreError, StoreWarning, default_db_path
-from convplan.selector import zoo
-from convplan.selector.planning import requests_for
+if TYPE_CHECKING:
+    from convplan.profiles.requests import CostRequest
+    from convplan.profiles.store import CostStore
 
-
-# -- shared by every convplan command (api/cli/app.py and api/cli/batch.py import these) -----------
-def plain_console(**options: object) -> Console:
-    """A console that prints text as it is: no rich markup (a name like ``[/x]`` is shown, not
-    read as a closing tag) and no emoji codes (``:smile:`` stays text)."""
-    return Console(markup=False, emoji=False, highlight=False, **options)  # type: ignore[arg-type]
-
-
-console = plain_console(width=None if Console().is_terminal else 120)
-
-
-def _one_line(message: object) -> str:
-    line = " ".join(str(message).split())
-    return line if len(line) <= 2000 else line[:1997] + "..."
-
-
-def warn(message: object) -> None:
-    """``warning: ...``: one line on stderr, shown literally."""
-    plain_console(stderr=True, soft_wrap=True).print(
-        Text.assemble(("warning:", "yellow"), " ", _one_line(message)))
-
-
-def fail(message: object, code: int = 2) -> NoReturn:
-    """The one error path of every command: ``error: ...``, one line on stderr (the message is
-    never read as markup), then exit ``code`` (2: bad input)."""
-    plain_console(stderr=True, soft_wrap=True).print(
-        Text.assemble(("error:", "red"), " ", _one_line(message)))
-    raise typer.Exit(code)
-
-
-def progress_bar(*columns: ProgressColumn | str) -> Progress:
-    """A transient progress bar on stderr; nothing at all when stderr is not a terminal (a log
-    gets no blank line from it)."""
-    err = plain_console(stderr=True)
-    return Progress(*columns, console=err, transient=True, disable=not err.is_terminal)
-
-
-def check_threads(threads: int | None, *, this_machine: bool = True) -> None:
-    """--threads: 1 .. the machine's cores, with a warning above the cores this process may run
-    on. ``this_machine=False`` (work done on other machines): only at least 1."""
-    if threads is None:
-        return
-    if not this_machine:
-        if threads < 1:
-            fail(f"--threads must be at least 1, got {threads}")
-        return
-    cores = os.cpu_count() or 1
-    if not 1 <= threads <= cores:
-        fail(f"--threads must be between 1 and {cores} (this machine's cores), got {threads}")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = cores
-    if threads > usable:
-        warn(f"--threads {threads} is more than the {usable} core(s) this process may run on; "
-             "timings will suffer")
-
-
-def check_seconds(option: str, value: float) -> None:
-    """A duration option: a finite number above 0 (``nan``, ``inf``, 0 and below refused)."""
-    if not math.isfinite(value) or value <= 0:
-        fail(f"{option} must be a finite number above 0, got {value}")
-
-
-profiles_app = typer.Typer(add_completion=False, no_args_is_help=True,
+profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                            help="The cost store: list, export and import measured costs.")
-
-DbOption = Annotated[Path | None, typer.Option(
-    "--db", help="Cost store (default: $CONVPLAN_DB, else ~/.cache/convplan/costs.sqlite).")]
-
-
 def _open(db: Path | None, **options: bool) -> CostStore:
     """The store, or exit 2 with the StoreError's message (it names the file and the fix)."""
+    from convplan.profiles.store import CostStore, default_db_path
+
     try:
         return CostStore(db if db is not None else default_db_path(), **options)
     except ValueError as error:
         fail(str(error))
 
 
-@contextmanager
-def store_warnings() -> Iterator[None]:
-    """The cost store's warnings (rows it ignored) as ``warning: ...`` lines on stderr, each
-    distinct one once, instead of Python's ``file:line: StoreWarning: ...`` form."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", StoreWarning)
-        try:
-            yield
-        finally:
-            shown: set[str] = set()
-            for warning in caught:
-                if not issubclass(warning.category, StoreWarning):
-                    warnings.showwarning(warning.message, warning.category, warning.filename,
-                                         warning.lineno)
-                elif str(warning.message) not in shown:
-                    shown.add(str(warning.message))
-                    warn(warning.message)
-
-
 def profile(
-    model: Annotated[str, typer.Argument(
-        help="A built-in network (convplan networks), a .json description or an .onnx file.")],
-    threads: Annotated[int | None, typer.Option(
-        help="BLAS threads to measure under (default: all cores).")] = None,
-    budget_seconds: Annotated[float, typer.Option(
-        "--budget-seconds", help="Timing budget per measurement, in seconds.")] = 0.5,
-    db: DbOption = None,
+    model: Model,
+    threads: Threads = None,
+    budget_seconds: Budget = 0.5,
+    db: Db = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="Measure on the workers of this Dask scheduler (tcp://HOST:PORT) "
                             "whose machine fingerprint is this machine's.")] = None,
-    local_cluster: Annotated[int | None, typer.Option(
-        "--local-cluster", help="Measure on a local Dask cluster of N worker processes.")
-    ] = None,
-    connect_timeout: Annotated[float, typer.Option(
-        "--connect-timeout", help="Seconds to wait for the scheduler and its first worker.")
-    ] = 10.0,
+    local_cluster: LocalCluster = None,
+    connect_timeout: ConnectTimeout = 10.0,
     remeasure_imported: Annotated[bool, typer.Option(
         "--remeasure-imported", help="Measure again the costs the store only has imported "
                                      "(from `profiles import`); the new measurements replace "
                                      "them.")] = False,
 ) -> None:
     """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
+    from convplan.profiles.store import StoreError
+
     with store_warnings():
         try:
             _profile(model, threads, budget_seconds, db, as_json, scheduler, local_cluster,
@@ -165,9 +73,12 @@ def profile(
 def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | None,
              as_json: bool, scheduler: str | None, local_cluster: int | None,
              connect_timeout: float, remeasure_imported: bool) -> None:
-    check_threads(threads)
-    check_seconds("--budget-seconds", budget_seconds)
-    check_seconds("--connect-timeout", connect_timeout)
+    """`profile` once its options are checked (--threads and the durations by their
+    declarations)."""
+    from convplan.profiles.profiler import Profiler
+    from convplan.selector import zoo
+    from convplan.selector.planning import requests_for
+
     if scheduler is not None and local_cluster is not None:
         fail("give --scheduler or --local-cluster, not both")
     try:
@@ -196,15 +107,8 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
     with store:
         profiler = Profiler(store, n_threads, budget_seconds)
         before = store.count(profiler.fingerprint_id)
-        columns = (TextColumn("{task.description}", markup=False), BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn())
-        with progress_bar(*columns) as bar:
-            task = bar.add_task("profiling", total=None)
-
-            def progress(done: int, total: int, request: CostRequest) -> None:
-                bar.update(task, completed=done, total=total,
-                           description=f"{request.kind} {request.candidate}")
-
+        bar, progress = counting_bar("profiling")
+        with bar:
             try:
                 profiler.costs(requests, progress=progress)
             except KeyboardInterrupt:
@@ -242,16 +146,9 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
     (the others are refused, and the output says which and why); store here."""
     from convplan.api.batch import BatchError, dask_client, profile_on_cluster
 
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn())
+    bar, progress = counting_bar("profiling on the cluster", show_item=False)
     try:
-        with dask_client(scheduler, local_cluster, connect_timeout) as client, \
-                progress_bar(*columns) as bar:
-            task = bar.add_task("profiling on the cluster", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
+        with dask_client(scheduler, local_cluster, connect_timeout) as client, bar:
             result = profile_on_cluster(client, requests, store, threads, budget_seconds,
                                         progress)
     except KeyboardInterrupt:
@@ -282,7 +179,7 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
 
 @profiles_app.command("export")
 def export_costs(file: Annotated[Path, typer.Argument(help="JSON file to write.")],
-                 db: DbOption = None) -> None:
+                 db: Db = None) -> None:
     """Write every stored cost, with its machine fingerprint and origin, to a JSON file."""
     with store_warnings(), _open(db) as store:
         try:
@@ -297,7 +194,7 @@ def export_costs(file: Annotated[Path, typer.Argument(help="JSON file to write."
 
 @profiles_app.command("import")
 def import_costs(file: Annotated[Path, typer.Argument(help="A file `profiles export` wrote.")],
-                 db: DbOption = None) -> None:
+                 db: Db = None) -> None:
     """Merge an exported JSON file into the store (all or nothing). Imported costs are marked
     as imported, never as measured here: they never replace this store's own measurements,
     and of two imports of one cost the newer wins."""
@@ -315,7 +212,7 @@ def import_costs(file: Annotated[Path, typer.Argument(help="A file `profiles exp
 
 
 @profiles_app.command("drop-imported")
-def drop_imported(db: DbOption = None,
+def drop_imported(db: Db = None,
                   fingerprint: Annotated[str | None, typer.Option(
                       "--fingerprint", help="Only this fingerprint's imported costs.")] = None
                   ) -> None:
@@ -331,8 +228,8 @@ def drop_imported(db: DbOption = None,
 
 
 @profiles_app.command("list")
-def list_costs(db: DbOption = None,
-               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+def list_costs(db: Db = None,
+               as_json: Json = False
                ) -> None:
     """The machine fingerprints in the store and how many costs each holds (how many of them
     imported)."""
@@ -346,10 +243,9 @@ def list_costs(db: DbOption = None,
         print(json.dumps([{"id": i.id, "rows": i.rows, "imported": i.imported,
                            "fingerprint": i.fingerprint} for i in infos], indent=2))
         return
-    table = Table(title=f"cost store {path}" + (" (read-only)" if read_only else ""))
-    for column in ("fingerprint", "threads", "cpu", "blas", "convplan", "costs", "imported"):
-        table.add_column(column, justify="right" if column in ("threads", "costs", "imported")
-                         else "left")
+    table = new_table(f"cost store {path}" + (" (read-only)" if read_only else ""),
+                      ("fingerprint", "threads", "cpu", "blas", "convplan", "costs", "imported"),
+                      right=("threads", "costs", "imported"))
     for info in infos:
         fp = info.fingerprint
         blas = fp.get("blas", {})

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from convplan.api.cli.profiles import fail, warn
+from convplan.api.cli.common import CONTEXT, LogLevel, fail, warn
 
 
 def _loopback(host: str) -> bool:
@@ -26,7 +26,7 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (each with "
                                                      "its own limits and job table).")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
     import uvicorn
@@ -50,6 +50,6 @@ def register(app: typer.Typer) -> None:
 
 
 if __name__ == "__main__":
-    standalone = typer.Typer(add_completion=False)
+    standalone = typer.Typer(add_completion=False, context_settings=CONTEXT)
     register(standalone)
     standalone()

@@ -1,0 +1,145 @@
+"""`convplan run`: run a network with one algorithm or a plan, and report the measured time and
+peak memory next to the prediction. `register(app)` adds the command to an app."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from convplan.api.cli.common import (
+    Algorithm,
+    Model,
+    Threads,
+    bad_input,
+    check_writable,
+    console,
+    fail,
+    load_model,
+    new_table,
+    size,
+)
+
+if TYPE_CHECKING:
+    from convplan.selector.network import Network
+    from convplan.selector.planning import PlanSpec
+    from convplan.selector.runner import RunReport
+
+
+def read_plan(path: Path) -> PlanSpec:
+    """A plan file (`selector.planning.PlanSpec`, exactly what /v1/run takes), or a
+    NetworkError (PlanError) saying what is wrong with it."""
+    from convplan.selector.network import NetworkError
+    from convplan.selector.planning import plan_spec
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise NetworkError(f"cannot read plan {path}: {error.strerror}") from None
+    return plan_spec(data, f"plan {path}")
+
+
+def check_made_for(plan: Path, made_for: str | None, network: Network) -> None:
+    """A plan made for another network is refused naming the file and both networks
+    (`check_plan(made_for=)` names the networks only)."""
+    from convplan.selector.network import quoted
+
+    if made_for is not None and made_for != network.name:
+        fail(f"{plan} was made for {quoted(made_for)}, not {quoted(network.name)}")
+
+
+def _output_file(path: Path, outputs: int) -> Path:
+    """Where NumPy writes ``--output``: it adds .npy (one output) or .npz unless present."""
+    suffix = ".npy" if outputs == 1 else ".npz"
+    return path if path.suffix == suffix else path.with_name(path.name + suffix)
+
+
+def run(
+    model: Model,
+    algorithm: Algorithm = None,
+    plan: Annotated[Path | None, typer.Option(help="A plan: JSON with an \"assignment\".")
+                    ] = None,
+    input_path: Annotated[Path | None, typer.Option(
+        "--input", help="Input .npy (or .npz by input name); default: seeded random.")] = None,
+    output_path: Annotated[Path | None, typer.Option(
+        "--output", help="Write the output to this .npy (.npz when several).")] = None,
+    threads: Threads = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs (the median is reported).")
+                      ] = 1,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Compare with onnxruntime (or onnx's ReferenceEvaluator).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run a network: time, measured vs predicted peak memory, per-layer steps."""
+    from convplan.selector.planning import check_plan
+    from convplan.selector.runner import read_inputs, run_network
+
+    if algorithm is not None and plan is not None:
+        fail("give --algorithm or --plan, not both")
+    with bad_input():
+        chosen = read_plan(plan) if plan is not None else None
+        network = load_model(model)
+        if chosen is not None:
+            assert plan is not None
+            check_made_for(plan, chosen.network, network)
+            check_plan(network, chosen.assignment, chosen.layouts, made_for=chosen.network)
+            if threads is None and chosen.threads is not None:
+                # the thread count its costs were measured with, within this machine's cores
+                threads = min(chosen.threads, os.cpu_count() or 1)
+        if output_path is not None:
+            check_writable(_output_file(output_path, len(network.outputs)), "--output")
+        inputs = read_inputs(input_path, network, what=f"input {input_path}") \
+            if input_path is not None else None
+        report = run_network(network, inputs, assignment=chosen and chosen.assignment,
+                             layouts=chosen and chosen.layouts, algorithm=algorithm,
+                             strict=plan is not None, threads=threads, repeat=repeat,
+                             check=check)
+    if output_path is not None:
+        _save(output_path, report)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    _print_run(report)
+
+
+def _save(path: Path, report: RunReport) -> None:
+    import numpy as np
+
+    try:
+        if len(report.outputs) == 1:
+            np.save(path, next(iter(report.outputs.values())))
+        else:
+            np.savez(path, **report.outputs)
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror}")
+
+
+def _print_run(report: RunReport) -> None:
+    table = new_table(f"{report.network}: {len(report.layers)} steps, "
+                      f"{report.threads} thread(s)",
+                      ("step", "op", "algorithm", "layout", "ms", "workspace", "live"),
+                      right=("ms", "workspace", "live"))
+    for layer in report.layers:
+        table.add_row(layer.name, layer.op, layer.algorithm or "", layer.layout,
+                      f"{layer.time_s * 1e3:.2f}", size(layer.workspace_bytes),
+                      size(layer.live_bytes))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    ratio = report.predicted_peak_bytes / max(report.measured_peak_bytes, 1)
+    console.print(f"time {report.time_s * 1e3:.1f} ms | peak memory: measured "
+                  f"{size(report.measured_peak_bytes)}, predicted "
+                  f"{size(report.predicted_peak_bytes)} (x{ratio:.3f}, at {report.peak_step}) "
+                  f"| prepared weights {size(report.prepared_bytes)}, original weights "
+                  f"{size(report.weight_bytes)} (not counted)")
+    if report.max_abs_error is not None:
+        console.print(f"check against {report.reference}: max |error| "
+                      f"{report.max_abs_error:.2e} ({report.max_rel_error:.1e} of max |output|)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `run` to the convplan app."""
+    app.command("run")(run)
