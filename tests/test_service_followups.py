@@ -16,7 +16,7 @@ import pytest
 from service_server import TINY, Server, assert_json_error, running_server
 
 from convplan.api.service.schemas import Health, ProfileResult
-from convplan.api.service.work import JSON_BYTES_PER_LAYER, MiB, Settings
+from convplan.settings import JSON_BYTES_PER_LAYER, MiB, ServiceSettings, SettingsError
 
 #: 50 layers: a JSON body may have 50 * 4 KiB + 1 MiB; an upload 4 MiB.
 LAYERS = 50
@@ -84,14 +84,16 @@ def test_run_refuses_a_plan_made_for_another_network(client: httpx.Client) -> No
 
 # -- 2. the JSON body limit ---------------------------------------------------------------------
 def test_settings_derive_the_json_body_limit_from_the_layer_limit() -> None:
-    assert Settings().max_json_body_bytes == 1000 * 4096 + MiB
-    assert Settings.from_env({"CONVPLAN_MAX_LAYERS": "10"}).max_json_body_bytes == \
-        10 * 4096 + MiB
-    assert Settings.from_env({"CONVPLAN_MAX_JSON_BODY": "3MiB"}).max_json_body_bytes == 3 * MiB
-    # never above the body limit when derived
-    assert Settings.from_env({"CONVPLAN_MAX_BODY": "1MiB"}).max_json_body_bytes == MiB
-    with pytest.raises(ValueError, match="CONVPLAN_MAX_JSON_BODY"):
-        Settings.from_env({"CONVPLAN_MAX_JSON_BODY": "big"})
+    def limit(**env: str) -> int:
+        return ServiceSettings.from_env({f"CONVPLAN_{k}": v for k, v in env.items()}
+                                        ).json_body_limit
+
+    assert limit() == 1000 * 4096 + MiB
+    assert limit(MAX_LAYERS="10") == 10 * 4096 + MiB
+    assert limit(MAX_JSON_BODY="3MiB") == 3 * MiB
+    assert limit(MAX_BODY="1MiB") == MiB          # never above the body limit when derived
+    with pytest.raises(SettingsError, match="CONVPLAN_MAX_JSON_BODY"):
+        limit(MAX_JSON_BODY="big")
 
 
 def test_a_json_body_over_its_limit_is_refused_before_parsing(server: Server,

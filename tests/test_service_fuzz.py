@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
 from service_server import Server, running_server
 
 from convplan.api.service.app import create_app
-from convplan.api.service.work import Settings
+from convplan.settings import ServiceSettings
 
 #: Small limits: anything valid the fuzzer finds is planned or measured in a blink.
 LIMITS = {"CONVPLAN_MAX_BODY": "256KiB", "CONVPLAN_MAX_LAYERS": "40",
@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 #: The app's own schema (building the app starts nothing: workers start with the server);
 #: `test_the_server_serves_this_schema` checks the real server publishes the same.
-OPENAPI = create_app(Settings()).openapi()
+OPENAPI = create_app(ServiceSettings.from_env({})).openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI).exclude(method="POST", path="/v1/profile")
 schema.config.generation.update(modes=list(schemathesis.GenerationMode))  # valid and invalid
 

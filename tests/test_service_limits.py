@@ -12,7 +12,7 @@ import httpx
 import pytest
 from service_server import TINY, Server, assert_json_error, running_server
 
-from convplan.api.service.work import Settings
+from convplan.settings import ServiceSettings, SettingsError
 
 KEY = "test-key-0123456789"
 RESTRICTED = {"CONVPLAN_CONCURRENCY": "1", "CONVPLAN_QUEUE": "0",
@@ -85,15 +85,15 @@ def test_the_job_table_refuses_beyond_its_pending_bound(server: Server) -> None:
 
 
 def test_settings_come_from_the_environment_and_bad_ones_are_named() -> None:
-    settings = Settings.from_env({"CONVPLAN_MAX_BODY": "2MiB", "CONVPLAN_CONCURRENCY": "3",
-                                  "CONVPLAN_API_KEY": "s3cr3t-v4lue"})
-    assert settings.max_body_bytes == 2 * 2**20 and settings.slots == 3
-    assert settings.api_key == "s3cr3t-v4lue" and "s3cr3t" not in repr(settings)
-    assert Settings.from_env({}).max_body_bytes == 64 * 2**20
+    settings = ServiceSettings.from_env({"CONVPLAN_MAX_BODY": "2MiB", "CONVPLAN_CONCURRENCY": "3",
+                                         "CONVPLAN_API_KEY": "s3cr3t-v4lue"})
+    assert settings.max_body == 2 * 2**20 and settings.concurrency == 3
+    assert settings.key == "s3cr3t-v4lue" and "s3cr3t" not in repr(settings)
+    assert ServiceSettings.from_env({}).max_body == 64 * 2**20
     for name, value in (("CONVPLAN_MAX_BODY", "lots"), ("CONVPLAN_CONCURRENCY", "0"),
                         ("CONVPLAN_QUEUE_TIMEOUT", "soon")):
-        with pytest.raises(ValueError, match=name):
-            Settings.from_env({name: value})
+        with pytest.raises(SettingsError, match=name):
+            ServiceSettings.from_env({name: value})
 
 
 @pytest.mark.parametrize(("host", "key", "warned"), [

@@ -1,23 +1,19 @@
-"""ASGI middleware of the service: the request-body limits and the optional API key.
+"""ASGI middleware of the service: the request-body limits, which act before any route reads
+the body (the API key is a dependency: `deps.require_api_key`).
 
-Both act before any route reads the body. The body limit counts the bytes actually received,
-so a chunked upload without Content-Length is stopped too, not only an honest header; and the
-whole body must arrive within a deadline, so a client trickling bytes cannot hold a connection
-(and the memory of what it sent) for ever.
+The body limit counts the bytes actually received, so a chunked upload without Content-Length
+is stopped too, not only an honest header; and the whole body must arrive within a deadline, so
+a client trickling bytes cannot hold a connection (and the memory of what it sent) for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from typing import Any
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-#: Paths that never need the API key: liveness and the documentation.
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 class BodyTooLarge(HTTPException):
@@ -133,23 +129,3 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await _send_json(send, 408, {"error": "body_timeout", "detail": error.detail})
-
-
-class ApiKeyMiddleware:
-    """401 unless the X-API-Key header matches (compared in constant time)."""
-
-    def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
-        self.key = key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"x-api-key"), b"")
-        if not hmac.compare_digest(given, self.key):
-            await _send_json(send, 401, {"error": "unauthorized",
-                                         "detail": "a valid X-API-Key header is required"},
-                             [(b"www-authenticate", b"APIKey")])
-            return
-        await self.app(scope, receive, send)

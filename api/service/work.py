@@ -2,7 +2,7 @@
 
 Every task here is CPU-bound and measures memory with `tracemalloc`, which is process-global:
 a traced run sharing a process with other requests would count their allocations too. So the
-app (`api.app`) runs these functions in worker processes, one task per process at a time, and
+app runs these functions in worker processes (`workers`), one task per process at a time, and
 never on the event loop. Tasks take and return plain (picklable) data; a bad request becomes a
 `ServiceError` carrying its HTTP status, so the app maps errors in one place.
 """
@@ -12,11 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -40,125 +38,11 @@ from convplan.selector.planning import (
 )
 from convplan.selector.planning import pareto as pareto_frontier
 from convplan.selector.runner import npy_header, random_inputs, read_inputs, run_network
+from convplan.settings import ServiceSettings
 
-MiB = 1 << 20
-GiB = 1 << 30
-#: What the default JSON body limit allows a layer of a network description.
-JSON_BYTES_PER_LAYER = 4 << 10
-
-
-# -- settings ------------------------------------------------------------------------------------
-def _env_bytes(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name)
-    if not text:
-        return default
-    try:
-        return parse_bytes(text)
-    except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = float,
-                minimum: float = 0) -> Any:
-    text = env.get(name)
-    if not text:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a {kind.__name__}, got {text!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {text!r}")
-    return value
-
-
-def _default_slots() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The service's limits; `from_env` reads them from CONVPLAN_* environment variables."""
-
-    max_body_bytes: int = 64 * MiB          # CONVPLAN_MAX_BODY
-    max_layers: int = 1000                  # CONVPLAN_MAX_LAYERS
-    max_tensor_bytes: int = 1 * GiB         # CONVPLAN_MAX_TENSOR_BYTES (one activation/input)
-    max_weight_bytes: int = 1 * GiB         # CONVPLAN_MAX_WEIGHT_BYTES (a description's weights)
-    max_time_limit_s: float = 60.0          # CONVPLAN_MAX_TIME_LIMIT (solver seconds)
-    max_budget_s: float = 2.0               # CONVPLAN_MAX_BUDGET (measuring, per candidate)
-    max_repeat: int = 10                    # CONVPLAN_MAX_REPEAT (timed runs of /v1/run)
-    slots: int = field(default_factory=_default_slots)  # CONVPLAN_CONCURRENCY
-    queue: int = 32                         # CONVPLAN_QUEUE (requests waiting for a slot)
-    queue_timeout_s: float = 10.0           # CONVPLAN_QUEUE_TIMEOUT
-    max_jobs: int = 64                      # CONVPLAN_MAX_JOBS (job table entries)
-    max_pending_jobs: int = 4               # CONVPLAN_MAX_PENDING_JOBS (queued + running)
-    retry_after_s: int = 2                  # CONVPLAN_RETRY_AFTER
-    api_key: str | None = field(default=None, repr=False)   # CONVPLAN_API_KEY
-    request_timeout_s: float = 120.0        # CONVPLAN_REQUEST_TIMEOUT (a heavy request, all in)
-    job_timeout_s: float = 900.0            # CONVPLAN_JOB_TIMEOUT (a profiling job)
-    #: CONVPLAN_WORKER_MEMORY: address space of a worker process (RLIMIT_AS); None: derived
-    #: from the tensor and weight limits (`default_worker_memory`); 0: no limit.
-    worker_memory_bytes: int | None = None
-    kill_grace_s: float = 1.0               # CONVPLAN_KILL_GRACE (SIGTERM, then SIGKILL)
-    body_timeout_s: float = 60.0            # CONVPLAN_BODY_TIMEOUT (receiving a request body)
-    #: CONVPLAN_MAX_JSON_BODY: a body that is not a multipart upload (a JSON request); None:
-    #: derived from the layer limit (`default_json_body`), so a description of far more layers
-    #: than the server takes is refused (413) before it is parsed.
-    max_json_body_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.worker_memory_bytes is None:
-            object.__setattr__(self, "worker_memory_bytes", self.default_worker_memory())
-        if self.max_json_body_bytes is None:
-            object.__setattr__(self, "max_json_body_bytes", self.default_json_body())
-
-    def default_json_body(self) -> int:
-        """4 KiB a layer (a described layer takes 50 to 300 bytes of JSON) and 1 MiB for the
-        options and a run's input (base64), within CONVPLAN_MAX_BODY."""
-        return min(self.max_body_bytes, self.max_layers * JSON_BYTES_PER_LAYER + MiB)
-
-    def default_worker_memory(self) -> int:
-        """What a worker may map: a measured baseline with headroom (an idle worker maps about
-        0.2 GiB, one that planned and ran GoogLeNet with --check 0.75 GiB), the BLAS buffers
-        of every core, and two of the largest tensors plus the largest weights a request may
-        have."""
-        cores = os.cpu_count() or 1
-        return 2 * GiB + 64 * MiB * cores + 2 * self.max_tensor_bytes + self.max_weight_bytes
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Settings from the environment; ValueError naming the variable that is wrong."""
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            max_body_bytes=_env_bytes(env, "CONVPLAN_MAX_BODY", d.max_body_bytes),
-            max_layers=_env_number(env, "CONVPLAN_MAX_LAYERS", d.max_layers, int, 1),
-            max_tensor_bytes=_env_bytes(env, "CONVPLAN_MAX_TENSOR_BYTES", d.max_tensor_bytes),
-            max_weight_bytes=_env_bytes(env, "CONVPLAN_MAX_WEIGHT_BYTES", d.max_weight_bytes),
-            max_time_limit_s=_env_number(env, "CONVPLAN_MAX_TIME_LIMIT", d.max_time_limit_s,
-                                         float, 0.01),
-            max_budget_s=_env_number(env, "CONVPLAN_MAX_BUDGET", d.max_budget_s, float, 0.001),
-            max_repeat=_env_number(env, "CONVPLAN_MAX_REPEAT", d.max_repeat, int, 1),
-            slots=_env_number(env, "CONVPLAN_CONCURRENCY", d.slots, int, 1),
-            queue=_env_number(env, "CONVPLAN_QUEUE", d.queue, int, 0),
-            queue_timeout_s=_env_number(env, "CONVPLAN_QUEUE_TIMEOUT", d.queue_timeout_s),
-            max_jobs=_env_number(env, "CONVPLAN_MAX_JOBS", d.max_jobs, int, 1),
-            max_pending_jobs=_env_number(env, "CONVPLAN_MAX_PENDING_JOBS",
-                                         d.max_pending_jobs, int, 1),
-            retry_after_s=_env_number(env, "CONVPLAN_RETRY_AFTER", d.retry_after_s, int, 1),
-            api_key=env.get("CONVPLAN_API_KEY") or None,
-            request_timeout_s=_env_number(env, "CONVPLAN_REQUEST_TIMEOUT", d.request_timeout_s,
-                                          float, 0.1),
-            job_timeout_s=_env_number(env, "CONVPLAN_JOB_TIMEOUT", d.job_timeout_s, float, 0.1),
-            worker_memory_bytes=0 if env.get("CONVPLAN_WORKER_MEMORY", "").strip().lower()
-            in ("0", "none", "off") else _env_bytes(env, "CONVPLAN_WORKER_MEMORY",
-                                                    None),  # type: ignore[arg-type]
-            kill_grace_s=_env_number(env, "CONVPLAN_KILL_GRACE", d.kill_grace_s, float, 0),
-            body_timeout_s=_env_number(env, "CONVPLAN_BODY_TIMEOUT", d.body_timeout_s, float,
-                                       0.1),
-            max_json_body_bytes=_env_bytes(env, "CONVPLAN_MAX_JSON_BODY",
-                                           None),  # type: ignore[arg-type]
-        )
+#: The old name, for `convplan serve` (api/cli/serve.py, being reworked by the CLI's owner)
+#: until it imports `convplan.settings.ServiceSettings` itself.
+Settings = ServiceSettings
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -208,33 +92,36 @@ Source = tuple[Literal["builtin"], str] | tuple[Literal["description"], dict] | 
     tuple[Literal["onnx"], bytes]
 
 
-def _nbytes(shape: Any) -> int:
-    return 4 * math.prod(int(d) for d in shape)
+def source(network: Any) -> Source:
+    """A request body's network as a `Source`: a built-in name, or a description as plain
+    data (what a worker process is sent)."""
+    if isinstance(network, str):
+        return ("builtin", network)
+    return ("description", network.model_dump())
 
 
-def preflight(description: Mapping[str, Any], settings: Settings) -> Network:
+def preflight(description: Mapping[str, Any], settings: ServiceSettings) -> Network:
     """The description built under the server's limits (`limits`): the layers are counted
     before they are validated, and every layer's shapes, weight shapes and sizes are checked
     before the first weight is drawn (`Network.from_description`)."""
     return Network.from_description(description, limits=limits(settings))
 
 
-def limits(settings: Settings) -> Limits:
+def limits(settings: ServiceSettings) -> Limits:
     """The server's bounds on a network: layers, one tensor, all weights, and the whole
     request (weights plus every activation, an upper bound of what a run holds at once)."""
-    total = getattr(settings, "max_request_bytes", None) or (
-        settings.max_weight_bytes + settings.max_tensor_bytes)
-    return Limits(max_layers=settings.max_layers, max_tensor_bytes=settings.max_tensor_bytes,
-                  max_weight_bytes=settings.max_weight_bytes, max_total_bytes=total)
+    tensor, weights = int(settings.max_tensor_bytes), int(settings.max_weight_bytes)
+    return Limits(max_layers=settings.max_layers, max_tensor_bytes=tensor,
+                  max_weight_bytes=weights, max_total_bytes=tensor + weights)
 
 
-def check_network(network: Network, settings: Settings) -> None:
+def check_network(network: Network, settings: ServiceSettings) -> None:
     """The same bounds on a network built elsewhere (built-ins, ONNX imports)."""
     with client_errors():
         zoo.check_limits(network, limits(settings))
 
 
-def load(source: Source, settings: Settings) -> Network:
+def load(source: Source, settings: ServiceSettings) -> Network:
     """The network a request names; never a path on the server (names are built-ins only).
     Descriptions and ONNX files are checked against the limits before weights exist."""
     kind, value = source
@@ -257,7 +144,7 @@ def load(source: Source, settings: Settings) -> Network:
 
 
 # -- planning ------------------------------------------------------------------------------------
-def plan_request(options: Mapping[str, Any], settings: Settings) -> PlanRequest:
+def plan_request(options: Mapping[str, Any], settings: ServiceSettings) -> PlanRequest:
     """A `PlanRequest` from the body's options, the server's caps applied."""
     cap = options.get("memory_cap")
     if isinstance(cap, str) and not cap.strip():
@@ -270,9 +157,9 @@ def plan_request(options: Mapping[str, Any], settings: Settings) -> PlanRequest:
     return PlanRequest(
         cap=parse_bytes(cap) if cap is not None else None, threads=threads,
         solver=options.get("solver", "cbc"),
-        time_limit_s=min(float(options.get("time_limit_s", 60.0)), settings.max_time_limit_s),
+        time_limit_s=min(float(options.get("time_limit_s", 60.0)), settings.max_time_limit),
         measure=bool(options.get("measure", True)),
-        budget_s=min(float(options.get("budget_s", 0.3)), settings.max_budget_s))
+        budget_s=min(float(options.get("budget_s", 0.3)), settings.max_budget))
 
 
 #: ILP solves of a plan (the plan, the lowest-memory baseline, a refused cap's lowest peak).
@@ -302,7 +189,7 @@ def _within_deadline(request: PlanRequest, deadline: float | None, solves: int,
     return dataclasses.replace(request, time_limit_s=limit), measure_until
 
 
-def plan_task(source: Source, options: dict[str, Any], settings: Settings,
+def plan_task(source: Source, options: dict[str, Any], settings: ServiceSettings,
               deadline: float | None = None) -> dict[str, Any]:
     """POST /v1/plan: the plan document. With a ``deadline`` (`time.monotonic`), measuring
     stops in time for the solver, whose limit fits what is left (the costs are then "mixed")."""
@@ -327,7 +214,7 @@ def _costs_label(sources: set[str]) -> str:
     return "mixed"
 
 
-def pareto_task(source: Source, options: dict[str, Any], points: int, settings: Settings,
+def pareto_task(source: Source, options: dict[str, Any], points: int, settings: ServiceSettings,
                 deadline: float | None = None) -> dict[str, Any]:
     """POST /v1/pareto: the time / peak-memory frontier and the baselines (no cap); a
     ``deadline`` bounds measuring and solving as for `plan_task`."""
@@ -360,7 +247,7 @@ def _npy_shape(data: bytes) -> tuple[int, ...]:
     return npy_header(io.BytesIO(data))[0]
 
 
-def decode_inputs(text: str, network: Network, settings: Settings) -> dict[str, np.ndarray]:
+def decode_inputs(text: str, network: Network, settings: ServiceSettings) -> dict[str, np.ndarray]:
     """Base64 of an .npy (one input) or an .npz (by input name); every array's header (name,
     shape, numeric dtype, data present) is checked against the network before it is read."""
     try:
@@ -386,7 +273,7 @@ def encode_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[str, str]:
     return base64.b64encode(buffer.getvalue()).decode("ascii"), kind
 
 
-def run_task(source: Source, body: dict[str, Any], settings: Settings,
+def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
              deadline: float | None = None) -> dict[str, Any]:
     """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction.
     A ``deadline`` bounds planning first to half the time left (the run itself cannot stop
@@ -435,7 +322,7 @@ def run_task(source: Source, body: dict[str, Any], settings: Settings,
 
 
 # -- profiling -----------------------------------------------------------------------------------
-def profile_task(source: Source, threads: int | None, budget_s: float, settings: Settings,
+def profile_task(source: Source, threads: int | None, budget_s: float, settings: ServiceSettings,
                  progress: Callable[[int, int], None] | None = None,
                  deadline: float | None = None) -> dict[str, Any]:
     """A profile job: measure (and store) every cost a plan of the network needs; measuring

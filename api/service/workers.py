@@ -32,8 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from convplan.settings import ServiceSettings
+
 from . import work as service
-from .work import ServiceError, Settings, Source
+from .work import ServiceError, Source
 
 log = logging.getLogger("convplan.service")
 T = TypeVar("T")
@@ -136,7 +138,7 @@ def _worker_main(conn: Any, parent: int, memory_bytes: int | None) -> None:
             return
 
 
-def validate_task(source: Source, settings: Settings, deadline: float | None = None) -> str:
+def validate_task(source: Source, settings: ServiceSettings, deadline: float | None = None) -> str:
     """Build the network a request names (as a plan would): its name, or the ServiceError."""
     with service.client_errors():
         return service.load(source, settings).name
@@ -203,6 +205,13 @@ class WorkerPool:
         self._context = _spawn()
         self.closing = False
         self.started = False
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> WorkerPool:
+        """The pool the service's limits describe (CONVPLAN_CONCURRENCY, _QUEUE ...)."""
+        return cls(settings.concurrency, settings.queue, settings.queue_timeout,
+                   timeout_s=settings.request_timeout, memory_bytes=settings.worker_memory_limit,
+                   grace_s=settings.kill_grace)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -513,10 +522,10 @@ class Job:
                 "finished_at": self.finished_at, "result": self.result, "error": self.error}
 
 
-def _profile_main(payload: tuple[Source, int | None, float], settings: Settings,
+def _profile_main(payload: tuple[Source, int | None, float], settings: ServiceSettings,
                   messages: Any, parent: int, deadline: float | None) -> None:
     """A job's own process: measure, reporting progress and the outcome through ``messages``."""
-    _prepare_worker(parent, settings.worker_memory_bytes)
+    _prepare_worker(parent, settings.worker_memory_limit)
     source, threads, budget_s = payload
     try:
         result = service.profile_task(source, threads, budget_s, settings,
@@ -537,7 +546,7 @@ class JobTable:
     """A bounded table of profiling jobs, run one at a time, each in a fresh process (so a
     shutdown or the job deadline can stop it; the cost store keeps every finished batch)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
@@ -556,11 +565,11 @@ class JobTable:
         process = self._current
         if process is not None and process.is_alive():
             process.terminate()
-            process.join(timeout=self.settings.kill_grace_s)
+            process.join(timeout=self.settings.kill_grace)
             if process.is_alive():
                 process.kill()
         if self._thread is not None:
-            self._thread.join(timeout=self.settings.kill_grace_s + 3)
+            self._thread.join(timeout=self.settings.kill_grace + 3)
 
     def check_room(self) -> None:
         """Saturated if a job submitted now would be refused for the pending bound."""
@@ -608,7 +617,7 @@ class JobTable:
     def _run(self, job: Job) -> None:
         context = _spawn()
         messages = context.Queue()
-        timeout = self.settings.job_timeout_s
+        timeout = self.settings.job_timeout
         started = time.monotonic()
         deadline = started + timeout
         process = context.Process(target=_profile_main, name="convplan-job",
@@ -646,7 +655,7 @@ class JobTable:
                 self._update(job, done=message[1], total=message[2])
             else:
                 outcome = message
-        process.join(timeout=self.settings.kill_grace_s)
+        process.join(timeout=self.settings.kill_grace)
         if process.is_alive():
             process.kill()
             process.join(timeout=5)

@@ -1,0 +1,41 @@
+"""POST /v1/plan, /v1/plan/onnx and /v1/pareto: planning, in a worker process each."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form
+
+from .. import work
+from ..deps import JsonBody, PoolDep, SettingsDep
+from ..errors import ERRORS
+from ..schemas import ParetoBody, ParetoResponse, PlanBody, PlanDocument, PlanOnnxForm
+
+router = APIRouter(tags=["planning"], responses=ERRORS)
+
+
+@router.post("/v1/plan", response_model=PlanDocument, dependencies=[JsonBody])
+async def plan(body: PlanBody, pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
+    """The fastest plan under the memory cap (an ILP), with every candidate and four
+    baselines: the same document as `convplan plan --json`."""
+    options = body.model_dump(exclude={"network"})
+    return await pool.run(work.plan_task, work.source(body.network), options, settings,
+                          pass_deadline=True)
+
+
+@router.post("/v1/plan/onnx", response_model=PlanDocument)
+async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/form-data")],
+                    pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
+    """As /v1/plan, for an uploaded ONNX file (multipart: `file` and the option fields)."""
+    data = await form.file.read()
+    return await pool.run(work.plan_task, ("onnx", data), form.model_dump(exclude={"file"}),
+                          settings, pass_deadline=True)
+
+
+@router.post("/v1/pareto", response_model=ParetoResponse, dependencies=[JsonBody])
+async def pareto(body: ParetoBody, pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
+    """The time / peak-memory frontier (fastest plan over a sweep of caps) and the
+    baselines."""
+    options = body.model_dump(exclude={"network", "points"})
+    return await pool.run(work.pareto_task, work.source(body.network), options, body.points,
+                          settings, pass_deadline=True)
