@@ -200,7 +200,8 @@ class ServiceSettings(_Settings):
     queue_timeout: float = seconds(10.0, 0, (
         "waiting for a worker, then 503 with `Retry-After`"))
     retry_after: Count = Field(2, description="seconds a 503 asks the client to wait "
-                                              "(`Retry-After`)")
+                                              "(`Retry-After`)",
+                               json_schema_extra={"default_doc": "2 s"})
     max_jobs: Count = Field(64, description="the job table")
     max_pending_jobs: Count = Field(4, description="jobs queued or running")
     api_key: SecretStr | None = Field(None, description=(
