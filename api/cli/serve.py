@@ -4,7 +4,6 @@ module also runs on its own (``python -m convplan.api.cli.serve --port 8000``)."
 from __future__ import annotations
 
 import ipaddress
-import os
 from typing import Annotated
 
 import typer
@@ -31,13 +30,13 @@ def serve(
     """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
     import uvicorn
 
-    from convplan.api.service.work import Settings
+    from convplan.settings import ServiceSettings, SettingsError
 
     try:
-        settings = Settings.from_env()      # fail here, in words, not in every worker
-    except ValueError as error:
+        settings = ServiceSettings.from_env()   # fail here, in words, not in every worker
+    except SettingsError as error:
         fail(error)
-    if not _loopback(host) and not settings.api_key and not os.environ.get("CONVPLAN_API_KEY"):
+    if not _loopback(host) and settings.key is None:
         warn(f"serving on {host} without an API key: anyone who can reach this port can use it "
              "(set CONVPLAN_API_KEY)")
     uvicorn.run("convplan.api.service.app:app", host=host, port=port, workers=workers,

@@ -40,10 +40,6 @@ from convplan.selector.planning import pareto as pareto_frontier
 from convplan.selector.runner import npy_header, random_inputs, read_inputs, run_network
 from convplan.settings import ServiceSettings
 
-#: The old name, for `convplan serve` (api/cli/serve.py, being reworked by the CLI's owner)
-#: until it imports `convplan.settings.ServiceSettings` itself.
-Settings = ServiceSettings
-
 
 # -- errors --------------------------------------------------------------------------------------
 class ServiceError(Exception):
