@@ -5,7 +5,8 @@ chosen algorithm in that algorithm's layouts; every other operator runs in the l
 it, or else the layout its input already has when it supports it (element-wise operators,
 batch-norm, pooling, concat ...), else NCHW. Where a producer's layout differs from what a consumer
 needs, a layout-transform step right before the consumer makes the copy, which lives for that
-consumer's step only (DESIGN.md: "any layout-transformed copy made for this step"). Each step lists
+consumer's step only (DESIGN.md: "any layout-transformed copy made for this step"); `needs_copy`
+is that rule, and the ILP prices exactly it. Each step lists
 the tensors whose last use it is, so the executor frees them right after it, and a unary operator
 overwrites its input when nothing else needs it.
 """
@@ -21,6 +22,18 @@ from convplan.kernels.executor import Program, Step
 from convplan.kernels.spec import Layout
 
 from .network import Network, NetworkError
+
+#: The layout the caller gives a network's inputs in and gets its outputs back in.
+NETWORK_LAYOUT: Layout = "NCHW"
+
+
+def needs_copy(has_layout: bool, stored: Layout, wanted: Layout) -> bool:
+    """The layout rule (DESIGN.md, Selection: edges carry layout-transform time and memory): a
+    consumer that runs in ``wanted`` and reads a 4-D tensor stored in ``stored`` pays a
+    transform, a copy made right before its step and alive during that step only. Tensors of
+    other ranks (``has_layout`` false) have no layout and are read as they are. Lowering makes
+    the copies by it; the ILP's rows and its evaluator price them by it."""
+    return has_layout and stored != wanted
 
 
 @dataclass
@@ -75,14 +88,14 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
         registry.get(name)      # an unknown name is an error even when no layer uses it
 
     shapes: dict[str, tuple[int, ...]] = dict(network.shapes)
-    layout_of: dict[str, Layout] = {t: "NCHW" for t in network.inputs}
+    layout_of: dict[str, Layout] = dict.fromkeys(network.inputs, NETWORK_LAYOUT)
     steps: list[Step] = []
     chosen: dict[str, str] = {}
     notes: list[str] = []
 
     def in_layout(tensor: str, layout: Layout, step: str) -> str:
         """``tensor`` stored in ``layout``: itself, or a copy made for ``step`` alone."""
-        if len(shapes[tensor]) != 4 or layout_of[tensor] == layout:
+        if not needs_copy(len(shapes[tensor]) == 4, layout_of[tensor], layout):
             return tensor
         copy = f"{tensor}@{layout}>{step}"
         if copy not in shapes:      # a step reading one tensor twice makes one copy
@@ -120,7 +133,7 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
     unknown = [t for t in keep if t not in shapes]
     if unknown:
         raise NetworkError(f"no tensor named {', '.join(map(repr, unknown))} to keep")
-    outputs = {name: in_layout(name, "NCHW", "output")
+    outputs = {name: in_layout(name, NETWORK_LAYOUT, "output")
                for name in dict.fromkeys([*network.outputs, *keep])}
     program = Program(steps, list(network.inputs), list(outputs.values()), shapes)
     _plan_releases(program)

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convplan.selector.ilp import (
+from convplan.selector.planning.ilp import (
     Candidate,
+    Infeasible,
     PlanningError,
     Problem,
     brute_force,
@@ -71,7 +72,7 @@ def _feasible_peaks(problem: Problem) -> list[int]:
 def test_ilp_equals_brute_force_on_random_dags(problem: Problem, solver: str, data) -> None:
     peaks = _feasible_peaks(problem)
     if not peaks:       # outputs can never be NCHW: the ILP must say infeasible too
-        with pytest.raises(PlanningError):
+        with pytest.raises(Infeasible):
             solve(problem, None, solver=solver)
         return
     cap = data.draw(st.sampled_from([None, peaks[0], peaks[len(peaks) // 2], peaks[-1]]))
@@ -93,8 +94,9 @@ def test_minimum_peak_and_an_infeasible_cap(problem: Problem, solver: str) -> No
     if not peaks:
         return
     assert minimum_peak(problem, solver=solver).peak_bytes == peaks[0]
-    with pytest.raises(PlanningError, match=f"smallest achievable peak is {peaks[0]} bytes"):
+    with pytest.raises(Infeasible, match=f"smallest achievable peak is {peaks[0]} bytes"):
         solve_under_cap(problem, peaks[0] - 1, solver=solver)
+    assert issubclass(Infeasible, PlanningError)    # callers' `except PlanningError` hold
 
 
 def _chain_dp(problem: Problem, cap: int | None) -> float | None:
@@ -133,7 +135,7 @@ def test_ilp_equals_a_dynamic_program_on_chains(problem: Problem, data) -> None:
     cap = data.draw(st.sampled_from([None, 1500, 2500, 3500]))
     expected = _chain_dp(problem, cap)
     if expected is None:
-        with pytest.raises(PlanningError):
+        with pytest.raises(Infeasible):
             solve(problem, cap)
         return
     solution = solve(problem, cap)

@@ -8,14 +8,25 @@ import pytest
 
 from convplan.profiles.profiler import Profiler
 from convplan.selector import zoo
-from convplan.selector.ilp import PlanningError, evaluate, minimum_peak, solve
+from convplan.selector.lowering import lower
 from convplan.selector.planning import (
+    Infeasible,
+    PlanningError,
+    PlanRequest,
     build_problem,
+    enumerate_candidates,
+    evaluate,
     make_plan,
+    minimum_peak,
     pareto,
     parse_bytes,
+    plan_network,
     predicted_peak,
+    requests_for,
+    solve,
 )
+from convplan.selector.planning import problem as problem_module
+from convplan.selector.planning.ilp import copies
 from convplan.selector.runner import random_inputs, run_network
 
 NETWORKS = [*zoo.PAPER_NETWORKS, *(f"onnx:{m}" for m in zoo.light_models())]
@@ -89,8 +100,9 @@ def test_plan_document_lists_every_candidate_and_the_baselines() -> None:
 def test_an_infeasible_cap_states_the_minimum_peak() -> None:
     network = zoo.builtin("onnx:squeezenet")
     low = minimum_peak(build_problem(network, estimated).problem).peak_bytes
-    with pytest.raises(PlanningError, match=f"smallest achievable peak is {low} bytes"):
+    with pytest.raises(Infeasible, match=f"smallest achievable peak is {low} bytes"):
         make_plan(network, estimated, low - 1, machine={}, threads=1)
+    assert issubclass(Infeasible, PlanningError)
 
 
 def test_the_frontier_is_monotone_and_spans_the_range() -> None:
@@ -121,8 +133,7 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
     binding cap would break the cap by the memory model, so it is solved again lower or
     refused, never returned. (Random costs, so the fastest plan is not the leanest.)"""
     from convplan.profiles.measurement import Measurement
-    from convplan.selector.ilp import solve_under_cap
-    from convplan.selector.planning import _held_to
+    from convplan.selector.planning import _held_to, solve_under_cap
 
     rng = np.random.default_rng(0)
 
@@ -140,8 +151,64 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
         broken += predicted_peak(np_, raw.choice) > cap
         try:
             held = _held_to(np_, raw, cap, solver="cbc", time_limit_s=60)
-        except PlanningError as error:
+        except Infeasible as error:
             assert "by the memory model" in str(error)
             continue
         assert predicted_peak(np_, held.choice) <= cap
     assert broken, "the optimistic accounting never broke a cap: the test shows nothing"
+
+
+@pytest.mark.parametrize("name", ["googlenet", "onnx:shufflenet"])
+def test_profiling_measures_exactly_what_the_problem_prices(name: str) -> None:
+    """One enumeration: the requests `convplan profile` measures are the ones `build_problem`
+    asks the cost function for, in the same order, and every candidate is priced by one."""
+    network = zoo.builtin(name)
+    asked: list = []
+
+    def costs(requests):
+        asked.extend(requests)
+        return estimated(requests)
+
+    problem = build_problem(network, costs).problem
+    assert asked == requests_for(network)
+    options = enumerate_candidates(network).options
+    assert {n: [c.name for c in cs] for n, cs in problem.candidates.items()} == {
+        n: [o.name for o in os_] for n, os_ in options.items()}
+    assert len(asked) == len(set(asked))
+
+
+def test_the_ilp_copies_exactly_what_lowering_copies() -> None:
+    """One layout rule: the transforms the ILP prices for a choice are the transform steps the
+    lowered program runs (tensor, consumer, layout), network outputs aside."""
+    rng = np.random.default_rng(1)
+    for name in ("googlenet", "onnx:shufflenet"):
+        context = build_problem(zoo.builtin(name), estimated)
+        for _ in range(10):
+            choice = {n: int(rng.integers(len(c)))
+                      for n, c in context.problem.candidates.items()}
+            algorithms, layouts = context.assignment(choice)
+            program = lower(context.network, algorithms, layouts=layouts, strict=True).program
+            lowered = {(s.inputs[0], s.name.rsplit(">", 1)[1], s.layout)
+                       for s in program.steps if s.kind == "transform"}
+            priced = {(t, n, layout) for n in context.problem.order
+                      for t, layout in copies(context.problem, choice, n)}
+            assert {c for c in lowered if c[1] != "output"} == priced
+
+
+def test_one_plan_request_lowers_each_assignment_once(monkeypatch, tmp_path) -> None:
+    """The plan context remembers the memory model's profile of every assignment: the fixed
+    bytes' program, the solution, the baselines and the document share them."""
+    seen: list = []
+
+    def counted(network, assignment, **kw):
+        seen.append((tuple(sorted(assignment.items())), tuple(sorted(kw["layouts"].items()))))
+        return lower(network, assignment, **kw)
+
+    monkeypatch.setattr(problem_module, "lower", counted)
+    network = zoo.builtin("onnx:squeezenet")
+    low = minimum_peak(build_problem(network, estimated).problem).peak_bytes
+    seen.clear()
+    plan = plan_network(network, PlanRequest(cap=2 * low, threads=1, measure=False,
+                                             db=str(tmp_path / "costs.sqlite")))
+    assert plan["predicted"]["peak_bytes"] <= 2 * low
+    assert len(seen) == len(set(seen)) <= 6     # fixed bytes, solution, four baselines

@@ -1,0 +1,76 @@
+"""Plans: the selection problem of a real network, solved under a cap, with its baselines.
+
+By job (imports point down this list):
+    ilp         the selection problem, its ILP rows each beside its `evaluate` term, `solve`
+    candidates  the one enumeration: each layer's candidates with their cost requests
+    problem     `build_problem`: the priced `Problem` in a `PlanContext` (lowerings cached)
+    baselines   fastest, im2col everywhere, greedy under the cap, lowest memory
+    documents   the plan document
+    solving     `make_plan` (held to the memory model) and the Pareto frontier
+    jobs        `PlanRequest`, `plan_network`, `parse_bytes`: what the CLI, service and batch call
+    incoming    plans that come in: `PlanSpec`, `check_plan`
+"""
+
+from .baselines import baselines
+from .candidates import Candidates, Option, enumerate_candidates, requests_for
+from .documents import plan_document
+from .ilp import (
+    SOLVERS,
+    Candidate,
+    Infeasible,
+    PlanningError,
+    Problem,
+    Solution,
+    evaluate,
+    minimum_peak,
+    solve,
+    solve_under_cap,
+)
+from .incoming import PlanError, PlanSpec, check_plan, plan_spec
+from .jobs import PlanRequest, cost_function, parse_bytes, plan_network, profiler_for
+from .problem import (
+    CostFunction,
+    PlanContext,
+    assignment_of,
+    build_problem,
+    fixed_bytes,
+    predicted_peak,
+)
+from .solving import _held_to, make_plan, pareto
+
+__all__ = [
+    "SOLVERS",
+    "Candidate",
+    "Candidates",
+    "CostFunction",
+    "Infeasible",
+    "Option",
+    "PlanContext",
+    "PlanError",
+    "PlanRequest",
+    "PlanSpec",
+    "PlanningError",
+    "Problem",
+    "Solution",
+    "_held_to",
+    "assignment_of",
+    "baselines",
+    "build_problem",
+    "check_plan",
+    "cost_function",
+    "enumerate_candidates",
+    "evaluate",
+    "fixed_bytes",
+    "make_plan",
+    "minimum_peak",
+    "pareto",
+    "parse_bytes",
+    "plan_document",
+    "plan_network",
+    "plan_spec",
+    "predicted_peak",
+    "profiler_for",
+    "requests_for",
+    "solve",
+    "solve_under_cap",
+]

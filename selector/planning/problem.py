@@ -1,0 +1,141 @@
+"""The problem: a network and measured costs become the ILP's `Problem`, held in a `PlanContext`.
+
+`build_problem` prices the one enumeration (`candidates`) and adds what is live at each step
+whatever the choices (from `memory`, the one memory model). The `PlanContext` it returns keeps
+the memory model's profile of every assignment asked about, so one plan request lowers and
+predicts each assignment once: the solution, `_held_to`'s checks, the four baselines, the
+Pareto points and the plan document share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from convplan.kernels.spec import Layout
+from convplan.profiles.measurement import Measurement
+from convplan.profiles.profiler import request_key
+from convplan.profiles.requests import CostRequest
+from convplan.selector.lowering import lower
+from convplan.selector.memory import (
+    EXECUTOR_BYTES,
+    EXECUTOR_BYTES_PER_STEP,
+    MemoryProfile,
+    predict,
+    tensor_bytes,
+)
+from convplan.selector.network import Network
+
+from .candidates import enumerate_candidates
+from .ilp import Problem
+
+#: Costs for a batch of requests: ``Profiler.costs`` (measured, cached, or estimated).
+CostFunction = Callable[[list[CostRequest]], Mapping[tuple[str, str, str], Measurement]]
+
+
+@dataclass
+class Predictions:
+    """The memory model's profile of each runnable assignment of ``network``: lowered (strict)
+    and predicted the first time it is asked for, remembered after."""
+
+    network: Network
+    _seen: dict[tuple, MemoryProfile] = field(default_factory=dict, repr=False)
+
+    def profile(self, algorithms: Mapping[str, str], layouts: Mapping[str, Layout]
+                ) -> MemoryProfile:
+        key = (tuple(sorted(algorithms.items())), tuple(sorted(layouts.items())))
+        if key not in self._seen:
+            lowered = lower(self.network, algorithms, layouts=layouts, strict=True)
+            self._seen[key] = predict(lowered.program)
+        return self._seen[key]
+
+
+@dataclass
+class PlanContext:
+    """One plan request's network, its selection problem, where its costs came from, and the
+    memory model's verdict on every assignment tried so far."""
+
+    network: Network
+    problem: Problem
+    sources: set[str]
+    predictions: Predictions
+
+    def assignment(self, choice: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Layout]]:
+        """(conv layer -> algorithm, other layer -> layout) for `lowering.lower`."""
+        algorithms, layouts = {}, {}
+        for node in self.network.nodes:
+            c = self.problem.candidates[node.name][choice[node.name]]
+            if c.algorithm is not None:
+                algorithms[node.name] = c.algorithm
+            else:
+                layouts[node.name] = c.input_layout
+        return algorithms, layouts
+
+    def predicted_peak(self, choice: Mapping[str, int]) -> int:
+        """The memory model's peak for the program this choice lowers to (what `run`
+        measures)."""
+        return self.predictions.profile(*self.assignment(choice)).peak_bytes
+
+
+def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dict[str, int]:
+    """Per layer step, the bytes live whatever the plan chooses: activations (the layer's output
+    included), the caller's inputs and the executor's allowance for the most steps a plan can
+    have. Measured on the program where every layer runs in NCHW (no copies, no workspace)."""
+    profile = (predictions or Predictions(network)).profile(
+        {n.name: "direct" for n in network.conv_nodes},
+        {n.name: "NCHW" for n in network.nodes if n.op != "conv"})
+    edges = sum(1 for n in network.nodes for t in dict.fromkeys(n.inputs)
+                if len(network.shapes[t]) == 4)
+    most_steps = len(network.nodes) + edges + len(network.outputs)
+    allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps
+    return {s.name: s.activation_bytes + profile.input_bytes + allowance
+            for s in profile.steps if s.kind != "transform"}
+
+
+def build_problem(network: Network, costs: CostFunction) -> PlanContext:
+    """The ILP problem of ``network`` with costs from ``costs`` (a profiler), as a context
+    for one plan request."""
+    enumerated = enumerate_candidates(network)
+    measured = costs(enumerated.requests())
+    sources: set[str] = set()
+
+    def cost(request: CostRequest) -> Measurement:
+        m = measured[request_key(request)]
+        sources.add(m.source)
+        return m
+
+    candidates = {node: [o.priced(cost(o.request)) for o in options]
+                  for node, options in enumerated.options.items()}
+    transform_time = {k: cost(r).time_s for k, r in enumerated.transforms.items()}
+    producer: dict[str, str | None] = dict.fromkeys(network.inputs)
+    for node in network.nodes:
+        for t in node.outputs:
+            producer[t] = node.name
+    predictions = Predictions(network)
+    problem = Problem(
+        order=[n.name for n in network.nodes],
+        inputs_of={n.name: list(n.inputs) for n in network.nodes},
+        producer=producer,
+        tensor_bytes={t: tensor_bytes(s) for t, s in network.shapes.items()},
+        four_d={t for t, s in network.shapes.items() if len(s) == 4},
+        outputs=list(network.outputs), candidates=candidates,
+        fixed_bytes=fixed_bytes(network, predictions), transform_time=transform_time,
+        transform_workspace_bytes=_transform_workspace())
+    return PlanContext(network, problem, sources, predictions)
+
+
+def _transform_workspace() -> int:
+    from convplan.kernels.base import run_overhead_bytes
+
+    return run_overhead_bytes(4)
+
+
+def assignment_of(context: PlanContext, choice: Mapping[str, int]
+                  ) -> tuple[dict[str, str], dict[str, Layout]]:
+    """`PlanContext.assignment`."""
+    return context.assignment(choice)
+
+
+def predicted_peak(context: PlanContext, choice: Mapping[str, int]) -> int:
+    """`PlanContext.predicted_peak`."""
+    return context.predicted_peak(choice)

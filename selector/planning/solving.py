@@ -1,0 +1,77 @@
+"""Solving a plan context: the plan under a cap (held to the memory model's prediction), and the
+Pareto frontier over a sweep of caps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from convplan.selector.network import Network
+
+from .baselines import baselines
+from .documents import plan_document
+from .ilp import Infeasible, PlanningError, Solution, minimum_peak, solve, solve_under_cap
+from .problem import CostFunction, PlanContext, build_problem
+
+
+def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine: Mapping,
+              threads: int, solver: str = "cbc", time_limit_s: float = 60.0,
+              with_baselines: bool = True) -> dict[str, Any]:
+    """Solve ``network`` under ``cap`` (None: fastest) and return the plan document."""
+    context = build_problem(network, costs)
+    if cap is None:
+        solution = solve(context.problem, None, solver=solver, time_limit_s=time_limit_s)
+    else:
+        solution = solve_under_cap(context.problem, cap, solver=solver,
+                                   time_limit_s=time_limit_s)
+        solution = _held_to(context, solution, cap, solver=solver, time_limit_s=time_limit_s)
+    extra = baselines(context, cap, solver=solver, time_limit_s=time_limit_s) \
+        if with_baselines else {}
+    return plan_document(context, solution, cap, machine, threads, extra)
+
+
+def _held_to(context: PlanContext, solution: Solution, cap: int, *, solver: str,
+             time_limit_s: float, attempts: int = 3) -> Solution:
+    """The ILP's per-step accounting bounds the memory model's prediction from above for
+    every choice tried so far, but the plan's promise is the prediction: a solution the
+    memory model puts over the cap is solved again under a cap lowered by the excess, and
+    refused if that does not help. Never a plan over its cap."""
+    for _ in range(attempts):
+        peak = context.predicted_peak(solution.choice)
+        if peak <= cap:
+            return solution
+        lowered = cap - (peak - cap)
+        try:
+            solution = solve(context.problem, lowered, solver=solver,
+                             time_limit_s=time_limit_s)
+        except PlanningError:
+            break
+    raise Infeasible(f"no plan fits in {cap} bytes by the memory model (the solver's best "
+                     f"plan needs {context.predicted_peak(solution.choice)}); give a larger "
+                     "cap")
+
+
+def pareto(context: PlanContext, points: int = 8, *, solver: str = "cbc",
+           time_limit_s: float = 60.0) -> list[dict[str, Any]]:
+    """The time / peak-memory frontier: re-solve over caps from the lowest achievable peak to the
+    fastest plan's peak; dominated and repeated points are dropped, so time falls as peak rises."""
+    p = context.problem
+    low = minimum_peak(p, solver=solver, time_limit_s=time_limit_s)
+    fast = solve(p, None, solver=solver, time_limit_s=time_limit_s)
+    caps = sorted({low.peak_bytes, fast.peak_bytes} | {
+        int(low.peak_bytes + (fast.peak_bytes - low.peak_bytes) * i / max(points - 1, 1))
+        for i in range(points)})
+    found = []
+    for cap in caps:
+        try:
+            s = solve(p, cap, solver=solver, time_limit_s=time_limit_s)
+        except PlanningError:
+            continue
+        found.append({"cap_bytes": cap, "time_s": s.time_s, "peak_bytes": s.peak_bytes,
+                      "predicted_peak_bytes": context.predicted_peak(s.choice),
+                      "optimal": s.optimal, "choice": s.choice})
+    frontier: list[dict[str, Any]] = []
+    for point in sorted(found, key=lambda q: (q["peak_bytes"], q["time_s"])):
+        if not frontier or point["time_s"] < frontier[-1]["time_s"] - 1e-12:
+            frontier.append(point)
+    return frontier
