@@ -7,7 +7,7 @@ another operator in a layout) once per machine fingerprint and keeps them in the
 
 from .fingerprint import fingerprint_id, machine_fingerprint
 from .measurement import Measurement
-from .profiler import Profiler, ProfileStats, conv_requests, transform_requests
+from .profiler import Profiler, ProfileStats
 from .requests import ConvRequest, OpRequest, TransformRequest
 from .store import CostStore, default_db_path
 
@@ -19,9 +19,7 @@ __all__ = [
     "ProfileStats",
     "Profiler",
     "TransformRequest",
-    "conv_requests",
     "default_db_path",
     "fingerprint_id",
     "machine_fingerprint",
-    "transform_requests",
 ]

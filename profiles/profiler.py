@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from convplan.kernels import ConvSpec, blas, registry
-from convplan.kernels.layout import LAYOUTS
+from convplan.kernels import blas
 
 from .fingerprint import fingerprint_id, machine_fingerprint
 from .measurement import Measurement
-from .requests import ConvRequest, CostRequest, TransformRequest
+from .requests import CostRequest
 from .store import CostKey, CostStore
 
 #: Measurements per committed transaction: small enough that an interruption loses little.
@@ -165,17 +164,3 @@ class Profiler:
                                        time.perf_counter() - started, unmeasured)
         return result
 
-
-def conv_requests(specs: Iterable[ConvSpec]) -> list[ConvRequest]:
-    """Every applicable algorithm of every distinct spec (in first-seen order)."""
-    seen = dict.fromkeys(specs)
-    return [ConvRequest(spec, a.name) for spec in seen for a in registry.applicable(spec)]
-
-
-def transform_requests(shapes: Iterable[Sequence[int]], dtype: str = "float32"
-                       ) -> list[TransformRequest]:
-    """Both layout transforms (NCHW->NHWC and back) of every distinct 4-D shape; other ranks
-    have no layout and are skipped."""
-    seen = dict.fromkeys(tuple(int(d) for d in s) for s in shapes)
-    return [TransformRequest(shape, src, dst, dtype) for shape in seen if len(shape) == 4
-            for src in LAYOUTS for dst in LAYOUTS if src != dst]

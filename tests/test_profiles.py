@@ -14,10 +14,11 @@ import pytest
 from convplan.kernels import ConvSpec, operators, registry
 from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
 from convplan.profiles.measurement import Measurement
-from convplan.profiles.profiler import Profiler, conv_requests, request_key, transform_requests
+from convplan.profiles.profiler import Profiler, request_key
 from convplan.profiles.requests import ConvRequest, OpRequest, TransformRequest
 from convplan.profiles.store import CostStore
 from convplan.selector.network import Network
+from convplan.selector.planning.candidates import conv_options, requests_for
 
 BUDGET = 0.005
 TINY = ConvSpec(n=1, c=4, h=8, w=8, m=4, kh=3, kw=3, padding=1)
@@ -31,6 +32,11 @@ class CountedConv(ConvRequest):
     def measure(self, budget_s: float) -> Measurement:
         MEASURED.append((self.key, self.candidate))
         return super().measure(budget_s)
+
+
+def conv_requests(spec: ConvSpec) -> list[ConvRequest]:
+    """What a plan measures for one convolution: the planner's own enumeration."""
+    return [option.request for option in conv_options(spec)]
 
 
 def counted(spec: ConvSpec) -> list[CountedConv]:
@@ -83,7 +89,7 @@ def test_conv_request_names_and_validation() -> None:
     ConvSpec(n=1, c=4, h=8, w=8, m=8, kh=1, kw=1),
 ], ids=["3x3", "strided-grouped", "depthwise-batch2", "1x1"])
 def test_measured_workspace_within_prediction(spec: ConvSpec) -> None:
-    costs = Profiler(None, threads=1, budget_s=BUDGET).costs(conv_requests([spec]))
+    costs = Profiler(None, threads=1, budget_s=BUDGET).costs(conv_requests(spec))
     assert len(costs) == len(registry.applicable(spec))
     for (kind, key, name), m in costs.items():
         assert (kind, key, m.source) == ("conv", spec.key(), "measured")
@@ -107,10 +113,16 @@ def test_transform_request() -> None:
 
 
 def test_transform_requests_dedupe_and_skip_other_ranks() -> None:
-    requests = transform_requests([(1, 4, 8, 8), (1, 16), (1, 4, 8, 8), (1, 8, 4, 4)])
+    """Both transforms of every distinct 4-D shape a plan meets, and none of other ranks."""
+    net = _network("t", [{"name": "r", "op": "relu", "inputs": ["x"]},
+                         {"name": "pool", "op": "maxpool", "inputs": ["r"], "kernel": 2,
+                          "stride": 2},
+                         {"name": "flat", "op": "flatten", "inputs": ["pool"]}], channels=4)
+    assert net.shapes["r"] == (1, 4, 8, 8) and len(net.shapes["flat"]) == 2
+    requests = [r for r in requests_for(net) if r.kind == "transform"]
     assert [(r.shape, r.candidate) for r in requests] == [
         ((1, 4, 8, 8), "NCHW->NHWC"), ((1, 4, 8, 8), "NHWC->NCHW"),
-        ((1, 8, 4, 4), "NCHW->NHWC"), ((1, 8, 4, 4), "NHWC->NCHW")]
+        ((1, 4, 4, 4), "NCHW->NHWC"), ((1, 4, 4, 4), "NHWC->NCHW")]
 
 
 @pytest.mark.parametrize("op, attrs, shapes, layout", [
@@ -218,7 +230,7 @@ def _profile_and_die(path: str, spec: ConvSpec, die_after: int) -> None:
 
     with CostStore(path) as store:
         Profiler(store, threads=1, budget_s=BUDGET, batch_size=4).costs(
-            conv_requests([spec]), progress=progress)
+            conv_requests(spec), progress=progress)
 
 
 def test_killed_run_keeps_committed_batches(tmp_path: Path) -> None:
@@ -265,8 +277,8 @@ def test_identical_specs_share_keys_across_networks(store: CostStore) -> None:
                        {"name": "other_name", **shared, "inputs": ["stem"]}], channels=3)
     spec_a = a.conv_spec(a.node("first"))
     assert spec_a == b.conv_spec(b.node("other_name"))
-    keys_a = {request_key(r) for r in conv_requests(a.conv_spec(n) for n in a.conv_nodes)}
-    keys_b = {request_key(r) for r in conv_requests(b.conv_spec(n) for n in b.conv_nodes)}
+    keys_a = {request_key(r) for r in requests_for(a) if r.kind == "conv"}
+    keys_b = {request_key(r) for r in requests_for(b) if r.kind == "conv"}
     assert keys_a & keys_b == {
         ("conv", spec_a.key(), alg.name) for alg in registry.applicable(spec_a)}
     profiler = Profiler(store, threads=1, budget_s=BUDGET)
