@@ -96,6 +96,18 @@ class OneLineErrors(TyperGroup):
     """A usage error (a bad number, an unknown option, a missing argument) is one ``error:``
     line too, like every other bad input, instead of click's usage text and boxed message."""
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The group's flags (--help, --install-completion ...) default to False, not None:
+        typer (0.29) turns a None into a bool through a pydantic adapter, which would import
+        pydantic (a tenth of a second) before every subcommand, `plan --help` included."""
+        params = super().get_params(ctx)
+        for param in params:
+            descriptor = getattr(param, "type_descriptor", None)
+            if getattr(param, "is_flag", False) and param.default is None \
+                    and getattr(descriptor, "annotation", None) is bool:
+                param.default = False
+        return params
+
     def main(self, *args: Any, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **extra)
