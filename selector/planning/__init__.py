@@ -31,7 +31,6 @@ from .jobs import PlanRequest, cost_function, parse_bytes, plan_network, profile
 from .problem import (
     CostFunction,
     PlanContext,
-    assignment_of,
     build_problem,
     fixed_bytes,
     predicted_peak,
@@ -53,7 +52,6 @@ __all__ = [
     "Problem",
     "Solution",
     "_held_to",
-    "assignment_of",
     "baselines",
     "build_problem",
     "check_plan",

@@ -130,12 +130,6 @@ def _transform_workspace() -> int:
     return run_overhead_bytes(4)
 
 
-def assignment_of(context: PlanContext, choice: Mapping[str, int]
-                  ) -> tuple[dict[str, str], dict[str, Layout]]:
-    """`PlanContext.assignment`."""
-    return context.assignment(choice)
-
-
 def predicted_peak(context: PlanContext, choice: Mapping[str, int]) -> int:
-    """`PlanContext.predicted_peak`."""
+    """`PlanContext.predicted_peak` (the name tests and callers know)."""
     return context.predicted_peak(choice)
