@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,10 +180,17 @@ def test_plan_errors_are_clear(tmp_path) -> None:
     db = tmp_path / "costs.sqlite"
     result = convplan("plan", "onnx:squeezenet", "--memory-cap", "24 parsecs", db=db)
     assert result.returncode == 2 and "cannot read '24 parsecs' as a size" in result.stderr
+    # below the weights alone: refused before any cost is looked up, naming both sizes
     result = convplan("plan", "onnx:squeezenet", "--memory-cap", "1MiB", "--no-profile", db=db)
     assert result.returncode == 2 and "smallest achievable peak is" in result.stderr
+    assert "1048576 bytes is below the weights of 'squeezenet' alone" in result.stderr
+    # above the weights but below what any plan needs: the planner says what it needs
+    result = convplan("plan", "onnx:squeezenet", "--memory-cap", "5MiB", "--no-profile", db=db)
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"smallest achievable peak is \d+ bytes", result.stderr), result.stderr
     result = convplan("plan", "onnx:squeezenet", "--solver", "gurobi", "--no-profile", db=db)
-    assert result.returncode == 2 and "unknown solver" in result.stderr
+    assert result.returncode == 2
+    assert "unknown solver 'gurobi'; use one of cbc, highs" in result.stderr
     assert "Traceback" not in result.stderr
     assert not db.exists() or "analytic" not in db.read_bytes().decode(errors="ignore")
 

@@ -17,38 +17,13 @@ from typer.testing import CliRunner
 
 import convplan
 from convplan.api.cli import app, common
+from tests.test_cli_followups import CONVPLAN, CORES, MARKUP, TINY, cli, one_error
 
-CONVPLAN = Path(sys.executable).with_name("convplan")
 ROOT = Path(__file__).resolve().parents[1]
-CORES = os.cpu_count() or 1
-MARKUP = "[/x]"
-TINY = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],
-        "layers": [{"name": "c1", "op": "conv", "inputs": ["x"], "out_channels": 4, "kernel": 3,
-                    "padding": 1},
-                   {"name": "r1", "op": "relu", "inputs": ["c1"]},
-                   {"name": "c2", "op": "conv", "inputs": ["r1"], "out_channels": 8,
-                    "kernel": 1}]}
 TINY_WEIGHT_BYTES = (4 * 4 * 3 * 3 + 4 + 8 * 4 + 8) * 4
 HEAVY = ("numpy", "onnx", "onnxruntime", "pulp", "fastapi", "uvicorn", "networkx", "pydantic",
          "scipy", "convplan.kernels", "convplan.selector", "convplan.profiles",
          "convplan.api.service", "convplan.api.batch")
-
-
-def cli(*args: str | Path, cwd: Path | None = None, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CONVPLAN), *map(str, args)], capture_output=True, text=True,
-                          timeout=180, cwd=cwd, **options)
-
-
-def one_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2, no traceback, exactly one ``error: ...`` line on stderr with ``words`` in it."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def store_copy(work: Path, name: str) -> Path:
     return path
 
 
-# -- 1. --threads and the durations of `profile` and `batch` ---------------------------------
+# -- 1. --threads, the durations and the choices, before any work -----------------------------
 BAD_OPTIONS = [
     (["profile", "tiny.json", "--threads", "0"], "--threads must be between 1 and"),
     (["profile", "tiny.json", "--threads", str(CORES + 1)], f"got {CORES + 1}"),
@@ -78,16 +78,23 @@ BAD_OPTIONS = [
     (["batch", "tiny.json", "--time-limit", "inf"], "--time-limit must be a finite"),
     (["batch", "tiny.json", "--timeout-seconds", "0"], "--timeout-seconds must be a finite"),
     (["batch", "tiny.json", "--timeout-seconds", "-1"], "--timeout-seconds must be a finite"),
+    # the same declarations (api/cli/common.py) check plan, pareto and run alike
+    (["plan", "tiny.json", "--threads", "0"], "--threads must be between 1 and"),
+    (["plan", "tiny.json", "--budget-seconds", "0"], "--budget-seconds must be a finite"),
+    (["pareto", "tiny.json", "--time-limit", "-1"], "--time-limit must be a finite"),
+    (["pareto", "tiny.json", "--solver", "gurobi"], "unknown solver 'gurobi'"),
+    (["run", "tiny.json", "--threads", str(CORES + 1)], f"got {CORES + 1}"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_OPTIONS)
-def test_profile_and_batch_check_threads_and_seconds(tmp_path: Path, args: list[str],
+def test_every_command_checks_threads_and_seconds(tmp_path: Path, args: list[str],
                                                      message: str) -> None:
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
     extra = ["--memory-cap", "1MiB", "--out", "out", "--no-profile"] if args[0] == "batch" \
         else []
-    one_error(cli(*args, *extra, "--db", "c.sqlite", cwd=tmp_path), message)
+    db = [] if args[0] == "run" else ["--db", "c.sqlite"]
+    one_error(cli(*args, *extra, *db, cwd=tmp_path), message)
     assert not (tmp_path / "c.sqlite").exists()        # refused before the store is opened
     assert not (tmp_path / "out").exists()              # ... and before any output
 

@@ -152,3 +152,30 @@ def test_a_store_that_is_not_a_database(app, tmp_path: Path, net: Path) -> None:
     assert "not a usable convplan cost store" in _error(
         invoke(app, "profiles", "list", "--db", str(junk)))
     assert "not a usable" in _error(invoke(app, "profile", str(net), "--db", str(junk)))
+
+
+def test_the_default_store_is_convplan_db(app, net: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --db (the option every store command shares), $CONVPLAN_DB is the store."""
+    db = tmp_path / "from-env.sqlite"
+    monkeypatch.setenv("CONVPLAN_DB", str(db))
+    result = invoke(app, "profile", str(net), "--threads", "1", "--budget-seconds", "0.005",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["db"] == str(db) and db.exists()
+    [listed] = json.loads(invoke(app, "profiles", "list", "--json").stdout)
+    assert listed["rows"] == json.loads(result.stdout)["requested"]
+
+
+def test_the_commands_are_the_real_apps(app) -> None:
+    """`register` adds the same functions the `convplan` app runs (no second copy)."""
+    from convplan.api.cli import app as real
+    from convplan.api.cli import profiles
+
+    commands = {c.name: c.callback for c in real.registered_commands}
+    assert commands["profile"] is profiles.profile
+    [group] = [g for g in real.registered_groups if g.name == "profiles"]
+    assert group.typer_instance is profiles.profiles_app
+    assert {c.callback for c in profiles.profiles_app.registered_commands} == {
+        profiles.export_costs, profiles.import_costs, profiles.drop_imported,
+        profiles.list_costs}
