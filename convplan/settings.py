@@ -250,6 +250,14 @@ def variables() -> dict[str, FieldInfo]:
     return {name: info for group in GROUPS for name, info in group.variables().items()}
 
 
+def undeclared(env: Mapping[str, str] | None = None) -> list[str]:
+    """The ``CONVPLAN_*`` names in ``env`` (default: os.environ) that no group declares: most
+    likely misspelt, and otherwise ignored without a word."""
+    env = os.environ if env is None else env
+    known = set(variables())
+    return sorted(k for k in env if k.upper().startswith(PREFIX) and k.upper() not in known)
+
+
 # -- documentation ---------------------------------------------------------------------------
 def _default_text(info: FieldInfo) -> str:
     extra = info.json_schema_extra

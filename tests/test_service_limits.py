@@ -32,6 +32,10 @@ def test_requests_without_the_key_are_refused(server: Server) -> None:
             assert body["error"] == "unauthorized"
         assert_json_error(anonymous.post("/v1/plan", json={"network": "alexnet"}), 401)
         assert_json_error(anonymous.get("/v1/networks", headers={"X-API-Key": "wrong"}), 401)
+        # the key is checked before the body is validated or its content type looked at
+        assert_json_error(anonymous.post("/v1/run", json={"no such field": 1}), 401)
+        assert_json_error(anonymous.post("/v1/pareto", content=b"x",
+                                         headers={"content-type": "text/plain"}), 401)
         assert anonymous.get("/healthz").status_code == 200
         assert anonymous.get("/docs").status_code == 200
         schema = anonymous.get("/openapi.json").json()
@@ -121,6 +125,22 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
     assert calls == [(("convplan.api.service.app:app",), {"host": host, "port": 8123, "workers": 2,
                                          "log_level": "info",
                                          "timeout_graceful_shutdown": 5})]
+
+
+def test_serve_warns_of_a_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from convplan.api.cli.serve import register
+
+    misspelt = "CONVPLAN" + "_MAX_BODDY"      # (split: not a name of the source's own)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setenv(misspelt, "1MiB")
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0 and f"{misspelt} is not a convplan setting" in result.output
 
 
 def test_serve_refuses_bad_limits_in_words(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from convplan.settings import (
     SettingsError,
     StoreSettings,
     markdown_table,
+    undeclared,
     variables,
 )
 
@@ -152,6 +153,12 @@ def test_every_bad_variable_is_named_at_once() -> None:
     assert "CONVPLAN_MAX_BODY" in str(error.value) and "CONVPLAN_QUEUE" in str(error.value)
 
 
+def test_a_misspelt_name_is_found() -> None:
+    env = {PREFIX + "MAX_BODDY": "1MiB", PREFIX + "MAX_BODY": "1MiB", "HOME": "/"}
+    assert undeclared(env) == [PREFIX + "MAX_BODDY"]
+    assert service(MAX_BODDY="1MiB").max_body == 64 * MiB      # ignored, hence the warning
+
+
 def test_a_wrong_service_limit_does_not_break_the_store(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
     from convplan.profiles.store import default_db_path
@@ -163,7 +170,9 @@ def test_a_wrong_service_limit_does_not_break_the_store(monkeypatch: pytest.Monk
 
 # -- one declaration of every name ---------------------------------------------------------
 def _names_in(path: Path) -> set[str]:
-    return set(re.findall(PREFIX + r"[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="replace")))
+    # (not _CONVPLAN_COMPLETE: Click's shell-completion variable of the `convplan` command)
+    return set(re.findall(r"(?<![A-Za-z0-9_])" + PREFIX + r"[A-Z0-9_]*[A-Z0-9]",
+                          path.read_text(errors="replace")))
 
 
 def _source_files() -> list[Path]:

@@ -30,12 +30,15 @@ def serve(
     """Serve the HTTP API (FastAPI + uvicorn); limits come from CONVPLAN_* variables."""
     import uvicorn
 
-    from convplan.settings import ServiceSettings, SettingsError
+    from convplan.settings import ServiceSettings, SettingsError, undeclared
 
     try:
         settings = ServiceSettings.from_env()   # fail here, in words, not in every worker
     except SettingsError as error:
         fail(error)
+    for name in undeclared():
+        warn(f"{name} is not a convplan setting and is ignored (the settings: README, "
+             "'Service')")
     if not _loopback(host) and settings.key is None:
         warn(f"serving on {host} without an API key: anyone who can reach this port can use it "
              "(set CONVPLAN_API_KEY)")
