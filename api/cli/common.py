@@ -1,9 +1,9 @@
 """What every `convplan` command shares: the one error path, consoles, the progress bar, byte
 formatting, the option declarations several commands take, and the checks behind them.
 
-Why it is light: `convplan --help` imports this module, so it pulls only typer, rich and the
-standard library; NumPy, the selector and the profiles are imported by the commands that need
-them, when they run.
+Why it is light: `convplan --help` imports this module, so it pulls only typer and the standard
+library; rich is imported on the first line printed, NumPy, the selector and the profiles by
+the commands that need them, when they run.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.text import Text
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, ProgressColumn
     from rich.table import Table
 
@@ -48,10 +47,25 @@ NO_MEMORY = "this needs more memory than the machine (or the process's limit) al
 def plain_console(**options: object) -> Console:
     """A console that prints text as it is: no rich markup (a name like ``[/x]`` is shown, not
     read as a closing tag) and no emoji codes (``:smile:`` stays text)."""
+    from rich.console import Console
+
     return Console(markup=False, emoji=False, highlight=False, **options)  # type: ignore[arg-type]
 
 
-console = plain_console(width=None if Console().is_terminal else 120)
+class _StdoutConsole:
+    """`console`: the plain console on stdout (120 columns when it is not a terminal), made on
+    its first use, so a command that prints nothing never imports rich."""
+
+    _made: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            width = None if plain_console().is_terminal else 120
+            type(self)._made = plain_console(width=width)
+        return getattr(self._made, name)
+
+
+console: Console = _StdoutConsole()  # type: ignore[assignment]
 
 
 def _one_line(message: object) -> str:
@@ -60,6 +74,8 @@ def _one_line(message: object) -> str:
 
 
 def _say(label: str, style: str, message: object) -> None:
+    from rich.text import Text
+
     plain_console(stderr=True, soft_wrap=True).print(
         Text.assemble((label, style), " ", _one_line(message)))
 
