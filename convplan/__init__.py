@@ -19,6 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from convplan.api.library import plan as plan
+    from convplan.api.library import run as run
     from convplan.kernels import conv2d as conv2d
     from convplan.selector.zoo import load_network as load_network
 
@@ -30,6 +32,8 @@ except PackageNotFoundError:  # a source tree that was never installed
 _PUBLIC = {
     "conv2d": "convplan.kernels",
     "load_network": "convplan.selector.zoo",
+    "plan": "convplan.api.library",
+    "run": "convplan.api.library",
 }
 
 __all__ = ["__version__", *_PUBLIC]

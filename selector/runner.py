@@ -8,6 +8,7 @@ with the independent reference when asked.
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import zipfile
 from collections.abc import Mapping
@@ -227,6 +228,21 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     if check:
         _check(report, network, feeds, assignment, algorithm, strict, layouts, threads)
     return report
+
+
+def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | None = None, *,
+             threads: int | None = None, repeat: int = 1, check: bool = False) -> RunReport:
+    """Run a plan document (or its `PlanSpec`, or its JSON text) on ``network``: refused unless
+    it fits the network exactly and, when it names one, was made for it. ``threads``: given,
+    else the thread count the plan's costs were measured with, at most this machine's cores."""
+    from .planning import check_plan, plan_spec
+
+    spec = plan_spec(plan)
+    check_plan(network, spec.assignment, spec.layouts, made_for=spec.network)
+    if threads is None and spec.threads is not None:
+        threads = min(spec.threads, os.cpu_count() or 1)
+    return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
+                       strict=True, threads=threads, repeat=repeat, check=check)
 
 
 def softmax_inputs(network: Network) -> dict[str, str]:

@@ -1,0 +1,25 @@
+"""The README's Python example runs as written (in a fresh process, with its own cost store)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_example() -> str:
+    match = re.search(r"<!-- python-example -->\n```python\n(.*?)```", README.read_text(), re.S)
+    assert match is not None, "README lost its Python example"
+    return match.group(1)
+
+
+def test_the_python_example_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "CONVPLAN_DB": str(tmp_path / "costs.sqlite")}
+    done = subprocess.run([sys.executable, "-c", python_example()], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predicted, measured = map(int, re.findall(r"(\d+) B", done.stdout))
+    assert 0 < measured <= predicted <= 30 * 2**20
+    assert "against onnxruntime" in done.stdout
