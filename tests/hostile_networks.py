@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import strategies as st
+from networks import LayerList
 
-from convplan.kernels import operators, registry
+from convplan.kernels import registry
 from convplan.selector.network import Network
 
 UNARY = ["relu", "sigmoid", "hardswish", "batchnorm", "clip"]
@@ -27,15 +28,8 @@ def aliasing_descriptions(draw, max_layers: int = 14) -> dict[str, Any]:
     c0 = draw(st.sampled_from([1, 1, 2, 3]))
     h0 = draw(st.sampled_from([1, 1, 2, 3, 5]))
     w0 = draw(st.sampled_from([1, 2, 3, 5]))
-    layers: list[dict[str, Any]] = []
-    shapes: dict[str, tuple[int, ...]] = {"x": (n, c0, h0, w0)}
-
-    def add(op: str, inputs: list[str], **attrs: Any) -> str:
-        name = f"{op}{len(layers)}"
-        out = operators.make(op, **attrs).output_shapes([shapes[t] for t in inputs])[0]
-        layers.append({"name": name, "op": op, "inputs": inputs, **attrs})
-        shapes[name] = tuple(out)
-        return name
+    builder = LayerList({"x": (n, c0, h0, w0)})
+    layers, shapes, add = builder.layers, builder.shapes, builder.add
 
     def four_d() -> list[str]:
         return [t for t, s in shapes.items() if len(s) == 4]

@@ -14,6 +14,22 @@ from hypothesis import strategies as st
 from convplan.kernels import operators
 
 
+class LayerList:
+    """A description's layers, appended one at a time: each named after its op and position,
+    its output shape inferred by its own operator (so every drawn layer is valid)."""
+
+    def __init__(self, inputs: dict[str, tuple[int, ...]]) -> None:
+        self.layers: list[dict[str, Any]] = []
+        self.shapes: dict[str, tuple[int, ...]] = dict(inputs)
+
+    def add(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        name = f"{op}{len(self.layers)}"
+        out = operators.make(op, **attrs).output_shapes([self.shapes[t] for t in inputs])[0]
+        self.layers.append({"name": name, "op": op, "inputs": inputs, **attrs})
+        self.shapes[name] = tuple(out)
+        return name
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -24,15 +40,8 @@ def network_descriptions(draw, max_blocks: int = 6, max_side: int = 20) -> dict[
     n = draw(st.integers(1, 2))
     c0 = draw(st.integers(1, 6))
     h0, w0 = draw(st.integers(8, max_side)), draw(st.integers(8, max_side))
-    layers: list[dict[str, Any]] = []
-    shapes: dict[str, tuple[int, ...]] = {"x": (n, c0, h0, w0)}
-
-    def add(op: str, inputs: list[str], **attrs: Any) -> str:
-        name = f"{op}{len(layers)}"
-        out = operators.make(op, **attrs).output_shapes([shapes[t] for t in inputs])[0]
-        layers.append({"name": name, "op": op, "inputs": inputs, **attrs})
-        shapes[name] = tuple(out)
-        return name
+    builder = LayerList({"x": (n, c0, h0, w0)})
+    layers, shapes, add = builder.layers, builder.shapes, builder.add
 
     x = "x"
     for _ in range(draw(st.integers(1, max_blocks))):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_convplan
 from service_server import TINY, assert_json_error, running_server
 
 from convplan.kernels import operators
@@ -26,7 +27,6 @@ from convplan.selector.network import (
     NetworkError,
 )
 from convplan.selector.planning import PlanError, check_plan, plan_spec
-from tests.processes import run_convplan
 
 X = {"name": "x", "shape": [1, 3, 8, 8]}
 MiB = 1 << 20

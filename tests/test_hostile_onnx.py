@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hostile_onnx import F, const, model, plus_constant, relu_then
 from onnx import AttributeProto, TensorProto, helper
+from processes import run_convplan
 
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx_import import _refuse_external_data, load_onnx
 from convplan.selector.runner import run_network
 from tests import hostile_onnx as h
-from tests.hostile_onnx import F, const, model, plus_constant, relu_then
-from tests.processes import run_convplan
 
 MIB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent

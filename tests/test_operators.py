@@ -20,6 +20,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
+from strategies import examples
 
 from convplan.kernels import operators
 from convplan.kernels.base import run_overhead_bytes
@@ -27,7 +28,6 @@ from convplan.kernels.layout import convert
 from convplan.kernels.measure import peak_allocation
 from convplan.kernels.operators import Operator
 from convplan.selector.onnx_export import layer_to_onnx, single_layer_model
-from tests.strategies import examples
 
 Shape = tuple[int, ...]
 SLACK = 64 * 1024
