@@ -19,6 +19,7 @@ from convplan.api.cli.common import (
     LocalCluster,
     Model,
     Threads,
+    bad_input,
     console,
     counting_bar,
     fail,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                            help="The cost store: list, export and import measured costs.")
+
+
 def _open(db: Path | None, **options: bool) -> CostStore:
     """The store, or exit 2 with the StoreError's message (it names the file and the fix)."""
     from convplan.profiles.store import CostStore, default_db_path
@@ -81,10 +84,8 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
 
     if scheduler is not None and local_cluster is not None:
         fail("give --scheduler or --local-cluster, not both")
-    try:
+    with bad_input():               # NetworkError and every bad-model error
         network = zoo.load_network(model)
-    except ValueError as error:     # NetworkError and every bad-model error
-        fail(str(error))
     specs = [network.conv_spec(node) for node in network.conv_nodes]
     requests = requests_for(network)        # exactly what `convplan plan` will ask for
     convs = [r for r in requests if r.kind == "conv"]
