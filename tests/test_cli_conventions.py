@@ -185,7 +185,7 @@ def test_a_plan_for_another_network_is_refused_naming_both(tiny: Path) -> None:
     (tiny / "plan.json").write_text(json.dumps(
         {"network": "vgg16", "assignment": {"c1": "im2col", "c2": "conv1x1"}}))
     one_error(cli("run", "tiny.json", "--plan", "plan.json", cwd=tiny),
-              "plan.json was made for 'vgg16', not 'tiny'")
+              "plan.json was made for network 'vgg16', not 'tiny'")
 
 
 # -- one error path -------------------------------------------------------------------------------

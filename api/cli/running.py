@@ -48,7 +48,7 @@ def check_made_for(plan: Path, made_for: str | None, network: Network) -> None:
     from convplan.selector.network import quoted
 
     if made_for is not None and made_for != network.name:
-        fail(f"{plan} was made for {quoted(made_for)}, not {quoted(network.name)}")
+        fail(f"{plan} was made for network {quoted(made_for)}, not {quoted(network.name)}")
 
 
 def _output_file(path: Path, outputs: int) -> Path:
