@@ -4,7 +4,6 @@ peak memory next to the prediction. `register(app)` adds the command to an app."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -74,8 +73,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a network: time, measured vs predicted peak memory, per-layer steps."""
-    from convplan.selector.planning import check_plan
-    from convplan.selector.runner import read_inputs, run_network
+    from convplan.selector.runner import read_inputs, run_network, run_plan
 
     if algorithm is not None and plan is not None:
         fail("give --algorithm or --plan, not both")
@@ -85,18 +83,16 @@ def run(
         if chosen is not None:
             assert plan is not None
             check_made_for(plan, chosen.network, network)
-            check_plan(network, chosen.assignment, chosen.layouts, made_for=chosen.network)
-            if threads is None and chosen.threads is not None:
-                # the thread count its costs were measured with, within this machine's cores
-                threads = min(chosen.threads, os.cpu_count() or 1)
         if output_path is not None:
             check_writable(_output_file(output_path, len(network.outputs)), "--output")
         inputs = read_inputs(input_path, network, what=f"input {input_path}") \
             if input_path is not None else None
-        report = run_network(network, inputs, assignment=chosen and chosen.assignment,
-                             layouts=chosen and chosen.layouts, algorithm=algorithm,
-                             strict=plan is not None, threads=threads, repeat=repeat,
-                             check=check)
+        if chosen is not None:      # checked against the network, then run (its threads)
+            report = run_plan(network, chosen, inputs, threads=threads, repeat=repeat,
+                              check=check)
+        else:
+            report = run_network(network, inputs, algorithm=algorithm, threads=threads,
+                                 repeat=repeat, check=check)
     if output_path is not None:
         _save(output_path, report)
     if as_json:
