@@ -17,6 +17,12 @@ from .spec import ConvSpec, Layout
 UFUNC_BUFSIZE = 1024
 
 
+#: Interpreter objects per kernel tap for an algorithm that tabulates every tap's row and column
+#: spans before it runs (a tuple and two spans: 301 bytes measured): 36 KiB for an 11x11 kernel,
+#: more than the fixed allowance below.
+TAP_TABLE_BYTES = 320
+
+
 def run_overhead_bytes(itemsize: int) -> int:
     """A fixed allowance every run may use beyond its buffers: three ufunc buffers plus 16 KiB of
     interpreter objects (views, index tuples, spans; measured at 2.5-9 KiB)."""
@@ -60,6 +66,8 @@ class ConvAlgorithm(ABC):
     #: Outputs whose rounding errors mix (Winograd: the outputs of one tile). The tolerance then
     #: applies to the largest conv(|x|, |w|) within this many positions of an output.
     error_neighbourhood: ClassVar[int] = 0
+    #: Whether `run` keeps a table of every tap's spans (`TAP_TABLE_BYTES` each).
+    tabulates_taps: ClassVar[bool] = False
     #: Human-readable limits, shown by `convplan algorithms`.
     limits: ClassVar[str] = "any stride, padding, dilation, groups"
 
@@ -84,9 +92,10 @@ class ConvAlgorithm(ABC):
 
     def workspace_bytes(self, spec: ConvSpec) -> int:
         """Peak bytes `run` allocates beyond its output and prepared weights: its buffers plus
-        `run_overhead_bytes`."""
+        `run_overhead_bytes`, plus its table of taps when it keeps one."""
         buffers = sum(int(np.prod(s)) for s in self.workspace_shapes(spec).values())
-        return buffers * spec.itemsize + run_overhead_bytes(spec.itemsize)
+        taps = spec.kh * spec.kw * TAP_TABLE_BYTES if self.tabulates_taps else 0
+        return buffers * spec.itemsize + run_overhead_bytes(spec.itemsize) + taps
 
     def prepared_bytes(self, spec: ConvSpec, bias: bool = True) -> int:
         """Bytes of the prepared (persistent) weights and bias."""

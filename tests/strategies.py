@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from hypothesis import strategies as st
 
 from convplan.kernels import ConvSpec
-from convplan.kernels.base import ConvAlgorithm
 
 KERNELS = [1, 2, 3, 3, 3, 4, 5, 6, 7, 11]
 
@@ -35,33 +32,6 @@ def conv_specs(draw, max_side: int = 18) -> ConvSpec:
     w = draw(st.integers(min_w, max(min_w, max_side)))
     return ConvSpec(n=n, c=c, h=h, w=w, m=m, kh=kh, kw=kw, stride=stride, padding=padding,
                     dilation=dilation, groups=groups)
-
-
-def fit(spec: ConvSpec, algorithm: ConvAlgorithm) -> ConvSpec | None:
-    """The spec itself when the algorithm runs it, else the first of a chain of simplifications
-    it does run (stride 1, dilation 1, a 3x3 kernel, a 1x1 unpadded kernel, depthwise)."""
-    replace = dataclasses.replace
-
-    def valid(**changes):
-        try:
-            return replace(spec, **changes)
-        except ValueError:
-            return None
-
-    pad3 = tuple(min(p, 1) for p in spec.padding)
-    candidates = [
-        spec,
-        valid(stride=(1, 1)),
-        valid(stride=(1, 1), dilation=(1, 1)),
-        valid(stride=(1, 1), dilation=(1, 1), kh=3, kw=3, padding=pad3,
-              h=max(spec.h, 3), w=max(spec.w, 3)),
-        valid(kh=1, kw=1, padding=(0, 0, 0, 0)),
-        valid(c=spec.c, m=spec.c, groups=spec.c),
-    ]
-    for candidate in candidates:
-        if candidate is not None and algorithm.supports(candidate):
-            return candidate
-    return None
 
 
 def examples(default: int) -> int:

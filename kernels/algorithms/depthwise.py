@@ -17,6 +17,7 @@ class Depthwise(ConvAlgorithm):
     the product buffer stays small (about `block_bytes`)."""
 
     name = "depthwise"
+    tabulates_taps = True
     input_layout = output_layout = "NCHW"
     summary = "per tap: channel-wise multiply-add of the shifted plane"
     workspace_formula = "min(C, 256 KiB / (Ho*Wo*itemsize)) * Ho * Wo"

@@ -130,6 +130,7 @@ class Kn2rowAa(_Kn2Base):
     """
 
     name = "kn2row-aa"
+    tabulates_taps = True
     input_layout = output_layout = "NCHW"
     summary = "per tap: GEMM accumulates (beta=1) into the displaced output window"
     workspace_formula = "(M/g) * (R - 1) * max column shift, R = rows per block (a few KiB)"
