@@ -28,6 +28,8 @@ from convplan.kernels.layout import convert
 from convplan.kernels.measure import peak_allocation
 from convplan.kernels.operators import Operator
 from convplan.selector.onnx_export import layer_to_onnx, single_layer_model
+from convplan.selector.onnx_import import load_onnx
+from convplan.selector.runner import run_network
 
 Shape = tuple[int, ...]
 SLACK = 64 * 1024
@@ -713,3 +715,27 @@ def test_gemm_rejects_weights_of_the_wrong_shape() -> None:
 def test_unknown_operator() -> None:
     with pytest.raises(ValueError, match="unknown operator 'nope'"):
         operators.make("nope")
+
+
+# -- ONNX export -> import ----------------------------------------------------------------------
+def round_trip(name: str, case: Case, seed: int) -> None:
+    """The layer exported to ONNX and imported back computes what the operator computes."""
+    op = operators.make(name, **case.attrs)
+    xs, weights = _data(op, case, seed)
+    model = single_layer_model(op.op, op.attrs, case.shapes, weights, dtype=case.dtype)
+    network = load_onnx(model.SerializeToString())
+    assert list(network.inputs.values()) == [tuple(s) for s in case.shapes], f"{op}: inputs"
+    report = run_network(network, {f"x{i}": x for i, x in enumerate(xs)})
+    ys = op.run([x.copy() for x in xs], weights)
+    assert len(report.outputs) == len(ys), f"{op}: {len(report.outputs)} outputs after import"
+    for y, imported in zip(ys, report.outputs.values(), strict=True):
+        assert_close(imported, y, case.dtype, f"{op} on {case.shapes} after export and import")
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+@settings(max_examples=examples(8))
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_operator_round_trips_onnx(name: str, data: st.DataObject, seed: int) -> None:
+    case = data.draw(CASES[name]())
+    assume(case.dtype == "float32")          # networks are float32
+    round_trip(name, case, seed)
