@@ -41,9 +41,8 @@ HUGE = {"name": "huge", "seed": 0, "inputs": [{"name": "x", "shape": [1, 64, 512
         "layers": [{"name": "conv", "op": "conv", "inputs": ["x"], "out_channels": 8,
                     "kernel": 7, "padding": 3}]}
 #: Shapes no other test measures, so its costs are never cached when it is planned here.
-FRESH = {**TINY, "name": "fresh", "inputs": [{"name": "x", "shape": [1, 5, 20, 20]}]}
 #: 32 convolutions of distinct shapes: far more measuring than a request's deadline allows. A
-#: 2-core machine measures 8 of them in about a second (FRESH's two no longer outlast the
+#: 2-core machine measures 8 of them in about a second (TINY's two no longer outlast the
 #: deadline), so 32 need some 4 s against the ~1.2 s left once the solver's share is set aside.
 DEEP = {"name": "deep", "seed": 0, "inputs": [{"name": "x", "shape": [1, 5, 20, 20]}],
         "layers": [layer for i in range(32) for layer in (
@@ -261,7 +260,7 @@ def test_a_worker_over_its_memory_limit_costs_one_request(server: Server) -> Non
 
 # -- the profiler's budget ----------------------------------------------------------------------
 def test_the_total_budget_stops_measuring_and_estimates_the_rest() -> None:
-    requests = requests_for(Network.from_description(DEEP))    # FRESH's take only 0.2 s
+    requests = requests_for(Network.from_description(DEEP))    # TINY's 38 take only 0.2 s
     total = 0.4
     starts = [time.monotonic()]
     profiler = Profiler(None, threads=1, budget_s=1.0, total_budget_s=total)
