@@ -42,9 +42,8 @@ from convplan.profiles.remote import (
 from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostKey, CostStore
 from convplan.selector import zoo
-from convplan.selector.ilp import SOLVERS
 from convplan.selector.network import Network, parse_description
-from convplan.selector.planning import PlanRequest, plan_network
+from convplan.selector.planning import SOLVERS, PlanRequest, plan_network
 
 if TYPE_CHECKING:
     from distributed import Client

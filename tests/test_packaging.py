@@ -69,7 +69,7 @@ def test_the_wheel_holds_only_the_convplan_namespace(tmp_path: Path) -> None:
     top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"convplan"}
     for module in ("convplan/__init__.py", "convplan/cli.py", "convplan/kernels/blas.py",
-                   "convplan/kernels/algorithms/patch.py", "convplan/selector/ilp.py",
+                   "convplan/kernels/algorithms/patch.py", "convplan/selector/planning/ilp.py",
                    "convplan/selector/data/paper_layers.json", "convplan/profiles/store.py",
                    "convplan/api/service/app.py", "convplan/api/cli/app.py"):
         assert module in names

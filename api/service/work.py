@@ -22,10 +22,10 @@ import numpy as np
 from convplan.kernels import registry
 from convplan.profiles.store import StoreError
 from convplan.selector import zoo
-from convplan.selector.ilp import PlanningError
 from convplan.selector.network import LimitError, Limits, Network, NetworkError
 from convplan.selector.planning import (
     PlanError,
+    PlanningError,
     PlanRequest,
     baselines,
     build_problem,
