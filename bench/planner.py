@@ -22,7 +22,13 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 from convplan.profiles.profiler import Profiler  # noqa: E402
 from convplan.profiles.store import CostStore  # noqa: E402
 from convplan.selector import zoo  # noqa: E402
-from convplan.selector.planning import PlanningError, baselines, build_problem, make_plan, solve  # noqa: E402  # noqa: E402
+from convplan.selector.planning import (  # noqa: E402
+    PlanningError,
+    baselines,
+    build_problem,
+    make_plan,
+    solve,
+)
 from convplan.selector.runner import run_network  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "planner.md"
