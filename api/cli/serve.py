@@ -52,6 +52,6 @@ def register(app: typer.Typer) -> None:
 
 
 if __name__ == "__main__":
-    standalone = typer.Typer(add_completion=False, context_settings=CONTEXT)
+    standalone = typer.Typer(add_completion=False, context_settings=CONTEXT, rich_markup_mode=None)
     register(standalone)
     standalone()
