@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import typer
+from test_cli_followups import CONVPLAN, CORES, MARKUP, TINY, cli, one_error
 from typer.testing import CliRunner
 
 import convplan
 from convplan.api.cli import app, common
-from tests.test_cli_followups import CONVPLAN, CORES, MARKUP, TINY, cli, one_error
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_WEIGHT_BYTES = (4 * 4 * 3 * 3 + 4 + 8 * 4 + 8) * 4
+TINY_CONV_BYTES = (4 * 4 * 3 * 3 + 4 + 8 * 4 + 8) * 4   # two convolutions
 HEAVY = ("numpy", "onnx", "onnxruntime", "pulp", "fastapi", "uvicorn", "networkx", "pydantic",
          "scipy", "convplan.kernels", "convplan.selector", "convplan.profiles",
          "convplan.api.service", "convplan.api.batch")
@@ -83,7 +83,7 @@ def test_the_static_choices_are_the_registries() -> None:
     import uvicorn.config
 
     from convplan.kernels import registry
-    from convplan.selector.ilp import SOLVERS
+    from convplan.selector.planning import SOLVERS
 
     assert tuple(registry.names()) == common.ALGORITHMS
     assert tuple(SOLVERS) == common.SOLVERS
@@ -139,15 +139,26 @@ def test_threads_above_the_usable_cores_is_a_warning(monkeypatch: pytest.MonkeyP
 
 # -- fail fast ----------------------------------------------------------------------------------
 def test_a_cap_below_the_weights_is_refused_before_profiling(tiny: Path) -> None:
-    result = cli("plan", "tiny.json", "--memory-cap", str(TINY_WEIGHT_BYTES - 1), "--db",
+    result = cli("plan", "tiny.json", "--memory-cap", str(TINY_CONV_BYTES - 1), "--db",
                  "c.sqlite", cwd=tiny)
-    one_error(result, f"{TINY_WEIGHT_BYTES - 1} bytes is below the weights of 'tiny' alone",
-              f"({TINY_WEIGHT_BYTES} bytes")
+    one_error(result,
+              f"{TINY_CONV_BYTES - 1} bytes is below the convolution weights of 'tiny' alone",
+              f"({TINY_CONV_BYTES} bytes")
     assert not (tiny / "c.sqlite").exists()             # nothing measured, no store opened
     # at the weights, the planner decides (and states the smallest achievable peak)
-    result = cli("plan", "tiny.json", "--memory-cap", str(TINY_WEIGHT_BYTES), "--no-profile",
+    result = cli("plan", "tiny.json", "--memory-cap", str(TINY_CONV_BYTES), "--no-profile",
                  "--db", "c.sqlite", cwd=tiny)
     one_error(result, "smallest achievable peak is")
+
+
+def test_weights_the_promise_does_not_count_do_not_bound_the_cap(tmp_path: Path) -> None:
+    """AlexNet's classifier holds 95% of its weights; a cap far below them but above what the
+    convolutions hold plans (those weights are reported, not counted)."""
+    result = cli("plan", "alexnet", "--memory-cap", "64MiB", "--no-profile", "--db",
+                 "c.sqlite", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["predicted"]["peak_bytes"] <= 64 * 2**20
 
 
 @pytest.mark.parametrize("out, reason", [("missing/plan.json", "No such file or directory"),

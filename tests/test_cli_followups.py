@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.test_hostile_store import spoil_a_row
+from test_hostile_store import spoil_a_row
 
 CONVPLAN = Path(sys.executable).with_name("convplan")
 CORES = os.cpu_count() or 1

@@ -35,7 +35,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 ALGORITHMS = ("direct", "im2col", "im2row", "kn2row", "kn2col", "kn2row-as", "kn2row-aa",
               "kn2row-aa-nhwc", "mec-col", "mec-row", "conv1x1", "conv1x1-nhwc",
               "winograd-2x2-3x3", "winograd-4x4-3x3", "depthwise")
-#: `selector.ilp.SOLVERS` (PuLP is not imported for `--help`); checked by the same test.
+#: `selector.planning.SOLVERS` (PuLP is not imported for `--help`); checked by the same test.
 SOLVERS = ("cbc", "highs")
 #: uvicorn's log levels.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -268,14 +268,17 @@ def check_writable(path: Path, option: str) -> None:
 
 def check_cap_holds_weights(cap: int | None, network: Network, option: str = "--memory-cap"
                             ) -> None:
-    """A cap below the network's weights cannot be met by any plan: said at once, before any
-    cost is measured, with both sizes."""
+    """A cap below the convolutions' weights cannot be met by any plan (each convolution's
+    prepared weights, counted at every step, are at least its weights and bias): said at once,
+    before any cost is measured, with both sizes. Other layers' weights are not counted by
+    the promise, so they do not enter this bound."""
     from convplan.selector.network import quoted
 
-    if cap is not None and cap < network.weight_bytes:
-        fail(f"{option} {cap} bytes is below the weights of {quoted(network.name)} alone "
-             f"({network.weight_bytes} bytes, {size(network.weight_bytes)}): the smallest "
-             "achievable peak is more than that; give a larger cap")
+    held = sum(w.nbytes for node in network.conv_nodes for w in node.weights.values())
+    if cap is not None and cap < held:
+        fail(f"{option} {cap} bytes is below the convolution weights of {quoted(network.name)} "
+             f"alone ({held} bytes, {size(held)}): the smallest achievable peak is more than "
+             "that; give a larger cap")
 
 
 def load_model(model: str) -> Network:
