@@ -372,7 +372,7 @@ def test_the_loop_that_never_ends_is_refused_in_a_fresh_process(tmp_path: Path) 
     path = tmp_path / "loop.onnx"
     path.write_bytes(as_bytes(h.loop_forever()))
     assert path.stat().st_size < 400
-    code = ("import sys\nfrom selector.onnx_import import load_onnx\n"
+    code = ("import sys\nfrom convplan.selector.onnx_import import load_onnx\n"
             "from convplan.selector.network import NetworkError\n"
             "try:\n    load_onnx(sys.argv[1])\nexcept NetworkError as e:\n"
             "    print(e)\n    sys.exit(3)\n")

@@ -1,6 +1,7 @@
 """The distribution installs one `convplan` namespace and nothing generic at the top level."""
 
 import ast
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -30,13 +31,19 @@ def test_every_package_folder_is_installed_under_convplan() -> None:
     assert sorted(table["packages"]) == sorted(on_disk)
 
 
-def _absolute_imports(path: Path) -> list[str]:
+def _absolute_imports(tree: ast.AST) -> list[str]:
+    """Modules imported absolutely, also inside string constants that are Python code
+    (programs given to ``python -c`` in a child process)."""
     names = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.append(node.module)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and "import " in node.value:
+            with contextlib.suppress(SyntaxError):
+                names += _absolute_imports(ast.parse(node.value))
     return names
 
 
@@ -47,7 +54,7 @@ def test_nothing_imports_a_folder_by_its_bare_name() -> None:
     for path in ROOT.rglob("*.py"):
         if ".venv" in path.parts or "build" in path.parts:
             continue
-        for name in _absolute_imports(path):
+        for name in _absolute_imports(ast.parse(path.read_text(), str(path))):
             if name.split(".")[0] in FOLDERS:
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
