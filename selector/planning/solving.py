@@ -3,6 +3,7 @@ Pareto frontier over a sweep of caps."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ from convplan.selector.network import Network
 
 from .baselines import baselines
 from .documents import plan_document
-from .ilp import Infeasible, PlanningError, Solution, minimum_peak, solve, solve_under_cap
+from .ilp import Infeasible, PlanningError, Solution, minimum_peak, solve
 from .problem import CostFunction, PlanContext, build_problem
 
 
@@ -22,12 +23,38 @@ def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine
     if cap is None:
         solution = solve(context.problem, None, solver=solver, time_limit_s=time_limit_s)
     else:
-        solution = solve_under_cap(context.problem, cap, solver=solver,
-                                   time_limit_s=time_limit_s)
-        solution = _held_to(context, solution, cap, solver=solver, time_limit_s=time_limit_s)
+        solution = _under_cap(context, cap, solver=solver, time_limit_s=time_limit_s)
     extra = baselines(context, cap, solver=solver, time_limit_s=time_limit_s) \
         if with_baselines else {}
     return plan_document(context, solution, cap, machine, threads, extra)
+
+
+def _under_cap(context: PlanContext, cap: int, *, solver: str, time_limit_s: float
+               ) -> Solution:
+    """The fastest plan the memory model puts within ``cap``. The ILP's per-step bound is
+    above the model's prediction (by a few KiB: copies and overheads counted for the whole
+    step), so a cap between the two would be refused though a plan fits: then the ILP is
+    solved again under the cap plus its overestimate of the lowest-memory plan, held to the
+    model, and failing that the lowest-memory plan itself is the plan. Refused, naming the
+    smallest peak the model predicts, only when even that plan is over the cap."""
+    try:
+        return _held_to(context, solve(context.problem, cap, solver=solver,
+                                       time_limit_s=time_limit_s),
+                        cap, solver=solver, time_limit_s=time_limit_s)
+    except Infeasible:
+        lowest = minimum_peak(context.problem, solver=solver, time_limit_s=time_limit_s)
+    smallest = context.predicted_peak(lowest.choice)
+    if smallest > cap:
+        raise Infeasible(f"no plan fits in {cap} bytes: the smallest achievable peak is "
+                         f"{smallest} bytes ({smallest / 2**20:.2f} MiB)") from None
+    overestimate = max(0, lowest.peak_bytes - smallest)
+    try:
+        relaxed = solve(context.problem, cap + overestimate, solver=solver,
+                        time_limit_s=time_limit_s)
+        return dataclasses.replace(_held_to(context, relaxed, cap, solver=solver,
+                                            time_limit_s=time_limit_s), optimal=False)
+    except PlanningError:
+        return dataclasses.replace(lowest, optimal=False)
 
 
 def _held_to(context: PlanContext, solution: Solution, cap: int, *, solver: str,
