@@ -1,1 +1,2 @@
-"""convplan.api: the `convplan` command line (and, later, the HTTP service)."""
+"""convplan.api: what users call: the command line (`cli/`), the HTTP service (`service/`), the
+Python interface (`library`) and batch planning (`batch`)."""
