@@ -42,7 +42,7 @@ from convplan.profiles.remote import (
 from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostKey, CostStore
 from convplan.selector import zoo
-from convplan.selector.network import Network, parse_description
+from convplan.selector.network import Limits, Network
 from convplan.selector.planning import SOLVERS, PlanRequest, plan_network
 
 if TYPE_CHECKING:
@@ -166,12 +166,14 @@ def check_request(request: PlanRequest) -> None:
 
 # -- one network ---------------------------------------------------------------------------------
 def parse_network(name: str, kind: Kind, data: bytes) -> Network:
-    """The network in ``data`` (NetworkError when it is not one)."""
+    """The network in ``data`` within this machine's limits, as `convplan plan` loads one
+    (NetworkError when it is not one, or is too large)."""
+    limits = Limits.of_this_machine()
     if kind == "builtin":
-        return zoo.builtin(data.decode())
+        return zoo.check_limits(zoo.builtin(data.decode()), limits)
     if kind == "json":
-        return Network.from_description(parse_description(data))
-    return zoo.load_onnx(data, name=name)
+        return zoo.description_network(data, limits)
+    return zoo.onnx_network(data, limits, name=name)
 
 
 def _row(name: str, status: str, *, error: str | None = None,

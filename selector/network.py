@@ -20,7 +20,7 @@ import math
 import os
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -396,11 +396,7 @@ class Network:
         """Check the description (names, ops, arity, attributes, shapes, cycles, weight shapes
         and ``limits``) and only then attach weights: those given (layer name -> weight name ->
         array) or seeded random ones."""
-        if isinstance(description, str | bytes):
-            description = parse_description(description, limits)
-        else:
-            description = description_of(description, limits)
-        return _build(description, weights or {}, limits or Limits())
+        return check_description(description, weights, limits=limits).attach(weights)
 
     def to_description(self) -> NetworkDescription:
         layers = []
@@ -468,10 +464,51 @@ def quoted(name: str) -> str:
     return repr(name) if len(name) <= 60 else repr(name[:57]) + "..."
 
 
-def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]],
-           limits: Limits) -> Network:
-    """Everything is checked (and every limit applied to the inferred shapes) before the
-    first weight is drawn; a limit error says which tensor or layer crossed it."""
+@dataclass
+class CheckedNetwork:
+    """A description that passed every check (names, ops, arity, attributes, cycles, shapes,
+    weight shapes, limits) and holds no weight yet: the first of the two steps of building a
+    `Network`; `attach` is the second."""
+
+    description: NetworkDescription
+    nodes: list[Node]                     # in execution order, weights not attached
+    shapes: dict[str, Shape]
+    outputs: list[str]
+    graph: nx.DiGraph
+    weight_shapes: dict[str, dict[str, Shape]]
+
+    @property
+    def weight_bytes(self) -> int:
+        """What `attach` will allocate for the weights (float32)."""
+        return sum(4 * math.prod(s) for w in self.weight_shapes.values() for s in w.values())
+
+    def attach(self, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Network:
+        """The network with ``weights`` (layer -> name -> array, as checked) or, for a layer
+        not given, seeded random ones drawn straight into float32."""
+        weights = weights or {}
+        d = self.description
+        nodes = [replace(node, weights=_weights_for(
+            node, self.weight_shapes[node.name], weights.get(node.name), d.seed))
+            for node in self.nodes]
+        return Network(d.name, {i.name: tuple(i.shape) for i in d.inputs}, nodes,
+                       list(self.outputs), dict(self.shapes), self.graph, d.seed)
+
+
+def check_description(description: NetworkDescription | Mapping[str, Any] | str | bytes,
+                      weights: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
+                      limits: Limits | None = None) -> CheckedNetwork:
+    """Everything checked and every limit applied to the inferred shapes, allocating nothing
+    the size of a tensor; a limit error says which tensor or layer crossed it. Given
+    ``weights`` are checked against the shapes their layers need."""
+    if isinstance(description, str | bytes):
+        description = parse_description(description, limits)
+    else:
+        description = description_of(description, limits)
+    return _check(description, weights or {}, limits or Limits())
+
+
+def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]],
+           limits: Limits) -> CheckedNetwork:
     if limits.max_layers is not None and len(d.layers) > limits.max_layers:
         raise LimitError(f"the network has {len(d.layers)} layers; at most {limits.max_layers} "
                          "are allowed")
@@ -575,11 +612,7 @@ def _build(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
         if t not in shapes:
             raise NetworkError(f"network output {quoted(t)} is not produced by any layer")
 
-    for name in order:      # everything checked: now the weights
-        nodes[name].weights = _weights_for(nodes[name], wanted_of[name], weights.get(name),
-                                           d.seed)
-    return Network(d.name, {i.name: tuple(i.shape) for i in d.inputs},
-                   [nodes[n] for n in order], outputs, shapes, graph, d.seed)
+    return CheckedNetwork(d, [nodes[n] for n in order], shapes, outputs, graph, wanted_of)
 
 
 def _check_given(node: Node, wanted: dict[str, Shape],

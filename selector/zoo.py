@@ -9,6 +9,7 @@ described here. Every light model is also available unchanged as ``onnx:<name>``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .network import LimitError, Limits, Network, NetworkError, parse_description
+from .network import LimitError, Limits, Network, NetworkError, check_description
 
 
 def load_onnx(*args: Any, **kwargs: Any) -> Network:
@@ -102,18 +103,27 @@ def load_network(source: str | Path, limits: Limits | None = None) -> Network:
             data = path.read_bytes()
         except OSError as error:
             raise NetworkError(f"cannot read {path}: {error.strerror}") from None
-        return Network.from_description(parse_description(data, limits), limits=limits)
+        return description_network(data, limits)
     return onnx_network(path, limits)
 
 
-def onnx_network(source: str | Path | bytes, limits: Limits | None = None) -> Network:
+def description_network(description: Mapping[str, Any] | str | bytes,
+                        limits: Limits | None = None) -> Network:
+    """A network description (parsed data, or JSON text) with ``limits``: checked in full
+    before the first weight is drawn (`check_description`, then `attach`)."""
+    return check_description(description, limits=limits).attach()
+
+
+def onnx_network(source: str | Path | bytes, limits: Limits | None = None,
+                 name: str | None = None) -> Network:
     """An ONNX model with ``limits``: passed to the importer (so it refuses before
-    allocating), and checked on the imported network in any case."""
+    allocating), and checked on the imported network in any case. ``name``: the network's
+    name when the file's graph has none worth keeping (batch names networks by file)."""
     if limits is not None:
-        network = load_onnx(source, max_tensor_bytes=limits.max_tensor_bytes,
+        network = load_onnx(source, name=name, max_tensor_bytes=limits.max_tensor_bytes,
                             max_weight_bytes=limits.max_weight_bytes)
     else:
-        network = load_onnx(source)
+        network = load_onnx(source, name=name)
     return check_limits(network, limits)
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from convplan.selector.network import Network, NetworkError, parse_description
+from convplan.selector.network import Network, NetworkError, check_description, parse_description
 
 X = {"name": "x", "shape": [1, 3, 16, 16]}
 
@@ -100,3 +100,31 @@ def test_wrong_given_weights_are_refused() -> None:
 def test_parse_description_reports_locations() -> None:
     with pytest.raises(NetworkError, match=r"layers\.0\.inputs"):
         parse_description(json.dumps({"inputs": [X], "layers": [{"name": "a", "op": "relu"}]}))
+
+
+def test_checking_allocates_nothing_and_attaching_draws_the_weights() -> None:
+    """Building is two steps: `check_description` (no weight exists) and `attach`."""
+    import tracemalloc
+
+    huge = net(conv("a", "x", 4096, kernel=31, padding=15),            # 47 MiB of weights
+               conv("b", "a", 4096, kernel=31, padding=15))            # and 63 GB more
+    tracemalloc.start()
+    try:
+        checked = check_description(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert checked.weight_bytes == 4 * (4096 * 3 * 31 * 31 + 4096 + 4096 * 4096 * 31 * 31
+                                        + 4096)
+    assert peak < 2**20
+    assert all(not node.weights for node in checked.nodes)
+    small = net(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]}, conv("b", "r", 4))
+    attached = check_description(small).attach()
+    built = Network.from_description(small)
+    assert [n.name for n in attached.nodes] == [n.name for n in built.nodes]
+    for ours, theirs in zip(attached.nodes, built.nodes, strict=True):
+        assert ours.weights.keys() == theirs.weights.keys()
+        for key in ours.weights:
+            np.testing.assert_array_equal(ours.weights[key], theirs.weights[key])
+    assert sum(w.nbytes for n in attached.nodes for w in n.weights.values()) == \
+        check_description(small).weight_bytes

@@ -96,13 +96,6 @@ def source(network: Any) -> Source:
     return ("description", network.model_dump())
 
 
-def preflight(description: Mapping[str, Any], settings: ServiceSettings) -> Network:
-    """The description built under the server's limits (`limits`): the layers are counted
-    before they are validated, and every layer's shapes, weight shapes and sizes are checked
-    before the first weight is drawn (`Network.from_description`)."""
-    return Network.from_description(description, limits=limits(settings))
-
-
 def limits(settings: ServiceSettings) -> Limits:
     """The server's bounds on a network: layers, one tensor, all weights, and the whole
     request (weights plus every activation, an upper bound of what a run holds at once)."""
@@ -131,7 +124,7 @@ def load(source: Source, settings: ServiceSettings) -> Network:
             network = zoo.builtin(value)
         elif kind == "description":
             assert isinstance(value, dict)
-            network = preflight(value, settings)
+            network = zoo.description_network(value, limits(settings))
         else:
             assert isinstance(value, bytes)
             network = zoo.onnx_network(value, limits(settings))
