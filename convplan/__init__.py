@@ -15,7 +15,6 @@ stays fast.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,11 +22,6 @@ if TYPE_CHECKING:
     from convplan.api.library import run as run
     from convplan.kernels import conv2d as conv2d
     from convplan.selector.zoo import load_network as load_network
-
-try:
-    __version__ = version("convplan")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 _PUBLIC = {
     "conv2d": "convplan.kernels",
@@ -39,13 +33,27 @@ _PUBLIC = {
 __all__ = ["__version__", *_PUBLIC]
 
 
+def _version() -> str:
+    """The installed distribution's version (reading its metadata costs ~70 ms, so it is read
+    when first asked for, not at every `convplan` start)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convplan")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'convplan' has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module 'convplan' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(__all__)

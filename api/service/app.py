@@ -10,10 +10,9 @@ measures or runs goes to worker processes through `WorkerPool`, whose admission 
 
 from __future__ import annotations
 
-import importlib.metadata
-
 from fastapi import FastAPI, Security
 
+import convplan
 from convplan.settings import ServiceSettings
 
 from . import errors
@@ -24,19 +23,12 @@ from .routers import catalogue, health, jobs, planning, running
 from .workers import JobTable, WorkerPool
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("convplan")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The app with ``settings`` (default: from the CONVPLAN_* environment variables). Building
     it starts nothing: the worker processes and the job table start with the server."""
     settings = settings or ServiceSettings.from_env()
     app = FastAPI(
-        title="convplan", version=_version(), lifespan=lifespan,
+        title="convplan", version=convplan.__version__, lifespan=lifespan,
         description="Choose a GEMM-based convolution algorithm per CNN layer under a peak-memory "
                     "cap, run the network and measure the memory promise.")
     app.state.settings = settings
