@@ -1,7 +1,9 @@
 """Every registered operator (found through the registry, so a new one fails here until it has
-cases) against ONNX's reference evaluator on its single-layer ONNX export, plus the contracts the
-executor relies on: output_shapes is what run returns, NHWC runs are NCHW runs transposed, in-place
-runs equal out-of-place ones, and workspace_bytes is a tight upper bound of what a run allocates.
+cases) through the checks the package ships (`convplan.kernels.operators.conformance`): the
+contracts the executor relies on (output_shapes is what run returns, NHWC runs are NCHW runs
+transposed, in-place runs equal out-of-place ones, workspace_bytes is a tight upper bound of what a
+run allocates), with ONNX's reference evaluator on the single-layer ONNX export as the value oracle.
+Deliberately broken operators show that each check catches what it is for.
 
 Pooling has extra oracles: the reference evaluator pools wrongly in some configurations (below), so
 pooling is also checked against a brute-force float64 pool, onnxruntime and PyTorch.
@@ -12,7 +14,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,27 +25,28 @@ from strategies import examples
 
 from convplan.kernels import operators
 from convplan.kernels.base import run_overhead_bytes
-from convplan.kernels.layout import convert
-from convplan.kernels.measure import peak_allocation
 from convplan.kernels.operators import Operator
+from convplan.kernels.operators.conformance import (
+    ConformanceError,
+    OperatorCase,
+    Reference,
+    check_operator,
+    check_operator_cases,
+    measured_workspace,
+    operator_data,
+)
+from convplan.kernels.operators.elementwise import Relu
+from convplan.kernels.operators.normalization import BatchNorm
+from convplan.kernels.operators.shape import Identity, Reshape, Transpose
+from convplan.kernels.operators.softmax import Softmax
 from convplan.selector.onnx_export import layer_to_onnx, single_layer_model
 from convplan.selector.onnx_import import load_onnx
 from convplan.selector.runner import run_network
 
 Shape = tuple[int, ...]
-SLACK = 64 * 1024
 INT64_MAX = 2**63 - 1
-
-
-@dataclass
-class Case:
-    """One operator instance and the shapes (logical, NCHW) it is run on."""
-
-    attrs: dict[str, Any]
-    shapes: list[Shape]
-    dtype: str = "float32"
-    #: Operand indices (inputs, then weights by name) that must stay away from zero (divisors).
-    nonzero: set[Any] = field(default_factory=set)
+#: One operator instance's attributes and the shapes (logical, NCHW) it is run on.
+Case = OperatorCase
 
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -291,17 +293,7 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
 
 # -- running a case -----------------------------------------------------------------------------
 def _data(op: Operator, case: Case, seed: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-
-    def array(shape: Shape, key: Any) -> np.ndarray:
-        a = rng.standard_normal(shape)
-        if key in case.nonzero:  # divisors: |a| in [0.5, 2.5]
-            a = np.sign(a + 1e-9) * (0.5 + np.abs(a) % 2)
-        return a.astype(case.dtype)
-
-    xs = [array(s, i) for i, s in enumerate(case.shapes)]
-    weights = {k: array(s, k) for k, s in op.weight_shapes(case.shapes).items()}
-    return xs, weights
+    return operator_data(op, case.shapes, case.dtype, seed, case.nonzero)
 
 
 #: ONNX defines HardSwish as a function with the float32 attribute alpha = 1/6, so in float64 the
@@ -386,85 +378,36 @@ def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
     return True
 
 
-def measured_workspace(op: Operator, xs: list[np.ndarray], weights: dict[str, np.ndarray],
-                       layout: str = "NCHW", inplace: bool = False) -> int:
-    """Peak bytes a run allocates beyond its outputs (a view or in-place output is none)."""
-    def run() -> list[np.ndarray]:
-        return op.run(xs, weights, layout, inplace)
+def references(name: str, op: Operator, case: Case) -> dict[str, Reference]:
+    """The value oracles of a case: ONNX's reference evaluator on the exported layer, or where
+    it is wrong, onnxruntime and brute force."""
+    def onnx_reference(xs: list[np.ndarray], weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return run_onnx_reference(op, case, xs, weights)
 
-    outputs = run()  # warm lazily created objects
-    fresh = 0 if op.view or inplace else sum(o.nbytes for o in outputs)
-    del outputs
-    return peak_allocation(run) - fresh
+    def onnxruntime(xs: list[np.ndarray], weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return run_onnxruntime(op, case, xs, weights)
 
-
-def _nhwc_applies(op: Operator, shapes: list[Shape]) -> bool:
-    return ("NHWC" in op.layouts and any(len(s) == 4 for s in shapes)
-            and all(len(s) <= 4 for s in shapes))
-
-
-def _to_nhwc(x: np.ndarray) -> np.ndarray:
-    return convert(x, "NCHW", "NHWC") if x.ndim == 4 else x
+    out: dict[str, Reference] = {}
+    if name == "lrn":
+        out["brute-force LRN"] = lambda xs, _: [lrn_reference(xs[0], **op.attrs)]
+        if case.dtype == "float32" and op.attrs["size"] % 2:  # onnxruntime: float, odd sizes
+            out["onnxruntime"] = onnxruntime
+    elif reference_evaluator_is_wrong(name, op.attrs, case.shapes):
+        if onnxruntime_runs(name, op.attrs, case.dtype):
+            out["onnxruntime"] = onnxruntime
+    else:
+        out["ONNX reference"] = onnx_reference
+    if name in ("maxpool", "avgpool"):
+        out["brute-force pool"] = lambda xs, _: [pool_reference(xs[0], name, op.attrs)]
+    return out
 
 
 def check_case(name: str, case: Case, seed: int) -> None:
+    """The shipped checks, with the ONNX oracles (some looser in float64, see above)."""
     op = operators.make(name, **case.attrs)
-    op.check_arity(len(case.shapes))
-    expected_shapes = op.output_shapes(case.shapes)
-    xs, weights = _data(op, case, seed)
-    itemsize = np.dtype(case.dtype).itemsize
-
-    ys = op.run([x.copy() for x in xs], weights)
-    assert [y.shape for y in ys] == expected_shapes, f"{op}: run and output_shapes disagree"
-    assert all(y.dtype == np.dtype(case.dtype) for y in ys)
-    assert all(y.flags.c_contiguous for y in ys), f"{op}: an output is not C-contiguous"
-
-    # ONNX's reference evaluator on the exported layer, or where it is wrong, other oracles
-    if name == "lrn":
-        assert_close(ys[0], lrn_reference(xs[0], **op.attrs).astype(case.dtype), case.dtype,
-                     f"{op} on {case.shapes} vs brute-force LRN")
-        if case.dtype == "float32" and op.attrs["size"] % 2:  # onnxruntime: float, odd sizes
-            assert_close(ys[0], run_onnxruntime(op, case, xs, weights)[0], case.dtype,
-                         f"{op} on {case.shapes} vs onnxruntime")
-    elif reference_evaluator_is_wrong(name, op.attrs, case.shapes):
-        if onnxruntime_runs(name, op.attrs, case.dtype):
-            for y, ref in zip(ys, run_onnxruntime(op, case, xs, weights), strict=True):
-                assert_close(y, ref, case.dtype, f"{op} on {case.shapes} vs onnxruntime")
-    else:
-        for y, ref in zip(ys, run_onnx_reference(op, case, xs, weights), strict=True):
-            assert_close(y, ref, case.dtype, f"{op} on {case.shapes} vs ONNX reference", name)
-    if name in ("maxpool", "avgpool"):
-        assert_close(ys[0], pool_reference(xs[0], name, op.attrs).astype(case.dtype),
-                     case.dtype, f"{op} on {case.shapes} vs brute-force pool")
-
-    if op.view:
-        assert all(np.shares_memory(y, xs[0]) for y in op.run(xs, weights))
-
-    # NHWC storage: the NCHW answer, transposed
-    if _nhwc_applies(op, case.shapes):
-        nhwc = op.run([_to_nhwc(x) for x in xs], weights, "NHWC")
-        for y, z in zip(ys, nhwc, strict=True):
-            back = convert(z, "NHWC", "NCHW") if z.ndim == 4 else z
-            assert_close(back, y, case.dtype, f"{op} in NHWC")
-        if name != "conv":
-            assert measured_workspace(op, [_to_nhwc(x) for x in xs], weights, "NHWC") <= \
-                op.workspace_bytes(case.shapes, itemsize), f"{op} in NHWC over its workspace"
-
-    # in place: the same answer, written over the first input
-    if op.can_overwrite(case.shapes):
-        first = xs[0].copy()
-        out = op.run([first, *xs[1:]], weights, inplace=True)
-        assert out[0] is first or np.shares_memory(out[0], first)
-        np.testing.assert_array_equal(out[0], ys[0])
-        measured = measured_workspace(op, [xs[0].copy(), *xs[1:]], weights, inplace=True)
-        assert measured <= op.workspace_bytes(case.shapes, itemsize), f"{op} in place"
-
-    # workspace: a tight upper bound (conv's memory is its algorithm's, see test_workspace)
-    if name != "conv":
-        predicted = op.workspace_bytes(case.shapes, itemsize)
-        measured = measured_workspace(op, xs, weights)
-        assert measured <= predicted, f"{op} on {case.shapes}: measured {measured} > {predicted}"
-        assert predicted <= 1.25 * measured + SLACK, f"{op}: predicted {predicted} >> {measured}"
+    tolerance = FLOAT64_TOLERANCE.get(name) if case.dtype == "float64" else None
+    check_operator(op, case.shapes, case.dtype, seed, nonzero=case.nonzero,
+                   references=references(name, op, case), tolerance=tolerance)
 
 
 OPERATORS = operators.names()
@@ -739,3 +682,116 @@ def test_operator_round_trips_onnx(name: str, data: st.DataObject, seed: int) ->
     case = data.draw(CASES[name]())
     assume(case.dtype == "float32")          # networks are float32
     round_trip(name, case, seed)
+
+
+# -- the checks catch broken operators (not registered: subclasses of real ones) -----------------
+class WrongShape(Relu):
+    """Says one more leading dimension than it returns."""
+
+    def output_shapes(self, shapes):
+        return [(1, *super().output_shapes(shapes)[0])]
+
+
+class WrongDtype(Relu):
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        return [y.astype(np.float64) for y in super().run(xs, weights, layout, inplace)]
+
+
+class Strided(Transpose):
+    """Returns the transposed view instead of a contiguous copy."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        return [xs[0].transpose(self._perm(xs[0].ndim))]
+
+
+class Copies(Identity):
+    """Declares itself a view but copies."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        return [xs[0].copy()]
+
+
+class Unflagged(Reshape):
+    """Returns a view of its input without declaring it (the executor would reuse the input)."""
+
+    view = False
+
+
+class ClobbersInput(Relu):
+    """Always runs in place, even when asked not to."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        return super().run(xs, weights, layout, True)
+
+
+class NotInPlace(Relu):
+    """Says it can overwrite its input, but always allocates."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        return super().run(xs, weights, layout, False)
+
+
+class NhwcIgnored(BatchNorm):
+    """Treats NHWC storage as NCHW (scales the wrong axis)."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        return super().run(xs, weights, "NCHW", inplace)
+
+
+class Understated(Softmax):
+    def workspace_bytes(self, shapes, itemsize):
+        return 0
+
+
+class Overstated(Softmax):
+    def workspace_bytes(self, shapes, itemsize):
+        return super().workspace_bytes(shapes, itemsize) + 1024 * 1024
+
+
+class OffByOne(Relu):
+    def run(self, xs, weights, layout="NCHW", inplace=False):
+        ys = super().run(xs, weights, layout, inplace)
+        ys[0].flat[-1] += 1e-2
+        return ys
+
+
+IMAGE = [(2, 3, 3, 3)]  # C == H == W: a channel axis mistaken for another still broadcasts
+
+
+def _relu_reference(xs: list[np.ndarray], _: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [np.maximum(xs[0], 0)]
+
+
+@pytest.mark.parametrize(("broken", "shapes", "references", "message"), [
+    (WrongShape(), IMAGE, None, "output_shapes says"),
+    (WrongDtype(), IMAGE, None, "dtype float64, expected float32"),
+    (Strided(perm=[0, 2, 3, 1]), [(2, 3, 4, 5)], None, "not C-contiguous"),
+    (Copies(), IMAGE, None, "does not share the input's memory"),
+    (Unflagged(shape=[2, -1]), IMAGE, None, "shares memory with an input"),
+    (ClobbersInput(), IMAGE, None, "changed its input"),
+    (NotInPlace(), IMAGE, None, "did not write its output over the first input"),
+    (NhwcIgnored(), IMAGE, None, "in NHWC is not the NCHW one transposed"),
+    (Understated(axis=0), [(2, 16, 32, 32)], None, "over the declared workspace"),
+    (Overstated(axis=0), [(2, 16, 32, 32)], None, "far above"),
+    (OffByOne(), IMAGE, {"max(x, 0)": _relu_reference}, "differs from max"),
+])
+def test_each_check_catches_a_broken_operator(broken: Operator, shapes: list[Shape],
+                                              references: dict[str, Reference] | None,
+                                              message: str) -> None:
+    with pytest.raises(ConformanceError, match=message) as raised:
+        check_operator(broken, shapes, references=references)
+    assert type(broken).__name__ in str(raised.value) and str(shapes) in str(raised.value)
+    if references is None:  # and through the list form, from the class
+        with pytest.raises(ConformanceError, match=type(broken).__name__):
+            check_operator_cases(type(broken), [Case(broken.attrs, shapes)])
+
+
+def test_the_real_operators_pass_where_the_broken_ones_fail() -> None:
+    """The cases above are valid: the operators the broken ones derive from pass them."""
+    assert check_operator_cases("relu", [Case({}, IMAGE), Case({}, [(3, 5)], "float64")]) == 2
+    check_operator(operators.make("relu"), IMAGE, references={"max(x, 0)": _relu_reference})
+    for name, attrs, shapes in [("transpose", {"perm": [0, 2, 3, 1]}, [(2, 3, 4, 5)]),
+                                ("identity", {}, IMAGE), ("reshape", {"shape": [2, -1]}, IMAGE),
+                                ("batchnorm", {}, IMAGE), ("softmax", {"axis": 0},
+                                                          [(2, 16, 32, 32)])]:
+        assert check_operator_cases(name, [Case(attrs, shapes)]) == 1
