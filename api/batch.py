@@ -1,7 +1,7 @@
 """Planning many networks at once, in this process or on a Dask cluster, and profiling on one.
 
 Why the shapes of these functions: a Dask worker may run on another machine, so it is sent the
-network file's bytes (and a name), never a path, and it sends back the plan document as data; the
+network file's bytes (and a name), never a path, and it sends back the `Plan` (pickled); the
 client writes every file. `plan_one` turns one network into one result row and never raises for
 a bad network (one broken file must not stop a batch); `plan_in_child` runs it in a child
 process under a deadline, killed when it overruns (a thread could not be stopped), so one network
@@ -43,7 +43,7 @@ from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostKey, CostStore
 from convplan.selector import zoo
 from convplan.selector.network import Limits, Network
-from convplan.selector.planning import SOLVERS, PlanRequest, plan_network
+from convplan.selector.planning import SOLVERS, Plan, PlanRequest, plan_network
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -177,23 +177,23 @@ def parse_network(name: str, kind: Kind, data: bytes) -> Network:
 
 
 def _row(name: str, status: str, *, error: str | None = None,
-         plan: dict[str, Any] | None = None, seconds: float = 0.0) -> dict[str, Any]:
+         plan: Plan | None = None, seconds: float = 0.0) -> dict[str, Any]:
     row: dict[str, Any] = {"network": name, "status": status, "error": error,
                            "predicted_time_s": None, "peak_bytes": None,
                            "memory_cap_bytes": None, "solve_seconds": None, "solver_status": None,
                            "costs": None, "seconds": round(seconds, 3), "worker": None,
                            "plan": plan}
     if plan is not None:
-        row.update(predicted_time_s=plan["predicted"]["time_s"],
-                   peak_bytes=plan["predicted"]["peak_bytes"],
-                   memory_cap_bytes=plan["memory_cap_bytes"],
-                   solve_seconds=plan["solver"]["solve_seconds"],
-                   solver_status=plan["solver"]["status"], costs=plan["costs"])
+        row.update(predicted_time_s=plan.predicted.time_s,
+                   peak_bytes=plan.predicted.peak_bytes,
+                   memory_cap_bytes=plan.memory_cap_bytes,
+                   solve_seconds=plan.solver.solve_seconds,
+                   solver_status=plan.solver.status, costs=plan.costs)
     return row
 
 
 def plan_one(name: str, kind: Kind, data: bytes, request: PlanRequest) -> dict[str, Any]:
-    """Parse and plan one network (here, or on a worker): a result row with the plan document
+    """Parse and plan one network (here, or on a worker): a result row with its `Plan`
     under ``"plan"``, or status "error" and the message. Never raises for a bad network or an
     infeasible cap; the cost store is ``request.db`` or this process's default."""
     started = time.perf_counter()
@@ -380,7 +380,7 @@ def write_plan(row: dict[str, Any], out_dir: Path) -> None:
         return
     path = out_dir / f"{row['network']}{PLAN_SUFFIX}"
     try:
-        write_atomic(path, json.dumps(row["plan"], indent=1))
+        write_atomic(path, json.dumps(row["plan"].model_dump(mode="json"), indent=1))
         row["plan_file"] = str(path)
     except OSError as error:
         row.update(status="error", error=f"cannot write {path}: {error.strerror}")

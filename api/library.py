@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from convplan.selector.network import Network
-from convplan.selector.planning import PlanRequest, parse_bytes, plan_network
+from convplan.selector.planning import Plan, PlanRequest, parse_bytes, plan_network
 from convplan.selector.runner import RunReport, run_network, run_plan
 from convplan.selector.zoo import load_network
 
@@ -22,12 +22,12 @@ def _network(network: Network | str | Path) -> Network:
 def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
          threads: int | None = None, solver: str = "cbc", time_limit_s: float = 60.0,
          measure: bool = True, budget_s: float = 0.3, db: str | Path | None = None
-         ) -> dict[str, Any]:
+         ) -> Plan:
     """The fastest plan whose predicted peak fits ``memory_cap`` (bytes, or ``"24MiB"``):
     costs measured on this machine where the cost store (``db``, default ``$CONVPLAN_DB`` or
-    the user cache) lacks them, or estimated with ``measure=False``. The plan document, as
-    `convplan plan --out` writes it; an infeasible cap is a `PlanningError` naming the
-    lowest achievable peak."""
+    the user cache) lacks them, or estimated with ``measure=False``. The `Plan` (its
+    ``model_dump(mode="json")`` is what `convplan plan --out` writes); an infeasible cap is
+    a `PlanningError` naming the lowest achievable peak."""
     cap = parse_bytes(memory_cap) if memory_cap is not None else None
     request = PlanRequest(cap=cap, threads=threads, solver=solver, time_limit_s=time_limit_s,
                           measure=measure, budget_s=budget_s,
@@ -35,12 +35,13 @@ def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
     return plan_network(_network(network), request)
 
 
-def run(network: Network | str | Path, plan: Mapping[str, Any] | None = None,
+def run(network: Network | str | Path, plan: Plan | Mapping[str, Any] | None = None,
         inputs: Mapping[str, np.ndarray] | None = None, *, threads: int | None = None,
         repeat: int = 1, check: bool = False) -> RunReport:
-    """Run ``network`` under ``plan`` (a plan document; None: the default algorithm per layer)
-    on ``inputs`` (seeded random ones if None), measuring its peak; ``check`` compares the
-    outputs with onnxruntime. A plan made for another network is refused (`run_plan`)."""
+    """Run ``network`` under ``plan`` (a `Plan` or a plan document; None: the default
+    algorithm per layer) on ``inputs`` (seeded random ones if None), measuring its peak;
+    ``check`` compares the outputs with onnxruntime. A plan made for another network is
+    refused (`run_plan`)."""
     net = _network(network)
     if plan is None:
         return run_network(net, inputs, threads=threads, repeat=repeat, check=check)

@@ -68,8 +68,8 @@ def child(engine: str, model: str, threads: int, repeat: int) -> dict:
             assignment = uniform_assignment(network, "im2col")
         elif engine == "convplan-plan":     # the fastest plan from costs measured here
             plan = plan_network(network, PlanRequest(threads=threads, budget_s=0.2))
-            assignment, layouts = plan["assignment"], plan["layouts"]
-            out["planned_ms"] = plan["predicted"]["time_s"] * 1e3
+            assignment, layouts = plan.assignment, plan.layouts
+            out["planned_ms"] = plan.predicted.time_s * 1e3
         report = run_network(network, inputs, assignment=assignment, layouts=layouts,
                              threads=threads, repeat=repeat)
         out["time_s"] = report.time_s

@@ -39,9 +39,9 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def _measure(network, plan, args) -> tuple[float, int, int]:
+def _measure(network, assignment, layouts, args) -> tuple[float, int, int]:
     """Run a plan (or baseline): median time, measured peak, predicted peak."""
-    report = run_network(network, assignment=plan["assignment"], layouts=plan["layouts"],
+    report = run_network(network, assignment=assignment, layouts=layouts,
                          strict=True, threads=args.threads, repeat=args.repeat)
     return report.time_s, report.measured_peak_bytes, report.predicted_peak_bytes
 
@@ -117,12 +117,12 @@ def _row(network, problem, costs, profiler, args, fraction: float, cap: int) -> 
     try:
         plan = make_plan(network, costs, cap, machine=profiler.fingerprint,
                          threads=args.threads, with_baselines=False)
-        t, peak, pred = _measure(network, plan, args)
+        t, peak, pred = _measure(network, plan.assignment, plan.layouts, args)
         cells += [f"{t * 1e3:.1f}", f"{_mib(peak)} ({_mib(pred)})"]
     except PlanningError as error:
         cells += ["-", str(error).split(": ", 1)[-1]]
     for key in ("fastest", "im2col", "greedy", "lowest_memory"):
-        t, peak, _ = _measure(network, marks[key], args)
+        t, peak, _ = _measure(network, marks[key]["assignment"], marks[key]["layouts"], args)
         cells.append(f"{t * 1e3:.1f} / {_mib(peak)}{'' if peak <= cap else ' *over*'}")
     row = f"| {network.name} | {fraction:.0%} | {_mib(cap)} | " + " | ".join(cells) + " |"
     print(row, file=sys.stderr)

@@ -232,9 +232,10 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
 
 def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | None = None, *,
              threads: int | None = None, repeat: int = 1, check: bool = False) -> RunReport:
-    """Run a plan document (or its `PlanSpec`, or its JSON text) on ``network``: refused unless
-    it fits the network exactly and, when it names one, was made for it. ``threads``: given,
-    else the thread count the plan's costs were measured with, at most this machine's cores."""
+    """Run a `Plan` (or a plan document, its `PlanSpec`, or its JSON text) on ``network``:
+    refused unless it fits the network exactly and, when it names one, was made for it.
+    ``threads``: given, else the thread count the plan's costs were measured with, at most
+    this machine's cores."""
     from .planning import check_plan, plan_spec
 
     spec = plan_spec(plan)

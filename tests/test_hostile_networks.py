@@ -61,7 +61,7 @@ def test_plans_the_planner_makes_from_any_costs_are_correct(description, seed) -
                                                            "analytic") for r in requests}
 
     plan = make_plan(network, costs, None, machine={}, threads=1, with_baselines=False)
-    _check(network, plan["assignment"], plan["layouts"])
+    _check(network, plan.assignment, plan.layouts)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 4, 5), (2, 3, 1, 1), (1, 1, 1, 1), (2, 1, 3, 1)])

@@ -14,12 +14,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from convplan.profiles.fingerprint import fingerprint_id
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.store import CostStore, StoreError, StoreWarning
+
+if TYPE_CHECKING:
+    from convplan.selector.planning import Plan
 
 FP = {"cpu": "test cpu", "threads": 1}
 FP_ID = fingerprint_id(FP)
@@ -32,8 +36,8 @@ NET = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],
                   {"name": "c2", "op": "conv", "inputs": ["r1"], "out_channels": 8, "kernel": 1}]}
 
 
-def plan(net_json: Path, db: Path, measure: bool = True) -> dict:
-    """The plan document of ``net_json`` from the costs in ``db`` (without the baselines)."""
+def plan(net_json: Path, db: Path, measure: bool = True) -> Plan:
+    """The `Plan` of ``net_json`` from the costs in ``db`` (without the baselines)."""
     from convplan.selector import zoo
     from convplan.selector.planning import PlanRequest, cost_function, make_plan, profiler_for
 
@@ -352,11 +356,11 @@ def test_a_bad_row_does_not_stop_a_plan_and_is_measured_again(tmp_path: Path) ->
     net.write_text(json.dumps(NET))
     db = tmp_path / "costs.sqlite"
     first = plan(net, db)
-    assert first["costs"] == "measured"
+    assert first.costs == "measured"
     key, candidate = spoil_a_row(db)
     with pytest.warns(StoreWarning, match=f"conv/{key}/{candidate}"):
         again = plan(net, db)
-    assert again["costs"] == "measured"
+    assert again.costs == "measured"
     with CostStore(db) as s:
         [time_s] = s._db.execute("SELECT time_s FROM costs WHERE key = ? AND candidate = ?",
                                  (key, candidate)).fetchone()
@@ -368,7 +372,7 @@ def test_a_bad_row_does_not_stop_a_plan_and_is_measured_again(tmp_path: Path) ->
         raw.commit()
         raw.close()
         estimated = plan(net, db, measure=False)
-    assert estimated["costs"] == "mixed"
+    assert estimated.costs == "mixed"
 
 
 # -- hostile imports ------------------------------------------------------------------------
@@ -496,7 +500,7 @@ def test_a_forged_import_never_beats_this_machines_measurements(tmp_path: Path) 
     net.write_text(json.dumps(NET))
     db = tmp_path / "costs.sqlite"
     genuine_plan = plan(net, db)
-    assert genuine_plan["costs"] == "measured"
+    assert genuine_plan.costs == "measured"
     with CostStore(db) as s:
         s.export(tmp_path / "genuine.json")
     genuine = json.loads((tmp_path / "genuine.json").read_text())
@@ -515,7 +519,7 @@ def test_a_forged_import_never_beats_this_machines_measurements(tmp_path: Path) 
         assert s.last_import.kept_local == len(genuine["rows"]) and s.last_import.written == 0
     assert dump(db) == before
     again = plan(net, db)
-    assert again["costs"] == "measured" and again["assignment"] == genuine_plan["assignment"]
+    assert again.costs == "measured" and again.assignment == genuine_plan.assignment
 
     # a fresh store that only has the forgery: the plan never says "measured"
     fresh = tmp_path / "fresh.sqlite"
@@ -523,15 +527,15 @@ def test_a_forged_import_never_beats_this_machines_measurements(tmp_path: Path) 
         s.import_(forged)
         s.import_(tmp_path / "genuine.json")    # older than the forgery: it does not win
     fooled = plan(net, fresh, measure=False)
-    assert fooled["costs"] != "measured"
-    sources = {c["source"] for layer in fooled["layers"] for c in layer["candidates"]}
+    assert fooled.costs != "measured"
+    sources = {c.source for layer in fooled.layers for c in layer.candidates}
     assert sources == {"imported"}
     # the way back: drop what was imported, import the genuine export
     with CostStore(fresh) as s:
         assert s.drop_imported() == len(genuine["rows"])
         s.import_(tmp_path / "genuine.json")
     restored = plan(net, fresh, measure=False)
-    assert restored["assignment"] == genuine_plan["assignment"]
+    assert restored.assignment == genuine_plan.assignment
     # or measure here (`convplan profile --remeasure-imported`): local measurements replace
     # the imported rows
     with CostStore(fresh) as s:
@@ -542,6 +546,6 @@ def test_a_forged_import_never_beats_this_machines_measurements(tmp_path: Path) 
         assert profiler.last_stats is not None
         assert profiler.last_stats.measured == len(genuine["rows"])
     remeasured = plan(net, fresh)
-    assert remeasured["costs"] == "measured"
+    assert remeasured.costs == "measured"
     with CostStore(fresh) as s:
         assert [i.imported for i in s.fingerprints()] == [0]

@@ -52,10 +52,10 @@ def test_plans_keep_the_promise_under_three_caps(name: str) -> None:
     inputs = random_inputs(network, seed=2)
     for cap in caps_for(problem.problem):
         plan = make_plan(network, estimated, cap, machine={}, threads=1, with_baselines=False)
-        assert plan["predicted"]["peak_bytes"] <= cap
-        report = run_network(network, inputs, assignment=plan["assignment"],
-                             layouts=plan["layouts"], strict=True, threads=1, check=True)
-        assert report.predicted_peak_bytes == plan["predicted"]["peak_bytes"]
+        assert plan.predicted.peak_bytes <= cap
+        report = run_network(network, inputs, assignment=plan.assignment,
+                             layouts=plan.layouts, strict=True, threads=1, check=True)
+        assert report.predicted_peak_bytes == plan.predicted.peak_bytes
         assert report.measured_peak_bytes <= report.predicted_peak_bytes <= cap
         # the logits where a softmax ends the network (constant weights tie them, and one
         # rounding step then flips the softmax)
@@ -80,21 +80,21 @@ def test_plan_document_lists_every_candidate_and_the_baselines() -> None:
     problem = build_problem(network, estimated)
     cap = caps_for(problem.problem)[1]
     plan = make_plan(network, estimated, cap, machine={"cpu": "test"}, threads=1)
-    assert plan["network"] == "onnx:squeezenet" and plan["memory_cap_bytes"] == cap
-    assert plan["machine"] == {"cpu": "test"} and plan["costs"] == "analytic"
-    assert plan["solver"]["optimal"] and plan["solver"]["name"] == "cbc"
-    assert set(plan["baselines"]) == {"fastest", "im2col", "greedy", "lowest_memory"}
-    assert plan["baselines"]["lowest_memory"]["peak_bytes"] <= plan["predicted"]["peak_bytes"]
-    assert plan["predicted"]["time_s"] <= plan["baselines"]["im2col"]["time_s"] + 1e-12 or \
-        not plan["baselines"]["im2col"]["fits_cap"]
-    convs = [layer for layer in plan["layers"] if layer["op"] == "conv"]
+    assert plan.network == "onnx:squeezenet" and plan.memory_cap_bytes == cap
+    assert plan.machine == {"cpu": "test"} and plan.costs == "analytic"
+    assert plan.solver.optimal and plan.solver.name == "cbc"
+    assert set(plan.baselines) == {"fastest", "im2col", "greedy", "lowest_memory"}
+    assert plan.baselines["lowest_memory"].peak_bytes <= plan.predicted.peak_bytes
+    assert plan.predicted.time_s <= plan.baselines["im2col"].time_s + 1e-12 or \
+        not plan.baselines["im2col"].fits_cap
+    convs = [layer for layer in plan.layers if layer.op == "conv"]
     assert len(convs) == 26
-    for layer in plan["layers"]:
+    for layer in plan.model_dump(mode="json")["layers"]:
         names = [c["name"] for c in layer["candidates"]]
         chosen = layer["algorithm"] or layer["input_layout"]
         assert chosen in names
         assert {"time_s", "workspace_bytes", "input_layout", "output_layout"} <= set(layer)
-    assert plan["assignment"] == {layer["name"]: layer["algorithm"] for layer in convs}
+    assert plan.assignment == {layer.name: layer.algorithm for layer in convs}
 
 
 def test_an_infeasible_cap_states_the_minimum_peak() -> None:
@@ -212,7 +212,7 @@ def test_one_plan_request_lowers_each_assignment_once(monkeypatch, tmp_path) -> 
     seen.clear()
     plan = plan_network(network, PlanRequest(cap=2 * low, threads=1, measure=False,
                                              db=str(tmp_path / "costs.sqlite")))
-    assert plan["predicted"]["peak_bytes"] <= 2 * low
+    assert plan.predicted.peak_bytes <= 2 * low
     assert len(seen) == len(set(seen)) <= 6     # fixed bytes, solution, four baselines
 
 
@@ -226,9 +226,9 @@ def test_a_cap_the_model_meets_but_the_ilp_bound_does_not_is_planned(name: str) 
     cap = predicted_peak(context, lowest.choice)
     assert cap < lowest.peak_bytes, "no gap between the model and the bound to test"
     plan = make_plan(network, estimated, cap, machine={}, threads=1, with_baselines=False)
-    assert plan["predicted"]["peak_bytes"] <= cap
-    assert plan["solver"]["optimal"] is False
-    report = run_network(network, assignment=plan["assignment"], layouts=plan["layouts"],
+    assert plan.predicted.peak_bytes <= cap
+    assert plan.solver.optimal is False
+    report = run_network(network, assignment=plan.assignment, layouts=plan.layouts,
                          strict=True)
     assert report.measured_peak_bytes <= report.predicted_peak_bytes <= cap
     try:                                   # below it: correct or refused, never over the cap
@@ -237,4 +237,4 @@ def test_a_cap_the_model_meets_but_the_ilp_bound_does_not_is_planned(name: str) 
     except Infeasible as refused:
         assert "smallest achievable peak is" in str(refused)
     else:
-        assert tighter["predicted"]["peak_bytes"] <= cap - 1
+        assert tighter.predicted.peak_bytes <= cap - 1

@@ -194,7 +194,7 @@ def test_health_and_its_schema_tell_the_truth(client: httpx.Client) -> None:
     assert {"workers", "replaced", "error", "detail"} <= set(model["properties"])
     unhealthy = schema["paths"]["/healthz"]["get"]["responses"]["503"]
     assert unhealthy["content"]["application/json"]["schema"]["$ref"].endswith("/Health")
-    costs = schema["components"]["schemas"]["PlanDocument"]["properties"]["costs"]
+    costs = schema["components"]["schemas"]["Plan"]["properties"]["costs"]
     assert "imported" in json.dumps(costs)
     assert "unmeasured" in schema["components"]["schemas"]["ProfileResult"]["properties"]
 

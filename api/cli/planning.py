@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,7 +30,7 @@ from convplan.api.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from convplan.selector.planning import PlanRequest
+    from convplan.selector.planning import Plan, PlanRequest
 
 MemoryCap = Annotated[str | None, typer.Option(
     "--memory-cap", help="Peak-memory cap: bytes, or with kB/MB/GB/KiB/MiB/GiB "
@@ -72,40 +72,41 @@ def plan(
         bar, progress = counting_bar("profiling")
         with store_warnings(), bar:
             document = plan_network(network, request, progress)
+    text = json.dumps(document.model_dump(mode="json"), indent=1)
     if out is not None:
         try:
-            out.write_text(json.dumps(document, indent=1))
+            out.write_text(text)
         except OSError as error:
             fail(f"cannot write {out}: {error.strerror}")
     if as_json:
-        print(json.dumps(document, indent=1))
+        print(text)
         return
     _print_plan(document)
 
 
-def _print_plan(document: dict[str, Any]) -> None:
-    cap = document["memory_cap_bytes"]
-    table = new_table(f"{document['network']}: plan under "
-                      f"{size(cap) if cap else 'no cap'}, {document['threads']} thread(s)",
+def _print_plan(document: Plan) -> None:
+    cap = document.memory_cap_bytes
+    table = new_table(f"{document.network}: plan under "
+                      f"{size(cap) if cap else 'no cap'}, {document.threads} thread(s)",
                       ("layer", "op", "algorithm", "layouts", "ms", "workspace", "options"),
                       right=("ms", "workspace", "options"))
-    for layer in document["layers"]:
-        table.add_row(layer["name"], layer["op"], layer["algorithm"] or "",
-                      f"{layer['input_layout']}->{layer['output_layout']}",
-                      f"{layer['time_s'] * 1e3:.2f}", size(layer["workspace_bytes"]),
-                      str(len(layer["candidates"])))
+    for layer in document.layers:
+        table.add_row(layer.name, layer.op, layer.algorithm or "",
+                      f"{layer.input_layout}->{layer.output_layout}",
+                      f"{layer.time_s * 1e3:.2f}", size(layer.workspace_bytes),
+                      str(len(layer.candidates)))
     console.print(table)
-    solver, predicted = document["solver"], document["predicted"]
-    console.print(f"{len(document['transforms'])} layout transform(s); solver {solver['name']}: "
-                  f"{solver['status']}{'' if solver['optimal'] else ' (not proven optimal)'} in "
-                  f"{solver['solve_seconds']:.2f} s; costs {document['costs']}")
+    solver, predicted = document.solver, document.predicted
+    console.print(f"{len(document.transforms)} layout transform(s); solver {solver.name}: "
+                  f"{solver.status}{'' if solver.optimal else ' (not proven optimal)'} in "
+                  f"{solver.solve_seconds:.2f} s; costs {document.costs}")
     summary = new_table("predicted", ("plan", "time ms", "peak", "fits the cap"),
                         right=("time ms", "peak", "fits the cap"))
-    summary.add_row("this plan", f"{predicted['time_s'] * 1e3:.1f}",
-                    size(predicted["peak_bytes"]), "yes")
-    for name, row in document["baselines"].items():
-        summary.add_row(name.replace("_", " "), f"{row['time_s'] * 1e3:.1f}",
-                        size(row["peak_bytes"]), "yes" if row["fits_cap"] else "no")
+    summary.add_row("this plan", f"{predicted.time_s * 1e3:.1f}",
+                    size(predicted.peak_bytes), "yes")
+    for name, row in document.baselines.items():
+        summary.add_row(name.replace("_", " "), f"{row.time_s * 1e3:.1f}",
+                        size(row.peak_bytes), "yes" if row.fits_cap else "no")
     console.print(summary)
 
 

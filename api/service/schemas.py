@@ -3,13 +3,13 @@ schema-driven clients (and fuzzers) see exactly what the service accepts and ret
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from convplan.selector.network import NetworkDescription
-from convplan.selector.planning import PlanSpec
+from convplan.selector.planning import BaselineDoc, CostsLabel, Plan, PlanSpec
 
 #: A built-in network name (GET /v1/networks) or a JSON network description.
 NetworkField = Annotated[
@@ -22,13 +22,6 @@ MemoryCap = Annotated[
     Annotated[StrictInt, Field(le=2**62)] | Annotated[StrictStr, Field(max_length=64)] | None,
     Field(description="Peak-memory cap: bytes (int) or a size string (\"24MiB\", \"1.5 GB\"). "
                       "None: no cap (the fastest plan).")]
-
-
-#: Where a plan's costs come from: all measured on this server, all imported from another
-#: store, all from the analytic model, or a mix.
-CostsLabel = Annotated[Literal["measured", "imported", "analytic", "mixed"], Field(
-    description="measured / imported / analytic: every cost has that source; mixed: some "
-                "mix of them.")]
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -114,79 +107,7 @@ class ProfileBody(BaseModel):
         "Timing budget per measurement, seconds; capped at CONVPLAN_MAX_BUDGET."))
 
 
-# -- the plan document ----------------------------------------------------------------------------
-class CandidateDoc(BaseModel):
-    name: str
-    algorithm: str | None
-    input_layout: str
-    output_layout: str
-    time_s: float
-    workspace_bytes: int
-    prepared_bytes: int
-    measured_workspace_bytes: int | None
-    source: str
-
-
-class LayerDoc(BaseModel):
-    name: str
-    op: str
-    algorithm: str | None
-    input_layout: str
-    output_layout: str
-    time_s: float
-    workspace_bytes: int
-    prepared_bytes: int
-    candidates: list[CandidateDoc]
-
-
-class TransformDoc(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    tensor: str
-    for_: str = Field(alias="for")
-    into: str
-    time_s: float
-    bytes: int
-
-
-class SolverDoc(BaseModel):
-    name: str
-    status: str
-    optimal: bool
-    solve_seconds: float
-
-
-class PredictedDoc(BaseModel):
-    time_s: float
-    peak_bytes: int
-    model_bound_bytes: int
-
-
-class BaselineDoc(BaseModel):
-    time_s: float
-    peak_bytes: int
-    fits_cap: bool
-    assignment: dict[str, str]
-    layouts: dict[str, str]
-
-
-class PlanDocument(BaseModel):
-    """The plan: what `convplan plan --json` prints and `/v1/run` (or `convplan run --plan`)
-    executes."""
-
-    network: str
-    machine: dict[str, Any]
-    threads: int
-    memory_cap_bytes: int | None
-    costs: CostsLabel
-    solver: SolverDoc
-    predicted: PredictedDoc
-    assignment: dict[str, str]
-    layouts: dict[str, str]
-    layers: list[LayerDoc]
-    transforms: list[TransformDoc]
-    baselines: dict[str, BaselineDoc]
-
-
+# -- the pareto frontier (the plan document is `selector.planning.Plan`) ----------------------
 class ParetoPoint(BaseModel):
     cap_bytes: int
     time_s: float
@@ -233,7 +154,7 @@ class RunResponse(BaseModel):
     output: str = Field(description="Base64 of a .npy (one output) or .npz (several, by name).")
     output_format: Literal["npy", "npz"]
     output_shapes: dict[str, list[int]]
-    plan: PlanDocument | None = Field(None, description="The plan made first, if one was.")
+    plan: Plan | None = Field(None, description="The plan made first, if one was.")
 
 
 # -- jobs and listings ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from convplan.profiles.store import StoreError
 from convplan.selector import zoo
 from convplan.selector.network import LimitError, Limits, Network, NetworkError
 from convplan.selector.planning import (
+    Plan,
     PlanError,
     PlanningError,
     PlanRequest,
@@ -179,8 +180,8 @@ def _within_deadline(request: PlanRequest, deadline: float | None, solves: int,
 
 
 def plan_task(source: Source, options: dict[str, Any], settings: ServiceSettings,
-              deadline: float | None = None) -> dict[str, Any]:
-    """POST /v1/plan: the plan document. With a ``deadline`` (`time.monotonic`), measuring
+              deadline: float | None = None) -> Plan:
+    """POST /v1/plan: the `Plan`. With a ``deadline`` (`time.monotonic`), measuring
     stops in time for the solver, whose limit fits what is left (the costs are then "mixed")."""
     from convplan.profiles.profiler import measuring_deadline
 
@@ -290,8 +291,8 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
                 plan_request(body, settings), deadline, PLAN_SOLVES, 0.25, 0.25)
             with measuring_deadline(measure_until):
                 document = plan_network(network, request)
-            assignment, layouts = document["assignment"], document["layouts"]
-            threads = threads or document["threads"]
+            assignment, layouts = document.assignment, document.layouts
+            threads = threads or document.threads
         if threads is not None and threads > (os.cpu_count() or 1):
             threads = os.cpu_count() or 1       # a plan made on a machine with more cores
         text = body.get("input")

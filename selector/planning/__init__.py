@@ -5,7 +5,7 @@ By job (imports point down this list):
     candidates  the one enumeration: each layer's candidates with their cost requests
     problem     `build_problem`: the priced `Problem` in a `PlanContext` (lowerings cached)
     baselines   fastest, im2col everywhere, greedy under the cap, lowest memory
-    documents   the plan document
+    documents   the plan document: `Plan` and its parts, `plan_document`
     solving     `make_plan` (held to the memory model) and the Pareto frontier
     jobs        `PlanRequest`, `plan_network`, `parse_bytes`: what the CLI, service and batch call
     incoming    plans that come in: `PlanSpec`, `check_plan`
@@ -13,7 +13,17 @@ By job (imports point down this list):
 
 from .baselines import baselines
 from .candidates import Candidates, Option, enumerate_candidates, requests_for
-from .documents import plan_document
+from .documents import (
+    BaselineDoc,
+    CandidateDoc,
+    CostsLabel,
+    LayerDoc,
+    Plan,
+    PredictedDoc,
+    SolverDoc,
+    TransformDoc,
+    plan_document,
+)
 from .ilp import (
     SOLVERS,
     Candidate,
@@ -39,18 +49,26 @@ from .solving import _held_to, make_plan, pareto
 
 __all__ = [
     "SOLVERS",
+    "BaselineDoc",
     "Candidate",
+    "CandidateDoc",
     "Candidates",
     "CostFunction",
+    "CostsLabel",
     "Infeasible",
+    "LayerDoc",
     "Option",
+    "Plan",
     "PlanContext",
     "PlanError",
     "PlanRequest",
     "PlanSpec",
     "PlanningError",
+    "PredictedDoc",
     "Problem",
     "Solution",
+    "SolverDoc",
+    "TransformDoc",
     "_held_to",
     "baselines",
     "build_problem",

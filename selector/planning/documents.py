@@ -1,56 +1,151 @@
 """The plan document: what `convplan plan --json` prints, `/v1/plan` returns and `run --plan`
 reads. The choice per layer with every candidate it considered (so anyone can check it), the
-transforms, the solver's status, the prediction and the baselines."""
+transforms, the solver's status, the prediction and the baselines.
+
+`Plan` is the one model of it: the CLI dumps it, the service returns it (its OpenAPI schema is
+this model's), batch writes it. Field names and order are the JSON document's."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from .ilp import Candidate, Solution
 from .problem import PlanContext
 
+#: Where a plan's costs come from: all measured on this machine, all imported from another
+#: store, all from the analytic model, or a mix.
+CostsLabel = Annotated[Literal["measured", "imported", "analytic", "mixed"], Field(
+    description="measured / imported / analytic: every cost has that source; mixed: some "
+                "mix of them.")]
 
-def _candidate_doc(c: Candidate) -> dict[str, Any]:
-    return {"name": c.name, "algorithm": c.algorithm, "input_layout": c.input_layout,
-            "output_layout": c.output_layout, "time_s": c.time_s,
-            "workspace_bytes": c.workspace_bytes, "prepared_bytes": c.prepared_bytes,
-            "measured_workspace_bytes": c.measured_workspace_bytes, "source": c.source}
+
+class CandidateDoc(BaseModel):
+    """One option a layer had, with its cost (so anyone can check the choice)."""
+
+    name: str
+    algorithm: str | None
+    input_layout: str
+    output_layout: str
+    time_s: float
+    workspace_bytes: int
+    prepared_bytes: int
+    measured_workspace_bytes: int | None
+    source: str
+
+    @classmethod
+    def of(cls, c: Candidate) -> CandidateDoc:
+        return cls(name=c.name, algorithm=c.algorithm, input_layout=c.input_layout,
+                   output_layout=c.output_layout, time_s=c.time_s,
+                   workspace_bytes=c.workspace_bytes, prepared_bytes=c.prepared_bytes,
+                   measured_workspace_bytes=c.measured_workspace_bytes, source=c.source)
+
+
+class LayerDoc(BaseModel):
+    """A layer's chosen candidate, and every candidate it had."""
+
+    name: str
+    op: str
+    algorithm: str | None
+    input_layout: str
+    output_layout: str
+    time_s: float
+    workspace_bytes: int
+    prepared_bytes: int
+    candidates: list[CandidateDoc]
+
+
+class TransformDoc(BaseModel):
+    """A layout copy of ``tensor`` into ``into`` for layer ``for`` (a keyword in Python, so the
+    attribute is ``for_``; the document's key stays ``for``)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    tensor: str
+    for_: str = Field(alias="for")
+    into: str
+    time_s: float
+    bytes: int
+
+
+class SolverDoc(BaseModel):
+    name: str
+    status: str
+    optimal: bool
+    solve_seconds: float
+
+
+class PredictedDoc(BaseModel):
+    """The memory model's prediction (``peak_bytes``: the promise) and the ILP's bound."""
+
+    time_s: float
+    peak_bytes: int
+    model_bound_bytes: int
+
+
+class BaselineDoc(BaseModel):
+    """A reference plan (`baselines`): its time, predicted peak, and what `run` needs."""
+
+    time_s: float
+    peak_bytes: int
+    fits_cap: bool
+    assignment: dict[str, str]
+    layouts: dict[str, str]
+
+
+class Plan(BaseModel):
+    """The plan: what `convplan plan --json` prints and `/v1/run` (or `convplan run --plan`)
+    executes."""
+
+    network: str
+    machine: dict[str, Any]
+    threads: int
+    memory_cap_bytes: int | None
+    costs: CostsLabel
+    solver: SolverDoc
+    predicted: PredictedDoc
+    assignment: dict[str, str]
+    layouts: dict[str, str]
+    layers: list[LayerDoc]
+    transforms: list[TransformDoc]
+    baselines: dict[str, BaselineDoc]
 
 
 def plan_document(context: PlanContext, solution: Solution, cap: int | None,
                   machine: Mapping[str, Any], threads: int,
-                  baseline_plans: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The plan as JSON-ready data."""
+                  baseline_plans: Mapping[str, Any] | None = None) -> Plan:
+    """The `Plan` of ``solution``."""
     network, p = context.network, context.problem
     algorithms, layouts = context.assignment(solution.choice)
     layers = []
     for node in network.nodes:
         options = p.candidates[node.name]
         c = options[solution.choice[node.name]]
-        layers.append({"name": node.name, "op": node.op, "algorithm": c.algorithm,
-                       "input_layout": c.input_layout, "output_layout": c.output_layout,
-                       "time_s": c.time_s, "workspace_bytes": c.workspace_bytes,
-                       "prepared_bytes": c.prepared_bytes,
-                       "candidates": [_candidate_doc(o) for o in options]})
-    transforms = [{"tensor": t, "for": n, "into": layout,
-                   "time_s": p.transform_time[t, layout], "bytes": p.tensor_bytes[t]}
+        layers.append(LayerDoc(name=node.name, op=node.op, algorithm=c.algorithm,
+                               input_layout=c.input_layout, output_layout=c.output_layout,
+                               time_s=c.time_s, workspace_bytes=c.workspace_bytes,
+                               prepared_bytes=c.prepared_bytes,
+                               candidates=[CandidateDoc.of(o) for o in options]))
+    transforms = [TransformDoc(tensor=t, for_=n, into=layout,
+                               time_s=p.transform_time[t, layout], bytes=p.tensor_bytes[t])
                   for t, n, layout in solution.transforms]
     costs = next(iter(context.sources)) if len(context.sources) == 1 else "mixed"
-    return {
-        "network": network.name,
-        "machine": dict(machine),
-        "threads": threads,
-        "memory_cap_bytes": cap,
-        "costs": costs,
-        "solver": {"name": solution.solver, "status": solution.status,
-                   "optimal": solution.optimal, "solve_seconds": solution.solve_seconds},
-        "predicted": {"time_s": solution.time_s,
-                      "peak_bytes": context.predicted_peak(solution.choice),
-                      "model_bound_bytes": solution.peak_bytes},
-        "assignment": algorithms,
-        "layouts": layouts,
-        "layers": layers,
-        "transforms": transforms,
-        "baselines": dict(baseline_plans or {}),
-    }
+    return Plan(
+        network=network.name,
+        machine=dict(machine),
+        threads=threads,
+        memory_cap_bytes=cap,
+        costs=costs,
+        solver=SolverDoc(name=solution.solver, status=solution.status,
+                         optimal=solution.optimal, solve_seconds=solution.solve_seconds),
+        predicted=PredictedDoc(time_s=solution.time_s,
+                               peak_bytes=context.predicted_peak(solution.choice),
+                               model_bound_bytes=solution.peak_bytes),
+        assignment=algorithms,
+        layouts=layouts,
+        layers=layers,
+        transforms=transforms,
+        baselines={name: BaselineDoc.model_validate(row)
+                   for name, row in (baseline_plans or {}).items()},
+    )

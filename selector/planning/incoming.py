@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from convplan.kernels import registry
 from convplan.selector.network import Name, Network, NetworkError, load_json, quoted
 
+from .documents import Plan
+
 
 class PlanError(NetworkError):
     """A plan that cannot run on the network it is given: the message says why."""
@@ -33,9 +35,13 @@ class PlanSpec(BaseModel):
 
 
 def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
-    """A `PlanSpec` from JSON text or parsed data; PlanError saying what is wrong."""
+    """A `PlanSpec` from a `Plan`, JSON text or parsed data; PlanError saying what is wrong.
+    A `Plan` is validated as its JSON would be (only what running needs of it)."""
     if isinstance(data, PlanSpec):
         return data
+    if isinstance(data, Plan):
+        data = data.model_dump(mode="json", include={"network", "assignment", "layouts",
+                                                     "threads"})
     if isinstance(data, str | bytes):
         try:
             data = load_json(data, what)

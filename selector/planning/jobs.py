@@ -1,6 +1,6 @@
 """A planning job, as the CLI, the service and batch start one: a `PlanRequest` (cap, threads,
 solver, whether to measure, the cost store) and `plan_network`, which profiles what the plan
-needs and returns the plan document."""
+needs and returns the plan document (a `Plan`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import Profiler, Progress
@@ -16,6 +15,7 @@ from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostStore
 from convplan.selector.network import Network
 
+from .documents import Plan
 from .ilp import SOLVERS, PlanningError
 from .problem import CostFunction
 from .solving import make_plan
@@ -70,8 +70,8 @@ def cost_function(profiler: Profiler, measure: bool, progress: Progress | None =
 
 
 def plan_network(network: Network, request: PlanRequest, progress: Progress | None = None
-                 ) -> dict[str, Any]:
-    """Plan ``network`` as ``request`` asks: the plan document."""
+                 ) -> Plan:
+    """Plan ``network`` as ``request`` asks: its `Plan`."""
     if request.solver not in SOLVERS:
         raise PlanningError(f"unknown solver {request.solver!r}; use one of "
                             f"{', '.join(SOLVERS)}")

@@ -10,15 +10,15 @@ from typing import Any
 from convplan.selector.network import Network
 
 from .baselines import baselines
-from .documents import plan_document
+from .documents import Plan, plan_document
 from .ilp import Infeasible, PlanningError, Solution, minimum_peak, solve
 from .problem import CostFunction, PlanContext, build_problem
 
 
 def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine: Mapping,
               threads: int, solver: str = "cbc", time_limit_s: float = 60.0,
-              with_baselines: bool = True) -> dict[str, Any]:
-    """Solve ``network`` under ``cap`` (None: fastest) and return the plan document."""
+              with_baselines: bool = True) -> Plan:
+    """Solve ``network`` under ``cap`` (None: fastest) and return its `Plan`."""
     context = build_problem(network, costs)
     if cap is None:
         solution = solve(context.problem, None, solver=solver, time_limit_s=time_limit_s)

@@ -6,16 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form
 
+from convplan.selector.planning import Plan
+
 from .. import work
 from ..deps import JsonBody, PoolDep, SettingsDep
 from ..errors import ERRORS
-from ..schemas import ParetoBody, ParetoResponse, PlanBody, PlanDocument, PlanOnnxForm
+from ..schemas import ParetoBody, ParetoResponse, PlanBody, PlanOnnxForm
 
 router = APIRouter(tags=["planning"], responses=ERRORS)
 
 
-@router.post("/v1/plan", response_model=PlanDocument, dependencies=[JsonBody])
-async def plan(body: PlanBody, pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
+@router.post("/v1/plan", response_model=Plan, dependencies=[JsonBody])
+async def plan(body: PlanBody, pool: PoolDep, settings: SettingsDep) -> Plan:
     """The fastest plan under the memory cap (an ILP), with every candidate and four
     baselines: the same document as `convplan plan --json`."""
     options = body.model_dump(exclude={"network"})
@@ -23,9 +25,9 @@ async def plan(body: PlanBody, pool: PoolDep, settings: SettingsDep) -> dict[str
                           pass_deadline=True)
 
 
-@router.post("/v1/plan/onnx", response_model=PlanDocument)
+@router.post("/v1/plan/onnx", response_model=Plan)
 async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/form-data")],
-                    pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
+                    pool: PoolDep, settings: SettingsDep) -> Plan:
     """As /v1/plan, for an uploaded ONNX file (multipart: `file` and the option fields)."""
     data = await form.file.read()
     return await pool.run(work.plan_task, ("onnx", data), form.model_dump(exclude={"file"}),
