@@ -12,11 +12,11 @@ import os
 import statistics
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from convplan.kernels import blas
 from convplan.kernels.executor import Executor
@@ -26,8 +26,9 @@ from .memory import predict
 from .network import Network, NetworkError, shown
 
 
-@dataclass
-class LayerReport:
+class LayerReport(BaseModel):
+    """One executed step: what ran, in which layout, its time and memory."""
+
     name: str
     op: str
     algorithm: str | None
@@ -36,33 +37,33 @@ class LayerReport:
     workspace_bytes: int
     live_bytes: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
+class RunReport(BaseModel):
+    """What a run measured next to what the memory model predicted: the one model of the run
+    report (`convplan run --json` dumps it; `/v1/run` answers with it and the output). The
+    output arrays are attributes; the document holds only their shapes (``outputs``)."""
 
-@dataclass
-class RunReport:
+    model_config = ConfigDict(arbitrary_types_allowed=True)
     network: str
     threads: int
-    time_s: float
-    measured_peak_bytes: int
-    predicted_peak_bytes: int
+    time_s: float = Field(description="Median of `repeat` untraced runs.")
+    measured_peak_bytes: int = Field(description="tracemalloc's peak of the traced run.")
+    predicted_peak_bytes: int = Field(description="The memory model's peak (the promise).")
     peak_step: str
     prepared_bytes: int
     input_bytes: int
     weight_bytes: int
+    notes: list[str]
+    max_abs_error: float | None = Field(description="Set by a check against the reference.")
+    max_rel_error: float | None
+    reference: str | None = Field(description="The reference engine checked against.")
+    outputs: dict[str, np.ndarray] = Field(default_factory=dict, description=(
+        "Output name -> shape (the arrays stay out of the document)."))
     layers: list[LayerReport]
-    outputs: dict[str, np.ndarray]
-    notes: list[str] = field(default_factory=list)
-    max_abs_error: float | None = None
-    max_rel_error: float | None = None
-    reference: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("layers", "outputs")}
-        out["outputs"] = {k: list(v.shape) for k, v in self.outputs.items()}
-        out["layers"] = [layer.as_dict() for layer in self.layers]
-        return out
+    @field_serializer("outputs")
+    def _output_shapes(self, outputs: dict[str, np.ndarray]) -> dict[str, list[int]]:
+        return {k: list(v.shape) for k, v in outputs.items()}
 
 
 def random_inputs(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
@@ -224,7 +225,8 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
         measured_peak_bytes=traced.measured_peak_bytes, predicted_peak_bytes=profile.peak_bytes,
         peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
         input_bytes=profile.input_bytes, weight_bytes=network.weight_bytes, layers=layers,
-        outputs=outputs, notes=lowered.notes)
+        outputs=outputs, notes=lowered.notes, max_abs_error=None, max_rel_error=None,
+        reference=None)
     if check:
         _check(report, network, feeds, assignment, algorithm, strict, layouts, threads)
     return report

@@ -1,6 +1,7 @@
-"""The plan document is one pydantic model, `Plan`: its JSON is, key for key and type for type,
-the document convplan has always written (pinned by ``data/alexnet_plan.json``, made by the
-dict-building code `Plan` replaced, for the same network, costs and cap)."""
+"""Each document is one pydantic model. `Plan`: its JSON is, key for key and type for type, the
+document convplan has always written (pinned by ``data/alexnet_plan.json``, made by the
+dict-building code `Plan` replaced, for the same network, costs and cap). `RunReport`: the
+document `convplan run --json` has always printed, the output arrays left out."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from convplan.selector.planning import (
     plan_spec,
     solve,
 )
+from convplan.selector.runner import run_network
 
 PINNED = Path(__file__).parent / "data" / "alexnet_plan.json"
 #: What differs between two solves of the same problem.
@@ -79,3 +81,27 @@ def test_a_plan_runs_as_its_spec() -> None:
     assert (spec.network, spec.assignment, spec.layouts, spec.threads) == \
         (plan.network, plan.assignment, plan.layouts, plan.threads)
     assert plan_spec(plan.model_dump(mode="json")).assignment == spec.assignment
+
+
+#: The document `convplan run --json` printed before `RunReport` was a model: its keys in
+#: order (a layer's keys once), each with its JSON type.
+RUN_KEYS = ["network", "threads", "time_s", "measured_peak_bytes", "predicted_peak_bytes",
+            "peak_step", "prepared_bytes", "input_bytes", "weight_bytes", "notes",
+            "max_abs_error", "max_rel_error", "reference", "outputs", "layers"]
+LAYER_KEYS = {"name": str, "op": str, "algorithm": (str, type(None)), "layout": str,
+              "time_s": float, "workspace_bytes": int, "live_bytes": int}
+
+
+def test_the_run_report_dumps_the_run_document_without_its_arrays() -> None:
+    network = zoo.builtin("alexnet")
+    report = run_network(network, threads=1, check=True)
+    document = report.model_dump(mode="json")
+    assert list(document) == RUN_KEYS
+    assert document["outputs"] == {"prob_1": [1, 1000]}                 # shapes, not arrays
+    assert report.outputs["prob_1"].shape == (1, 1000)
+    assert isinstance(document["time_s"], float) and isinstance(document["threads"], int)
+    assert isinstance(document["max_abs_error"], float) and document["reference"]
+    for layer in document["layers"]:
+        assert list(layer) == list(LAYER_KEYS)
+        assert all(isinstance(layer[k], t) for k, t in LAYER_KEYS.items()), layer
+    assert json.loads(json.dumps(document)) == document

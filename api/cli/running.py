@@ -96,7 +96,7 @@ def run(
     if output_path is not None:
         _save(output_path, report)
     if as_json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
     _print_run(report)
 

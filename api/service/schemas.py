@@ -3,13 +3,15 @@ schema-driven clients (and fuzzers) see exactly what the service accepts and ret
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic.json_schema import SkipJsonSchema
 
 from convplan.selector.network import NetworkDescription
 from convplan.selector.planning import BaselineDoc, CostsLabel, Plan, PlanSpec
+from convplan.selector.runner import RunReport
 
 #: A built-in network name (GET /v1/networks) or a JSON network description.
 NetworkField = Annotated[
@@ -125,32 +127,13 @@ class ParetoResponse(BaseModel):
 
 
 # -- running --------------------------------------------------------------------------------------
-class RunLayer(BaseModel):
-    name: str
-    op: str
-    algorithm: str | None
-    layout: str
-    time_s: float
-    workspace_bytes: int
-    live_bytes: int
+class RunResponse(RunReport):
+    """/v1/run's answer: the run's `RunReport` (`convplan run --json`'s document, its output
+    shapes under ``output_shapes`` rather than ``outputs``) with what an HTTP client needs
+    besides: the output itself, whether the promise held, and the plan made first."""
 
-
-class RunResponse(BaseModel):
-    network: str
-    threads: int
-    time_s: float = Field(description="Median of `repeat` untraced runs.")
-    measured_peak_bytes: int = Field(description="tracemalloc's peak of the traced run.")
-    predicted_peak_bytes: int = Field(description="The memory model's peak (the promise).")
+    outputs: SkipJsonSchema[dict[str, Any]] = Field(default_factory=dict, exclude=True)
     within_prediction: bool = Field(description="measured <= predicted.")
-    peak_step: str
-    prepared_bytes: int
-    input_bytes: int
-    weight_bytes: int
-    notes: list[str]
-    max_abs_error: float | None
-    max_rel_error: float | None
-    reference: str | None
-    layers: list[RunLayer]
     output: str = Field(description="Base64 of a .npy (one output) or .npz (several, by name).")
     output_format: Literal["npy", "npz"]
     output_shapes: dict[str, list[int]]

@@ -303,9 +303,10 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
                              threads=threads, repeat=min(int(body.get("repeat", 1)),
                                                          settings.max_repeat),
                              check=bool(body.get("check", False)))
-    out = report.as_dict()
+    # what schemas.RunResponse (a RunReport) adds; the arrays travel encoded, not pickled
+    out = report.model_dump(exclude={"outputs"})
     out["output"], out["output_format"] = encode_outputs(report.outputs)
-    out["output_shapes"] = out.pop("outputs")
+    out["output_shapes"] = {k: list(v.shape) for k, v in report.outputs.items()}
     out["within_prediction"] = report.measured_peak_bytes <= report.predicted_peak_bytes
     out["plan"] = document
     return out
