@@ -183,17 +183,19 @@ def _read_npz(data: bytes, network: Network, what: str) -> dict[str, np.ndarray]
 def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None, *,
                 assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
                 layouts: Mapping[str, str] | None = None, strict: bool = False,
-                threads: int | None = None, repeat: int = 1, check: bool = False) -> RunReport:
+                threads: int | None = None, repeat: int = 1, check: bool = False,
+                made_for: str | None = None) -> RunReport:
     """Run ``network`` once traced (memory) and ``repeat`` times untraced (time: the median).
 
-    ``assignment`` (layer -> algorithm; ``strict`` for plans) or one ``algorithm`` for every
-    convolution; neither: the default per layer. ``layouts``: the layout each other layer runs
-    in (a plan's choice). ``check`` compares with the reference.
+    ``assignment`` (layer -> algorithm; ``strict`` for plans, checked with `check_plan`, made
+    for the network named ``made_for`` if given) or one ``algorithm`` for every convolution;
+    neither: the default per layer. ``layouts``: the layout each other layer runs in (a
+    plan's choice). ``check`` compares with the reference.
     """
     if strict and assignment is not None:
         from .planning import check_plan
 
-        check_plan(network, assignment, layouts)
+        check_plan(network, assignment, layouts, made_for=made_for)
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
     lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                     layouts=layouts)  # type: ignore[arg-type]
@@ -238,14 +240,14 @@ def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | Non
     refused unless it fits the network exactly and, when it names one, was made for it.
     ``threads``: given, else the thread count the plan's costs were measured with, at most
     this machine's cores."""
-    from .planning import check_plan, plan_spec
+    from .planning import plan_spec
 
     spec = plan_spec(plan)
-    check_plan(network, spec.assignment, spec.layouts, made_for=spec.network)
     if threads is None and spec.threads is not None:
         threads = min(spec.threads, os.cpu_count() or 1)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
-                       strict=True, threads=threads, repeat=repeat, check=check)
+                       strict=True, threads=threads, repeat=repeat, check=check,
+                       made_for=spec.network)
 
 
 def softmax_inputs(network: Network) -> dict[str, str]:

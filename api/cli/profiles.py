@@ -23,6 +23,7 @@ from convplan.api.cli.common import (
     console,
     counting_bar,
     fail,
+    load_model,
     new_table,
     store_warnings,
     warn,
@@ -79,13 +80,12 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
     """`profile` once its options are checked (--threads and the durations by their
     declarations)."""
     from convplan.profiles.profiler import Profiler
-    from convplan.selector import zoo
     from convplan.selector.planning import requests_for
 
     if scheduler is not None and local_cluster is not None:
         fail("give --scheduler or --local-cluster, not both")
     with bad_input():               # NetworkError and every bad-model error
-        network = zoo.load_network(model)
+        network = load_model(model)
     specs = [network.conv_spec(node) for node in network.conv_nodes]
     requests = requests_for(network)        # exactly what `convplan plan` will ask for
     convs = [r for r in requests if r.kind == "conv"]

@@ -30,7 +30,6 @@ from convplan.selector.planning import (
     PlanRequest,
     baselines,
     build_problem,
-    check_plan,
     cost_function,
     parse_bytes,
     plan_network,
@@ -38,7 +37,12 @@ from convplan.selector.planning import (
     requests_for,
 )
 from convplan.selector.planning import pareto as pareto_frontier
-from convplan.selector.runner import npy_header, random_inputs, read_inputs, run_network
+from convplan.selector.runner import (
+    random_inputs,
+    read_inputs,
+    run_network,
+    run_plan,
+)
 from convplan.settings import ServiceSettings
 
 
@@ -105,16 +109,11 @@ def limits(settings: ServiceSettings) -> Limits:
                   max_weight_bytes=weights, max_total_bytes=tensor + weights)
 
 
-def check_network(network: Network, settings: ServiceSettings) -> None:
-    """The same bounds on a network built elsewhere (built-ins, ONNX imports)."""
-    with client_errors():
-        zoo.check_limits(network, limits(settings))
-
-
 def load(source: Source, settings: ServiceSettings) -> Network:
     """The network a request names; never a path on the server (names are built-ins only).
     Descriptions and ONNX files are checked against the limits before weights exist."""
     kind, value = source
+    bounds = limits(settings)
     with client_errors():
         if kind == "builtin":
             assert isinstance(value, str)
@@ -122,15 +121,12 @@ def load(source: Source, settings: ServiceSettings) -> Network:
                 raise ServiceError(404, "unknown_network", f"unknown network {value[:100]!r}; "
                                    f"built in: {', '.join(zoo.names())} (or give a description "
                                    "object)")
-            network = zoo.builtin(value)
-        elif kind == "description":
+            return zoo.check_limits(zoo.builtin(value), bounds)
+        if kind == "description":
             assert isinstance(value, dict)
-            network = zoo.description_network(value, limits(settings))
-        else:
-            assert isinstance(value, bytes)
-            network = zoo.onnx_network(value, limits(settings))
-    check_network(network, settings)
-    return network
+            return zoo.description_network(value, bounds)
+        assert isinstance(value, bytes)
+        return zoo.onnx_network(value, bounds)
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -232,11 +228,6 @@ def pareto_task(source: Source, options: dict[str, Any], points: int, settings: 
 
 
 # -- running -------------------------------------------------------------------------------------
-def _npy_shape(data: bytes) -> tuple[int, ...]:
-    """The shape an .npy header declares (read before NumPy allocates anything)."""
-    return npy_header(io.BytesIO(data))[0]
-
-
 def decode_inputs(text: str, network: Network, settings: ServiceSettings) -> dict[str, np.ndarray]:
     """Base64 of an .npy (one input) or an .npz (by input name); every array's header (name,
     shape, numeric dtype, data present) is checked against the network before it is read."""
@@ -273,36 +264,29 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
     with client_errors():
         network = load(source, settings)
         plan = body.get("plan")
+        algorithm = body.get("algorithm")
         threads = plan_request({"threads": body.get("threads")}, settings).threads
         document = None
-        assignment = layouts = algorithm = None
-        if plan is not None and body.get("algorithm") is not None:
+        if plan is not None and algorithm is not None:
             raise ServiceError(400, "invalid_value", "give a plan or an algorithm, not both")
-        if plan is not None:
-            assignment, layouts = plan["assignment"], plan.get("layouts") or {}
-            # made for this network (when the plan names its own), as `convplan run --plan`
-            check_plan(network, assignment, layouts, made_for=plan.get("network"))
-            threads = threads or plan.get("threads")
-        elif body.get("algorithm") is not None:
-            algorithm = body["algorithm"]
+        if algorithm is not None:
             registry.get(algorithm)          # an unknown name is a clear error, not a fallback
-        else:
+        elif plan is None:
             request, measure_until = _within_deadline(  # half of the time left for the run
                 plan_request(body, settings), deadline, PLAN_SOLVES, 0.25, 0.25)
             with measuring_deadline(measure_until):
-                document = plan_network(network, request)
-            assignment, layouts = document.assignment, document.layouts
-            threads = threads or document.threads
-        if threads is not None and threads > (os.cpu_count() or 1):
-            threads = os.cpu_count() or 1       # a plan made on a machine with more cores
+                plan = document = plan_network(network, request)
         text = body.get("input")
         inputs = (decode_inputs(text, network, settings) if text is not None
                   else random_inputs(network, int(body.get("seed", 0))))
-        report = run_network(network, inputs, assignment=assignment, layouts=layouts,
-                             algorithm=algorithm, strict=assignment is not None,
-                             threads=threads, repeat=min(int(body.get("repeat", 1)),
-                                                         settings.max_repeat),
-                             check=bool(body.get("check", False)))
+        repeat = min(int(body.get("repeat", 1)), settings.max_repeat)
+        check = bool(body.get("check", False))
+        if plan is not None:     # made for this network, its threads within ours: run_plan
+            report = run_plan(network, plan, inputs, threads=threads, repeat=repeat,
+                              check=check)
+        else:
+            report = run_network(network, inputs, algorithm=algorithm, threads=threads,
+                                 repeat=repeat, check=check)
     # what schemas.RunResponse (a RunReport) adds; the arrays travel encoded, not pickled
     out = report.model_dump(exclude={"outputs"})
     out["output"], out["output_format"] = encode_outputs(report.outputs)

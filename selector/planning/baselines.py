@@ -9,7 +9,7 @@ from typing import Any
 
 from convplan.selector.lowering import NETWORK_LAYOUT
 
-from .ilp import Candidate, evaluate, minimum_peak
+from .ilp import Candidate, evaluate
 from .problem import PlanContext
 
 
@@ -60,7 +60,7 @@ def baselines(context: PlanContext, cap: int | None, *, solver: str = "cbc",
     out: dict[str, dict[str, Any]] = {}
     for name, choice in choices.items():
         out[name] = summary(context, _network_layout_outputs(context, choice), cap)
-    lowest = minimum_peak(p, solver=solver, time_limit_s=time_limit_s)
+    lowest = context.lowest(solver, time_limit_s)
     out["lowest_memory"] = summary(context, lowest.choice, cap)
     return out
 

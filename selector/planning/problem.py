@@ -27,7 +27,7 @@ from convplan.selector.memory import (
 from convplan.selector.network import Network
 
 from .candidates import enumerate_candidates
-from .ilp import Problem
+from .ilp import Problem, Solution, minimum_peak
 
 #: Costs for a batch of requests: ``Profiler.costs`` (measured, cached, or estimated).
 CostFunction = Callable[[list[CostRequest]], Mapping[tuple[str, str, str], Measurement]]
@@ -59,6 +59,16 @@ class PlanContext:
     problem: Problem
     sources: set[str]
     predictions: Predictions
+    _lowest: dict[tuple[str, float], Solution] = field(default_factory=dict, repr=False)
+
+    def lowest(self, solver: str = "cbc", time_limit_s: float = 60.0) -> Solution:
+        """The lowest-memory choice (`ilp.minimum_peak`), solved once per request: the
+        baselines, a refused cap and the Pareto sweep all ask for it."""
+        key = (solver, time_limit_s)
+        if key not in self._lowest:
+            self._lowest[key] = minimum_peak(self.problem, solver=solver,
+                                             time_limit_s=time_limit_s)
+        return self._lowest[key]
 
     def assignment(self, choice: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Layout]]:
         """(conv layer -> algorithm, other layer -> layout) for `lowering.lower`."""

@@ -11,7 +11,7 @@ from convplan.selector.network import Network
 
 from .baselines import baselines
 from .documents import Plan, plan_document
-from .ilp import Infeasible, PlanningError, Solution, minimum_peak, solve
+from .ilp import Infeasible, PlanningError, Solution, solve
 from .problem import CostFunction, PlanContext, build_problem
 
 
@@ -42,7 +42,7 @@ def _under_cap(context: PlanContext, cap: int, *, solver: str, time_limit_s: flo
                                        time_limit_s=time_limit_s),
                         cap, solver=solver, time_limit_s=time_limit_s)
     except Infeasible:
-        lowest = minimum_peak(context.problem, solver=solver, time_limit_s=time_limit_s)
+        lowest = context.lowest(solver, time_limit_s)
     smallest = context.predicted_peak(lowest.choice)
     if smallest > cap:
         raise Infeasible(f"no plan fits in {cap} bytes: the smallest achievable peak is "
@@ -83,7 +83,7 @@ def pareto(context: PlanContext, points: int = 8, *, solver: str = "cbc",
     """The time / peak-memory frontier: re-solve over caps from the lowest achievable peak to the
     fastest plan's peak; dominated and repeated points are dropped, so time falls as peak rises."""
     p = context.problem
-    low = minimum_peak(p, solver=solver, time_limit_s=time_limit_s)
+    low = context.lowest(solver, time_limit_s)
     fast = solve(p, None, solver=solver, time_limit_s=time_limit_s)
     caps = sorted({low.peak_bytes, fast.peak_bytes} | {
         int(low.peak_bytes + (fast.peak_bytes - low.peak_bytes) * i / max(points - 1, 1))
