@@ -41,8 +41,7 @@ from convplan.profiles.remote import (
 )
 from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostKey, CostStore
-from convplan.selector import zoo
-from convplan.selector.network import Limits, Network
+from convplan.selector.network import Limits, Network, zoo
 from convplan.selector.planning import SOLVERS, Plan, PlanRequest, plan_network
 
 if TYPE_CHECKING:

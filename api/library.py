@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from convplan.selector.network import Network
+from convplan.selector.network import Network, load_network
 from convplan.selector.planning import Plan, PlanRequest, parse_bytes, plan_network
 from convplan.selector.runner import RunReport, run_network, run_plan
-from convplan.selector.zoo import load_network
 
 
 def _network(network: Network | str | Path) -> Network:

@@ -23,7 +23,7 @@ from convplan.kernels import blas, registry
 from convplan.kernels.layout import convert
 from convplan.kernels.measure import peak_allocation
 from convplan.profiles.timing import median_time
-from convplan.selector.layers import paper_layer
+from convplan.selector.network import paper_layer
 
 LAYERS = ["alexnet:conv1", "alexnet:conv2", "alexnet:conv3", "vgg16:conv1_2", "vgg16:conv3_1",
           "vgg16:conv5_1", "googlenet:inception_3a/1x1", "googlenet:inception_3a/3x3",

@@ -37,7 +37,7 @@ def _rss_bytes() -> int:
 
 def child(engine: str, model: str, threads: int, repeat: int) -> dict:
     """Runs in a fresh process: import, note RSS, load, warm up, time."""
-    from convplan.selector import zoo
+    from convplan.selector.network import zoo
 
     baseline = _rss_bytes()
     inputs, _ = zoo.light_model_io(model)

@@ -21,7 +21,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 from convplan.profiles.profiler import Profiler  # noqa: E402
 from convplan.profiles.store import CostStore  # noqa: E402
-from convplan.selector import zoo  # noqa: E402
+from convplan.selector.network import zoo  # noqa: E402
 from convplan.selector.planning import (  # noqa: E402
     PlanningError,
     baselines,

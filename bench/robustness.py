@@ -50,7 +50,7 @@ from hypothesis import settings as hsettings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from convplan.selector.network import Network  # noqa: E402
-from convplan.selector.reference import reference_outputs  # noqa: E402
+from convplan.selector.onnx import reference_outputs  # noqa: E402
 from tests import hostile_networks, test_hostile_json, test_hostile_onnx  # noqa: E402
 from tests import test_hostile_store as stores  # noqa: E402
 from tests.processes import run_convplan  # noqa: E402

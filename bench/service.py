@@ -134,8 +134,7 @@ async def level(url: str, body: dict, clients: int, requests: int) -> dict:
 
 def in_process_ms(body: dict, store: Path, repeats: int = 5) -> float:
     """The same plan by `plan_network` in this process: what the service adds is the rest."""
-    from convplan.selector import zoo
-    from convplan.selector.network import Network
+    from convplan.selector.network import Network, zoo
     from convplan.selector.planning import PlanRequest, parse_bytes, plan_network
 
     network = (zoo.builtin(body["network"]) if isinstance(body["network"], str)

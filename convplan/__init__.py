@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from convplan.api.library import plan as plan
     from convplan.api.library import run as run
     from convplan.kernels import conv2d as conv2d
-    from convplan.selector.zoo import load_network as load_network
+    from convplan.selector.network import load_network as load_network
 
 _PUBLIC = {
     "conv2d": "convplan.kernels",
-    "load_network": "convplan.selector.zoo",
+    "load_network": "convplan.selector.network",
     "plan": "convplan.api.library",
     "run": "convplan.api.library",
 }

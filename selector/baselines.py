@@ -1,4 +1,7 @@
-"""Assignments that need no measurements: one algorithm everywhere, or the least memory."""
+"""Assignments that need no measurements: one algorithm everywhere, or the least memory.
+
+The tests and the benchmarks run networks under them; the plan document's reference plans are
+`planning.baselines`, priced from measured costs."""
 
 from __future__ import annotations
 

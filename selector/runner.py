@@ -283,7 +283,7 @@ def _check(report: RunReport, network: Network, feeds: dict[str, np.ndarray],
            assignment: Mapping[str, str] | None, algorithm: str | None, strict: bool,
            layouts: Mapping[str, str] | None, threads: int | None) -> None:
     """Compare with the reference: the outputs, or the logits before a final softmax."""
-    from .reference import inner_tensors, reference_engine, reference_outputs
+    from .onnx import inner_tensors, reference_engine, reference_outputs
 
     logits = softmax_inputs(network)
     usable = set(inner_tensors(network, sorted(set(logits.values())))) if logits else set()

@@ -38,7 +38,7 @@ from convplan.profiles.fingerprint import machine_fingerprint
 from convplan.profiles.profiler import Profiler
 from convplan.profiles.remote import fingerprint_differences, measure_chunk
 from convplan.profiles.store import CostStore
-from convplan.selector import zoo
+from convplan.selector.network import zoo
 from convplan.selector.planning import PlanRequest, requests_for
 from convplan.selector.runner import run_network
 

@@ -16,8 +16,8 @@ from convplan.kernels.executor import Executor, Program, Step
 from convplan.kernels.layout import convert
 from convplan.profiles.measurement import Measurement
 from convplan.selector.network import Network
+from convplan.selector.onnx import reference_outputs
 from convplan.selector.planning import make_plan
-from convplan.selector.reference import reference_outputs
 from convplan.selector.runner import run_network
 
 

@@ -22,7 +22,8 @@ from onnx import AttributeProto, TensorProto, helper
 from processes import run_convplan
 
 from convplan.selector.network import NetworkError
-from convplan.selector.onnx_import import _refuse_external_data, load_onnx
+from convplan.selector.onnx import load_onnx
+from convplan.selector.onnx.reading import refuse_external_data
 from convplan.selector.runner import run_network
 from tests import hostile_onnx as h
 
@@ -365,14 +366,14 @@ def test_deep_nesting_in_memory_is_walked_without_recursion() -> None:
     found, without RecursionError."""
     m = h.deep_nesting_in_memory(10_000, "/etc/hostname")
     with deadline(20), pytest.raises(NetworkError, match="'deep' refers to an external"):
-        _refuse_external_data(m)
+        refuse_external_data(m)
 
 
 def test_the_loop_that_never_ends_is_refused_in_a_fresh_process(tmp_path: Path) -> None:
     path = tmp_path / "loop.onnx"
     path.write_bytes(as_bytes(h.loop_forever()))
     assert path.stat().st_size < 400
-    code = ("import sys\nfrom convplan.selector.onnx_import import load_onnx\n"
+    code = ("import sys\nfrom convplan.selector.onnx import load_onnx\n"
             "from convplan.selector.network import NetworkError\n"
             "try:\n    load_onnx(sys.argv[1])\nexcept NetworkError as e:\n"
             "    print(e)\n    sys.exit(3)\n")

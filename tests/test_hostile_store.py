@@ -38,7 +38,7 @@ NET = {"name": "tiny", "inputs": [{"name": "x", "shape": [1, 4, 8, 8]}],
 
 def plan(net_json: Path, db: Path, measure: bool = True) -> Plan:
     """The `Plan` of ``net_json`` from the costs in ``db`` (without the baselines)."""
-    from convplan.selector import zoo
+    from convplan.selector.network import zoo
     from convplan.selector.planning import PlanRequest, cost_function, make_plan, profiler_for
 
     profiler = profiler_for(PlanRequest(threads=1, budget_s=0.002, db=str(db)))
@@ -493,7 +493,7 @@ def _forged(genuine: dict, path: Path, measured_at: float) -> Path:
 
 def test_a_forged_import_never_beats_this_machines_measurements(tmp_path: Path) -> None:
     from convplan.profiles.profiler import Profiler
-    from convplan.selector import zoo
+    from convplan.selector.network import zoo
     from convplan.selector.planning import requests_for
 
     net = tmp_path / "net.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convplan.selector import zoo
 from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
+from convplan.selector.network import zoo
 from convplan.selector.runner import run_network
 
 MODELS = zoo.light_models()

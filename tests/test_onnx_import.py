@@ -12,8 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
 from convplan.selector.network import NetworkError
-from convplan.selector.onnx_import import load_onnx
-from convplan.selector.reference import reference_outputs
+from convplan.selector.onnx import load_onnx, reference_outputs
 from convplan.selector.runner import random_inputs, run_network
 
 DATA = Path(__file__).parent / "data"

@@ -39,8 +39,7 @@ from convplan.kernels.operators.elementwise import Relu
 from convplan.kernels.operators.normalization import BatchNorm
 from convplan.kernels.operators.shape import Identity, Reshape, Transpose
 from convplan.kernels.operators.softmax import Softmax
-from convplan.selector.onnx_export import layer_to_onnx, single_layer_model
-from convplan.selector.onnx_import import load_onnx
+from convplan.selector.onnx import layer_to_onnx, load_onnx, single_layer_model
 from convplan.selector.runner import run_network
 
 Shape = tuple[int, ...]

@@ -77,8 +77,10 @@ def test_the_wheel_holds_only_the_convplan_namespace(tmp_path: Path) -> None:
     assert {t for t in top if not t.endswith(".dist-info")} == {"convplan"}
     for module in ("convplan/__init__.py", "convplan/cli.py", "convplan/kernels/blas.py",
                    "convplan/kernels/algorithms/patch.py", "convplan/selector/planning/ilp.py",
-                   "convplan/selector/data/paper_layers.json", "convplan/profiles/store.py",
-                   "convplan/api/service/app.py", "convplan/api/cli/app.py"):
+                   "convplan/selector/network/zoo.py", "convplan/selector/onnx/converters.py",
+                   "convplan/selector/network/data/paper_layers.json",
+                   "convplan/profiles/store.py", "convplan/api/service/app.py",
+                   "convplan/api/cli/app.py"):
         assert module in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "convplan = convplan.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()

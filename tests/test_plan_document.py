@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from convplan.profiles.profiler import Profiler
-from convplan.selector import zoo
+from convplan.selector.network import zoo
 from convplan.selector.planning import (
     Plan,
     PlanSpec,

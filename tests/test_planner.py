@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from convplan.profiles.profiler import Profiler
-from convplan.selector import zoo
 from convplan.selector.lowering import lower
+from convplan.selector.network import zoo
 from convplan.selector.planning import (
     Infeasible,
     PlanningError,

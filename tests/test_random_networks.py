@@ -11,7 +11,7 @@ from strategies import examples
 
 from convplan.kernels import registry
 from convplan.selector.network import Network
-from convplan.selector.reference import reference_outputs
+from convplan.selector.onnx import reference_outputs
 from convplan.selector.runner import random_inputs, run_network
 
 ASSIGNMENTS = ["default", "im2col", "kn2row-aa-nhwc", "im2row", "direct", "random", "random"]

@@ -19,7 +19,7 @@ from service_server import TINY, Server, assert_json_error, running_server
 
 from convplan.kernels import registry
 from convplan.selector.network import Network
-from convplan.selector.reference import reference_outputs
+from convplan.selector.onnx import reference_outputs
 
 DATA = Path(__file__).parent / "data"
 LIMITS = {"CONVPLAN_MAX_BODY": "1MiB", "CONVPLAN_MAX_LAYERS": "200",

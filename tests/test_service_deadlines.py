@@ -203,7 +203,7 @@ def test_messages_larger_than_the_pipe_buffer_reach_the_worker_and_back(server: 
 
     import numpy as np
 
-    from convplan.selector.onnx_export import network_to_onnx
+    from convplan.selector.onnx import network_to_onnx
 
     wide = {"name": "wide", "seed": 0, "inputs": [{"name": "x", "shape": [1, 256, 8, 8]}],
             "layers": [{"name": "c", "op": "conv", "inputs": ["x"], "out_channels": 256,

@@ -12,7 +12,7 @@ from convplan.kernels.checks import (
     fitted_specs,
     measured_workspace,
 )
-from convplan.selector.layers import paper_layer
+from convplan.selector.network import paper_layer
 
 
 def _cases():

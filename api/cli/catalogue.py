@@ -43,7 +43,7 @@ def algorithms(as_json: Json = False) -> None:
 
 def networks(as_json: Json = False) -> None:
     """List the built-in networks."""
-    from convplan.selector import zoo
+    from convplan.selector.network import zoo
 
     rows = []
     for name in zoo.names():
@@ -135,8 +135,7 @@ def compare(
 ) -> None:
     """Run every applicable algorithm on one layer: time, GFLOP/s, workspace, error."""
     from convplan.kernels import registry
-    from convplan.selector.layers import paper_layer, paper_layers
-    from convplan.selector.network import machine_memory_bytes
+    from convplan.selector.network import machine_memory_bytes, paper_layer, paper_layers
 
     if list_layers:
         for name, spec in paper_layers().items():

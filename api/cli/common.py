@@ -283,8 +283,7 @@ def check_cap_holds_weights(cap: int | None, network: Network, option: str = "--
 
 def load_model(model: str) -> Network:
     """MODEL as the commands that plan or run it load it: within this machine's limits."""
-    from convplan.selector import zoo
-    from convplan.selector.network import Limits
+    from convplan.selector.network import Limits, zoo
 
     return zoo.load_network(model, limits=Limits.of_this_machine())
 

@@ -21,8 +21,7 @@ import numpy as np
 
 from convplan.kernels import registry
 from convplan.profiles.store import StoreError
-from convplan.selector import zoo
-from convplan.selector.network import LimitError, Limits, Network, NetworkError
+from convplan.selector.network import LimitError, Limits, Network, NetworkError, zoo
 from convplan.selector.planning import (
     Plan,
     PlanError,

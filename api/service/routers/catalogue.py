@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from convplan.kernels import registry
-from convplan.selector import zoo
+from convplan.selector.network import zoo
 
 from ..schemas import AlgorithmInfo, NetworkInfo
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from convplan.selector import zoo
+from convplan.selector.network import zoo
 
 from .. import work
 from ..deps import JobsDep, JsonBody, PoolDep, SettingsDep

@@ -16,8 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convplan.kernels import operators
-
-from .network import Network
+from convplan.selector.network import Network
 
 OPSET = 17
 #: The IR version of ONNX 1.12, the release that introduced opset 17 (readable by onnxruntime).

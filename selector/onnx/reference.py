@@ -1,13 +1,15 @@
 """An independent reference for a network's outputs: onnxruntime when installed, else onnx's
 own `ReferenceEvaluator`. ONNX-imported networks run their original file; other networks are
-exported to ONNX first (`onnx_export`)."""
+exported to ONNX first (`export`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from .network import Network
+from convplan.selector.network import Network
+
+from .export import network_to_onnx
 
 
 def reference_engine() -> str:
@@ -22,8 +24,6 @@ def network_model(network: Network) -> onnx.ModelProto:
     """The ONNX model the reference runs: the imported file, or the network exported."""
     if network.source is not None:
         return onnx.load_model_from_string(network.source.read_bytes())
-    from .onnx_export import network_to_onnx
-
     return network_to_onnx(network)
 
 

@@ -1,4 +1,5 @@
-"""Built-in networks by name, and `load_network` for anything a user may name.
+"""Built-in networks by name, and `load_network`: the one loader of anything a user may name
+(a built-in name, a JSON description, an ONNX file).
 
 The paper's networks ``alexnet`` (BVLC AlexNet), ``googlenet`` (Inception v1) and ``resnet50``
 have the architectures of the ONNX light models shipped in the ``onnx`` wheel
@@ -17,15 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from .network import LimitError, Limits, Network, NetworkError, check_description
+from .checking import check_description
+from .errors import LimitError, NetworkError
+from .graph import Network
+from .limits import Limits
 
 
 def load_onnx(*args: Any, **kwargs: Any) -> Network:
-    """`onnx_import.load_onnx`, imported when first needed: onnx takes over a second to import,
-    which every CLI command (and `--help`) would pay."""
-    from .onnx_import import load_onnx as load
+    """`convplan.selector.onnx.load_onnx`, imported when first needed: onnx takes over a
+    second to import, which every CLI command (and `--help`) would pay."""
+    from convplan.selector.onnx import load_onnx as load
 
     return load(*args, **kwargs)
+
 
 #: The paper's networks and the light model behind each (None: described in this module).
 PAPER_NETWORKS: dict[str, str | None] = {

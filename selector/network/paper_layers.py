@@ -12,7 +12,8 @@ from convplan.kernels import ConvSpec
 @cache
 def paper_layers() -> dict[str, ConvSpec]:
     """``{"vgg16:conv3_1": ConvSpec, ...}``, batch 1, float32, in the file's order."""
-    text = resources.files("convplan.selector").joinpath("data/paper_layers.json").read_text()
+    data = resources.files("convplan.selector.network").joinpath("data/paper_layers.json")
+    text = data.read_text()
     layers = {}
     for row in json.loads(text)["layers"]:
         layers[f"{row['network']}:{row['layer']}"] = ConvSpec(

@@ -1,0 +1,191 @@
+"""Checking a description: names, operators, arity, attributes, cycles, shapes, weight shapes
+and every limit, all before the first weight is drawn; `CheckedNetwork.attach` then makes the
+`Network`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from convplan.kernels.operators import Shape
+
+from .attributes import make_operator
+from .description import NetworkDescription, description_of, parse_description
+from .errors import LimitError, NetworkError, quoted
+from .graph import Network, Node
+from .limits import Limits, size_text
+from .weights import weights_for
+
+
+@dataclass
+class CheckedNetwork:
+    """A description that passed every check (names, ops, arity, attributes, cycles, shapes,
+    weight shapes, limits) and holds no weight yet: the first of the two steps of building a
+    `Network`; `attach` is the second."""
+
+    description: NetworkDescription
+    nodes: list[Node]                     # in execution order, weights not attached
+    shapes: dict[str, Shape]
+    outputs: list[str]
+    graph: nx.DiGraph
+    weight_shapes: dict[str, dict[str, Shape]]
+
+    @property
+    def weight_bytes(self) -> int:
+        """What `attach` will allocate for the weights (float32)."""
+        return sum(4 * math.prod(s) for w in self.weight_shapes.values() for s in w.values())
+
+    def attach(self, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Network:
+        """The network with ``weights`` (layer -> name -> array, as checked) or, for a layer
+        not given, seeded random ones drawn straight into float32."""
+        weights = weights or {}
+        d = self.description
+        nodes = [replace(node, weights=weights_for(
+            node, self.weight_shapes[node.name], weights.get(node.name), d.seed))
+            for node in self.nodes]
+        return Network(d.name, {i.name: tuple(i.shape) for i in d.inputs}, nodes,
+                       list(self.outputs), dict(self.shapes), self.graph, d.seed)
+
+
+def check_description(description: NetworkDescription | Mapping[str, Any] | str | bytes,
+                      weights: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
+                      limits: Limits | None = None) -> CheckedNetwork:
+    """Everything checked and every limit applied to the inferred shapes, allocating nothing
+    the size of a tensor; a limit error says which tensor or layer crossed it. Given
+    ``weights`` are checked against the shapes their layers need."""
+    if isinstance(description, str | bytes):
+        description = parse_description(description, limits)
+    else:
+        description = description_of(description, limits)
+    return _check(description, weights or {}, limits or Limits())
+
+
+def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]],
+           limits: Limits) -> CheckedNetwork:
+    if limits.max_layers is not None and len(d.layers) > limits.max_layers:
+        raise LimitError(f"the network has {len(d.layers)} layers; at most {limits.max_layers} "
+                         "are allowed")
+    shapes: dict[str, Shape] = {}
+    producer: dict[str, str] = {}
+    total = 0
+
+    def tensor(name: str, shape: Shape, where: str) -> int:
+        size = 4 * math.prod(shape)
+        if limits.max_tensor_bytes is not None and size > limits.max_tensor_bytes:
+            raise LimitError(f"{where}tensor {quoted(name)} of shape {list(shape)} takes "
+                             f"{size_text(size)}; at most {size_text(limits.max_tensor_bytes)} "
+                             "per tensor are allowed")
+        return size
+
+    for inp in d.inputs:
+        if inp.name in shapes:
+            raise NetworkError(f"input {quoted(inp.name)} is declared twice")
+        shapes[inp.name] = tuple(inp.shape)
+        producer[inp.name] = ""
+        total += tensor(inp.name, shapes[inp.name], "input ")
+
+    # Names, operators and attributes first; the order of layers comes from the graph.
+    nodes: dict[str, Node] = {}
+    graph = nx.DiGraph()
+    for index, layer in enumerate(d.layers):
+        if layer.name in nodes:
+            raise NetworkError(f"layer name {quoted(layer.name)} is used twice")
+        try:
+            operator = make_operator(layer.op, layer.attrs)
+            operator.check_arity(len(layer.inputs))
+        except ValueError as error:
+            raise NetworkError(f"layer {quoted(layer.name)}: {str(error)[:300]}") from None
+        outputs = list(layer.outputs or [layer.name])
+        if len(set(outputs)) != len(outputs):
+            raise NetworkError(f"layer {quoted(layer.name)}: names one output twice")
+        for out in outputs:
+            if out in producer:
+                what = "an input" if producer[out] == "" else f"layer {quoted(producer[out])}"
+                raise NetworkError(f"layer {quoted(layer.name)}: output {quoted(out)} is already "
+                                   f"produced by {what}")
+            producer[out] = layer.name
+        nodes[layer.name] = Node(layer.name, operator, list(layer.inputs), outputs)
+        graph.add_node(layer.name, index=index)
+    for node in nodes.values():
+        for t in node.inputs:
+            if t not in producer:
+                raise NetworkError(f"layer {quoted(node.name)}: input {quoted(t)} is neither a "
+                                   "network input nor the output of a layer")
+            if producer[t]:
+                graph.add_edge(producer[t], node.name, tensor=t)
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = [cycle[0][0]] + [v for _, v in cycle]
+        shown_path = " -> ".join(quoted(n) for n in path[:8]) + (" -> ..." if len(path) > 8 else "")
+        raise NetworkError(f"the layers form a cycle: {shown_path}")
+    order = list(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["index"]))
+
+    # Shapes, weight shapes and every limit, in execution order; no weight exists yet.
+    wanted_of: dict[str, dict[str, Shape]] = {}
+    weight_total = 0
+    for name in order:
+        node = nodes[name]
+        in_shapes = [shapes[t] for t in node.inputs]
+        try:
+            out_shapes = node.operator.output_shapes(in_shapes)
+            wanted = {k: tuple(int(d) for d in s)
+                      for k, s in node.operator.weight_shapes(in_shapes).items()}
+        except ValueError as error:
+            shown_in = ", ".join(f"{quoted(t)} {list(s)}"
+                                 for t, s in zip(node.inputs[:4], in_shapes, strict=False))
+            more = ", ..." if len(node.inputs) > 4 else ""
+            raise NetworkError(f"layer {quoted(name)} ({node.op} of {shown_in}{more}): "
+                               f"{str(error)[:300]}") from None
+        if len(out_shapes) != len(node.outputs):
+            raise NetworkError(f"layer {quoted(name)}: {node.op} produces {len(out_shapes)} "
+                               f"output(s), but {len(node.outputs)} are named")
+        for t, shape in zip(node.outputs, out_shapes, strict=True):
+            shape = tuple(int(s) for s in shape)
+            if min(shape, default=1) < 1:
+                raise NetworkError(f"layer {quoted(name)}: output {quoted(t)} would have shape "
+                                   f"{list(shape)} (empty)")
+            shapes[t] = shape
+            total += tensor(t, shape, f"layer {quoted(name)}: output ")
+        _check_given(node, wanted, weights.get(name))
+        wanted_of[name] = wanted
+        weight_total += sum(4 * math.prod(s) for s in wanted.values())
+        if limits.max_weight_bytes is not None and weight_total > limits.max_weight_bytes:
+            raise LimitError(f"the weights reach {size_text(weight_total)} at layer "
+                             f"{quoted(name)}; at most {size_text(limits.max_weight_bytes)} are "
+                             "allowed")
+    if limits.max_total_bytes is not None and weight_total + total > limits.max_total_bytes:
+        raise LimitError(f"the network needs up to {size_text(weight_total + total)} (weights "
+                         f"{size_text(weight_total)} + activations and inputs "
+                         f"{size_text(total)}); at most {size_text(limits.max_total_bytes)} are "
+                         "allowed")
+
+    outputs = list(d.outputs or nodes[order[-1]].outputs)
+    for t in outputs:
+        if t not in shapes:
+            raise NetworkError(f"network output {quoted(t)} is not produced by any layer")
+
+    return CheckedNetwork(d, [nodes[n] for n in order], shapes, outputs, graph, wanted_of)
+
+
+def _check_given(node: Node, wanted: dict[str, Shape],
+                 given: Mapping[str, np.ndarray] | None) -> None:
+    if given is None:
+        return
+    extra = set(given) - set(wanted)
+    missing = set(wanted) - set(given)
+    if extra or missing:
+        raise NetworkError(f"layer {quoted(node.name)}: weights {sorted(given)[:8]} given, "
+                           f"{node.op} needs {sorted(wanted)}")
+    for key, shape in wanted.items():
+        got = tuple(np.shape(given[key]))
+        if got != tuple(shape):
+            raise NetworkError(f"layer {quoted(node.name)}: weight {key!r} has shape "
+                               f"{list(got)}, expected {list(shape)}")

@@ -1,0 +1,438 @@
+"""ONNX operators as convplan layers: the one place where an ONNX operator maps to a convplan
+operator (`kernels.operators`).
+
+A converter is registered with ``@_converts("OpType")``; it gets the node (its inputs checked,
+its attributes checked against the ONNX schema and read as Python values) and emits convplan
+layers with `Importer.emit`, which infers and checks their shapes. Adding an operator's import:
+a converter here; if models also compute it from constants only, a folder in `folding`; its
+export in `export`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from convplan.kernels.operators import Shape
+from convplan.selector.network import NetworkError
+
+from .folding import refuse_training
+from .messages import label, quote, short
+from .shapes import (
+    axis_index,
+    broadcast,
+    int_vector,
+    permutation,
+    reshape_shape,
+    slice_index,
+    slice_params,
+    squeezed,
+    unsqueezed,
+)
+
+if TYPE_CHECKING:
+    from .importer import Importer
+
+Converter = Callable[["Importer", onnx.NodeProto, dict[str, Any]], None]
+#: ONNX operator -> its converter.
+CONVERTERS: dict[str, Converter] = {}
+#: Converters that accept a constant first input (they check the others themselves).
+CONSTANT_FIRST = {"Add", "Sum", "Mul", "Sub", "Div", "Concat", "MatMul"}
+
+
+def _converts(*ops: str) -> Callable[[Converter], Converter]:
+    def decorate(fn: Converter) -> Converter:
+        for op in ops:
+            CONVERTERS[op] = fn
+        return fn
+    return decorate
+
+
+def _refuse(node: onnx.NodeProto, why: str) -> NetworkError:
+    return NetworkError(f"node {label(node)}: {why}")
+
+
+def _only_defaults(node: onnx.NodeProto, attrs: dict[str, Any], **defaults: Any) -> None:
+    """Attributes convplan does not implement are accepted only with their default value."""
+    for key, default in defaults.items():
+        if key in attrs and attrs[key] != default:
+            raise _refuse(node, f"{key}={short(attrs[key])} is not supported")
+
+
+def _rank4(imp: Importer, node: onnx.NodeProto) -> Shape:
+    shape = imp.shape_of(node.input[0])
+    if len(shape) != 4:
+        raise _refuse(node, f"only 2-D {node.op_type} (an N, C, H, W input) is supported, the "
+                            f"input has shape {short(list(shape))}")
+    return shape
+
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _pads(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any], kernel: tuple[int, int],
+          strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, int, int, int]:
+    """ONNX pads [top, left, bottom, right], or what auto_pad asks for."""
+    auto = attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto not in _AUTO_PADS:
+        raise _refuse(node, f"auto_pad {quote(auto)} is not one of {', '.join(_AUTO_PADS)}")
+    if auto == "NOTSET":
+        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+        if len(pads) != 4:
+            raise _refuse(node, f"pads {short(pads)} are not the four of a 2-D "
+                                f"{node.op_type}")
+        if min(pads) < 0:
+            raise _refuse(node, f"pads {short(pads)} are negative")
+        return pads[0], pads[1], pads[2], pads[3]
+    if "pads" in attrs:
+        raise _refuse(node, f"pads and auto_pad={auto} are both given")
+    if auto == "VALID":
+        return 0, 0, 0, 0
+    h, w = _rank4(imp, node)[2:]
+    total = []
+    for size, k, s, d in zip((h, w), kernel, strides, dilations, strict=True):
+        out = math.ceil(size / s)
+        total.append(max(0, (out - 1) * s + (k - 1) * d + 1 - size))
+    small = [t // 2 for t in total]
+    big = [t - t // 2 for t in total]
+    if auto == "SAME_UPPER":
+        return small[0], small[1], big[0], big[1]
+    return big[0], big[1], small[0], small[1]
+
+
+def _pair_attr(attrs: dict[str, Any], key: str, node: onnx.NodeProto) -> tuple[int, int]:
+    value = [int(v) for v in attrs.get(key, [1, 1])]
+    if len(value) != 2:
+        raise _refuse(node, f"only 2-D {node.op_type} is supported ({key}={short(value)})")
+    if min(value) < 1:
+        raise _refuse(node, f"{key} {short(value)} must be positive")
+    return value[0], value[1]
+
+
+@_converts("Conv")
+def _conv(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    shape = _rank4(imp, node)
+    w = imp.float_const(node.input[1], f"the weights of Conv {label(node)}")
+    if w.ndim != 4:
+        raise _refuse(node, f"only 2-D Conv is supported (weights of shape {list(w.shape)})")
+    kernel = (int(w.shape[2]), int(w.shape[3]))
+    if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != kernel:
+        raise _refuse(node, f"kernel_shape {short(attrs['kernel_shape'])} contradicts the "
+                            f"weights of shape {list(w.shape)}")
+    groups = int(attrs.get("group", 1))
+    if groups < 1 or shape[1] != w.shape[1] * groups:
+        raise _refuse(node, f"an input of {shape[1]} channels does not fit weights of shape "
+                            f"{list(w.shape)} in {groups} group(s)")
+    strides = _pair_attr(attrs, "strides", node)
+    dilations = _pair_attr(attrs, "dilations", node)
+    weights = {"weight": w}
+    if len(node.input) > 2 and node.input[2]:
+        weights["bias"] = imp.float_const(node.input[2], f"the bias of Conv {label(node)}")
+    imp.emit("conv", [node.input[0]], [node.output[0]], weights, out_channels=int(w.shape[0]),
+             kernel=kernel, stride=strides, dilation=dilations,
+             padding=_pads(imp, node, attrs, kernel, strides, dilations),
+             groups=groups, bias="bias" in weights)
+
+
+@_converts("Relu", "Sigmoid", "HardSwish")
+def _unary(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    imp.emit(node.op_type.lower(), [node.input[0]], [node.output[0]])
+
+
+@_converts("HardSigmoid")
+def _hardsigmoid(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    imp.emit("hardsigmoid", [node.input[0]], [node.output[0]],
+             alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5)))
+
+
+@_converts("Clip")
+def _clip(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if imp.opset < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+    else:
+        bounds = []
+        for i in list(node.input[1:3]) + [""] * (3 - len(node.input)):
+            if not i:
+                bounds.append(None)
+                continue
+            value = imp.float_const(i, "Clip's min and max")
+            if value.size != 1:
+                raise _refuse(node, "Clip's min and max must hold one value each")
+            bounds.append(float(value.reshape(-1)[0]))
+        lo, hi = bounds[0], bounds[1]
+    imp.emit("clip", [node.input[0]], [node.output[0]],
+             min=None if lo is None else float(lo), max=None if hi is None else float(hi))
+
+
+@_converts("Identity", "Dropout")
+def _identity(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    refuse_training(imp, node)
+    if len(node.output) > 1 and node.output[1]:
+        imp.unreadable[node.output[1]] = "the mask of a Dropout"
+    imp.alias(node)     # at inference Dropout is the identity
+
+
+@_converts("Cast")
+def _cast(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if attrs.get("to") != TensorProto.FLOAT:
+        raise _refuse(node, "Cast of an activation to a type other than float32 is not "
+                            "supported")
+    imp.alias(node)
+
+
+def _pool_attrs(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> dict[str, Any]:
+    _rank4(imp, node)
+    if "kernel_shape" not in attrs:
+        raise _refuse(node, "kernel_shape is required")
+    kernel = _pair_attr(attrs, "kernel_shape", node)
+    strides = _pair_attr(attrs, "strides", node)
+    dilations = _pair_attr(attrs, "dilations", node)
+    return {"kernel": kernel, "stride": strides,
+            "padding": _pads(imp, node, attrs, kernel, strides, dilations),
+            "ceil_mode": bool(attrs.get("ceil_mode", 0))}
+
+
+@_converts("MaxPool")
+def _maxpool(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if len(node.output) > 1 and node.output[1]:
+        raise _refuse(node, "MaxPool's indices output is not supported")
+    _only_defaults(node, attrs, storage_order=0)
+    imp.emit("maxpool", [node.input[0]], [node.output[0]], **_pool_attrs(imp, node, attrs),
+             dilation=_pair_attr(attrs, "dilations", node))
+
+
+@_converts("AveragePool")
+def _avgpool(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if "dilations" in attrs and tuple(attrs["dilations"]) != (1, 1):
+        raise _refuse(node, "dilated AveragePool is not supported")
+    imp.emit("avgpool", [node.input[0]], [node.output[0]], **_pool_attrs(imp, node, attrs),
+             count_include_pad=bool(attrs.get("count_include_pad", 0)))
+
+
+@_converts("GlobalAveragePool")
+def _gap(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    _rank4(imp, node)
+    imp.emit("globalavgpool", [node.input[0]], [node.output[0]])
+
+
+@_converts("BatchNormalization")
+def _batchnorm(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    _only_defaults(node, attrs, training_mode=0, spatial=1)
+    if any(node.output[1:]):
+        raise _refuse(node, "BatchNormalization's training outputs are not supported")
+    if len(node.input) != 5:
+        raise _refuse(node, "BatchNormalization needs scale, bias, mean and variance")
+    shape = imp.shape_of(node.input[0])
+    if len(shape) < 2:
+        raise _refuse(node, f"the input of shape {short(list(shape))} has no channel axis")
+    what = f"the statistics of BatchNormalization {label(node)}"
+    stats = [imp.float_const(i, what, exact=False) for i in node.input[1:5]]
+    if any(s.shape != (shape[1],) for s in stats):
+        raise _refuse(node, f"the statistics must have shape [{shape[1]}], not "
+                            f"{short([list(s.shape) for s in stats])}")
+    gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
+    with np.errstate(all="ignore"):
+        scale = gamma / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    shift = beta - mean * scale
+    if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
+        raise _refuse(node, "the statistics give a non-finite scale (negative variance?)")
+    imp.emit("batchnorm", [node.input[0]], [node.output[0]], {"scale": scale, "shift": shift})
+
+
+def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
+    """``value`` as a (C,) vector if broadcasting it against ``shape`` is per-channel (axis 1)."""
+    if len(shape) < 2 or value.ndim > len(shape):
+        return None
+    full = (1,) * (len(shape) - value.ndim) + value.shape
+    if any(d != 1 for i, d in enumerate(full) if i != 1):
+        return None
+    if full[1] not in (1, shape[1]):
+        return None
+    return np.broadcast_to(value.reshape(-1), (shape[1],)).astype(np.float64)
+
+
+@_converts("Add", "Sum", "Mul", "Sub", "Div")
+def _arithmetic(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if "axis" in attrs:     # before opset 7: broadcasting aligned at an axis
+        raise _refuse(node, "broadcasting with an axis attribute (opset < 7) is not supported")
+    op = {"Sum": "add"}.get(node.op_type, node.op_type.lower())
+    acts = imp.activations(node)
+    consts = [i for i in node.input if i and imp.is_const(i)]
+    if op in ("sub", "div") and consts and node.input[0] in consts:
+        raise _refuse(node, f"{node.op_type} with a constant first operand is not supported")
+    constant = None
+    if consts:
+        values = [imp.float_const(c, f"the constant operand of {label(node)}").astype(np.float64)
+                  for c in consts]
+        shape = broadcast(node, [v.shape for v in values])
+        imp.limits.reserve(f"the constant operand of node {label(node)}", shape, np.float64)
+        constant = values[0]
+        with np.errstate(all="ignore"):
+            for v in values[1:]:
+                constant = constant + v if op == "add" else constant * v
+            if op == "sub":
+                constant, op = -constant, "add"
+            elif op == "div":
+                constant, op = 1.0 / constant, "mul"
+    if constant is not None and len(acts) == 1:
+        vector = _per_channel(constant, imp.shape_of(acts[0]))
+        out_shape = broadcast(node, [imp.shape_of(acts[0]), constant.shape])
+        if vector is not None and out_shape == imp.shape_of(acts[0]):
+            one = np.ones_like(vector)
+            scale, shift = (vector, 0 * one) if op == "mul" else (one, vector)
+            imp.emit("batchnorm", acts, [node.output[0]], {"scale": scale, "shift": shift})
+            return
+    weights = None
+    extra: dict[str, Any] = {}
+    if constant is not None:
+        weights = {"constant": constant}
+        extra["constant_shape"] = list(constant.shape)
+    imp.emit(op, acts, [node.output[0]], weights, **extra)
+
+
+@_converts("Concat")
+def _concat(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if any(imp.is_const(i) for i in node.input if i):
+        raise _refuse(node, "Concat of a constant with an activation is not supported")
+    rank = len(imp.shape_of(node.input[0]))
+    axis = axis_index(node, int(attrs["axis"]), rank)
+    imp.emit("concat", [i for i in node.input if i], [node.output[0]], axis=axis)
+
+
+@_converts("Flatten")
+def _flatten(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    rank = len(imp.shape_of(node.input[0]))
+    axis = axis_index(node, int(attrs.get("axis", 1)), rank, inclusive=True)
+    imp.emit("flatten", [node.input[0]], [node.output[0]], axis=axis)
+
+
+def _reshape_to(imp: Importer, node: onnx.NodeProto, shape: Sequence[int]) -> None:
+    imp.emit("reshape", [node.input[0]], [node.output[0]], shape=[int(s) for s in shape])
+
+
+@_converts("Reshape")
+def _reshape(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    _reshape_to(imp, node, reshape_shape(imp, node, attrs, imp.shape_of(node.input[0])))
+
+
+@_converts("Unsqueeze", "Squeeze")
+def _squeeze(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    shape = imp.shape_of(node.input[0])
+    axes = None
+    if "axes" in attrs:
+        axes = [int(a) for a in attrs["axes"]]
+    elif len(node.input) > 1 and node.input[1]:
+        axes = int_vector(node, imp.const(node.input[1], f"{node.op_type}'s axes"), "axes")
+    if node.op_type == "Unsqueeze":
+        _reshape_to(imp, node, unsqueezed(node, shape, axes))
+    else:
+        _reshape_to(imp, node, squeezed(node, shape, axes))
+
+
+@_converts("Transpose")
+def _transpose(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    perm = permutation(node, attrs, len(imp.shape_of(node.input[0])))
+    imp.emit("transpose", [node.input[0]], [node.output[0]], perm=perm)
+
+
+@_converts("Split")
+def _split(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    shape = imp.shape_of(node.input[0])
+    if not shape:
+        raise _refuse(node, "Split of a rank-0 tensor")
+    axis = axis_index(node, int(attrs.get("axis", 0)), len(shape))
+    dim = shape[axis]
+    if any(not o for o in node.output):
+        raise _refuse(node, "every output of Split must be named")
+    n = len(node.output)
+    if len(node.input) > 1 and node.input[1]:
+        sizes = int_vector(node, imp.const(node.input[1], "Split's sizes"), "split")
+    elif "split" in attrs:
+        sizes = [int(s) for s in attrs["split"]]
+    else:
+        if "num_outputs" in attrs and int(attrs["num_outputs"]) != n:
+            raise _refuse(node, f"num_outputs {short(attrs['num_outputs'])} but {n} outputs")
+        step = -(-dim // n)
+        sizes = [min(step, dim - i * step) for i in range(n)]
+    if len(sizes) != n or min(sizes) < 1 or sum(sizes) != dim:
+        raise _refuse(node, f"sizes {short(sizes)} do not split a dimension of {dim} into "
+                            f"{n} non-empty outputs")
+    imp.emit("split", [node.input[0]], list(node.output), axis=axis, sizes=sizes)
+
+
+@_converts("Slice")
+def _slice(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    params = slice_params(imp, node, attrs)
+    slice_index(node, params, imp.shape_of(node.input[0]))     # refuses bad axes and steps
+    imp.emit("slice", [node.input[0]], [node.output[0]], **params)
+
+
+@_converts("Gemm")
+def _gemm(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    b = imp.float_const(node.input[1], f"Gemm {label(node)}'s B")
+    if b.ndim != 2:
+        raise _refuse(node, f"Gemm's B must be 2-D, not of shape {list(b.shape)}")
+    if imp.is_const(node.input[0]) or len(imp.shape_of(node.input[0])) != 2:
+        raise _refuse(node, "Gemm's A must be a 2-D activation")
+    trans_b = bool(attrs.get("transB", 0))
+    n = int(b.shape[0] if trans_b else b.shape[1])
+    weights = {"b": b}
+    beta = float(attrs.get("beta", 1.0))
+    if len(node.input) > 2 and node.input[2]:
+        c = imp.float_const(node.input[2], f"Gemm {label(node)}'s C")
+        if c.size not in (1, n) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+            raise _refuse(node, f"Gemm's C of shape {list(c.shape)} is not a per-output bias")
+        weights["c"] = np.broadcast_to(c.reshape(-1), (n,))
+    imp.emit("gemm", [node.input[0]], [node.output[0]], weights, out_features=n,
+             alpha=float(attrs.get("alpha", 1.0)), beta=beta,
+             trans_a=bool(attrs.get("transA", 0)), trans_b=trans_b, bias="c" in weights)
+
+
+@_converts("MatMul")
+def _matmul(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    a, b = node.input[0], node.input[1]
+    if imp.is_const(a):
+        raise _refuse(node, "MatMul with a constant first operand is not supported")
+    if imp.is_const(b):
+        value = imp.float_const(b, f"MatMul {label(node)}'s B")
+        if value.ndim == 2 and len(imp.shape_of(a)) == 2:
+            imp.emit("gemm", [a], [node.output[0]], {"b": value}, out_features=int(value.shape[1]),
+                     bias=False)
+        else:
+            imp.emit("matmul", [a], [node.output[0]], {"constant": value},
+                     constant_shape=list(value.shape))
+        return
+    imp.emit("matmul", [a, b], [node.output[0]])
+
+
+@_converts("Softmax")
+def _softmax(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    shape = imp.shape_of(node.input[0])
+    if not shape:
+        raise _refuse(node, "Softmax of a rank-0 tensor")
+    if imp.opset >= 13:
+        axis = axis_index(node, int(attrs.get("axis", -1)), len(shape))
+        imp.emit("softmax", [node.input[0]], [node.output[0]], axis=axis)
+        return
+    axis = axis_index(node, int(attrs.get("axis", 1)), len(shape))
+    if all(d == 1 for d in shape[axis + 1:]):
+        imp.emit("softmax", [node.input[0]], [node.output[0]], axis=axis)
+        return
+    # Before opset 13, Softmax works on the input flattened to 2-D at ``axis``.
+    flat = f"{node.output[0]}/flat"
+    rows = int(np.prod(shape[:axis]))
+    imp.emit("reshape", [node.input[0]], [flat], shape=[rows, -1])
+    imp.emit("softmax", [flat], [flat + "/softmax"], axis=1)
+    imp.emit("reshape", [flat + "/softmax"], [node.output[0]], shape=list(shape))
+
+
+@_converts("LRN")
+def _lrn(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    imp.emit("lrn", [node.input[0]], [node.output[0]], size=int(attrs["size"]),
+             alpha=float(attrs.get("alpha", 1e-4)), beta=float(attrs.get("beta", 0.75)),
+             bias=float(attrs.get("bias", 1.0)))

@@ -1,0 +1,352 @@
+"""The walk over an ONNX graph: nodes in order, each folded (computed from constants only, by
+`folding`) or converted into convplan layers (by `converters`); what is left becomes a checked
+`Network`. `load_onnx` is the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from convplan.kernels import operators
+from convplan.kernels.operators import Shape
+from convplan.selector.network import LimitError, Limits, Network, NetworkError
+
+from .converters import CONSTANT_FIRST, CONVERTERS
+from .folding import FOLDERS
+from .messages import label, one_line, quote, short, type_name
+from .reading import check_schema, opset_of, read_model
+from .weights import MAX_TENSOR_BYTES, MAX_WEIGHT_BYTES, ImportLimits, decode, fold_affine
+
+#: An emitted convplan layer, as in a network description.
+Layer = dict[str, Any]
+#: Operators with subgraphs: never folded, never run.
+_CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+
+
+class Importer:
+    """One import: the constants and shapes known so far, and the convplan layers and weights
+    emitted; `run` walks the graph, the folders and converters use the rest."""
+
+    def __init__(self, model: onnx.ModelProto, name: str, limits: ImportLimits) -> None:
+        self.model = model
+        self.name = name
+        self.opset = opset_of(model)
+        self.limits = limits
+        self.consts: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.layers: list[Layer] = []
+        self.weights: dict[str, dict[str, np.ndarray]] = {}
+        self.unsupported: dict[str, int] = {}
+        self.renamed: dict[str, str] = {}   # ONNX tensor -> the tensor that carries its value
+        self.placeholders: set[str] = set()  # outputs of nodes skipped after an unsupported one
+        self.unreadable: dict[str, str] = {}  # outputs convplan does not compute -> why
+
+    # -- tensors -----------------------------------------------------------------------------
+    def is_const(self, tensor: str) -> bool:
+        return tensor in self.consts
+
+    def known(self, tensor: str) -> bool:
+        return (tensor in self.consts or self.tensor(tensor) in self.shapes
+                or tensor in self.placeholders or tensor in self.unreadable)
+
+    def const(self, tensor: str, what: str) -> np.ndarray:
+        if tensor not in self.consts:
+            raise NetworkError(f"{what} must be a constant (an initializer or computed from "
+                               f"constants), but {quote(tensor)} is computed from the input")
+        return self.consts[tensor]
+
+    def float_const(self, tensor: str, what: str, exact: bool = True) -> np.ndarray:
+        """A constant that meets float32 activations: float32 (``exact``) or another float."""
+        value = self.const(tensor, what)
+        if value.dtype != np.float32 and (exact or value.dtype.kind != "f"):
+            raise NetworkError(f"{what} ({quote(tensor)}) is {value.dtype}, but the activations "
+                               "are float32")
+        return value
+
+    def tensor(self, name: str) -> str:
+        return self.renamed.get(name, name)
+
+    def emit(self, op: str, inputs: list[str], outputs: list[str], weights: dict | None = None,
+             name: str | None = None, **attrs: Any) -> None:
+        """Add one IR layer and infer its output shapes (the check happens here, once)."""
+        name = name or outputs[0]
+        inputs = [self.tensor(t) for t in inputs]
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (weights or {}).items()}
+        try:
+            operator = operators.make(op, **attrs)
+            operator.check_arity(len(inputs))
+            in_shapes = [self.shape_of(t) for t in inputs]
+            shapes = operator.output_shapes(in_shapes)
+            operator.check_weights(in_shapes, arrays)
+        except ValueError as error:
+            raise NetworkError(f"node {quote(name)} ({op}): {short(str(error))}") from None
+        if len(shapes) != len(outputs):
+            raise NetworkError(f"node {quote(name)} ({op}) produces {len(shapes)} output(s), but "
+                               f"{len(outputs)} are named")
+        for out, shape in zip(outputs, shapes, strict=True):
+            shape = tuple(int(d) for d in shape)
+            self.limits.check_activation(out, shape, f"node {quote(name)} ({op})")
+            self.shapes[out] = shape
+        layer: Layer = {"name": name, "op": op, "inputs": inputs}
+        if outputs != [name]:
+            layer["outputs"] = outputs
+        layer.update(attrs)
+        self.layers.append(layer)
+        if arrays:
+            self.weights[name] = arrays
+
+    # -- the walk ----------------------------------------------------------------------------
+    def run(self, input_shapes: dict[str, Shape] | None) -> Network:
+        graph = self.model.graph
+        # Operators convplan neither runs nor folds are named before anything is decoded or
+        # folded: a 2 GiB constant feeding a Cos must not be built to be refused.
+        for node in graph.node:
+            op = node.op_type
+            if node.domain not in ("", "ai.onnx"):
+                self.unsupported[f"{node.domain}.{op}"] = \
+                    self.unsupported.get(f"{node.domain}.{op}", 0) + 1
+            elif op not in FOLDERS and op not in CONVERTERS and op not in _CONTROL_FLOW:
+                self.unsupported[op] = self.unsupported.get(op, 0) + 1
+        if self.unsupported:
+            self.refuse_unsupported()
+        for init in graph.initializer:
+            if init.name in self.consts:
+                raise NetworkError(f"initializer {quote(init.name)} is given twice")
+            self.consts[init.name] = decode(init, f"initializer {quote(init.name)}",
+                                            self.limits)
+        inputs: dict[str, Shape] = {}
+        given = dict(input_shapes or {})
+        for value in graph.input:
+            if value.name in self.consts:
+                continue
+            if value.name in inputs or not value.name:
+                raise NetworkError(f"input {quote(value.name)} is declared twice or unnamed")
+            shape = _value_shape(value, given.pop(value.name, None))
+            self.limits.check_activation(value.name, shape, "input")
+            inputs[value.name] = shape
+            self.shapes[value.name] = shape
+        if given:
+            raise NetworkError(f"input_shapes names {quote(next(iter(given)))}, which is not an "
+                               "input of the model")
+        if not inputs:
+            raise NetworkError("the model has no input that is not an initializer")
+        for node in graph.node:
+            self.node(node)
+        if self.unsupported:
+            self.refuse_unsupported()
+        outputs = [o.name for o in graph.output]
+        if not outputs:
+            raise NetworkError("the model declares no output")
+        if len(set(outputs)) != len(outputs):
+            raise NetworkError("the model declares an output twice")
+        for o in outputs:
+            if self.tensor(o) not in self.shapes:
+                what = "a constant, not computed from the input" if o in self.consts else \
+                    "not produced by any node"
+                raise NetworkError(f"model output {quote(o)} is {what}")
+            if self.tensor(o) != o:     # an output that is an alias keeps its ONNX name
+                self.emit("identity", [o], [o], name=o)
+        layers = fold_affine(self.layers, self.weights, set(outputs))
+        description = {"name": self.name, "inputs": [{"name": k, "shape": list(v)}
+                                                     for k, v in inputs.items()],
+                       "layers": layers, "outputs": outputs}
+        if not layers:
+            raise NetworkError("the model has no operator that depends on its input")
+        kept = sum(w.nbytes for ws in self.weights.values() for w in ws.values())
+        if kept > self.limits.max_weight_bytes:
+            raise LimitError(f"the network's weights take {kept} bytes; at most "
+                             f"{self.limits.max_weight_bytes} are allowed")
+        bounds = Limits(max_tensor_bytes=self.limits.max_tensor_bytes,
+                        max_weight_bytes=self.limits.max_weight_bytes)
+        return Network.from_description(description, self.weights, limits=bounds)
+
+    def node(self, node: onnx.NodeProto) -> None:
+        op = node.op_type
+        if op in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+            raise NetworkError(f"node {label(node)}: control flow ({op}) is not supported")
+        for a in node.attribute:
+            if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) or a.HasField("g") \
+                    or len(a.graphs):
+                raise NetworkError(f"node {label(node)} has a subgraph ({quote(a.name)}); "
+                                   "control flow (If, Loop, Scan) is not supported")
+        if not len(node.output):
+            raise NetworkError(f"node {label(node)} has no output")
+        named = [o for o in node.output if o]
+        if len(set(named)) != len(named):
+            raise NetworkError(f"node {label(node)} names an output twice")
+        for out in node.output:
+            if out and (self.known(out) or out in self.renamed):
+                raise NetworkError(f"node {label(node)}: tensor {quote(out)} is produced twice "
+                                   "(or is an input or initializer)")
+        present = [i for i in node.input if i]
+        for i in present:
+            if not self.known(i):
+                raise NetworkError(f"node {label(node)} reads {quote(i)}, which no earlier node "
+                                   "produces (nodes must be in topological order)")
+            if i in self.unreadable:
+                raise NetworkError(f"node {label(node)} reads {quote(i)}, "
+                                   f"{self.unreadable[i]}, which convplan does not compute")
+        foldable = FOLDERS.get(op) if node.domain in ("", "ai.onnx") else None
+        convert = CONVERTERS.get(op) if node.domain in ("", "ai.onnx") else None
+        if foldable is None and convert is None:
+            self.skip(node, f"{node.domain}.{op}" if node.domain not in ("", "ai.onnx") else op)
+            return
+        check_schema(node, self.opset)
+        if self.unsupported:        # keep walking only to collect every unsupported operator
+            self.skip(node, None)
+            return
+        if any(i in self.placeholders for i in present):
+            self.skip(node, None)
+            return
+        attrs = self.attributes(node)
+        if all(self.is_const(i) for i in present):
+            if foldable is None:
+                raise NetworkError(f"node {label(node)} computes only from constants, and "
+                                   f"convplan does not fold {short(op)} at import")
+            results = foldable(self, node, attrs, [self.consts[i] if i else None
+                                                   for i in node.input])
+            for out, value in zip(node.output, results, strict=False):
+                if out:
+                    self.consts[out] = value
+            return
+        if op == "Shape":
+            self.fold_shape(node, attrs)
+            return
+        if convert is None:
+            self.skip(node, op)     # e.g. Gather or Tile of an activation
+            return
+        if op not in CONSTANT_FIRST and self.is_const(node.input[0]):
+            raise NetworkError(f"node {label(node)}: its first input {quote(node.input[0])} is a "
+                               "constant and another is computed from the input (not "
+                               "supported)")
+        try:
+            convert(self, node, attrs)
+        except NetworkError as error:
+            if "node " in str(error):
+                raise
+            raise NetworkError(f"node {label(node)}: {error}") from None
+        for out in node.output[:1]:
+            if not self.known(out):
+                raise NetworkError(f"node {label(node)}: output {quote(out)} was not produced")
+
+    def refuse_unsupported(self) -> None:
+        items = sorted(self.unsupported.items())
+        listed = ", ".join(f"{short(op)} (x{n})" if n > 1 else short(op)
+                           for op, n in items[:8])
+        if len(items) > 8:
+            listed += f" and {len(items) - 8} more"
+        raise NetworkError(f"the model uses operators convplan does not support: {listed}")
+
+    def skip(self, node: onnx.NodeProto, unsupported: str | None) -> None:
+        if unsupported is not None:
+            self.unsupported[unsupported] = self.unsupported.get(unsupported, 0) + 1
+        self.placeholders.update(o for o in node.output if o)
+
+    def attributes(self, node: onnx.NodeProto) -> dict[str, Any]:
+        """The node's attributes as Python values (their types already match the schema)."""
+        out: dict[str, Any] = {}
+        for a in node.attribute:
+            kind = a.type
+            if kind == AttributeProto.FLOAT:
+                value: Any = float(a.f)
+            elif kind == AttributeProto.INT:
+                value = int(a.i)
+            elif kind == AttributeProto.STRING:
+                value = a.s.decode("utf-8", "replace")
+            elif kind == AttributeProto.TENSOR:
+                value = decode(a.t, f"attribute {quote(a.name)} of node {label(node)}",
+                               self.limits)
+            elif kind == AttributeProto.FLOATS:
+                value = [float(v) for v in a.floats]
+            elif kind == AttributeProto.INTS:
+                value = [int(v) for v in a.ints]
+            elif kind == AttributeProto.STRINGS:
+                value = [s.decode("utf-8", "replace") for s in a.strings]
+            else:
+                raise NetworkError(f"node {label(node)}: attribute {quote(a.name)} of type "
+                                   f"{type_name(AttributeProto.AttributeType, kind)} is not "
+                                   "supported")
+            out[a.name] = value
+        return out
+
+    def fold_shape(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        shape = self.shape_of(node.input[0])
+        start, end = attrs.get("start", 0), attrs.get("end")
+        self.consts[node.output[0]] = np.array(shape[slice(start, end)], dtype=np.int64)
+
+    # -- helpers for the converters ----------------------------------------------------------
+    def activations(self, node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i and not self.is_const(i)]
+
+    def alias(self, node: onnx.NodeProto) -> None:
+        """The node's output is its input (Identity, Dropout at inference)."""
+        self.renamed[node.output[0]] = self.tensor(node.input[0])
+
+    def shape_of(self, tensor: str) -> Shape:
+        name = self.tensor(tensor)
+        if name not in self.shapes:
+            raise NetworkError(f"{quote(tensor)} is a constant where convplan needs a tensor "
+                               "computed from the input")
+        return self.shapes[name]
+
+
+def _value_shape(value: onnx.ValueInfoProto, override: Shape | None) -> Shape:
+    t = value.type
+    if not t.HasField("tensor_type"):
+        raise NetworkError(f"input {quote(value.name)} is not a tensor")
+    if t.tensor_type.elem_type != TensorProto.FLOAT:
+        kind = type_name(TensorProto.DataType, t.tensor_type.elem_type)
+        raise NetworkError(f"input {quote(value.name)} is {kind}; convplan runs float32 models")
+    if override is not None:
+        try:
+            dims = [int(d) for d in override]
+        except (TypeError, ValueError):
+            raise NetworkError(f"the shape given for input {quote(value.name)} is not a list of "
+                               "ints") from None
+        if not dims or min(dims) < 1:
+            raise NetworkError(f"the shape given for input {quote(value.name)} is "
+                               f"{short(dims)}; every dimension must be positive")
+        return tuple(dims)
+    dims = []
+    for i, d in enumerate(t.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif i == 0:
+            dims.append(1)      # a symbolic batch: plan for one image
+        else:
+            raise NetworkError(f"input {quote(value.name)} has a symbolic dimension {i} "
+                               f"({short(d.dim_param or '?')}); give its shape")
+    if not dims:
+        raise NetworkError(f"input {quote(value.name)} has no shape")
+    return tuple(dims)
+
+
+def load_onnx(source: str | Path | bytes, name: str | None = None,
+              input_shapes: dict[str, Shape] | None = None, *,
+              max_tensor_bytes: int | None = None,
+              max_weight_bytes: int | None = None) -> Network:
+    """Import an ONNX model (a path or the file's bytes) as a checked `Network`.
+
+    ``max_tensor_bytes`` bounds every tensor (activation, initializer, folded constant) and
+    ``max_weight_bytes`` all the constants together and the weights the network keeps (None:
+    MAX_TENSOR_BYTES and MAX_WEIGHT_BYTES); each is checked before the allocation it guards.
+    Raises `NetworkError` with one short message for a corrupt or malformed file, external
+    data, sparse tensors, subgraphs, a limit exceeded, or operators convplan does not support
+    (all of them, listed).
+    """
+    limits = ImportLimits(
+        MAX_TENSOR_BYTES if max_tensor_bytes is None else int(max_tensor_bytes),
+        MAX_WEIGHT_BYTES if max_weight_bytes is None else int(max_weight_bytes))
+    model, default_name = read_model(source)
+    importer = Importer(model, name or model.graph.name or default_name, limits)
+    try:
+        network = importer.run(input_shapes)
+    except NetworkError as error:
+        raise type(error)(one_line(str(error))) from None
+    if not isinstance(source, bytes) and input_shapes is None:
+        network.source = Path(source)
+    return network
