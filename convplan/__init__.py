@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from convplan.api.library import plan as plan
     from convplan.api.library import run as run
     from convplan.kernels import conv2d as conv2d
+    from convplan.selector.planning import Plan as Plan
     from convplan.selector.zoo import load_network as load_network
 
 _PUBLIC = {
     "conv2d": "convplan.kernels",
     "load_network": "convplan.selector.zoo",
     "plan": "convplan.api.library",
+    "Plan": "convplan.selector.planning",
     "run": "convplan.api.library",
 }
 
