@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from convplan.api.library import run as run
     from convplan.kernels import conv2d as conv2d
     from convplan.selector.network import load_network as load_network
+    from convplan.selector.planning import Plan as Plan
 
 _PUBLIC = {
     "conv2d": "convplan.kernels",
     "load_network": "convplan.selector.network",
     "plan": "convplan.api.library",
+    "Plan": "convplan.selector.planning",
     "run": "convplan.api.library",
 }
 

@@ -10,8 +10,6 @@ analytic estimates are cheap to recompute and must never pass for measurements.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import sqlite3
 import tempfile
@@ -26,6 +24,17 @@ from typing import Any
 
 from convplan.settings import StoreSettings
 
+from .export import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    IMPORTED,
+    LOCAL,
+    MAX_FINGERPRINT_CHARS,
+    CostExport,
+    StoredCost,
+    read_json,
+)
+from .export import short_repr as _short
 from .fingerprint import canonical_json, fingerprint_id
 from .measurement import Measurement
 
@@ -35,23 +44,9 @@ CostKey = tuple[str, str, str]
 CostRow = tuple[str, str, str, Measurement]
 
 SCHEMA_VERSION = 2          # 2: the ``origin`` column ('local' or 'imported:...')
-EXPORT_FORMAT = "convplan-costs"
-EXPORT_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
-
-# What a stored or imported number may be; anything else is damage or a forgery.
-MAX_TIME_S = 1e4                    # one run of one layer: under three hours
-MAX_WORKSPACE_BYTES = 2 ** 48       # 256 TiB
-MAX_REPEATS = 10 ** 9
-MAX_SPREAD = 1e6
-EARLIEST_MEASURED_AT = 946684800.0  # 2000-01-01: nothing was measured before
-CLOCK_SKEW_S = 86400.0              # an import's timestamps may be this far in the future
 MAX_IMPORT_BYTES = 32 * 2 ** 20     # an export of ~100 000 costs
-MAX_NAME_CHARS = 4096               # kind, key, candidate
-MAX_FINGERPRINT_CHARS = 65536       # one fingerprint's canonical JSON
 
-LOCAL = "local"
-IMPORTED = "imported:"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _FIX = ("move it away or delete it (convplan will measure again), or give another --db / "
         "$CONVPLAN_DB")
@@ -75,6 +70,7 @@ _SCHEMA = (
 )
 _COLUMNS = ("fingerprint_id", "kind", "key", "candidate", "time_s", "workspace_bytes",
             "repeats", "spread", "measured_at")
+_ROW = (*_COLUMNS, "origin")   # a whole row: the fields of a `StoredCost`, in order
 _TABLES = {"fingerprints": {"id", "json"}, "costs": set(_COLUMNS) | {"origin"}}
 # An import never overwrites a local measurement; of two imported ones the newer wins.
 _IMPORT_UPSERT = (
@@ -139,9 +135,10 @@ class CostStore:
     Trust. Opening checks the file before using it: an SQLite database (not another kind of
     file, not truncated), intact (``PRAGMA quick_check``), and convplan's (another program's
     database is refused and never modified). Each of these is a `StoreError` naming the file
-    and saying to move it away. Every row read is checked too (finite, non-negative, sane
-    times and sizes of the right types): a bad row is ignored with a `StoreWarning` naming it,
-    so it counts as not measured and the next measurement of it replaces it.
+    and saying to move it away. Every row read is checked too, as a `StoredCost` (finite,
+    non-negative, sane times and sizes of the right types): a bad row is ignored with a
+    `StoreWarning` naming it, so it counts as not measured and the next measurement of it
+    replaces it.
 
     Origin. Every row is 'local' (measured on this machine by `put_many`) or
     'imported:<file>@<digest>' (from `import_`, whatever fingerprint the file claims). Reads
@@ -389,17 +386,14 @@ class CostStore:
         None too for an imported row when imported rows are not used."""
         if row is None:
             return None
-        problem = _row_problem(row[:4], row[4], None) or _origin_problem(row[5])
-        if problem:
+        try:
+            cost = StoredCost.from_row(dict(zip(_ROW, (fp_id, *key, *row), strict=True)))
+        except ValueError as problem:
             bad.append(f"{'/'.join(key)} of fingerprint {fp_id}: {problem}")
             return None
-        origin = row[5]
-        if origin != LOCAL and not self.use_imported:
+        if cost.origin != LOCAL and not self.use_imported:
             return None
-        time_s, workspace, repeats, spread = row[:4]
-        return Measurement(float(time_s), int(workspace),
-                           "measured" if origin == LOCAL else "imported", int(repeats),
-                           float(spread), "" if origin == LOCAL else origin)
+        return cost.measurement()
 
     def _warn(self, bad: list[str], what: str = "row") -> None:
         if bad:
@@ -481,15 +475,16 @@ class CostStore:
                 if m.source != "measured":
                     raise ValueError(f"only measured costs are stored (measured here), not "
                                      f"{m.source} ones ({kind} {key} {candidate})")
-                values = (m.time_s, m.workspace_bytes, m.repeats, m.spread)
-                problem = _row_problem(values, now, None)
-                if problem:
-                    raise ValueError(f"not storing {kind} {key} {candidate}: {problem}")
+                values = (fp_id, kind, key, candidate, m.time_s, m.workspace_bytes, m.repeats,
+                          m.spread, now, LOCAL)
+                try:
+                    cost = StoredCost.from_row(dict(zip(_ROW, values, strict=True)))
+                except ValueError as problem:
+                    raise ValueError(f"not storing {kind} {key} {candidate}: {problem}") \
+                        from None
                 db.execute(
                     f"INSERT OR REPLACE INTO costs ({', '.join(_COLUMNS)}, origin) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (fp_id, kind, key, candidate, float(m.time_s), int(m.workspace_bytes),
-                     int(m.repeats), float(m.spread), now, LOCAL))
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(cost, _ROW))
                 written += 1
         return written
 
@@ -507,10 +502,10 @@ class CostStore:
 
     # -- moving between machines -------------------------------------------------------------
     def export(self, path: str | os.PathLike[str], fp_id: str | None = None) -> int:
-        """Write every cost (or one fingerprint's) with its fingerprints as JSON; the file is
-        replaced atomically, never left half-written. Each row keeps its ``origin``. Invalid
-        rows (and rows of an invalid fingerprint) are left out with a `StoreWarning`. Returns
-        the number of rows written."""
+        """Write every cost (or one fingerprint's) with its fingerprints as a `CostExport`
+        (JSON); the file is replaced atomically, never left half-written. Each row keeps its
+        ``origin``. Invalid rows (and rows of an invalid fingerprint) are left out with a
+        `StoreWarning`. Returns the number of rows written."""
         where, args = ("WHERE fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
         with self._errors("exporting"), self._transaction(write=False) as db:
             rows = db.execute(f"SELECT {', '.join(_COLUMNS)}, {self._origin_sql} FROM costs "
@@ -522,27 +517,25 @@ class CostStore:
             fp = _fingerprint(text)
             if fp is not None and fingerprint_id(fp) == i:
                 fps[i] = fp
-        kept, bad = [], []
+        kept: list[StoredCost] = []
+        bad = []
         for r in rows:
-            problem = ("unknown or invalid fingerprint" if r[0] not in fps else None) \
-                or _row_problem(r[4:8], r[8], None) or _origin_problem(r[9])
-            if problem:
+            try:
+                if r[0] not in fps:
+                    raise ValueError("unknown or invalid fingerprint")
+                kept.append(StoredCost.from_row(dict(zip(_ROW, r, strict=True))))
+            except ValueError as problem:
                 bad.append(f"{'/'.join(map(str, r[1:4]))} of fingerprint {r[0]}: {problem}")
-            else:
-                kept.append(r)
         self._warn(bad)
-        used = {r[0] for r in kept} | ({fp_id} if fp_id in fps else set())
-        document = {
-            "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-            "fingerprints": {i: fps[i] for i in sorted(used)},
-            "rows": [dict(zip((*_COLUMNS, "origin"), r, strict=True)) for r in kept],
-        }
+        used = {cost.fingerprint_id for cost in kept} | ({fp_id} if fp_id in fps else set())
+        document = CostExport(format=EXPORT_FORMAT, version=EXPORT_VERSION,
+                              fingerprints={i: fps[i] for i in sorted(used)}, rows=kept)
         target = Path(path)
         handle, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.",
                                        suffix=".tmp")
         try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(document, out, indent=1, allow_nan=False)
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(document.model_dump_json(indent=1))
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -551,9 +544,9 @@ class CostStore:
 
     def import_(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_IMPORT_BYTES) -> int:
         """Merge an exported file: all of it in one transaction, or (ValueError saying what is
-        wrong) nothing. The file is checked completely first: at most ``max_bytes``, JSON
-        without NaN/Infinity or absurd nesting, every number finite and within bounds, every
-        ``measured_at`` between 2000 and now (plus a day of clock skew).
+        wrong) nothing. The file is checked completely first: at most ``max_bytes``, then a
+        `CostExport` (JSON without NaN/Infinity or absurd nesting, every number finite and
+        within bounds, every ``measured_at`` between 2000 and now plus a day of clock skew).
 
         Every row is stored as imported (origin ``imported:<file name>@<sha256 of the file>``),
         whatever fingerprint it claims, this machine's included: an import never overwrites a
@@ -567,9 +560,10 @@ class CostStore:
             raise ValueError(f"{path} is not a convplan cost export: not UTF-8 text") from None
         origin = f"{IMPORTED}{_printable(Path(path).name)[:80]}@" \
                  f"{hashlib.sha256(data).hexdigest()[:12]}"
-        fps, rows = _parse_export(text, str(path))
+        document = CostExport.from_json(text, str(path))
+        rows = [_values(cost) for cost in document.rows]
         with self._errors(f"importing {path}"), self._transaction() as db:
-            for fp_id, fp in fps.items():
+            for fp_id, fp in document.fingerprints.items():
                 db.execute("INSERT OR IGNORE INTO fingerprints (id, json) VALUES (?, ?)",
                            (fp_id, canonical_json(fp)))
             local = 0
@@ -585,33 +579,9 @@ class CostStore:
         return len(rows)
 
 
-def _row_problem(values: tuple[Any, ...] | list[Any], measured_at: Any,
-                 window: tuple[float, float] | None) -> str | None:
-    """What is wrong with (time_s, workspace_bytes, repeats, spread) and ``measured_at`` (within
-    ``window``, when given), or None."""
-    time_s, workspace, repeats, spread = values
-    for name, value, top in (("time_s", time_s, MAX_TIME_S), ("spread", spread, MAX_SPREAD)):
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not math.isfinite(value) or not 0 <= value <= top:
-            return f"{name} must be a number between 0 and {top:g}, not {_short(value)}"
-    for name, value, top in (("workspace_bytes", workspace, MAX_WORKSPACE_BYTES),
-                             ("repeats", repeats, MAX_REPEATS)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
-            return f"{name} must be an integer between 0 and {top}, not {_short(value)}"
-    if isinstance(measured_at, bool) or not isinstance(measured_at, int | float) \
-            or not math.isfinite(measured_at):
-        return ("measured_at must be a number (seconds since the epoch), not "
-                f"{_short(measured_at)}")
-    if window is not None and not window[0] <= measured_at <= window[1]:
-        return (f"measured_at {_short(measured_at)} is not between {window[0]:.0f} (the year 2000) "
-                f"and {window[1]:.0f} (now, plus {CLOCK_SKEW_S:.0f} s of clock skew)")
-    return None
-
-
-def _origin_problem(origin: Any) -> str | None:
-    if origin == LOCAL or (isinstance(origin, str) and origin.startswith(IMPORTED)):
-        return None
-    return f"origin must be '{LOCAL}' or '{IMPORTED}...', not {_short(origin)}"
+def _values(cost: StoredCost, columns: tuple[str, ...] = _COLUMNS) -> tuple[Any, ...]:
+    """``cost``'s values of ``columns``, in their order (for SQL parameters)."""
+    return tuple(getattr(cost, column) for column in columns)
 
 
 def _fingerprint(text: Any) -> dict[str, Any] | None:
@@ -619,8 +589,8 @@ def _fingerprint(text: Any) -> dict[str, Any] | None:
     if not isinstance(text, str) or len(text) > MAX_FINGERPRINT_CHARS:
         return None
     try:
-        fp = json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
+        fp = read_json(text)
+    except ValueError:
         return None
     return fp if isinstance(fp, dict) else None
 
@@ -644,89 +614,3 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
         raise ValueError(f"{path} is too large to be a convplan cost export (more than "
                          f"{max_bytes} bytes)")
     return data
-
-
-class _Constant(ValueError):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    raise _Constant(f"{name} is not a number convplan accepts")
-
-
-def _parse_export(text: str, where: str) -> tuple[dict[str, dict[str, Any]], list[tuple]]:
-    """Validate an export completely before anything is written; ValueError names the fault."""
-    def bad(what: str) -> ValueError:
-        return ValueError(f"{where} is not a valid convplan cost export: {what}")
-
-    try:
-        document = json.loads(text, parse_constant=_no_constant)
-    except _Constant as error:
-        raise bad(str(error)) from None
-    except json.JSONDecodeError as error:
-        raise bad(f"invalid JSON ({error})") from None
-    except RecursionError:
-        raise bad("nested too deeply") from None
-    except MemoryError:
-        raise bad("too large to parse") from None
-    except ValueError as error:     # e.g. an integer of more than 4300 digits
-        raise bad(f"invalid JSON ({error})") from None
-    if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
-        raise bad(f'expected an object with "format": "{EXPORT_FORMAT}"')
-    if document.get("version") != EXPORT_VERSION:
-        raise bad(f"version {_short(document.get('version'))}, expected {EXPORT_VERSION}")
-    fps = document.get("fingerprints")
-    rows = document.get("rows")
-    if not isinstance(fps, dict) or not isinstance(rows, list):
-        raise bad('"fingerprints" must be an object and "rows" a list')
-    for fp_id, fp in fps.items():
-        if not isinstance(fp, dict):
-            raise bad(f"fingerprint {_short(fp_id)} is not an object")
-        try:
-            text_fp = canonical_json(fp)
-        except (ValueError, RecursionError):
-            raise bad(f"fingerprint {_short(fp_id)} cannot be stored") from None
-        if len(text_fp) > MAX_FINGERPRINT_CHARS:
-            raise bad(f"fingerprint {_short(fp_id)} is longer than {MAX_FINGERPRINT_CHARS} "
-                      "characters")
-        if fingerprint_id(fp) != fp_id:
-            raise bad(f"fingerprint {_short(fp_id)} does not match its contents "
-                      f"(hash {fingerprint_id(fp)})")
-    window = (EARLIEST_MEASURED_AT, time.time() + CLOCK_SKEW_S)
-    parsed = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise bad(f"rows[{i}] is not an object")
-        missing = [c for c in _COLUMNS if c not in row]
-        if missing:
-            raise bad(f"rows[{i}] lacks {', '.join(missing)}")
-        if not isinstance(row["fingerprint_id"], str) or row["fingerprint_id"] not in fps:
-            raise bad(f"rows[{i}] refers to unknown fingerprint "
-                      f"{_short(row['fingerprint_id'])}")
-        for name in ("kind", "key", "candidate"):
-            value = row[name]
-            if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-                raise bad(f"rows[{i}].{name} must be a non-empty string of at most "
-                          f"{MAX_NAME_CHARS} characters")
-        try:
-            Measurement(row["time_s"], row["workspace_bytes"], "measured", row["repeats"],
-                        row["spread"])
-        except ValueError as error:
-            raise bad(f"rows[{i}]: {_short(str(error), 200)}") from None
-        values = (row["time_s"], row["workspace_bytes"], row["repeats"], row["spread"])
-        problem = _row_problem(values, row["measured_at"], window)
-        if problem:
-            raise bad(f"rows[{i}]: {_short(problem, 300)}")
-        parsed.append((row["fingerprint_id"], row["kind"], row["key"], row["candidate"],
-                       float(row["time_s"]), int(row["workspace_bytes"]), int(row["repeats"]),
-                       float(row["spread"]), float(row["measured_at"])))
-    return fps, parsed
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a hostile file may hold huge values)."""
-    try:
-        text = value if isinstance(value, str) and limit > 80 else repr(value)
-    except ValueError:          # an int too long to print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."

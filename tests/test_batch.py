@@ -1,5 +1,6 @@
-"""`convplan batch` (in-process and on a Dask LocalCluster) and `convplan profile` on a cluster,
-with the fingerprint check that refuses workers on another kind of machine.
+"""`convplan batch` (in-process and on a Dask LocalCluster) and `convplan profile` on a cluster:
+the profiler's Dask backend, with the fingerprint check that refuses workers on another kind of
+machine.
 
 Every cluster here is started by a fixture or by the command's own --local-cluster path and is
 closed when its test (or this module) ends. Plans use analytic costs (--no-profile) and tiny
@@ -13,6 +14,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +36,9 @@ from convplan.api.batch import (
 from convplan.api.cli.batch import register as register_batch
 from convplan.api.cli.profiles import register as register_profiles
 from convplan.kernels import blas
-from convplan.profiles.fingerprint import machine_fingerprint
-from convplan.profiles.profiler import Profiler
-from convplan.profiles.remote import fingerprint_differences, measure_chunk
+from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
+from convplan.profiles.profiler import InProcess, MeasuringJob, Profiler, request_key
+from convplan.profiles.remote import DaskBackend, fingerprint_differences, measure_chunk
 from convplan.profiles.store import CostStore
 from convplan.selector.network import zoo
 from convplan.selector.planning import PlanRequest, requests_for
@@ -353,6 +355,88 @@ def test_profile_on_cluster_skips_what_is_stored(client, folder: Path, tmp_path:
         again = profile_on_cluster(client, requests, store, 1, 0.002)
         assert (again.cached, again.measured) == (len(requests), 0)
         assert store.count(done.fingerprint_id) == store.count() == len(requests)
+
+
+# -- the Dask backend of the profiler ------------------------------------------------------------
+def test_the_dask_backend_measures_what_the_in_process_one_does(client, folder: Path,
+                                                                tmp_path: Path) -> None:
+    requests = requests_for(zoo.load_network(folder / "small.json"))
+    with CostStore(tmp_path / "here.sqlite") as here, \
+            CostStore(tmp_path / "there.sqlite") as there:
+        local = Profiler(here, 1, 0.002)
+        backend = DaskBackend(client, chunk_size=3)
+        remote = Profiler(there, 1, 0.002, backend=backend)
+        assert isinstance(local.backend, InProcess)
+        a, b = local.costs(requests), remote.costs(requests + requests[:4])   # deduped too
+        assert set(a) == set(b) == {request_key(r) for r in requests}
+        assert {m.source for m in b.values()} == {"measured"}
+        assert local.last_stats.measured == remote.last_stats.measured == len(a)
+        assert remote.last_stats.unmeasured == 0 and backend.failures == []
+        assert len(backend.accepted) == len(backend.workers) == 2
+        assert sum(w.measured for w in backend.workers) == len(a)
+        assert here.count(local.fingerprint_id) == there.count(remote.fingerprint_id) == len(a)
+    assert _keys(tmp_path / "here.sqlite") == _keys(tmp_path / "there.sqlite")
+
+
+def test_workers_on_another_machine_measure_nothing(client, folder: Path) -> None:
+    requests = requests_for(zoo.load_network(folder / "small.json"))[:4]
+    here = machine_fingerprint(1)
+    elsewhere = {**here, "blas": {**here["blas"], "corename": "Katmai-ish"}}
+    backend = DaskBackend(client)
+    batches = list(backend.measure(requests, MeasuringJob(1, 0.002, elsewhere)))
+    assert batches == []
+    assert len(backend.workers) == 2 and backend.accepted == []
+    for worker in backend.workers:
+        assert worker.measured == 0 and worker.fingerprint_id == fingerprint_id(here)
+        assert worker.reasons == [f"blas.corename: {here['blas']['corename']!r} on the worker, "
+                                  "'Katmai-ish' here"]
+    assert backend.failures == ["4 cost(s) not measured: no worker matches this machine's "
+                                "fingerprint"]
+
+
+def test_a_profiler_whose_cluster_measures_nothing_estimates_and_stores_nothing(
+        client, folder: Path, tmp_path: Path) -> None:
+    from convplan.profiles.profiler import measuring_deadline
+
+    requests = requests_for(zoo.load_network(folder / "small.json"))
+    with CostStore(tmp_path / "costs.sqlite") as store:
+        backend = DaskBackend(client)
+        profiler = Profiler(store, 1, 0.002, backend=backend)
+        with measuring_deadline(time.monotonic()):      # spent before anything was sent
+            costs = profiler.costs(requests)
+        assert {m.source for m in costs.values()} == {"analytic"} and store.count() == 0
+        assert profiler.last_stats.unmeasured == profiler.last_stats.requested == len(costs)
+        assert len(backend.accepted) == 2 and backend.failures == []
+        assert sum(w.measured for w in backend.workers) == 0
+
+
+def test_chunks_are_committed_as_they_come_and_an_interruption_keeps_them(
+        client, folder: Path, tmp_path: Path) -> None:
+    requests = requests_for(zoo.load_network(folder / "medium.json"))
+    path = tmp_path / "costs.sqlite"
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int, request) -> None:
+        with CostStore(path) as other:      # another connection sees only what is committed
+            seen.append((done, other.count()))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with CostStore(path) as store:
+        with pytest.raises(KeyboardInterrupt):
+            profile_on_cluster(client, requests, store, 1, 0.002, progress, chunk_size=3)
+        assert [done for done, _ in seen] == [count for _, count in seen]
+        assert 0 < seen[0][0] <= 3 and 0 < seen[1][0] - seen[0][0] <= 3
+        assert store.count() == seen[1][0] < len(requests)
+        # nothing is left running on the cluster
+        deadline = time.monotonic() + 10
+        while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+            assert time.monotonic() < deadline, "chunks left on the cluster"
+            time.sleep(0.1)
+        # a rerun measures only the rest
+        again = profile_on_cluster(client, requests, store, 1, 0.002, chunk_size=3)
+        assert (again.cached, again.measured) == (seen[1][0], len(requests) - seen[1][0])
+        assert store.count() == len(requests)
 
 
 def test_fingerprint_differences_and_a_refusing_chunk(folder: Path) -> None:

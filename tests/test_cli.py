@@ -214,6 +214,8 @@ def test_pareto_json_and_plot(tmp_path) -> None:
                       "--plot", str(png), db=tmp_path / "c.sqlite")
     assert result.returncode == 0, result.stderr
     frontier = json.loads(result.stdout)
+    assert list(frontier) == ["network", "threads", "costs", "points", "baselines"]
+    assert frontier["costs"] == "analytic"          # as /v1/pareto says it
     peaks = [p["peak_bytes"] for p in frontier["points"]]
     times = [p["time_s"] for p in frontier["points"]]
     assert peaks == sorted(peaks) and times == sorted(times, reverse=True)

@@ -14,11 +14,13 @@ from convplan.selector.planning import (
     PlanningError,
     PlanRequest,
     build_problem,
+    costs_label,
     enumerate_candidates,
     evaluate,
     make_plan,
     minimum_peak,
     pareto,
+    pareto_network,
     parse_bytes,
     plan_network,
     predicted_peak,
@@ -110,11 +112,45 @@ def test_an_infeasible_cap_states_the_minimum_peak() -> None:
 def test_the_frontier_is_monotone_and_spans_the_range() -> None:
     problem = build_problem(zoo.builtin("googlenet"), estimated)
     frontier = pareto(problem, points=6)
-    peaks = [p["peak_bytes"] for p in frontier]
-    times = [p["time_s"] for p in frontier]
+    peaks = [p.peak_bytes for p in frontier]
+    times = [p.time_s for p in frontier]
     assert peaks == sorted(peaks) and times == sorted(times, reverse=True)
     assert peaks[0] == minimum_peak(problem.problem).peak_bytes
     assert times[-1] == pytest.approx(solve(problem.problem).time_s)
+
+
+def test_the_frontier_job_gives_one_document(tmp_path) -> None:
+    """`pareto_network` (what `convplan pareto` and /v1/pareto call): the frontier over the
+    sweep, the four baselines with no cap, and where the costs came from."""
+    network = zoo.builtin("googlenet")
+    frontier = pareto_network(network, PlanRequest(threads=1, measure=False,
+                                                   db=str(tmp_path / "c.sqlite")), 4)
+    assert frontier.network == "googlenet" and frontier.threads == 1
+    assert frontier.costs == "analytic"
+    assert frontier.points == pareto(build_problem(network, estimated), 4)
+    assert set(frontier.baselines) == {"fastest", "im2col", "greedy", "lowest_memory"}
+    assert all(b.fits_cap for b in frontier.baselines.values())
+
+
+def test_costs_not_measured_by_the_deadline_are_estimated(tmp_path) -> None:
+    """A job's ``measure_until`` (the service's deadline hook): once it has passed, nothing is
+    measured and the costs are the analytic model's."""
+    import time
+
+    request = PlanRequest(threads=1, budget_s=0.01, db=str(tmp_path / "c.sqlite"))
+    frontier = pareto_network(zoo.builtin("onnx:squeezenet"), request, 2,
+                              measure_until=time.monotonic() - 1)
+    assert frontier.costs == "analytic"
+    plan = plan_network(zoo.builtin("onnx:squeezenet"), request,
+                        measure_until=time.monotonic() - 1)
+    assert plan.costs == "analytic"
+
+
+@pytest.mark.parametrize(("sources", "label"), [
+    ({"measured"}, "measured"), ({"imported"}, "imported"), ({"analytic"}, "analytic"),
+    ({"measured", "analytic"}, "mixed"), (set(), "mixed")])
+def test_the_costs_label_names_the_one_source(sources: set[str], label: str) -> None:
+    assert costs_label(sources) == label
 
 
 @pytest.mark.parametrize(("text", "size"), [("24MiB", 24 * 2**20), ("1.5 GiB", 3 * 2**29),

@@ -1,10 +1,12 @@
-"""The profiler, the requests it measures, the analytic fallback and the machine fingerprint."""
+"""The profiler and its backends, the requests it measures, the analytic fallback and the
+machine fingerprint."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,13 @@ import pytest
 from convplan.kernels import ConvSpec, operators, registry
 from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
 from convplan.profiles.measurement import Measurement
-from convplan.profiles.profiler import Profiler, request_key
+from convplan.profiles.profiler import (
+    MIN_BUDGET_S,
+    InProcess,
+    MeasuringJob,
+    Profiler,
+    request_key,
+)
 from convplan.profiles.requests import ConvRequest, OpRequest, TransformRequest
 from convplan.profiles.store import CostStore
 from convplan.selector.network import Network
@@ -259,6 +267,63 @@ def test_measure_missing_false_estimates_and_stores_nothing(store: CostStore) ->
     assert [mixed[request_key(r)].source for r in requests] == ["measured"] * 5 + [
         "analytic"] * (len(requests) - 5)
     assert store.count() == 5
+
+
+# -- backends ------------------------------------------------------------------------------
+class FirstHalf:
+    """A backend that measures only the first half of what it is given, in one batch (as a
+    cluster whose other chunks failed would), and notes that the profiler closed it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def measure(self, requests, job):
+        try:
+            half = requests[:len(requests) // 2]
+            yield [pair for batch in InProcess().measure(half, job) for pair in batch]
+        finally:
+            self.closed = True
+
+
+def test_the_profiler_estimates_what_its_backend_did_not_measure(store: CostStore) -> None:
+    requests = counted(TINY)
+    half = len(requests) // 2
+    calls: list[tuple[int, int, str]] = []
+    backend = FirstHalf()
+    profiler = Profiler(store, threads=1, budget_s=BUDGET, backend=backend)
+    costs = profiler.costs(requests, progress=lambda done, total, r: calls.append(
+        (done, total, r.candidate)))
+    assert [costs[request_key(r)].source for r in requests] == \
+        ["measured"] * half + ["analytic"] * (len(requests) - half)
+    assert calls == [(half, len(requests), requests[half - 1].candidate)]     # once a batch
+    stats = profiler.last_stats
+    assert (stats.measured, stats.unmeasured, stats.estimated) == \
+        (half, len(requests) - half, len(requests) - half)
+    assert store.count(profiler.fingerprint_id) == half == len(MEASURED)   # no estimate stored
+    assert backend.closed
+
+
+def test_an_interrupted_backend_is_closed_and_its_batch_kept(store: CostStore) -> None:
+    def progress(done: int, total: int, request: ConvRequest) -> None:
+        raise KeyboardInterrupt
+
+    requests = counted(TINY)
+    backend = FirstHalf()
+    profiler = Profiler(store, threads=1, budget_s=BUDGET, batch_size=1000, backend=backend)
+    with pytest.raises(KeyboardInterrupt):
+        profiler.costs(requests, progress=progress)
+    assert backend.closed and store.count() == len(requests) // 2
+
+
+def test_a_job_cuts_each_measurement_to_the_time_left() -> None:
+    fp = machine_fingerprint(1)
+    assert MeasuringJob(1, 0.5, fp).budget_now() == 0.5
+    assert MeasuringJob(1, 0.5, fp, time.monotonic() - 1).budget_now() is None
+    assert MIN_BUDGET_S <= MeasuringJob(1, 0.5, fp, time.monotonic() + 0.1).budget_now() <= 0.1
+    assert MeasuringJob(1, 0.5, fp, time.monotonic() + 1e-6).budget_now() in (None,
+                                                                               MIN_BUDGET_S)
+    spent = InProcess().measure(counted(TINY), MeasuringJob(1, BUDGET, fp, time.monotonic()))
+    assert list(spent) == [] and MEASURED == []
 
 
 def _network(name: str, layers: list[dict], channels: int) -> Network:

@@ -83,6 +83,19 @@ def test_only_measured_costs_are_stored(store: CostStore) -> None:
     assert store.count() == 0
 
 
+@pytest.mark.parametrize("row, message", [
+    (("conv", "", "im2col", m(1.0)), "key must be a non-empty string of at most 4096"),
+    (("conv", "k", "im2col", m(1e30)), "time_s must be a number between 0 and 10000, not 1e+30"),
+    (("conv", "k", "im2col", Measurement(1.0, 2 ** 60, "measured")), "workspace_bytes must be"),
+])
+def test_a_row_an_export_could_not_carry_is_not_stored(store: CostStore, row: tuple,
+                                                        message: str) -> None:
+    with pytest.raises(ValueError, match="not storing") as error:
+        store.put_many(FP, [*rows("k", 2), row])
+    assert message in str(error.value)
+    assert store.count() == 0
+
+
 def test_interrupted_batch_leaves_earlier_batches_and_nothing_of_itself(store: CostStore
                                                                         ) -> None:
     store.put_many(FP, rows("first", 8))
@@ -303,6 +316,18 @@ def _broken(doc: dict, fault: str) -> str:
         doc["rows"][-1]["key"] = ""
     elif fault == "rows not a list":
         doc["rows"] = {"a": 1}
+    elif fault == "row not an object":
+        doc["rows"][1] = [1, 2]
+    elif fault == "text time":
+        doc["rows"][-1]["time_s"] = "0.5"
+    elif fault == "bool repeats":
+        doc["rows"][-1]["repeats"] = True
+    elif fault == "bad origin":
+        doc["rows"][-1]["origin"] = "somewhere"
+    elif fault == "fingerprint not an object":
+        doc["fingerprints"]["0123456789abcdef"] = [1]
+    elif fault == "no version":
+        del doc["version"]
     return json.dumps(doc)
 
 
@@ -311,7 +336,12 @@ def _broken(doc: dict, fault: str) -> str:
     ("tampered fingerprint", "does not match"), ("unknown fingerprint", "unknown fingerprint"),
     ("missing field", "rows[2] lacks time_s"), ("negative time", "rows[2]: time_s"),
     ("fractional workspace", "workspace_bytes"), ("empty key", "rows[2].key"),
-    ("rows not a list", '"rows" a list')])
+    ("rows not a list", '"rows" a list'), ("row not an object", "rows[1] is not an object"),
+    ("text time", "rows[2]: time_s must be a number between 0 and 10000, not '0.5'"),
+    ("bool repeats", "rows[2]: repeats must be an integer between 0 and"),
+    ("bad origin", "rows[2]: origin must be 'local' or 'imported:...'"),
+    ("fingerprint not an object", "fingerprint '0123456789abcdef' is not an object"),
+    ("no version", "version None, expected 1")])
 def test_malformed_import_is_a_clear_error_and_changes_nothing(tmp_path: Path, fault: str,
                                                                message: str) -> None:
     doc = _valid_export(tmp_path)
@@ -322,8 +352,107 @@ def test_malformed_import_is_a_clear_error_and_changes_nothing(tmp_path: Path, f
         before = dump(target)
         with pytest.raises(ValueError, match="not a valid convplan cost export") as error:
             target.import_(bad)
-        assert message in str(error.value)
+        assert message in str(error.value) and str(bad) in str(error.value)
+        assert "pydantic" not in str(error.value).lower()   # convplan's words, not pydantic's
+        assert "Input should" not in str(error.value)
         assert dump(target) == before  # the valid rows before the bad one were not written
+
+
+#: An export as convplan wrote it before the export was a pydantic model (Python's json,
+#: indent=1, ASCII only): files already written must keep importing.
+EXISTING_EXPORT = r"""{
+ "format": "convplan-costs",
+ "version": 1,
+ "fingerprints": {
+  "82dbb834994a717e": {
+   "blas": {
+    "name": "openblas",
+    "version": "0.3.27"
+   },
+   "cpu": "Test CPU\u00ae 9000",
+   "threads": 1
+  },
+  "f65c1e1892ae30f4": {
+   "cpu": "other cpu",
+   "threads": 2
+  }
+ },
+ "rows": [
+  {
+   "fingerprint_id": "82dbb834994a717e",
+   "kind": "conv",
+   "key": "1x3x8x8_k3",
+   "candidate": "im2col",
+   "time_s": 1e-06,
+   "workspace_bytes": 4096,
+   "repeats": 5,
+   "spread": 0.01,
+   "measured_at": 1733100000.25,
+   "origin": "local"
+  },
+  {
+   "fingerprint_id": "82dbb834994a717e",
+   "kind": "transform",
+   "key": "1x4x8x8_float32",
+   "candidate": "NCHW->NHWC",
+   "time_s": 0.000125,
+   "workspace_bytes": 0,
+   "repeats": 9,
+   "spread": 0.0,
+   "measured_at": 1733100100.5,
+   "origin": "local"
+  },
+  {
+   "fingerprint_id": "f65c1e1892ae30f4",
+   "kind": "conv",
+   "key": "1x3x8x8_k3",
+   "candidate": "kn2row",
+   "time_s": 0.5,
+   "workspace_bytes": 123,
+   "repeats": 3,
+   "spread": 0.25,
+   "measured_at": 1733100100.5,
+   "origin": "imported:lab.json@0123456789ab"
+  }
+ ]
+}
+"""
+EXISTING_FPS = {"82dbb834994a717e": {"blas": {"name": "openblas", "version": "0.3.27"},
+                                     "cpu": "Test CPU\u00ae 9000", "threads": 1},
+                "f65c1e1892ae30f4": {"cpu": "other cpu", "threads": 2}}
+EXISTING_ROWS = [
+    ("82dbb834994a717e", "conv", "1x3x8x8_k3", "im2col", 1e-06, 4096, 5, 0.01, 1733100000.25),
+    ("82dbb834994a717e", "transform", "1x4x8x8_float32", "NCHW->NHWC", 0.000125, 0, 9, 0.0,
+     1733100100.5),
+    ("f65c1e1892ae30f4", "conv", "1x3x8x8_k3", "kn2row", 0.5, 123, 3, 0.25, 1733100100.5)]
+
+
+def test_an_export_in_the_existing_format_imports_and_exports_the_same(tmp_path: Path) -> None:
+    assert {fingerprint_id(fp) for fp in EXISTING_FPS.values()} == set(EXISTING_FPS)
+    existing = tmp_path / "existing.json"
+    existing.write_text(EXISTING_EXPORT)
+    with CostStore(tmp_path / "costs.sqlite") as s:
+        assert s.import_(existing) == 3
+        stats = s.last_import
+        assert stats is not None and (stats.written, stats.kept_local, stats.kept_newer) == \
+            (3, 0, 0)
+        stored = dump(s)
+        assert [r[:-1] for r in stored if len(r) == 10] == EXISTING_ROWS
+        assert {r[-1] for r in stored if len(r) == 10} == {stats.origin}   # all imported
+        assert {i.id: (i.fingerprint, i.rows, i.imported) for i in s.fingerprints()} == {
+            i: (fp, n, n) for (i, fp), n in zip(EXISTING_FPS.items(), (2, 1), strict=True)}
+        got = s.get("82dbb834994a717e", "conv", "1x3x8x8_k3", "im2col")
+        assert got == Measurement(1e-06, 4096, "imported", 5, 0.01, stats.origin)
+        s.export(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    before = json.loads(EXISTING_EXPORT)
+    # the same document: keys in the same order, the same values; only the origins are new
+    assert list(again) == list(before) == ["format", "version", "fingerprints", "rows"]
+    assert again["fingerprints"] == before["fingerprints"]
+    assert [list(r) for r in again["rows"]] == [list(r) for r in before["rows"]]
+    assert [{**r, "origin": "?"} for r in again["rows"]] == \
+        [{**r, "origin": "?"} for r in before["rows"]]
+    assert {r["origin"] for r in again["rows"]} == {stats.origin}
 
 
 def test_import_of_a_missing_or_binary_file(store: CostStore, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from convplan.api.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from convplan.selector.planning import Plan, PlanRequest
+    from convplan.selector.planning import Frontier, Plan, PlanRequest
 
 MemoryCap = Annotated[str | None, typer.Option(
     "--memory-cap", help="Peak-memory cap: bytes, or with kB/MB/GB/KiB/MiB/GiB "
@@ -124,67 +124,52 @@ def pareto(
     budget_seconds: Budget = 0.3,
 ) -> None:
     """The time / peak-memory frontier: the fastest plan at each of a sweep of caps."""
-    from convplan.selector.planning import (
-        baselines,
-        build_problem,
-        cost_function,
-        profiler_for,
-    )
-    from convplan.selector.planning import pareto as pareto_frontier
+    from convplan.selector.planning import pareto_network
 
     with bad_input():
         if plot is not None:
             check_writable(plot, "--plot")
         network = load_model(model)
         request = _request(threads, solver, time_limit, no_profile, db, budget_seconds)
-        with store_warnings():
-            profiler = profiler_for(request)
-            try:
-                bar, progress = counting_bar("profiling")
-                with bar:
-                    problem = build_problem(network, cost_function(profiler, request.measure,
-                                                                   progress))
-            finally:
-                if profiler.store is not None:
-                    profiler.store.close()
-        frontier = pareto_frontier(problem, points, solver=solver, time_limit_s=time_limit)
-        marks = baselines(problem, None, solver=solver, time_limit_s=time_limit)
-    rows = [{k: v for k, v in p.items() if k != "choice"} for p in frontier]
+        bar, progress = counting_bar("profiling")
+        with store_warnings(), bar:
+            frontier = pareto_network(network, request, points, progress)
     if plot is not None:
         try:
-            _plot_frontier(rows, marks, network.name, plot)
+            _plot_frontier(frontier, plot)
         except (ImportError, OSError) as error:
             fail(f"cannot draw {plot}: {error}")
     if as_json:
-        print(json.dumps({"network": network.name, "threads": profiler.threads,
-                          "points": rows, "baselines": marks}, indent=1))
+        print(json.dumps(frontier.model_dump(mode="json"), indent=1))
         return
     columns = ("peak", "time ms", "cap", "optimal")
-    table = new_table(f"{network.name}: time / peak-memory frontier", columns, right=columns)
-    for row in rows:
-        table.add_row(size(row["predicted_peak_bytes"]), f"{row['time_s'] * 1e3:.1f}",
-                      size(row["cap_bytes"]), "yes" if row["optimal"] else "no")
+    table = new_table(f"{frontier.network}: time / peak-memory frontier", columns,
+                      right=columns)
+    for point in frontier.points:
+        table.add_row(size(point.predicted_peak_bytes), f"{point.time_s * 1e3:.1f}",
+                      size(point.cap_bytes), "yes" if point.optimal else "no")
     console.print(table)
-    for name, row in marks.items():
-        console.print(f"baseline {name.replace('_', ' ')}: {row['time_s'] * 1e3:.1f} ms at "
-                      f"{size(row['peak_bytes'])}")
+    for name, row in frontier.baselines.items():
+        console.print(f"baseline {name.replace('_', ' ')}: {row.time_s * 1e3:.1f} ms at "
+                      f"{size(row.peak_bytes)}")
 
 
-def _plot_frontier(rows: list[dict], marks: dict, name: str, path: Path) -> None:
+def _plot_frontier(frontier: Frontier, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
-    axes.step([r["predicted_peak_bytes"] / 2**20 for r in rows],
-              [r["time_s"] * 1e3 for r in rows], where="post", marker="o", label="convplan")
-    for label, row in marks.items():
-        axes.scatter(row["peak_bytes"] / 2**20, row["time_s"] * 1e3, marker="x",
+    axes.step([p.predicted_peak_bytes / 2**20 for p in frontier.points],
+              [p.time_s * 1e3 for p in frontier.points], where="post", marker="o",
+              label="convplan")
+    for label, row in frontier.baselines.items():
+        axes.scatter(row.peak_bytes / 2**20, row.time_s * 1e3, marker="x",
                      label=label.replace("_", " "))
     axes.set_xlabel("peak memory (MiB)")
     axes.set_ylabel("time (ms)")
-    axes.set_title(f"{name}: time vs peak memory")
+    axes.set_title(f"{frontier.network}: time vs peak memory")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP service (pydantic), so /docs shows every field and
-schema-driven clients (and fuzzers) see exactly what the service accepts and returns."""
+schema-driven clients (and fuzzers) see exactly what the service accepts and returns. The plan
+and frontier documents are the planner's own (`selector.planning.Plan`, `Frontier`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
 from convplan.selector.network import NetworkDescription
-from convplan.selector.planning import BaselineDoc, CostsLabel, Plan, PlanSpec
+from convplan.selector.planning import Plan, PlanSpec
 from convplan.selector.runner import RunReport
 
 #: A built-in network name (GET /v1/networks) or a JSON network description.
@@ -107,23 +108,6 @@ class ProfileBody(BaseModel):
     threads: Annotated[int, Field(ge=1, le=4096)] | None = None
     budget_s: float = Field(0.5, gt=0, le=3600, description=(
         "Timing budget per measurement, seconds; capped at CONVPLAN_MAX_BUDGET."))
-
-
-# -- the pareto frontier (the plan document is `selector.planning.Plan`) ----------------------
-class ParetoPoint(BaseModel):
-    cap_bytes: int
-    time_s: float
-    peak_bytes: int
-    predicted_peak_bytes: int
-    optimal: bool
-
-
-class ParetoResponse(BaseModel):
-    network: str
-    threads: int
-    costs: CostsLabel
-    points: list[ParetoPoint]
-    baselines: dict[str, BaselineDoc]
 
 
 # -- running --------------------------------------------------------------------------------------

@@ -23,19 +23,17 @@ from convplan.kernels import registry
 from convplan.profiles.store import StoreError
 from convplan.selector.network import LimitError, Limits, Network, NetworkError, zoo
 from convplan.selector.planning import (
+    Frontier,
     Plan,
     PlanError,
     PlanningError,
     PlanRequest,
-    baselines,
-    build_problem,
-    cost_function,
+    pareto_network,
     parse_bytes,
     plan_network,
     profiler_for,
     requests_for,
 )
-from convplan.selector.planning import pareto as pareto_frontier
 from convplan.selector.runner import (
     random_inputs,
     read_inputs,
@@ -157,7 +155,7 @@ def _within_deadline(request: PlanRequest, deadline: float | None, solves: int,
     """A task's deadline (a `time.monotonic` instant; None: none) split between measuring and
     solving: the solver limit shrinks so ``solves`` solves fit in at most ``share`` of what is
     left, and measuring must stop before them and within ``measure_share`` of what is left
-    (the instant returned, for `profiles.profiler.measuring_deadline`); costs not measured by
+    (the instant returned, `plan_network`'s ``measure_until``); costs not measured by
     then are estimated."""
     import dataclasses
     import time
@@ -178,52 +176,22 @@ def plan_task(source: Source, options: dict[str, Any], settings: ServiceSettings
               deadline: float | None = None) -> Plan:
     """POST /v1/plan: the `Plan`. With a ``deadline`` (`time.monotonic`), measuring
     stops in time for the solver, whose limit fits what is left (the costs are then "mixed")."""
-    from convplan.profiles.profiler import measuring_deadline
-
     with client_errors():
         request = plan_request(options, settings)
         network = load(source, settings)
         request, measure_until = _within_deadline(request, deadline, PLAN_SOLVES)
-        with measuring_deadline(measure_until):
-            return plan_network(network, request)
-
-
-#: The `costs` of a plan or frontier whose costs all have one source (else "mixed").
-COST_SOURCES = ("measured", "imported", "analytic")
-
-
-def _costs_label(sources: set[str]) -> str:
-    """The label of costs from ``sources``: the one source they all have, else "mixed"."""
-    if len(sources) == 1 and next(iter(sources)) in COST_SOURCES:
-        return next(iter(sources))
-    return "mixed"
+        return plan_network(network, request, measure_until=measure_until)
 
 
 def pareto_task(source: Source, options: dict[str, Any], points: int, settings: ServiceSettings,
-                deadline: float | None = None) -> dict[str, Any]:
-    """POST /v1/pareto: the time / peak-memory frontier and the baselines (no cap); a
-    ``deadline`` bounds measuring and solving as for `plan_task`."""
-    from convplan.profiles.profiler import measuring_deadline
-
+                deadline: float | None = None) -> Frontier:
+    """POST /v1/pareto: the `Frontier` (the baselines with no cap); a ``deadline`` bounds
+    measuring and solving as for `plan_task`."""
     with client_errors():
         request = plan_request({**options, "memory_cap": None}, settings)
         network = load(source, settings)
         request, measure_until = _within_deadline(request, deadline, points + 3)
-        profiler = profiler_for(request)
-        try:
-            with measuring_deadline(measure_until):
-                problem = build_problem(network, cost_function(profiler, request.measure))
-        finally:
-            if profiler.store is not None:
-                profiler.store.close()
-        frontier = pareto_frontier(problem, points, solver=request.solver,
-                                   time_limit_s=request.time_limit_s)
-        marks = baselines(problem, None, solver=request.solver,
-                          time_limit_s=request.time_limit_s)
-    return {"network": network.name, "threads": profiler.threads,
-            "costs": _costs_label(problem.sources),
-            "points": [{k: v for k, v in p.items() if k != "choice"} for p in frontier],
-            "baselines": marks}
+        return pareto_network(network, request, points, measure_until=measure_until)
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -258,8 +226,6 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
     """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction.
     A ``deadline`` bounds planning first to half the time left (the run itself cannot stop
     early: the pool kills it at the deadline)."""
-    from convplan.profiles.profiler import measuring_deadline
-
     with client_errors():
         network = load(source, settings)
         plan = body.get("plan")
@@ -273,8 +239,7 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
         elif plan is None:
             request, measure_until = _within_deadline(  # half of the time left for the run
                 plan_request(body, settings), deadline, PLAN_SOLVES, 0.25, 0.25)
-            with measuring_deadline(measure_until):
-                plan = document = plan_network(network, request)
+            plan = document = plan_network(network, request, measure_until=measure_until)
         text = body.get("input")
         inputs = (decode_inputs(text, network, settings) if text is not None
                   else random_inputs(network, int(body.get("seed", 0))))

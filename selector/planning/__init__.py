@@ -5,9 +5,10 @@ By job (imports point down this list):
     candidates  the one enumeration: each layer's candidates with their cost requests
     problem     `build_problem`: the priced `Problem` in a `PlanContext` (lowerings cached)
     baselines   fastest, im2col everywhere, greedy under the cap, lowest memory
-    documents   the plan document: `Plan` and its parts, `plan_document`
-    solving     `make_plan` (held to the memory model) and the Pareto frontier
-    jobs        `PlanRequest`, `plan_network`, `parse_bytes`: what the CLI, service and batch call
+    documents   the plan document (`Plan` and its parts, `plan_document`) and the frontier's
+    solving     `make_plan` (held to the memory model) and the Pareto frontier, `make_frontier`
+    jobs        `PlanRequest`, `plan_network`, `pareto_network`, `parse_bytes`: what the CLI,
+                service and batch call
     incoming    plans that come in: `PlanSpec`, `check_plan`
 """
 
@@ -17,11 +18,14 @@ from .documents import (
     BaselineDoc,
     CandidateDoc,
     CostsLabel,
+    Frontier,
+    FrontierPoint,
     LayerDoc,
     Plan,
     PredictedDoc,
     SolverDoc,
     TransformDoc,
+    costs_label,
     plan_document,
 )
 from .ilp import (
@@ -37,7 +41,14 @@ from .ilp import (
     solve_under_cap,
 )
 from .incoming import PlanError, PlanSpec, check_plan, plan_spec
-from .jobs import PlanRequest, cost_function, parse_bytes, plan_network, profiler_for
+from .jobs import (
+    PlanRequest,
+    cost_function,
+    pareto_network,
+    parse_bytes,
+    plan_network,
+    profiler_for,
+)
 from .problem import (
     CostFunction,
     PlanContext,
@@ -45,7 +56,7 @@ from .problem import (
     fixed_bytes,
     predicted_peak,
 )
-from .solving import _held_to, make_plan, pareto
+from .solving import _held_to, make_frontier, make_plan, pareto
 
 __all__ = [
     "SOLVERS",
@@ -55,6 +66,8 @@ __all__ = [
     "Candidates",
     "CostFunction",
     "CostsLabel",
+    "Frontier",
+    "FrontierPoint",
     "Infeasible",
     "LayerDoc",
     "Option",
@@ -74,12 +87,15 @@ __all__ = [
     "build_problem",
     "check_plan",
     "cost_function",
+    "costs_label",
     "enumerate_candidates",
     "evaluate",
     "fixed_bytes",
+    "make_frontier",
     "make_plan",
     "minimum_peak",
     "pareto",
+    "pareto_network",
     "parse_bytes",
     "plan_document",
     "plan_network",

@@ -1,13 +1,15 @@
 """The plan document: what `convplan plan --json` prints, `/v1/plan` returns and `run --plan`
 reads. The choice per layer with every candidate it considered (so anyone can check it), the
-transforms, the solver's status, the prediction and the baselines.
+transforms, the solver's status, the prediction and the baselines. And the frontier document
+(`Frontier`): what `convplan pareto --json` prints and `/v1/pareto` returns.
 
-`Plan` is the one model of it: the CLI dumps it, the service returns it (its OpenAPI schema is
-this model's), batch writes it. Field names and order are the JSON document's."""
+`Plan` and `Frontier` are the one models of them: the CLI dumps them, the service returns them
+(its OpenAPI schemas are theirs), batch writes plans. Field names and order are the JSON
+documents'."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +22,11 @@ from .problem import PlanContext
 CostsLabel = Annotated[Literal["measured", "imported", "analytic", "mixed"], Field(
     description="measured / imported / analytic: every cost has that source; mixed: some "
                 "mix of them.")]
+
+
+def costs_label(sources: Collection[str]) -> str:
+    """The `CostsLabel` of costs from ``sources``: the one source they all have, else "mixed"."""
+    return next(iter(sources)) if len(sources) == 1 else "mixed"
 
 
 class CandidateDoc(BaseModel):
@@ -130,13 +137,12 @@ def plan_document(context: PlanContext, solution: Solution, cap: int | None,
     transforms = [TransformDoc(tensor=t, for_=n, into=layout,
                                time_s=p.transform_time[t, layout], bytes=p.tensor_bytes[t])
                   for t, n, layout in solution.transforms]
-    costs = next(iter(context.sources)) if len(context.sources) == 1 else "mixed"
     return Plan(
         network=network.name,
         machine=dict(machine),
         threads=threads,
         memory_cap_bytes=cap,
-        costs=costs,
+        costs=costs_label(context.sources),
         solver=SolverDoc(name=solution.solver, status=solution.status,
                          optimal=solution.optimal, solve_seconds=solution.solve_seconds),
         predicted=PredictedDoc(time_s=solution.time_s,
@@ -149,3 +155,25 @@ def plan_document(context: PlanContext, solution: Solution, cap: int | None,
         baselines={name: BaselineDoc.model_validate(row)
                    for name, row in (baseline_plans or {}).items()},
     )
+
+
+class FrontierPoint(BaseModel):
+    """The fastest plan under one cap of the sweep."""
+
+    cap_bytes: int
+    time_s: float
+    peak_bytes: int = Field(description="The ILP's bound of the plan's peak.")
+    predicted_peak_bytes: int = Field(description="The memory model's peak (the promise).")
+    optimal: bool
+
+
+class Frontier(BaseModel):
+    """The time / peak-memory frontier: the fastest plan at each cap of a sweep from the lowest
+    achievable peak to the fastest plan's (time falls as peak rises), and the baselines with no
+    cap."""
+
+    network: str
+    threads: int
+    costs: CostsLabel
+    points: list[FrontierPoint]
+    baselines: dict[str, BaselineDoc]

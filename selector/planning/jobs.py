@@ -1,24 +1,26 @@
 """A planning job, as the CLI, the service and batch start one: a `PlanRequest` (cap, threads,
 solver, whether to measure, the cost store) and `plan_network`, which profiles what the plan
-needs and returns the plan document (a `Plan`)."""
+needs and returns the plan document (a `Plan`), or `pareto_network`, the same for the
+time / peak-memory frontier (a `Frontier`)."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from convplan.profiles.measurement import Measurement
-from convplan.profiles.profiler import Profiler, Progress
+from convplan.profiles.profiler import Profiler, Progress, measuring_deadline
 from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostStore
 from convplan.selector.network import Network
 
-from .documents import Plan
+from .documents import Frontier, Plan
 from .ilp import SOLVERS, PlanningError
 from .problem import CostFunction
-from .solving import make_plan
+from .solving import make_frontier, make_plan
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
           "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -69,18 +71,40 @@ def cost_function(profiler: Profiler, measure: bool, progress: Progress | None =
     return costs
 
 
-def plan_network(network: Network, request: PlanRequest, progress: Progress | None = None
-                 ) -> Plan:
-    """Plan ``network`` as ``request`` asks: its `Plan`."""
+@contextmanager
+def _job_costs(request: PlanRequest, progress: Progress | None, measure_until: float | None
+               ) -> Iterator[tuple[Profiler, CostFunction]]:
+    """The profiler of a job and its cost function; measuring stops at ``measure_until`` (a
+    `time.monotonic` instant, `profiles.profiler.measuring_deadline`; None: no deadline) and
+    what is missing then is estimated. The cost store is closed when the job ends."""
     if request.solver not in SOLVERS:
         raise PlanningError(f"unknown solver {request.solver!r}; use one of "
                             f"{', '.join(SOLVERS)}")
     profiler = profiler_for(request)
     try:
-        costs = cost_function(profiler, request.measure, progress)
-        return make_plan(network, costs, request.cap, machine=profiler.fingerprint,
-                         threads=profiler.threads, solver=request.solver,
-                         time_limit_s=request.time_limit_s)
+        with measuring_deadline(measure_until):
+            yield profiler, cost_function(profiler, request.measure, progress)
     finally:
         if profiler.store is not None:
             profiler.store.close()
+
+
+def plan_network(network: Network, request: PlanRequest, progress: Progress | None = None, *,
+                 measure_until: float | None = None) -> Plan:
+    """Plan ``network`` as ``request`` asks: its `Plan`. Costs not measured by
+    ``measure_until`` (a `time.monotonic` instant; None: no deadline) are estimated."""
+    with _job_costs(request, progress, measure_until) as (profiler, costs):
+        return make_plan(network, costs, request.cap, machine=profiler.fingerprint,
+                         threads=profiler.threads, solver=request.solver,
+                         time_limit_s=request.time_limit_s)
+
+
+def pareto_network(network: Network, request: PlanRequest, points: int = 8,
+                   progress: Progress | None = None, *, measure_until: float | None = None
+                   ) -> Frontier:
+    """The time / peak-memory frontier of ``network`` over ``points`` caps, with the costs
+    ``request`` asks for (its cap is not used): its `Frontier`. ``measure_until`` as for
+    `plan_network`."""
+    with _job_costs(request, progress, measure_until) as (profiler, costs):
+        return make_frontier(network, costs, points, threads=profiler.threads,
+                             solver=request.solver, time_limit_s=request.time_limit_s)

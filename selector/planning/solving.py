@@ -1,16 +1,15 @@
 """Solving a plan context: the plan under a cap (held to the memory model's prediction), and the
-Pareto frontier over a sweep of caps."""
+Pareto frontier over a sweep of caps (`make_plan`, `make_frontier`: their documents)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from convplan.selector.network import Network
 
 from .baselines import baselines
-from .documents import Plan, plan_document
+from .documents import Frontier, FrontierPoint, Plan, costs_label, plan_document
 from .ilp import Infeasible, PlanningError, Solution, solve
 from .problem import CostFunction, PlanContext, build_problem
 
@@ -79,7 +78,7 @@ def _held_to(context: PlanContext, solution: Solution, cap: int, *, solver: str,
 
 
 def pareto(context: PlanContext, points: int = 8, *, solver: str = "cbc",
-           time_limit_s: float = 60.0) -> list[dict[str, Any]]:
+           time_limit_s: float = 60.0) -> list[FrontierPoint]:
     """The time / peak-memory frontier: re-solve over caps from the lowest achievable peak to the
     fastest plan's peak; dominated and repeated points are dropped, so time falls as peak rises."""
     p = context.problem
@@ -94,11 +93,22 @@ def pareto(context: PlanContext, points: int = 8, *, solver: str = "cbc",
             s = solve(p, cap, solver=solver, time_limit_s=time_limit_s)
         except PlanningError:
             continue
-        found.append({"cap_bytes": cap, "time_s": s.time_s, "peak_bytes": s.peak_bytes,
-                      "predicted_peak_bytes": context.predicted_peak(s.choice),
-                      "optimal": s.optimal, "choice": s.choice})
-    frontier: list[dict[str, Any]] = []
-    for point in sorted(found, key=lambda q: (q["peak_bytes"], q["time_s"])):
-        if not frontier or point["time_s"] < frontier[-1]["time_s"] - 1e-12:
+        found.append(FrontierPoint(cap_bytes=cap, time_s=s.time_s, peak_bytes=s.peak_bytes,
+                                   predicted_peak_bytes=context.predicted_peak(s.choice),
+                                   optimal=s.optimal))
+    frontier: list[FrontierPoint] = []
+    for point in sorted(found, key=lambda q: (q.peak_bytes, q.time_s)):
+        if not frontier or point.time_s < frontier[-1].time_s - 1e-12:
             frontier.append(point)
     return frontier
+
+
+def make_frontier(network: Network, costs: CostFunction, points: int = 8, *, threads: int,
+                  solver: str = "cbc", time_limit_s: float = 60.0) -> Frontier:
+    """The `Frontier` of ``network``: `pareto` over ``points`` caps, and the baselines (no
+    cap)."""
+    context = build_problem(network, costs)
+    return Frontier(network=network.name, threads=threads, costs=costs_label(context.sources),
+                    points=pareto(context, points, solver=solver, time_limit_s=time_limit_s),
+                    baselines=baselines(context, None, solver=solver,
+                                        time_limit_s=time_limit_s))

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form
 
-from convplan.selector.planning import Plan
+from convplan.selector.planning import Frontier, Plan
 
 from .. import work
 from ..deps import JsonBody, PoolDep, SettingsDep
 from ..errors import ERRORS
-from ..schemas import ParetoBody, ParetoResponse, PlanBody, PlanOnnxForm
+from ..schemas import ParetoBody, PlanBody, PlanOnnxForm
 
 router = APIRouter(tags=["planning"], responses=ERRORS)
 
@@ -34,10 +34,10 @@ async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/for
                           settings, pass_deadline=True)
 
 
-@router.post("/v1/pareto", response_model=ParetoResponse, dependencies=[JsonBody])
-async def pareto(body: ParetoBody, pool: PoolDep, settings: SettingsDep) -> dict[str, Any]:
+@router.post("/v1/pareto", response_model=Frontier, dependencies=[JsonBody])
+async def pareto(body: ParetoBody, pool: PoolDep, settings: SettingsDep) -> Frontier:
     """The time / peak-memory frontier (fastest plan over a sweep of caps) and the
-    baselines."""
+    baselines: the same document as `convplan pareto --json`."""
     options = body.model_dump(exclude={"network", "points"})
     return await pool.run(work.pareto_task, work.source(body.network), options, body.points,
                           settings, pass_deadline=True)
