@@ -195,17 +195,3 @@ class Health(BaseModel):
                                       "overran their deadline or memory).")
     error: Literal["unhealthy"] | None = Field(None, description="Only when unhealthy.")
     detail: str | None = Field(None, description="Why no worker can serve (when unhealthy).")
-
-
-class AlgorithmInfo(BaseModel):
-    name: str
-    input_layout: str
-    output_layout: str
-    summary: str
-    supports: str
-    workspace: str
-
-
-class NetworkInfo(BaseModel):
-    name: str
-    source: str
