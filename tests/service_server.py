@@ -48,6 +48,12 @@ class Server:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def web_modules() -> list[str]:
+    """The FastAPI and Starlette modules this process has imported (run in a worker process:
+    workers build plans and job documents with pydantic alone)."""
+    return sorted(m for m in sys.modules if m.partition(".")[0] in ("fastapi", "starlette"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,6 +9,9 @@ import asyncio
 import base64
 import io
 import itertools
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +67,12 @@ def warm_tiny(client: httpx.Client) -> dict:
     return job
 
 
+def _cli_json(command: str) -> object:
+    done = subprocess.run([sys.executable, "-m", "convplan", command, "--json"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout)
+
+
 # -- the happy paths -----------------------------------------------------------------------------
 def test_health_catalogue_and_docs(client: httpx.Client) -> None:
     health = client.get("/healthz").json()
@@ -72,6 +81,9 @@ def test_health_catalogue_and_docs(client: httpx.Client) -> None:
     assert names == registry.names()
     networks = [n["name"] for n in client.get("/v1/networks").json()]
     assert networks[:4] == ["alexnet", "vgg16", "googlenet", "resnet50"]
+    # the same documents as `convplan algorithms --json` and `convplan networks --json`
+    assert client.get("/v1/algorithms").json() == _cli_json("algorithms")
+    assert client.get("/v1/networks").json() == _cli_json("networks")
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/plan", "/v1/plan/onnx", "/v1/pareto", "/v1/run", "/v1/profile",

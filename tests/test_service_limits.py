@@ -181,3 +181,36 @@ def test_the_worker_pool_queues_within_bounds_and_survives_a_dead_worker() -> No
             pool.stop()
 
     asyncio.run(main())
+
+
+def test_worker_processes_never_import_the_web_framework(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path) -> None:
+    """A worker that planned and profiled (its answers a `Plan` and a `ProfileResult`, pydantic
+    documents) has imported neither FastAPI nor Starlette: the web stack stays in the server."""
+    from service_server import web_modules
+
+    from convplan.api.service import work
+    from convplan.api.service.schemas import ProfileResult
+    from convplan.api.service.workers import WorkerPool
+
+    monkeypatch.setenv("CONVPLAN_DB", str(tmp_path / "costs.sqlite"))
+    settings = ServiceSettings.from_env({})
+    tiny = ("description", TINY)
+
+    async def main() -> None:
+        pool = WorkerPool(1, queue=0, wait_s=1)
+        pool.start()
+        try:
+            plan = await pool.run(work.plan_task, tiny, {"measure": False, "threads": 1},
+                                  settings)
+            assert plan.network == "tiny" and plan.costs == "analytic"
+            result = await pool.run(work.profile_task, tiny, 1, 0.01, settings)
+            assert isinstance(result, ProfileResult) and result.requested > 0
+            assert await pool.run(web_modules) == []
+        finally:
+            pool.stop()
+
+    import convplan.api.service.app  # noqa: F401  (the server's side has it: the check can fail)
+
+    assert "fastapi" in web_modules()
+    asyncio.run(main())

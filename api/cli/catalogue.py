@@ -26,38 +26,32 @@ if TYPE_CHECKING:
 
 def algorithms(as_json: Json = False) -> None:
     """List the registered convolution algorithms."""
-    from convplan.kernels import registry
+    from convplan.selector.catalogue import registered_algorithms
 
-    rows = [a.describe() for a in registry.all_algorithms()]
+    infos = registered_algorithms()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([a.model_dump(mode="json") for a in infos], indent=2))
         return
     table = new_table("convolution algorithms",
                       ("name", "layout", "supports", "workspace (elements)"))
-    for row in rows:
-        table.add_row(row["name"], f"{row['input_layout']} -> {row['output_layout']}",
-                      row["supports"], row["workspace"])
+    for a in infos:
+        table.add_row(a.name, f"{a.input_layout} -> {a.output_layout}", a.supports, a.workspace)
     console.print(table)
     console.print("(--json adds what each one does)")
 
 
 def networks(as_json: Json = False) -> None:
     """List the built-in networks."""
-    from convplan.selector.network import zoo
+    from convplan.selector.catalogue import builtin_networks
 
-    rows = []
-    for name in zoo.names():
-        light = zoo.PAPER_NETWORKS.get(name, name.removeprefix("onnx:"))
-        source = ("described in convplan (seeded weights)" if light is None
-                  else f"onnx light model {light}")
-        rows.append({"name": name, "source": source})
+    infos = builtin_networks()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([n.model_dump(mode="json") for n in infos], indent=2))
         return
     table = new_table("built-in networks (also: a .json description or an .onnx file)",
                       ("name", "source"))
-    for row in rows:
-        table.add_row(row["name"], row["source"])
+    for n in infos:
+        table.add_row(n.name, n.source)
     console.print(table)
 
 

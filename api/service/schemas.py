@@ -1,12 +1,16 @@
 """Request and response bodies of the HTTP service (pydantic), so /docs shows every field and
 schema-driven clients (and fuzzers) see exactly what the service accepts and returns. The plan
-and frontier documents are the planner's own (`selector.planning.Plan`, `Frontier`)."""
+and frontier documents are the planner's own (`selector.planning.Plan`, `Frontier`).
+
+Pydantic only, no FastAPI: the worker processes build the job documents (`Job`) and import
+this module, and stay free of the web stack (the ONNX upload form, which needs FastAPI's
+`UploadFile`, is declared beside its route)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
-from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
@@ -65,14 +69,6 @@ class PlanBody(CostOptions):
     model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     memory_cap: MemoryCap = None
-
-
-class PlanOnnxForm(CostOptions):
-    """The multipart form of /v1/plan/onnx: the ONNX file and the options as fields."""
-
-    file: UploadFile = Field(description="The ONNX model (no external data).")
-    memory_cap: Annotated[str, Field(max_length=64)] | None = Field(
-        None, description="Bytes or a size string (\"24MiB\"); empty: no cap.")
 
 
 class ParetoBody(CostOptions):
@@ -146,22 +142,33 @@ class Progress(BaseModel):
     total: int | None = None
 
 
+#: Where a job is: waiting, measuring, or finished one of three ways.
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
 class JobCreated(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     url: str
 
 
 class Job(BaseModel):
+    """A profiling job as GET /v1/jobs/{id} answers it; the job table holds these."""
+
     id: str
     kind: Literal["profile"]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    progress: Progress
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    result: ProfileResult | None
-    error: ErrorBody | None
+    status: JobStatus = "queued"
+    progress: Progress = Field(default_factory=Progress)
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: ProfileResult | None = None
+    error: ErrorBody | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Queued or running (it counts against ``CONVPLAN_MAX_PENDING_JOBS``)."""
+        return self.status in ("queued", "running")
 
 
 class WorkerCounts(BaseModel):
@@ -188,17 +195,3 @@ class Health(BaseModel):
                                       "overran their deadline or memory).")
     error: Literal["unhealthy"] | None = Field(None, description="Only when unhealthy.")
     detail: str | None = Field(None, description="Why no worker can serve (when unhealthy).")
-
-
-class AlgorithmInfo(BaseModel):
-    name: str
-    input_layout: str
-    output_layout: str
-    summary: str
-    supports: str
-    workspace: str
-
-
-class NetworkInfo(BaseModel):
-    name: str
-    source: str

@@ -3,8 +3,9 @@
 Every task here is CPU-bound and measures memory with `tracemalloc`, which is process-global:
 a traced run sharing a process with other requests would count their allocations too. So the
 app runs these functions in worker processes (`workers`), one task per process at a time, and
-never on the event loop. Tasks take and return plain (picklable) data; a bad request becomes a
-`ServiceError` carrying its HTTP status, so the app maps errors in one place.
+never on the event loop. Tasks take plain data and return picklable documents (the planner's
+`Plan` and `Frontier`, the service's `schemas`); a bad request becomes a `ServiceError` carrying
+its HTTP status, so the app maps errors in one place.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from convplan.selector.runner import (
     run_plan,
 )
 from convplan.settings import ServiceSettings
+
+from .schemas import ProfileResult
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
 # -- profiling -----------------------------------------------------------------------------------
 def profile_task(source: Source, threads: int | None, budget_s: float, settings: ServiceSettings,
                  progress: Callable[[int, int], None] | None = None,
-                 deadline: float | None = None) -> dict[str, Any]:
+                 deadline: float | None = None) -> ProfileResult:
     """A profile job: measure (and store) every cost a plan of the network needs; measuring
     stops at ``deadline`` (`time.monotonic`; what is left is counted in ``unmeasured``)."""
     from convplan.profiles.profiler import measuring_deadline
@@ -283,14 +286,14 @@ def profile_task(source: Source, threads: int | None, budget_s: float, settings:
                 profiler.store.close()
     stats = profiler.last_stats
     assert stats is not None
-    return {"network": network.name, "fingerprint_id": profiler.fingerprint_id,
-            "threads": profiler.threads,
-            "conv_specs": len({network.conv_spec(n) for n in network.conv_nodes}),
-            "conv_requests": sum(r.kind == "conv" for r in requests),
-            "transform_requests": sum(r.kind == "transform" for r in requests),
-            "op_requests": sum(r.kind == "op" for r in requests),
-            "requested": stats.requested, "measured": stats.measured, "cached": stats.cached,
-            "unmeasured": stats.unmeasured, "seconds": round(stats.seconds, 3)}
+    return ProfileResult(
+        network=network.name, fingerprint_id=profiler.fingerprint_id, threads=profiler.threads,
+        conv_specs=len({network.conv_spec(n) for n in network.conv_nodes}),
+        conv_requests=sum(r.kind == "conv" for r in requests),
+        transform_requests=sum(r.kind == "transform" for r in requests),
+        op_requests=sum(r.kind == "op" for r in requests),
+        requested=stats.requested, measured=stats.measured, cached=stats.cached,
+        unmeasured=stats.unmeasured, seconds=round(stats.seconds, 3))
 
 
 def warm_up() -> int:

@@ -29,12 +29,12 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from convplan.settings import ServiceSettings
 
 from . import work as service
+from .schemas import ErrorBody, Job, ProfileResult, Progress
 from .work import ServiceError, Source
 
 log = logging.getLogger("convplan.service")
@@ -501,28 +501,11 @@ class WorkerPool:
 
 
 # -- jobs ----------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    id: str
-    kind: str
-    payload: tuple[Source, int | None, float]
-    status: str = "queued"
-    done: int = 0
-    total: int | None = None
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
-    def view(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "status": self.status,
-                "progress": {"done": self.done, "total": self.total},
-                "created_at": self.created_at, "started_at": self.started_at,
-                "finished_at": self.finished_at, "result": self.result, "error": self.error}
+#: What a profiling job measures: the network, the threads (None: all cores), the budget.
+ProfilePayload = tuple[Source, int | None, float]
 
 
-def _profile_main(payload: tuple[Source, int | None, float], settings: ServiceSettings,
+def _profile_main(payload: ProfilePayload, settings: ServiceSettings,
                   messages: Any, parent: int, deadline: float | None) -> None:
     """A job's own process: measure, reporting progress and the outcome through ``messages``."""
     _prepare_worker(parent, settings.worker_memory_limit)
@@ -532,25 +515,26 @@ def _profile_main(payload: tuple[Source, int | None, float], settings: ServiceSe
                                       lambda done, total: messages.put(("progress", done, total)),
                                       deadline=deadline)
     except ServiceError as error:
-        messages.put(("error", {"error": error.code, "detail": error.message}))
+        messages.put(("error", ErrorBody(error=error.code, detail=error.message)))
     except MemoryError:
-        messages.put(("error", {"error": "too_large", "detail": "the job ran out of memory"}))
+        messages.put(("error", ErrorBody(error="too_large", detail="the job ran out of memory")))
     except Exception:
         logging.getLogger("convplan.service").exception("profile job failed")
-        messages.put(("error", {"error": "internal_error", "detail": "the job failed"}))
+        messages.put(("error", ErrorBody(error="internal_error", detail="the job failed")))
     else:
         messages.put(("done", result))
 
 
 class JobTable:
-    """A bounded table of profiling jobs, run one at a time, each in a fresh process (so a
-    shutdown or the job deadline can stop it; the cost store keeps every finished batch)."""
+    """A bounded table of profiling jobs (their `Job` documents), run one at a time, each in a
+    fresh process (so a shutdown or the job deadline can stop it; the cost store keeps every
+    finished batch)."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, ProfilePayload] | None] = queue.Queue()
         self._stop = threading.Event()
         self._current: Any = None
         self._thread: threading.Thread | None = None
@@ -574,30 +558,32 @@ class JobTable:
     def check_room(self) -> None:
         """Saturated if a job submitted now would be refused for the pending bound."""
         with self._lock:
-            pending = sum(j.status in ("queued", "running") for j in self._jobs.values())
+            pending = sum(j.pending for j in self._jobs.values())
         if pending >= self.settings.max_pending_jobs:
             raise Saturated
 
-    def submit(self, kind: str, payload: tuple[Source, int | None, float]) -> Job:
+    def submit(self, payload: ProfilePayload) -> Job:
+        """Queue a profiling job: a copy of its `Job` (Saturated if the table is full)."""
         with self._lock:
-            pending = sum(j.status in ("queued", "running") for j in self._jobs.values())
+            pending = sum(j.pending for j in self._jobs.values())
             if pending >= self.settings.max_pending_jobs:
                 raise Saturated
             while len(self._jobs) >= self.settings.max_jobs:
-                finished = next((k for k, j in self._jobs.items()
-                                 if j.status not in ("queued", "running")), None)
+                finished = next((k for k, j in self._jobs.items() if not j.pending), None)
                 if finished is None:
                     raise Saturated
                 del self._jobs[finished]        # the oldest finished job makes room
-            job = Job(uuid.uuid4().hex, kind, payload)
+            job = Job(id=uuid.uuid4().hex, kind="profile")
             self._jobs[job.id] = job
-        self._queue.put(job.id)
-        return job
+            created = job.model_copy(deep=True)
+        self._queue.put((job.id, payload))
+        return created
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> Job | None:
+        """A copy of the job's document as it is now (None: no such job, or dropped)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            return job.view() if job is not None else None
+            return job.model_copy(deep=True) if job is not None else None
 
     def _update(self, job: Job, **changes: Any) -> None:
         with self._lock:
@@ -606,22 +592,23 @@ class JobTable:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job_id = self._queue.get()
-            if job_id is None:
+            queued = self._queue.get()
+            if queued is None:
                 return
+            job_id, payload = queued
             with self._lock:
                 job = self._jobs.get(job_id)
             if job is not None:
-                self._run(job)
+                self._run(job, payload)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, payload: ProfilePayload) -> None:
         context = _spawn()
         messages = context.Queue()
         timeout = self.settings.job_timeout
         started = time.monotonic()
         deadline = started + timeout
         process = context.Process(target=_profile_main, name="convplan-job",
-                                  args=(job.payload, self.settings, messages, os.getpid(),
+                                  args=(payload, self.settings, messages, os.getpid(),
                                         deadline - max(1.0, 0.05 * timeout)), daemon=True)
         self._update(job, status="running", started_at=time.time())
         self._current = process
@@ -638,21 +625,21 @@ class JobTable:
                     log.error("profile job %s overran its deadline of %s s; killing it",
                               job.id, timeout)
                     process.terminate()
-                    outcome = ("error", {"error": "deadline_exceeded", "detail": (
+                    outcome = ("error", ErrorBody(error="deadline_exceeded", detail=(
                         f"the job did not finish within {timeout:g} s (CONVPLAN_JOB_TIMEOUT); "
-                        "what it measured is kept in the cost store")})
+                        "what it measured is kept in the cost store")))
                 elif not process.is_alive():
                     with contextlib.suppress(queue.Empty):
                         message = messages.get(timeout=0.5)
                         if message[0] != "progress":
                             outcome = message
                             continue
-                    outcome = ("error", {"error": "worker_died",
-                                         "detail": "the profiling process died (exit code "
-                                                   f"{process.exitcode})"})
+                    outcome = ("error", ErrorBody(error="worker_died",
+                                                  detail="the profiling process died (exit "
+                                                         f"code {process.exitcode})"))
                 continue
             if message[0] == "progress":
-                self._update(job, done=message[1], total=message[2])
+                self._update(job, progress=Progress(done=message[1], total=message[2]))
             else:
                 outcome = message
         process.join(timeout=self.settings.kill_grace)
@@ -662,11 +649,12 @@ class JobTable:
         self._current = None
         now = time.time()
         if outcome[0] == "done":
-            measured = outcome[1]["measured"]
-            self._update(job, status="succeeded", result=outcome[1], finished_at=now,
-                         done=measured, total=measured + outcome[1].get("unmeasured", 0))
+            result: ProfileResult = outcome[1]
+            self._update(job, status="succeeded", result=result, finished_at=now,
+                         progress=Progress(done=result.measured,
+                                           total=result.measured + result.unmeasured))
         elif outcome[0] == "cancelled":
             self._update(job, status="cancelled", finished_at=now,
-                         error={"error": "cancelled", "detail": "the server shut down"})
+                         error=ErrorBody(error="cancelled", detail="the server shut down"))
         else:
             self._update(job, status="failed", error=outcome[1], finished_at=now)

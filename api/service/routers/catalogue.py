@@ -1,42 +1,28 @@
-"""GET /v1/algorithms and /v1/networks: what the service knows, answered on the event loop."""
+"""GET /v1/algorithms and /v1/networks: what the service knows (`selector.catalogue`, the
+documents `convplan algorithms --json` and `convplan networks --json` print), answered on the
+event loop."""
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
-
 from fastapi import APIRouter
 
-from convplan.kernels import registry
-from convplan.selector.network import zoo
-
-from ..schemas import AlgorithmInfo, NetworkInfo
+from convplan.selector.catalogue import (
+    AlgorithmInfo,
+    NetworkInfo,
+    builtin_networks,
+    registered_algorithms,
+)
 
 router = APIRouter(tags=["catalogue"])
 
 
-@cache
-def _algorithm_rows() -> list[dict[str, Any]]:
-    return [a.describe() for a in registry.all_algorithms()]
-
-
-@cache
-def _network_rows() -> list[dict[str, str]]:
-    rows = []
-    for name in zoo.names():
-        light = zoo.PAPER_NETWORKS.get(name, name.removeprefix("onnx:"))
-        rows.append({"name": name, "source": "described in convplan (seeded weights)"
-                     if light is None else f"onnx light model {light}"})
-    return rows
-
-
 @router.get("/v1/algorithms", response_model=list[AlgorithmInfo])
-async def algorithms() -> list[dict[str, Any]]:
+async def algorithms() -> tuple[AlgorithmInfo, ...]:
     """The registered convolution algorithms: layouts, limits, workspace formula."""
-    return _algorithm_rows()
+    return registered_algorithms()
 
 
 @router.get("/v1/networks", response_model=list[NetworkInfo])
-async def networks() -> list[dict[str, str]]:
+async def networks() -> tuple[NetworkInfo, ...]:
     """The built-in networks (a request may also give a description or an ONNX file)."""
-    return _network_rows()
+    return builtin_networks()

@@ -3,8 +3,6 @@ process, polled by id."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 
 from convplan.selector.network import zoo
@@ -22,7 +20,7 @@ router = APIRouter(tags=["jobs"])
 @router.post("/v1/profile", status_code=202, response_model=JobCreated, responses=ERRORS,
              dependencies=[JsonBody])
 async def profile(body: ProfileBody, request: Request, response: Response, pool: PoolDep,
-                  jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
+                  jobs: JobsDep, settings: SettingsDep) -> JobCreated:
     """Start measuring every cost a plan of the network needs (kept in the cost store);
     poll GET /v1/jobs/{id}. The network is built first (in a worker), so a bad one is
     refused here as /v1/plan refuses it, and takes no job."""
@@ -34,15 +32,15 @@ async def profile(body: ProfileBody, request: Request, response: Response, pool:
     jobs.check_room()
     if source[0] != "builtin":      # (a built-in network is valid: its name was checked)
         await pool.run(validate_task, source, settings)
-    job = jobs.submit("profile", (source, body.threads, body.budget_s))
+    job = jobs.submit((source, body.threads, body.budget_s))
     url = str(request.url_for("job", job_id=job.id).path)
     response.headers["Location"] = url
-    return {"id": job.id, "status": job.status, "url": url}
+    return JobCreated(id=job.id, status=job.status, url=url)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=Job, name="job",
             responses={k: v for k, v in ERRORS.items() if k in (404, 422)})
-async def job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
+async def job(job_id: str, jobs: JobsDep) -> Job:
     """A job's status, progress and (when finished) its result or error."""
     found = jobs.get(job_id)
     if found is None:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, UploadFile
+from pydantic import Field
 
 from convplan.selector.planning import Frontier, Plan
 
 from .. import work
 from ..deps import JsonBody, PoolDep, SettingsDep
 from ..errors import ERRORS
-from ..schemas import ParetoBody, PlanBody, PlanOnnxForm
+from ..schemas import CostOptions, ParetoBody, PlanBody
 
 router = APIRouter(tags=["planning"], responses=ERRORS)
+
+
+class PlanOnnxForm(CostOptions):
+    """The multipart form of /v1/plan/onnx: the ONNX file and the options as fields (here, not
+    in `schemas`, which the worker processes import: `UploadFile` is FastAPI's)."""
+
+    file: UploadFile = Field(description="The ONNX model (no external data).")
+    memory_cap: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="Bytes or a size string (\"24MiB\"); empty: no cap.")
 
 
 @router.post("/v1/plan", response_model=Plan, dependencies=[JsonBody])
