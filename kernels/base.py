@@ -70,6 +70,9 @@ class ConvAlgorithm(ABC):
     tabulates_taps: ClassVar[bool] = False
     #: Human-readable limits, shown by `convplan algorithms`.
     limits: ClassVar[str] = "any stride, padding, dilation, groups"
+    #: When the prepared form reorders the grouped weights (g, mg, cg, kh, kw) without
+    #: computing anything: their axes in the order it keeps them (None: a transform).
+    weight_order: ClassVar[tuple[int, ...] | None] = None
 
     # -- what it can do ----------------------------------------------------------------------
     def unsupported_reason(self, spec: ConvSpec) -> str | None:
@@ -105,8 +108,32 @@ class ConvAlgorithm(ABC):
         return spec.m * spec.cg * spec.kh * spec.kw
 
     # -- weights -----------------------------------------------------------------------------
+    def prepare_copies(self, spec: ConvSpec) -> bool:
+        """Whether `prepare` makes new weights (True), or keeps a read-only view of the caller's
+        C-contiguous array (False: the prepared form only reshapes it, so the weights are held
+        once). Derived from `weight_order`; `prepare` checks that the claim holds."""
+        if self.weight_order is None:
+            return True
+        shape = (spec.groups, spec.mg, spec.cg, spec.kh, spec.kw)
+        moved = [axis for axis in self.weight_order if shape[axis] > 1]
+        return moved != sorted(moved)
+
+    def prepare_extra_bytes(self, spec: ConvSpec) -> int:
+        """Peak bytes `prepare` allocates beyond what it keeps (temporaries it frees before it
+        returns), for C-contiguous weights of the spec's dtype.
+
+        While `prepare` runs, the process holds the caller's weights, the prepared form (the
+        same bytes when not `prepare_copies`) and this much more.
+        """
+        return 0
+
     def prepare(self, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec) -> Prepared:
-        """Reorder (or transform) the weights once; the result is reused by every `run`."""
+        """Reorder (or transform) the weights once; the result is reused by every `run`.
+
+        The prepared weights and bias are read-only. They are views of ``w`` and ``b`` when
+        those already are in the kept form (see `prepare_copies`; the bias when it is
+        C-contiguous): the caller's arrays are left as they were, writeable.
+        """
         self.require(spec)
         w = np.asarray(w)
         if w.shape != spec.weight_shape:
@@ -119,13 +146,20 @@ class ConvAlgorithm(ABC):
             if b.shape != (spec.m,):
                 raise ValueError(f"bias has shape {b.shape}, expected ({spec.m},)")
             _check_float(b, "bias", spec.dtype)
-            bias = np.array(b, dtype=spec.dtype)
+            bias = _read_only(np.ascontiguousarray(b, dtype=spec.dtype))
+        copies = self.prepare_copies(spec)
+        if not copies:
+            # The view is of C-contiguous native weights; others are converted (copied) once.
+            w = np.ascontiguousarray(w, dtype=spec.dtype)
         grouped = w.reshape(spec.groups, spec.mg, spec.cg, spec.kh, spec.kw)
-        # Always a copy, even when the prepared form is a view of ``w``: prepared weights are
-        # the executor's own (counted at every step); the caller may drop the originals.
-        weights = np.array(self._prepare_weights(grouped, spec), dtype=spec.dtype, order="C",
-                           copy=True)
-        return Prepared(self.name, spec.weight_shape, spec.groups, weights, bias)
+        weights = np.ascontiguousarray(self._prepare_weights(grouped, spec), dtype=spec.dtype)
+        shared = np.shares_memory(weights, w)
+        if copies and shared:
+            weights = weights.copy()
+        elif not copies and not shared:
+            raise RuntimeError(f"algorithm {self.name!r} says its prepared weights are a view "
+                               f"of the original for {spec.describe()}, but they are a copy")
+        return Prepared(self.name, spec.weight_shape, spec.groups, _read_only(weights), bias)
 
     @abstractmethod
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -203,6 +237,13 @@ class ConvAlgorithm(ABC):
             "supports": self.limits,
             "workspace": self.workspace_formula,
         }
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` (``a`` itself keeps its flags)."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_float(a: np.ndarray, what: str, dtype: str) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .base import ConvAlgorithm
+from .base import ConvAlgorithm, Prepared
 from .layout import convert
 from .measure import peak_allocation
 from .spec import ConvSpec
@@ -30,6 +30,13 @@ from .spec import ConvSpec
 #: Workspace measured by tracemalloc may fall short of the prediction by 25% plus this
 #: (interpreter objects, NumPy's small temporaries).
 WORKSPACE_SLACK = 64 * 1024
+
+#: Interpreter objects one `prepare` makes beyond its arrays (the `Prepared`, its views, einsum's
+#: state: 1-3 KiB measured), which the executor's allowance covers: the traced peak of `prepare`
+#: may exceed what it declares by this much.
+PREPARE_OBJECT_BYTES = 8 * 1024
+#: ... and fall short of it by this much.
+PREPARE_SLACK = 64 * 1024
 
 SPECS: tuple[ConvSpec, ...] = (
     ConvSpec(n=2, c=32, h=28, w=28, m=48, kh=3, kw=3, padding=1),
@@ -241,6 +248,64 @@ def check_workspace(algorithm: ConvAlgorithm, spec: ConvSpec) -> None:
                     f"{algorithm.prepared_bytes(spec)}")
 
 
+def measured_preparation(algorithm: ConvAlgorithm, spec: ConvSpec, seed: int = 0) -> int:
+    """Peak bytes `prepare` allocates beyond the caller's C-contiguous weights and bias, which
+    exist before it starts (tracemalloc, the minimum of three)."""
+    _, w, b = _data(spec, seed, True)
+    return peak_allocation(lambda: algorithm.prepare(w, b, spec))
+
+
+def _prepare(algorithm: ConvAlgorithm, spec: ConvSpec, w: np.ndarray,
+             b: np.ndarray | None) -> Prepared:
+    """`prepare`; any exception from a spec it claims to run is a failed check."""
+    try:
+        return algorithm.prepare(w, b, spec)
+    except Exception as error:
+        raise _fail(algorithm, spec, f"prepare failed: {error!r}") from None
+
+
+def check_preparation(algorithm: ConvAlgorithm, spec: ConvSpec) -> None:
+    """`prepare` allocates what it declares: new weights when `prepare_copies` says so, plus
+    `prepare_extra_bytes` (its peak is within `PREPARE_SLACK` below that and
+    `PREPARE_OBJECT_BYTES` above, so never above `prepared_bytes + prepare_extra_bytes`).
+    Prepared weights are read-only. Without a copy they are a view of the caller's weights,
+    which stay writeable and unchanged by a run; with one they share no memory with them.
+    Weights that are not C-contiguous are converted, never viewed."""
+    copies = algorithm.prepare_copies(spec)
+    x, w, b = _data(spec, 2, True)
+    original = w.copy()
+    prepared = _prepare(algorithm, spec, w, b)
+    if prepared.weights.flags.writeable:
+        raise _fail(algorithm, spec, "the prepared weights are writeable")
+    shared = np.shares_memory(prepared.weights, w)
+    if copies and shared:
+        raise _fail(algorithm, spec, "prepare_copies says a copy, but the prepared weights "
+                    "share memory with the caller's")
+    if not copies:
+        if not shared:
+            raise _fail(algorithm, spec, "prepare_copies says a view, but the prepared weights "
+                        "share no memory with the caller's")
+        _run(algorithm, spec, x, w, b)
+        if not (w.flags.writeable and np.array_equal(w, original)):
+            raise _fail(algorithm, spec, "the caller's weights were changed")
+    strided = np.repeat(w, 2, axis=0)[::2]
+    converted = _prepare(algorithm, spec, strided, b)
+    if not np.array_equal(converted.weights, prepared.weights):
+        raise _fail(algorithm, spec, "weights that are not C-contiguous are prepared otherwise")
+    if not strided.flags.c_contiguous and np.shares_memory(converted.weights, strided):
+        raise _fail(algorithm, spec, "the prepared weights view weights that are not "
+                    "C-contiguous")
+    extra = algorithm.prepare_extra_bytes(spec)
+    declared = (algorithm.prepared_bytes(spec, bias=False) if copies else 0) + extra
+    measured = measured_preparation(algorithm, spec)
+    if measured > declared + PREPARE_OBJECT_BYTES:
+        raise _fail(algorithm, spec, f"prepare allocated {measured} bytes, over the {declared} "
+                    f"it declares ({'a copy and ' if copies else ''}{extra} extra)")
+    if measured < declared - PREPARE_SLACK:
+        raise _fail(algorithm, spec, f"prepare declares {declared} bytes, far above the "
+                    f"{measured} it allocates")
+
+
 def fitted_specs(algorithm: ConvAlgorithm, specs: Iterable[ConvSpec] = SPECS) -> list[ConvSpec]:
     """The corpus fitted to what ``algorithm`` runs, without repeats."""
     out: list[ConvSpec] = []
@@ -266,4 +331,5 @@ def check_algorithm(algorithm: ConvAlgorithm, specs: Iterable[ConvSpec] = SPECS)
         check_matches_reference(algorithm, spec, seed=1, bias=False)
         check_out_argument(algorithm, spec)
         check_workspace(algorithm, spec)
+        check_preparation(algorithm, spec)
     return len(fitted)

@@ -14,13 +14,15 @@ from hypothesis import strategies as st
 from strategies import conv_specs
 
 from convplan.kernels import ConvSpec, conv2d, registry
-from convplan.kernels.algorithms.patch import Im2col
+from convplan.kernels.algorithms.patch import Im2col, Im2row
 from convplan.kernels.algorithms.winograd import Winograd2x2
+from convplan.kernels.base import Prepared
 from convplan.kernels.checks import (
     ConformanceError,
     check_algorithm,
     check_matches_reference,
     check_out_argument,
+    check_preparation,
     check_supports_is_honest,
     check_workspace,
     fit,
@@ -73,6 +75,36 @@ def test_out_argument_is_filled_and_returned(name: str) -> None:
     check_out_argument(registry.get(name), spec)
 
 
+@pytest.mark.parametrize("name", ALGORITHMS)
+@given(spec=conv_specs(max_side=10))
+def test_preparation_allocates_what_it_declares(name: str, spec: ConvSpec) -> None:
+    fitted = fit(spec, registry.get(name))
+    assume(fitted is not None)
+    check_preparation(registry.get(name), fitted)
+
+
+def test_a_reshaping_algorithm_keeps_a_read_only_view_of_the_callers_weights() -> None:
+    spec = ConvSpec(n=1, c=8, h=6, w=6, m=4, kh=3, kw=3, padding=1)
+    w = np.ones(spec.weight_shape, np.float32)
+    b = np.ones(spec.m, np.float32)
+    prepared = registry.get("im2col").prepare(w, b, spec)
+    assert np.shares_memory(prepared.weights, w) and np.shares_memory(prepared.bias, b)
+    assert not prepared.weights.flags.writeable and not prepared.bias.flags.writeable
+    assert w.flags.writeable and b.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        prepared.weights[0, 0, 0] = 2.0
+    copied = registry.get("im2col").prepare(np.asfortranarray(w), b.astype(">f4"), spec)
+    assert not np.shares_memory(copied.weights, w) and not np.shares_memory(copied.bias, b)
+    assert np.array_equal(copied.weights, prepared.weights)
+
+
+def test_a_view_that_is_a_copy_is_refused() -> None:
+    """The claim (`prepare_copies`) and the behaviour are one fact."""
+    spec = ConvSpec(n=1, c=8, h=6, w=6, m=4, kh=3, kw=3, padding=1)
+    with pytest.raises(RuntimeError, match="'false-view' says its prepared weights are a view"):
+        FalseView().prepare(np.ones(spec.weight_shape, np.float32), None, spec)
+
+
 # -- the checks catch broken algorithms (not registered: plain instances) -------------------------
 class OffByOne(Im2col):
     name = "off-by-one"
@@ -117,7 +149,62 @@ class Understated(Im2col):
         return 0
 
 
+class WritesWeights(Im2col):
+    """Scales its prepared weights in place on every run."""
+    name = "writes-weights"
+
+    def _run_group(self, x, w, out, spec, ws) -> None:
+        w *= 1.0
+        super()._run_group(x, w, out, spec, ws)
+
+
+class FalseView(Im2row):
+    """Claims its transposed weights are a view."""
+    name = "false-view"
+    weight_order = (0, 1, 2, 3, 4)
+
+    def _prepare_weights(self, w, spec):
+        return w.transpose(0, 3, 4, 2, 1).reshape(spec.groups, -1, spec.mg)
+
+
+class HiddenView(Im2col):
+    """Says it copies, keeps a view."""
+    name = "hidden-view"
+
+    def prepare_copies(self, spec: ConvSpec) -> bool:
+        return True
+
+    def prepare(self, w, b, spec):
+        view = np.asarray(w).reshape(spec.groups, spec.mg, -1).view()
+        view.flags.writeable = False
+        return Prepared(self.name, spec.weight_shape, spec.groups, view, None)
+
+
+class WriteablePrepared(Im2row):
+    name = "writeable-prepared"
+
+    def prepare(self, w, b, spec):
+        prepared = super().prepare(w, b, spec)
+        return dataclasses.replace(prepared, weights=prepared.weights.copy())
+
+
+class HiddenTransient(Winograd2x2):
+    """Does not declare its float64 transform."""
+    name = "hidden-transient"
+
+    def prepare_extra_bytes(self, spec: ConvSpec) -> int:
+        return 0
+
+
+class OverstatedTransient(Im2col):
+    name = "overstated-transient"
+
+    def prepare_extra_bytes(self, spec: ConvSpec) -> int:
+        return 2**20
+
+
 SPEC = ConvSpec(n=1, c=8, h=12, w=11, m=6, kh=3, kw=3, padding=1)
+WIDE = ConvSpec(n=1, c=32, h=8, w=8, m=32, kh=3, kw=3, padding=1)
 GROUPED = ConvSpec(n=1, c=8, h=12, w=11, m=6, kh=3, kw=3, padding=1, groups=2)
 
 
@@ -128,6 +215,12 @@ GROUPED = ConvSpec(n=1, c=8, h=12, w=11, m=6, kh=3, kw=3, padding=1, groups=2)
     (Silent(), check_supports_is_honest, GROUPED, "without naming itself"),
     (IgnoresOut(), check_out_argument, SPEC, "another array"),
     (Understated(), check_workspace, SPEC, "over the declared workspace"),
+    (WritesWeights(), check_matches_reference, SPEC, "read-only"),
+    (FalseView(), check_preparation, SPEC, "says its prepared weights are a view"),
+    (HiddenView(), check_preparation, SPEC, "share memory with the caller's"),
+    (WriteablePrepared(), check_preparation, SPEC, "are writeable"),
+    (HiddenTransient(), check_preparation, WIDE, "over the"),
+    (OverstatedTransient(), check_preparation, SPEC, "far above"),
 ])
 def test_each_check_catches_a_broken_algorithm(broken, check, spec, message) -> None:
     with pytest.raises(ConformanceError, match=message) as raised:

@@ -23,6 +23,7 @@ class Depthwise(ConvAlgorithm):
     workspace_formula = "min(C, 256 KiB / (Ho*Wo*itemsize)) * Ho * Wo"
     limits = "groups = C = M; any stride, padding, dilation"
     block_bytes = 256 * 1024
+    weight_order = (0, 1, 2, 3, 4)  # a reshape: the weights are kept as they are
 
     def unsupported_reason(self, spec: ConvSpec) -> str | None:
         if not (spec.groups == spec.c == spec.m):

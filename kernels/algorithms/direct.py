@@ -23,12 +23,13 @@ class Direct(ConvAlgorithm):
     input_layout = output_layout = "NCHW"
     summary = "per tap: copy the input window, (M x C) GEMM, add into the output"
     workspace_formula = "(C/g + M/g) * Ho * Wo"
+    weight_order = (0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"window": (spec.cg, spec.ho * spec.wo), "product": (spec.mg, spec.ho * spec.wo)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        return w.transpose(0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
+        return w.transpose(self.weight_order)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         for r in range(spec.kh):

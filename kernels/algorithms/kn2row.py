@@ -37,12 +37,13 @@ class Kn2row(_Kn2Base):
     input_layout = output_layout = "NCHW"
     summary = "one GEMM K*K*M x HW x C, then K*K shifted adds"
     workspace_formula = "kh * kw * (M/g) * H * W"
+    weight_order = (0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"partials": (spec.kh, spec.kw, spec.mg, spec.h, spec.w)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        return w.transpose(0, 3, 4, 1, 2).reshape(spec.groups, -1, spec.cg)
+        return w.transpose(self.weight_order).reshape(spec.groups, -1, spec.cg)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         partials = ws["partials"]
@@ -62,13 +63,13 @@ class Kn2col(_Kn2Base):
     input_layout = output_layout = "NHWC"
     summary = "one GEMM HW x K*K*M x C, then K*K shifted adds"
     workspace_formula = "H * W * kh * kw * (M/g)"
+    weight_order = (0, 2, 3, 4, 1)  # (g, cg, kh, kw, mg)
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"partials": (spec.h, spec.w, spec.kh, spec.kw, spec.mg)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        # (g, cg, kh, kw, mg)
-        return w.transpose(0, 2, 3, 4, 1).reshape(spec.groups, spec.cg, -1)
+        return w.transpose(self.weight_order).reshape(spec.groups, spec.cg, -1)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         partials = ws["partials"]
@@ -90,12 +91,13 @@ class Kn2rowAs(_Kn2Base):
     input_layout = output_layout = "NCHW"
     summary = "per tap: GEMM M x HW x C into one buffer, shifted add"
     workspace_formula = "(M/g) * H * W"
+    weight_order = (0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"partial": (spec.mg, spec.h, spec.w)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        return w.transpose(0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
+        return w.transpose(self.weight_order)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         partial = ws["partial"]
@@ -136,6 +138,7 @@ class Kn2rowAa(_Kn2Base):
     workspace_formula = "(M/g) * (R - 1) * max column shift, R = rows per block (a few KiB)"
     block_bytes = 1024 * 1024
     channels_last = False
+    weight_order = (0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
 
     def block_rows(self, spec: ConvSpec) -> int:
         """Output rows per block (1 when input and output rows differ in length)."""
@@ -154,9 +157,7 @@ class Kn2rowAa(_Kn2Base):
         return {"edges": (rows, wrap, spec.mg) if self.channels_last else (spec.mg, rows, wrap)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        if self.channels_last:
-            return w.transpose(0, 3, 4, 2, 1)  # (g, kh, kw, cg, mg)
-        return w.transpose(0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
+        return w.transpose(self.weight_order)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         wi, wo = spec.w, spec.wo
@@ -208,3 +209,4 @@ class Kn2rowAaNhwc(Kn2rowAa):
     input_layout = output_layout = "NHWC"
     summary = "kn2row-aa, pixel-major: GEMM HW x M x C per tap into the displaced output rows"
     channels_last = True
+    weight_order = (0, 3, 4, 2, 1)  # (g, kh, kw, cg, mg)

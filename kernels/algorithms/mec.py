@@ -66,9 +66,10 @@ class MecCol(_MecBase):
     input_layout = output_layout = "NCHW"
     summary = "lower along columns (Wo x H*kw*C), Ho GEMMs M x Wo x K*K*C"
     workspace_formula = "Wo * ((Ho-1)*stride + kh) * kw * (C/g)"
+    weight_order = (0, 1, 3, 4, 2)  # (g, mg, kh, kw, cg): (r, s, c) order
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        return w.transpose(0, 1, 3, 4, 2).reshape(spec.groups, spec.mg, -1)  # (r, s, c) order
+        return w.transpose(self.weight_order).reshape(spec.groups, spec.mg, -1)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         lowered = ws["lowered"]
@@ -85,9 +86,10 @@ class MecRow(_MecBase):
     input_layout = output_layout = "NHWC"
     summary = "lower along columns (Wo x H*kw*C), Ho GEMMs Wo x M x K*K*C"
     workspace_formula = "Wo * ((Ho-1)*stride + kh) * kw * (C/g)"
+    weight_order = (0, 3, 4, 2, 1)  # (g, kh, kw, cg, mg): (r, s, c) x m
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        return w.transpose(0, 3, 4, 2, 1).reshape(spec.groups, -1, spec.mg)  # (r, s, c) x m
+        return w.transpose(self.weight_order).reshape(spec.groups, -1, spec.mg)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         lowered = ws["lowered"]

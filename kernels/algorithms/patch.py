@@ -23,6 +23,7 @@ class Im2col(ConvAlgorithm):
     input_layout = output_layout = "NCHW"
     summary = "patch matrix (K*K*C x Ho*Wo), one GEMM M x HoWo x K*K*C"
     workspace_formula = "(C/g) * kh * kw * Ho * Wo"
+    weight_order = (0, 1, 2, 3, 4)  # a reshape: the weights are kept as they are
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"patches": (spec.cg, spec.kh, spec.kw, spec.ho, spec.wo)}
@@ -49,13 +50,13 @@ class Im2row(ConvAlgorithm):
     input_layout = output_layout = "NHWC"
     summary = "patch matrix (Ho*Wo x K*K*C), one GEMM HoWo x M x K*K*C"
     workspace_formula = "Ho * Wo * kh * kw * (C/g)"
+    weight_order = (0, 3, 4, 2, 1)  # (g, kh, kw, cg, mg): the K*K*C x M right-hand operand
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"patches": (spec.ho, spec.wo, spec.kh, spec.kw, spec.cg)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        # (g, kh, kw, cg, mg): the K*K*C x M right-hand operand
-        return w.transpose(0, 3, 4, 2, 1).reshape(spec.groups, -1, spec.mg)
+        return w.transpose(self.weight_order).reshape(spec.groups, -1, spec.mg)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         patches = ws["patches"]

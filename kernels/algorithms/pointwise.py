@@ -46,6 +46,7 @@ class Conv1x1(_PointwiseBase):
     input_layout = output_layout = "NCHW"
     summary = "one GEMM M x HW x C on the input itself"
     workspace_formula = "0 (stride 1); (C/g) * Ho * Wo with stride > 1"
+    weight_order = (0, 1, 2, 3, 4)  # a reshape: the weights are kept as they are
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return w.reshape(spec.groups, spec.mg, spec.cg)
@@ -64,9 +65,10 @@ class Conv1x1Nhwc(_PointwiseBase):
     input_layout = output_layout = "NHWC"
     summary = "one GEMM HW x M x C on the input itself"
     workspace_formula = "0 (stride 1); Ho * Wo * (C/g) with stride > 1"
+    weight_order = (0, 2, 1, 3, 4)  # (g, cg, mg): W^T
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
-        return w.reshape(spec.groups, spec.mg, spec.cg).transpose(0, 2, 1)
+        return w.transpose(self.weight_order).reshape(spec.groups, spec.cg, spec.mg)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         x = self._subsample(x, spec, ws)

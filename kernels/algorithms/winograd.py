@@ -19,6 +19,10 @@ from ..geometry import copy_window, span
 from ..registry import register
 from ..spec import ConvSpec
 
+#: Elements per operand NumPy's einsum buffers, for two of the operands of the weight transform
+#: (NumPy's NPY_BUFSIZE: einsum does not follow np.setbufsize), measured.
+_EINSUM_BUFFER = 8192
+
 _F2 = {
     "BT": [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
     "G": [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
@@ -38,6 +42,9 @@ class _Winograd(ConvAlgorithm):
     limits = "3x3 kernel, stride 1, dilation 1; any padding, groups"
     tile: int
     matrices: dict[str, list[list[float]]]
+    #: About how many bytes of float64 weights and transform `prepare` holds at once (one block
+    #: of output channels; at least one channel).
+    prepare_block_bytes = 1024 * 1024
 
     @property
     def alpha(self) -> int:
@@ -68,10 +75,35 @@ class _Winograd(ConvAlgorithm):
     def prepare_shape_elements(self, spec: ConvSpec) -> int:
         return self.alpha**2 * spec.m * spec.cg
 
+    def prepare_block(self, spec: ConvSpec) -> int:
+        """Output channels whose weights and transform `prepare` holds at once, in float64."""
+        per_channel = (spec.kh * spec.kw + self.alpha**2) * spec.cg * 8
+        return min(spec.mg, max(1, self.prepare_block_bytes // per_channel))
+
+    def prepare_extra_bytes(self, spec: ConvSpec) -> int:
+        """One block's float64 weights, their float64 transform, einsum's buffers, and G."""
+        pairs = self.prepare_block(spec) * spec.cg
+        taps = spec.kh * spec.kw
+        buffers = 2 * min(taps * pairs, _EINSUM_BUFFER)
+        return (pairs * (taps + self.alpha**2) + buffers + self.alpha * 3) * 8
+
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+        """U = G g G^T in float64, rounded once into the kept array, a block of output channels
+        at a time: the float64 temporaries stay near `prepare_block_bytes`, where transforming
+        all at once would need 3x the kept bytes."""
+        a = self.alpha
         g = np.array(self.matrices["G"], dtype=np.float64)
-        u = np.einsum("ar,gmcrs,bs->gabmc", g, w.astype(np.float64), g)
-        return u.reshape(spec.groups, self.alpha**2, spec.mg, spec.cg)
+        u = np.empty((spec.groups, a, a, spec.mg, spec.cg), dtype=spec.dtype)
+        block = self.prepare_block(spec)
+        transformed = np.empty((a, a, block, spec.cg), dtype=np.float64)
+        for group in range(spec.groups):
+            for m0 in range(0, spec.mg, block):
+                m1 = min(m0 + block, spec.mg)
+                part = transformed[:, :, :m1 - m0]
+                np.einsum("ar,mcrs,bs->abmc", g, w[group, m0:m1].astype(np.float64), g,
+                          out=part)
+                u[group, :, :, m0:m1] = part
+        return u.reshape(spec.groups, a * a, spec.mg, spec.cg)
 
     def _run_group(self, x, w, out, spec, ws) -> None:
         a, m = self.alpha, self.tile
