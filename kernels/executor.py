@@ -103,8 +103,8 @@ class RunResult:
     seconds: float
     #: Per step: peak traced bytes while it ran, inputs included (None when not traced).
     step_peak_bytes: list[int] | None
-    #: Peak bytes traced during preparation and the run (None when not traced), plus the
-    #: inputs (allocated by the caller before the run and held for all of it).
+    #: Peak bytes traced during preparation and the run (None when not traced), plus what was
+    #: held from before the trace: the inputs and the prepared weights not allocated in it.
     measured_peak_bytes: int | None
     prepared_bytes: int
 
@@ -131,11 +131,29 @@ class Executor:
     def prepared_bytes(self) -> int:
         return sum(p.nbytes for p in self.prepared.values())
 
+    def _view_bytes(self) -> int:
+        """Bytes of prepared weights that are views of the network's own arrays (allocated
+        before any trace): the executor holds them as surely as the weights it copied."""
+        total = 0
+        for step in self.program.steps:
+            prepared = self.prepared.get(step.name)
+            if prepared is None:
+                continue
+            if np.may_share_memory(prepared.weights, step.weights["weight"]):
+                total += prepared.weights.nbytes
+            bias = step.weights.get("bias")
+            if prepared.bias is not None and bias is not None and np.may_share_memory(
+                    prepared.bias, bias):
+                total += prepared.bias.nbytes
+        return total
+
     def run(self, inputs: dict[str, np.ndarray], trace: bool = False) -> RunResult:
         """Run the program on ``inputs`` (name -> array in its step layout).
 
         With ``trace``, the preparation of weights (when not done yet) and the run are traced,
-        and the peak is reported with the inputs' bytes added.
+        and the peak is reported with the bytes held from before the trace added: the inputs
+        and the prepared weights that were not allocated inside it (views of the network's
+        own arrays, or all of them when prepared before).
         """
         missing = set(self.program.inputs) - set(inputs)
         if missing:
@@ -148,9 +166,12 @@ class Executor:
             tracemalloc.reset_peak()
         try:
             with collector_paused() if trace else contextlib.nullcontext():
-                if not self._prepared:
+                if self._prepared:      # prepared before the trace: all of it is untraced
+                    untraced = self.prepared_bytes
+                else:
                     self.prepare()
-                held = sum(inputs[name].nbytes for name in self.program.inputs)
+                    untraced = self._view_bytes()
+                held = untraced + sum(inputs[name].nbytes for name in self.program.inputs)
                 prepare_peak = tracemalloc.get_traced_memory()[1] - base + held if trace else 0
                 outputs, times, seconds, step_peaks = self._execute(
                     inputs, base - held if trace else None)
