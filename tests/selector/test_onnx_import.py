@@ -15,7 +15,7 @@ from convplan.selector.network import NetworkError
 from convplan.selector.onnx import load_onnx, reference_outputs
 from convplan.selector.runner import random_inputs, run_network
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TORCH_EXPORTS = sorted(DATA.glob("torch_*.onnx"))
 
 

@@ -14,6 +14,7 @@ import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
+import hostile_onnx as h
 import numpy as np
 import onnx
 import pytest
@@ -25,10 +26,9 @@ from convplan.selector.network import NetworkError
 from convplan.selector.onnx import load_onnx
 from convplan.selector.onnx.reading import refuse_external_data
 from convplan.selector.runner import run_network
-from tests import hostile_onnx as h
 
 MIB = 1 << 20
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager

@@ -257,7 +257,7 @@ def _unprivileged() -> list[str] | None:
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     try:
         probe = subprocess.run([*prefix, sys.executable, "-c", "import convplan.profiles.store"],
-                               cwd=Path(__file__).parents[1], capture_output=True, timeout=60)
+                               cwd=Path(__file__).parents[2], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return prefix if probe.returncode == 0 else None
@@ -283,7 +283,7 @@ def test_a_0444_store_is_opened_read_only(tmp_path: Path) -> None:
         os.chmod(open_, 0o777)
         before = [digest(path) for path in stores]
         env = {**os.environ, "HOME": str(base)}
-        root = str(Path(__file__).parents[1])
+        root = str(Path(__file__).parents[2])
         result = subprocess.run([*prefix, sys.executable, "-c", _AS_OTHER_USER, root,
                                  *map(str, stores)], capture_output=True, text=True,
                                 timeout=120, env=env, cwd=base)
