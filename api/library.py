@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from convplan.selector.network import Network, load_network
-from convplan.selector.planning import Plan, PlanRequest, parse_bytes, plan_network
+from convplan.selector.planning import Plan, PlanRequest, plan_network
 from convplan.selector.runner import RunReport, run_network, run_plan
 
 
@@ -26,10 +26,10 @@ def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
     costs measured on this machine where the cost store (``db``, default ``$CONVPLAN_DB`` or
     the user cache) lacks them, or estimated with ``measure=False``. The `Plan` (its
     ``model_dump(mode="json")`` is what `convplan plan --out` writes); an infeasible cap is
-    a `PlanningError` naming the lowest achievable peak."""
-    cap = parse_bytes(memory_cap) if memory_cap is not None else None
-    request = PlanRequest(cap=cap, threads=threads, solver=solver, time_limit_s=time_limit_s,
-                          measure=measure, budget_s=budget_s,
+    a `PlanningError` naming the lowest achievable peak; a bad option a ValueError saying
+    which."""
+    request = PlanRequest(cap=memory_cap, threads=threads, solver=solver,
+                          time_limit_s=time_limit_s, measure=measure, budget_s=budget_s,
                           db=str(db) if db is not None else None)
     return plan_network(_network(network), request)
 

@@ -7,21 +7,30 @@ store. `ServiceSettings.from_env` (and the others) raise `SettingsError`, a Valu
 message names the variable that is wrong and what it should be.
 
 Sizes are `pydantic.ByteSize`: plain bytes or a number with a unit (24MiB, 64MB, 1.5 GiB,
-500kB, 16k), the spellings `selector.planning.parse_bytes` reads and a few more (TB, PiB ...).
-Durations are seconds, finite and bounded.
+500kB, 16k, TB, PiB ...); `Size` is the one grammar of a size, which a memory cap
+(`selector.planning.PlanRequest`) is read with too. Durations are seconds, finite and bounded.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Self
 
 import platformdirs
-from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -37,8 +46,27 @@ JSON_BYTES_PER_LAYER = 4 * KiB
 #: No duration may be longer: a deadline of more than a week is a mistake, not a setting.
 MAX_SECONDS = 7 * 86400.0
 
+#: How to write a size, for the message of one that cannot be read.
+SIZE_HINT = ("use bytes or a number with a unit (B, kB, MB, GB, KiB, MiB, GiB; e.g. 24MiB, "
+             "64MB)")
+#: The pydantic error types of a size that cannot be read (as opposed to one out of bounds).
+SIZE_ERRORS = ("byte_size", "byte_size_unit")
+_WHOLE_SIZE = re.compile(r"\s*[0-9]*\.?[0-9]+\s*[A-Za-z]*\s*")
+
+
+def _whole_size(value: Any) -> Any:
+    """ByteSize reads a leading number and unit and ignores the rest ("2**62" would be 2
+    bytes), and takes True for 1: a size is an int, or a text that is a number and a unit and
+    nothing else (the unit is ByteSize's to read)."""
+    if isinstance(value, bool) or (isinstance(value, str) and not _WHOLE_SIZE.fullmatch(value)):
+        raise PydanticCustomError("byte_size", "could not parse value and unit from byte string")
+    return value
+
+
+#: A size: bytes (an int) or a number with a unit (24MiB, 64MB, 1.5 GiB, 500kB, 16k).
+SizeText = Annotated[ByteSize, BeforeValidator(_whole_size)]
 #: A size of at least one byte.
-Size = Annotated[ByteSize, Field(ge=1)]
+Size = Annotated[SizeText, Field(ge=1)]
 #: A positive count.
 Count = Annotated[int, Field(ge=1)]
 
@@ -74,10 +102,6 @@ def _size_text(value: int) -> str:
         if value % size == 0:
             return f"{value // size}{unit}"
     return str(value)
-
-
-_SIZE_HINT = ("use bytes or a number with a unit (B, kB, MB, GB, KiB, MiB, GiB; e.g. 24MiB, "
-              "64MB)")
 
 
 class _Settings(BaseSettings):
@@ -122,7 +146,7 @@ class _Settings(BaseSettings):
             secret = field in cls.model_fields and \
                 cls.model_fields[field].annotation in (SecretStr, SecretStr | None)
             given = "" if secret else f"={e.get('input')!r}"
-            hint = _SIZE_HINT if e["type"] == "byte_size" else e["msg"]
+            hint = SIZE_HINT if e["type"] in SIZE_ERRORS else e["msg"]
             problems.append(f"{name}{given}: {hint}")
         return "; ".join(problems)
 
@@ -188,7 +212,7 @@ class ServiceSettings(_Settings):
         "one heavy request, all in (504 `deadline_exceeded`; planning measures and solves "
         "within it)"))
     job_timeout: float = seconds(900.0, 0.1, "a profiling job")
-    worker_memory: ByteSize | None = Field(None, ge=0, description=(
+    worker_memory: SizeText | None = Field(None, ge=0, description=(
         "a worker's address space (`off`: none); a request over it gets 422 `too_large`"),
         json_schema_extra={"default_doc": "2GiB + 64MiB a core + 2 tensors + the weights"})
     kill_grace: float = seconds(1.0, 0, (

@@ -160,10 +160,37 @@ def test_caps_accept_bytes_and_units(text, size: int) -> None:
     assert parse_bytes(text) == size
 
 
-@pytest.mark.parametrize("text", ["24 parsecs", "", "-5MiB", "0", "MiB", "1e9", "24 MiBs"])
+@pytest.mark.parametrize("text", ["24 parsecs", "", "-5MiB", "0", "MiB", "1e9", "24 MiBs",
+                                  "2**62", "24MiB;", True])
 def test_caps_in_bad_units_are_clear_errors(text: str) -> None:
     with pytest.raises(ValueError, match=r"size|positive"):
         parse_bytes(text)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"cap": "24 parsecs"}, "cannot read '24 parsecs' as a size: use bytes or a number"),
+    ({"cap": "0"}, "a memory cap must be positive, got '0'"),
+    ({"threads": 0}, "threads must be greater than or equal to 1, got 0"),
+    ({"solver": "gurobi"}, "unknown solver 'gurobi'; use one of cbc, highs"),
+    ({"time_limit_s": 0}, "time_limit_s must be greater than 0, got 0"),
+    ({"budget_s": float("nan")}, "budget_s must be a finite number, got nan"),
+])
+def test_a_bad_plan_request_is_one_clear_message(options: dict, message: str) -> None:
+    """What the CLI, the service and `convplan.plan` print: a line, not pydantic's report."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValueError) as error:
+        PlanRequest(**options)
+    assert str(error.value).startswith(message), error.value
+    assert not isinstance(error.value, ValidationError) and "\n" not in str(error.value)
+
+
+def test_a_plan_request_reads_its_cap_as_the_settings_read_sizes() -> None:
+    from convplan.settings import ServiceSettings
+
+    request = PlanRequest(cap="1.5 GiB", threads=2)
+    assert request.cap == 3 * 2**29 == ServiceSettings.from_env({}, max_body="1.5 GiB").max_body
+    assert type(request.cap) is int and PlanRequest(cap=4096).cap == 4096
 
 
 def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> None:

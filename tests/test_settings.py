@@ -117,7 +117,7 @@ def test_settings_travel_to_worker_processes_and_hide_the_key() -> None:
 #: A wrong value for every service variable (`test_every_variable_has_a_bad_value` keeps the
 #: list complete): not a size, not a count, not a finite duration, or out of bounds.
 BAD = {
-    "MAX_BODY": ["lots", "0", "-1", "24 parsecs"], "MAX_JSON_BODY": ["big", "0"],
+    "MAX_BODY": ["lots", "0", "-1", "24 parsecs", "2**62", "1MiB;"], "MAX_JSON_BODY": ["big", "0"],
     "BODY_TIMEOUT": ["soon", "0", "inf"], "MAX_LAYERS": ["0", "2.5", "many"],
     "MAX_TENSOR_BYTES": ["1 ton", "0"], "MAX_WEIGHT_BYTES": ["heavy"],
     "MAX_TIME_LIMIT": ["0.001", "nan"], "MAX_BUDGET": ["0", "-1"], "MAX_REPEAT": ["0", "1.5"],

@@ -68,14 +68,14 @@ def batch(
         write_outputs,
         write_plan,
     )
-    from convplan.selector.planning import PlanRequest, parse_bytes
+    from convplan.selector.planning import PlanRequest
 
     if scheduler is not None and local_cluster is not None:
         fail("give --scheduler or --local-cluster, not both")
     # a --scheduler's workers may be other machines, with other core counts
     check_threads(threads, this_machine=scheduler is None)   # (the durations: by declaration)
     try:
-        request = PlanRequest(cap=parse_bytes(memory_cap), threads=threads, solver=solver,
+        request = PlanRequest(cap=memory_cap, threads=threads, solver=solver,
                               time_limit_s=time_limit, measure=not no_profile,
                               budget_s=budget_seconds, db=str(db) if db is not None else None)
         check_request(request)

@@ -38,11 +38,13 @@ MemoryCap = Annotated[str | None, typer.Option(
 
 
 def _request(threads: int | None, solver: str, time_limit: float, no_profile: bool,
-             db: Path | None, budget_seconds: float, cap: int | None = None) -> PlanRequest:
-    """The cost options of plan and pareto as one `PlanRequest`."""
+             db: Path | None, budget_seconds: float, memory_cap: str | None = None
+             ) -> PlanRequest:
+    """The cost options of plan and pareto (and plan's cap) as one `PlanRequest`; a bad value
+    is a ValueError saying what is wrong."""
     from convplan.selector.planning import PlanRequest
 
-    return PlanRequest(cap=cap, threads=threads, solver=solver, time_limit_s=time_limit,
+    return PlanRequest(cap=memory_cap, threads=threads, solver=solver, time_limit_s=time_limit,
                        measure=not no_profile, budget_s=budget_seconds,
                        db=str(db) if db is not None else None)
 
@@ -60,15 +62,15 @@ def plan(
     budget_seconds: Budget = 0.3,
 ) -> None:
     """Choose every layer's algorithm and layout: fastest under the memory cap (an ILP)."""
-    from convplan.selector.planning import parse_bytes, plan_network
+    from convplan.selector.planning import plan_network
 
     with bad_input():
-        cap = parse_bytes(memory_cap) if memory_cap is not None else None
-        request = _request(threads, solver, time_limit, no_profile, db, budget_seconds, cap)
+        request = _request(threads, solver, time_limit, no_profile, db, budget_seconds,
+                           memory_cap)
         if out is not None:
             check_writable(out, "--out")
         network = load_model(model)
-        check_cap_holds_weights(cap, network)
+        check_cap_holds_weights(request.cap, network)
         bar, progress = counting_bar("profiling")
         with store_warnings(), bar:
             document = plan_network(network, request, progress)

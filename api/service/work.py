@@ -30,7 +30,6 @@ from convplan.selector.planning import (
     PlanningError,
     PlanRequest,
     pareto_network,
-    parse_bytes,
     plan_network,
     profiler_for,
     requests_for,
@@ -141,8 +140,7 @@ def plan_request(options: Mapping[str, Any], settings: ServiceSettings) -> PlanR
         raise ServiceError(422, "invalid_value", f"threads must be at most {cores} (the "
                            f"server's cores), got {threads}")
     return PlanRequest(
-        cap=parse_bytes(cap) if cap is not None else None, threads=threads,
-        solver=options.get("solver", "cbc"),
+        cap=cap, threads=threads, solver=options.get("solver", "cbc"),
         time_limit_s=min(float(options.get("time_limit_s", 60.0)), settings.max_time_limit),
         measure=bool(options.get("measure", True)),
         budget_s=min(float(options.get("budget_s", 0.3)), settings.max_budget))
@@ -160,7 +158,6 @@ def _within_deadline(request: PlanRequest, deadline: float | None, solves: int,
     left, and measuring must stop before them and within ``measure_share`` of what is left
     (the instant returned, `plan_network`'s ``measure_until``); costs not measured by
     then are estimated."""
-    import dataclasses
     import time
 
     if deadline is None:
@@ -172,7 +169,7 @@ def _within_deadline(request: PlanRequest, deadline: float | None, solves: int,
     solving = min(request.time_limit_s * solves, left * share)
     limit = min(request.time_limit_s, max(0.05, solving / solves))
     measure_until = min(deadline - solving, time.monotonic() + left * measure_share)
-    return dataclasses.replace(request, time_limit_s=limit), measure_until
+    return request.model_copy(update={"time_limit_s": limit}), measure_until
 
 
 def plan_task(source: Source, options: dict[str, Any], settings: ServiceSettings,

@@ -6,53 +6,94 @@ time / peak-memory frontier (a `Frontier`)."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import Profiler, Progress, measuring_deadline
 from convplan.profiles.requests import CostRequest
 from convplan.profiles.store import CostStore
 from convplan.selector.network import Network
+from convplan.settings import SIZE_ERRORS, SIZE_HINT, Size
 
 from .documents import Frontier, Plan
-from .ilp import SOLVERS, PlanningError
+from .ilp import SOLVERS
 from .problem import CostFunction
 from .solving import make_frontier, make_plan
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+def _explain(error: ValidationError) -> str:
+    """A `PlanRequest`'s validation errors as one line: what is wrong and what was given."""
+    problems = []
+    for e in error.errors():
+        field, given = (str(e["loc"][0]) if e["loc"] else ""), e.get("input")
+        if field == "cap" and e["type"] in SIZE_ERRORS:
+            problems.append(f"cannot read {given!r} as a size: {SIZE_HINT}")
+        elif field == "cap":
+            problems.append(f"a memory cap must be positive, got {given!r}")
+        elif e["type"] == "value_error":
+            problems.append(str(e["ctx"]["error"]))
+        elif e["msg"].startswith("Input should be"):
+            problems.append(e["msg"].replace("Input should be", f"{field} must be", 1)
+                            + f", got {given!r}")
+        else:
+            problems.append(f"{field}: {e['msg']}")
+    return "; ".join(problems)
+
+
+class PlanRequest(BaseModel):
+    """Everything one planning job needs besides the network (CLI, service, batch and
+    `convplan.plan` alike). Checked when made: a wrong value is a ValueError whose message says
+    what is wrong (a cap is bytes or a size text, as `convplan.settings` reads sizes)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cap: Annotated[Size, AfterValidator(int)] | None = Field(
+        None, description="Peak-memory cap: bytes, or a size text (24MiB); None: the fastest "
+                          "plan.")
+    threads: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="BLAS threads; None: all cores.")
+    solver: str = "cbc"
+    time_limit_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    measure: StrictBool = Field(True, description="False: analytic costs for what the store "
+                                                  "lacks.")
+    budget_s: float = Field(0.3, gt=0, allow_inf_nan=False,
+                            description="Measuring budget per candidate, seconds.")
+    db: str | None = Field(None, description="The cost store; None: $CONVPLAN_DB or the user "
+                                             "cache.")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ValueError(_explain(error)) from None
+
+    @field_validator("solver")
+    @classmethod
+    def _known_solver(cls, solver: str) -> str:
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+        return solver
 
 
 def parse_bytes(text: str | int) -> int:
-    """``24MiB``, ``1.5 GiB``, ``500kB``, ``123456`` -> bytes; ValueError for anything else."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value, unit = float(text), ""
-    else:
-        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-        if not match or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"cannot read {text!r} as a size: use bytes or a number with "
-                             "B, kB, MB, GB, KiB, MiB or GiB (e.g. 24MiB)")
-        value, unit = float(match.group(1)), match.group(2).lower()
-    size = int(value * _UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"a memory cap must be positive, got {text!r}")
-    return size
-
-
-@dataclass
-class PlanRequest:
-    """Everything one planning job needs besides the network (CLI, service and batch alike)."""
-
-    cap: int | None = None
-    threads: int | None = None          # None: all cores
-    solver: str = "cbc"
-    time_limit_s: float = 60.0
-    measure: bool = True                # False: analytic costs for what the store lacks
-    budget_s: float = 0.3               # measuring budget per candidate
-    db: str | None = None               # None: $CONVPLAN_DB or the user cache
+    """A memory cap as `PlanRequest` reads it: ``24MiB``, ``1.5 GiB``, ``500kB``, ``123456`` ->
+    bytes; ValueError for anything else."""
+    cap = PlanRequest(cap=text).cap
+    assert cap is not None
+    return cap
 
 
 def profiler_for(request: PlanRequest) -> Profiler:
@@ -77,9 +118,6 @@ def _job_costs(request: PlanRequest, progress: Progress | None, measure_until: f
     """The profiler of a job and its cost function; measuring stops at ``measure_until`` (a
     `time.monotonic` instant, `profiles.profiler.measuring_deadline`; None: no deadline) and
     what is missing then is estimated. The cost store is closed when the job ends."""
-    if request.solver not in SOLVERS:
-        raise PlanningError(f"unknown solver {request.solver!r}; use one of "
-                            f"{', '.join(SOLVERS)}")
     profiler = profiler_for(request)
     try:
         with measuring_deadline(measure_until):
