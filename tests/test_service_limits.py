@@ -122,9 +122,24 @@ def test_serve_warns_on_a_public_host_without_a_key(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(app, ["--host", host, "--port", "8123", "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert ("without an API key" in result.output) is warned
-    assert calls == [(("convplan.api.service.app:app",), {"host": host, "port": 8123, "workers": 2,
-                                         "log_level": "info",
-                                         "timeout_graceful_shutdown": 5})]
+    assert calls == [(("convplan.api.service.app:create_app",), {
+        "factory": True, "host": host, "port": 8123, "workers": 2, "log_level": "info",
+        "timeout_graceful_shutdown": 5})]
+
+
+def test_importing_the_app_module_reads_no_settings() -> None:
+    """uvicorn makes the app (`create_app`, factory=True): importing the module builds nothing,
+    so a wrong variable is reported by `convplan serve` in words, not at import."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CONVPLAN_MAX_BODY": "lots"}
+    done = subprocess.run([sys.executable, "-c", "import convplan.api.service.app as m; "
+                           "print(hasattr(m, 'app'))"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_serve_warns_of_a_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,8 +42,8 @@ def serve(
     if not _loopback(host) and settings.key is None:
         warn(f"serving on {host} without an API key: anyone who can reach this port can use it "
              "(set CONVPLAN_API_KEY)")
-    uvicorn.run("convplan.api.service.app:app", host=host, port=port, workers=workers,
-                log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run("convplan.api.service.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level, timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP service: `uvicorn convplan.api.service.app:app` (or `convplan serve`). OpenAPI docs
-at /docs.
+"""The HTTP service: `convplan serve`, or `uvicorn --factory convplan.api.service.app:create_app`
+(the settings are read when the app is made, not when this module is imported). OpenAPI docs at
+/docs.
 
 Light requests (health, listings, job status) answer on the event loop; everything that plans,
 measures or runs goes to worker processes through `WorkerPool`, whose admission gate answers
@@ -47,6 +48,3 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                            dependencies=[Security(require_api_key)] if keyed else None,
                            responses=errors.UNAUTHORIZED if keyed else None)
     return app
-
-
-app = create_app()
