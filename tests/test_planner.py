@@ -23,7 +23,6 @@ from convplan.selector.planning import (
     pareto_network,
     parse_bytes,
     plan_network,
-    predicted_peak,
     requests_for,
     solve,
 )
@@ -73,7 +72,7 @@ def test_the_model_bound_covers_the_memory_model_for_any_choice() -> None:
             choice = {n: int(rng.integers(len(c))) for n, c in problem.problem.candidates.items()}
             _, bound, outputs_nchw = evaluate(problem.problem, choice)
             if outputs_nchw:
-                peak = predicted_peak(problem, choice)
+                peak = problem.predicted_peak(choice)
                 assert peak <= bound <= 1.05 * peak + 2**20
 
 
@@ -103,7 +102,7 @@ def test_an_infeasible_cap_states_the_minimum_peak() -> None:
     """The smallest achievable peak named is the memory model's, of the lowest-memory plan."""
     network = zoo.builtin("onnx:squeezenet")
     context = build_problem(network, estimated)
-    low = predicted_peak(context, minimum_peak(context.problem).choice)
+    low = context.predicted_peak(minimum_peak(context.problem).choice)
     with pytest.raises(Infeasible, match=f"smallest achievable peak is {low} bytes"):
         make_plan(network, estimated, low // 2, machine={}, threads=1)
     assert issubclass(Infeasible, PlanningError)
@@ -198,7 +197,8 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
     binding cap would break the cap by the memory model, so it is solved again lower or
     refused, never returned. (Random costs, so the fastest plan is not the leanest.)"""
     from convplan.profiles.measurement import Measurement
-    from convplan.selector.planning import _held_to, solve_under_cap
+    from convplan.selector.planning import solve_under_cap
+    from convplan.selector.planning.solving import _held_to
 
     rng = np.random.default_rng(0)
 
@@ -213,13 +213,13 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
     broken = 0
     for cap in honest:
         raw = solve_under_cap(np_.problem, cap)
-        broken += predicted_peak(np_, raw.choice) > cap
+        broken += np_.predicted_peak(raw.choice) > cap
         try:
             held = _held_to(np_, raw, cap, solver="cbc", time_limit_s=60)
         except Infeasible as error:
             assert "by the memory model" in str(error)
             continue
-        assert predicted_peak(np_, held.choice) <= cap
+        assert np_.predicted_peak(held.choice) <= cap
     assert broken, "the optimistic accounting never broke a cap: the test shows nothing"
 
 
@@ -286,7 +286,7 @@ def test_a_cap_the_model_meets_but_the_ilp_bound_does_not_is_planned(name: str) 
     network = zoo.builtin(name)
     context = build_problem(network, estimated)
     lowest = minimum_peak(context.problem)
-    cap = predicted_peak(context, lowest.choice)
+    cap = context.predicted_peak(lowest.choice)
     assert cap < lowest.peak_bytes, "no gap between the model and the bound to test"
     plan = make_plan(network, estimated, cap, machine={}, threads=1, with_baselines=False)
     assert plan.predicted.peak_bytes <= cap

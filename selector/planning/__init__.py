@@ -54,9 +54,8 @@ from .problem import (
     PlanContext,
     build_problem,
     fixed_bytes,
-    predicted_peak,
 )
-from .solving import _held_to, make_frontier, make_plan, pareto
+from .solving import make_frontier, make_plan, pareto
 
 __all__ = [
     "SOLVERS",
@@ -82,7 +81,6 @@ __all__ = [
     "Solution",
     "SolverDoc",
     "TransformDoc",
-    "_held_to",
     "baselines",
     "build_problem",
     "check_plan",
@@ -100,7 +98,6 @@ __all__ = [
     "plan_document",
     "plan_network",
     "plan_spec",
-    "predicted_peak",
     "profiler_for",
     "requests_for",
     "solve",
