@@ -3,7 +3,7 @@ processes, as a Markdown table (median, min, max wall time).
 
 Why: every CLI call pays the start-up before it does anything, and `--help` is where people
 start; the target is under 0.5 s. The commands import NumPy, ONNX, PuLP ... only when they run
-(tests/test_cli_conventions.py checks that structurally); this measures what is left.
+(tests/api/cli/test_cli_conventions.py checks that structurally); this measures what is left.
 
     python bench/cli_startup.py [--runs 10] [--out bench/results/cli_startup.md]
 """

@@ -3,13 +3,13 @@
     python bench/robustness.py [--aliasing 40] [--json-sample 60] [--seed 0]
 
 Writes bench/results/robustness.md. The inputs come from the test suite's own generators
-(tests/hostile_onnx.py and the cases of tests/test_hostile_onnx.py; the wrong-typed attributes
-of tests/test_hostile_json.py; the damaged stores and hostile imports of
-tests/test_hostile_store.py; the aliasing networks of tests/hostile_networks.py) and go in as a
-user's would: the `convplan` CLI in a fresh process per input (its own peak RSS), and a
-real server (`convplan serve` on 127.0.0.1, 2 workers) over HTTP, whose workers' peak RSS is
-read from /proc. After each door the server must still answer /healthz and plan a small
-network.
+(tests/support/hostile_onnx.py and the cases of tests/selector/test_hostile_onnx.py; the wrong-
+typed attributes of tests/api/test_hostile_json.py; the damaged stores and hostile imports of
+tests/profiles/test_hostile_store.py; the aliasing networks of
+tests/support/hostile_networks.py) and go in as a user's would: the `convplan` CLI in a fresh
+process per input (its own peak RSS), and a real server (`convplan serve` on 127.0.0.1, 2
+workers) over HTTP, whose workers' peak RSS is read from /proc. After each door the server must
+still answer /healthz and plan a small network.
 
 Outcomes: "correct" (an accepted input whose output matches onnxruntime), "clean error" (exit 2
 with one message and no traceback, or a JSON 4xx), "other" (anything else: a wrong output, a
@@ -51,10 +51,12 @@ from hypothesis import strategies as st  # noqa: E402
 
 from convplan.selector.network import Network  # noqa: E402
 from convplan.selector.onnx import reference_outputs  # noqa: E402
-from tests import hostile_networks, test_hostile_json, test_hostile_onnx  # noqa: E402
-from tests import test_hostile_store as stores  # noqa: E402
-from tests.processes import run_convplan  # noqa: E402
-from tests.service_server import TINY, running_server  # noqa: E402
+from tests.api import test_hostile_json  # noqa: E402
+from tests.profiles import test_hostile_store as stores  # noqa: E402
+from tests.selector import test_hostile_onnx  # noqa: E402
+from tests.support import hostile_networks  # noqa: E402
+from tests.support.processes import run_convplan  # noqa: E402
+from tests.support.service_server import TINY, running_server  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "robustness.md"
 CLI_TIMEOUT_S = 60.0
@@ -104,7 +106,7 @@ def cli_refusal(door: Door, what: str, args: list[str]) -> None:
 
 # -- inputs ---------------------------------------------------------------------------------------
 def onnx_cases() -> list[tuple[str, bytes]]:
-    """Every malformed, bomb and subgraph file of tests/test_hostile_onnx.py (but those
+    """Every malformed, bomb and subgraph file of tests/selector/test_hostile_onnx.py (but those
     refused only under limits smaller than the defaults)."""
     out = []
     for param in test_hostile_onnx.CASES:

@@ -4,11 +4,12 @@ volume, port and key; the Dockerfile has what the service needs (no image is bui
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-DOCKER = Path(__file__).parent.parent / "docker"
+from tests.support import ROOT
+
+DOCKER = ROOT / "docker"
 
 
 def test_compose_file_wires_the_service() -> None:

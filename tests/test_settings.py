@@ -24,8 +24,8 @@ from convplan.settings import (
     undeclared,
     variables,
 )
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "CONVPLAN" + "_"     # (spelt so that this file's own made-up names are not matched)
 
 

@@ -3,7 +3,7 @@
 Each group lives in its own module and adds itself with ``register(app)``; what they share
 (the error line, consoles, option declarations, checks) is `convplan.api.cli.common`. Nothing
 here or there imports NumPy, the selector or the profiles at start-up, so `convplan --help`
-stays fast (tests/test_cli_conventions.py checks the modules it loads).
+stays fast (tests/api/cli/test_cli_conventions.py checks the modules it loads).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 #: The registry's algorithm names, for `--algorithm`'s choices without importing the kernels
-#: (NumPy) at start-up; tests/test_cli_conventions.py checks it against `registry.names()`.
+#: (NumPy) at start-up; tests/api/cli/test_cli_conventions.py checks it against `registry.names()`.
 ALGORITHMS = ("direct", "im2col", "im2row", "kn2row", "kn2col", "kn2row-as", "kn2row-aa",
               "kn2row-aa-nhwc", "mec-col", "mec-row", "conv1x1", "conv1x1-nhwc",
               "winograd-2x2-3x3", "winograd-4x4-3x3", "depthwise")

@@ -1,6 +1,6 @@
 """Operator attributes in a description: the JSON type of each, checked before the operator's own
 checks (a bool is not an int, a string is not a number, nothing is coerced). A new operator
-lists its attributes in `ATTRIBUTE_TYPES` (tests/test_hostile_json.py holds the table to the
+lists its attributes in `ATTRIBUTE_TYPES` (tests/api/test_hostile_json.py holds the table to the
 operators)."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from convplan.selector.lowering import NETWORK_LAYOUT, needs_copy
 #: A tiny relative gap: "optimal" must mean optimal (HiGHS stops at 1e-4 by default). CBC is
 #: the binary bundled with PuLP 3 (``PULP_CBC_CMD``; PuLP 4 will move it to an extra). Its
 #: preprocessing (2.10.3) declares some feasible selection problems infeasible ("Cut generators
-#: found to be infeasible"; tests/test_ilp.py found one), so it is off.
+#: found to be infeasible"; tests/selector/planning/test_ilp.py found one), so it is off.
 SOLVERS = {
     "cbc": lambda limit: pulp.PULP_CBC_CMD(msg=False, timeLimit=limit, gapRel=1e-9,
                                            options=["preprocess off"]),

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from strategies import conv_specs
 
 from convplan.kernels import ConvSpec, conv2d, registry
 from convplan.kernels.algorithms.patch import Im2col, Im2row
@@ -28,6 +27,7 @@ from convplan.kernels.checks import (
     fit,
     reference_conv2d,
 )
+from tests.support.strategies import conv_specs
 
 ALGORITHMS = registry.names()
 

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
-from strategies import examples
 
 from convplan.kernels import operators
 from convplan.kernels.base import run_overhead_bytes
@@ -41,6 +40,7 @@ from convplan.kernels.operators.shape import Identity, Reshape, Transpose
 from convplan.kernels.operators.softmax import Softmax
 from convplan.selector.onnx import layer_to_onnx, load_onnx, single_layer_model
 from convplan.selector.runner import run_network
+from tests.support.strategies import examples
 
 Shape = tuple[int, ...]
 INT64_MAX = 2**63 - 1

@@ -21,6 +21,8 @@ import pytest
 from convplan.profiles.fingerprint import fingerprint_id
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.store import CostStore, StoreError, StoreWarning
+from tests.support import ROOT as REPOSITORY
+from tests.support.stores import spoil_a_row
 
 if TYPE_CHECKING:
     from convplan.selector.planning import Plan
@@ -94,18 +96,6 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> str:
 
 
 # -- damaged and foreign files at the store path --------------------------------------------
-def spoil_a_row(db: Path) -> tuple[str, str]:
-    """Overwrite one convolution row's time with text, by hand; its (key, candidate)."""
-    raw = sqlite3.connect(db)
-    [(key, candidate)] = raw.execute("SELECT key, candidate FROM costs WHERE kind = 'conv' "
-                                     "LIMIT 1").fetchall()
-    raw.execute("UPDATE costs SET time_s = 'garbage' WHERE key = ? AND candidate = ?",
-                (key, candidate))
-    raw.commit()
-    raw.close()
-    return key, candidate
-
-
 def _damaged(data: bytes) -> bytes:
     middle = len(data) // 2
     return data[:middle] + b"\xab" * 512 + data[middle + 512:]
@@ -257,7 +247,7 @@ def _unprivileged() -> list[str] | None:
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     try:
         probe = subprocess.run([*prefix, sys.executable, "-c", "import convplan.profiles.store"],
-                               cwd=Path(__file__).parents[2], capture_output=True, timeout=60)
+                               cwd=REPOSITORY, capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return prefix if probe.returncode == 0 else None
@@ -283,7 +273,7 @@ def test_a_0444_store_is_opened_read_only(tmp_path: Path) -> None:
         os.chmod(open_, 0o777)
         before = [digest(path) for path in stores]
         env = {**os.environ, "HOME": str(base)}
-        root = str(Path(__file__).parents[2])
+        root = str(REPOSITORY)
         result = subprocess.run([*prefix, sys.executable, "-c", _AS_OTHER_USER, root,
                                  *map(str, stores)], capture_output=True, text=True,
                                 timeout=120, env=env, cwd=base)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hostile_networks import aliasing_descriptions, random_plans
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import examples
 
 from convplan.kernels.executor import Executor, Program, Step
 from convplan.kernels.layout import convert
@@ -19,6 +17,8 @@ from convplan.selector.network import Network
 from convplan.selector.onnx import reference_outputs
 from convplan.selector.planning import make_plan
 from convplan.selector.runner import run_network
+from tests.support.hostile_networks import aliasing_descriptions, random_plans
+from tests.support.strategies import examples
 
 
 def _inputs(network: Network, seed: int) -> dict[str, np.ndarray]:

@@ -14,21 +14,21 @@ import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
-import hostile_onnx as h
 import numpy as np
 import onnx
 import pytest
-from hostile_onnx import F, const, model, plus_constant, relu_then
 from onnx import AttributeProto, TensorProto, helper
-from processes import run_convplan
 
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx import load_onnx
 from convplan.selector.onnx.reading import refuse_external_data
 from convplan.selector.runner import run_network
+from tests.support import ROOT
+from tests.support import hostile_onnx as h
+from tests.support.hostile_onnx import F, const, model, plus_constant, relu_then
+from tests.support.processes import run_convplan
 
 MIB = 1 << 20
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager

@@ -14,8 +14,8 @@ from convplan.selector.baselines import lowest_memory_assignment, uniform_assign
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx import load_onnx, reference_outputs
 from convplan.selector.runner import random_inputs, run_network
+from tests.support import DATA
 
-DATA = Path(__file__).parents[1] / "data"
 TORCH_EXPORTS = sorted(DATA.glob("torch_*.onnx"))
 
 

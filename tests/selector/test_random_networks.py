@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from networks import network_descriptions
-from strategies import examples
 
 from convplan.kernels import registry
 from convplan.selector.network import Network
 from convplan.selector.onnx import reference_outputs
 from convplan.selector.runner import random_inputs, run_network
+from tests.support.networks import network_descriptions
+from tests.support.strategies import examples
 
 ASSIGNMENTS = ["default", "im2col", "kn2row-aa-nhwc", "im2row", "direct", "random", "random"]
 

@@ -43,8 +43,8 @@ from convplan.profiles.store import CostStore
 from convplan.selector.network import zoo
 from convplan.selector.planning import PlanRequest, requests_for
 from convplan.selector.runner import run_network
+from tests.support import DATA, ROOT
 
-DATA = Path(__file__).parents[2] / "data"
 CAP = "4MiB"
 
 
@@ -232,7 +232,7 @@ def test_a_network_over_its_deadline_fails_alone_and_plans_are_written_as_they_c
                "--threads", "1", "--budget-seconds", "0.002", "--db",
                str(tmp_path / "costs.sqlite"), "--timeout-seconds", "20", "--json"]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=Path(__file__).parents[3], text=True,
+    process = subprocess.Popen(command, cwd=ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = out / f"small{PLAN_SUFFIX}"

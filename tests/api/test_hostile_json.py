@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import run_convplan
-from service_server import TINY, assert_json_error, running_server
 
 from convplan.kernels import operators
 from convplan.selector.network import (
@@ -27,6 +25,8 @@ from convplan.selector.network import (
     NetworkError,
 )
 from convplan.selector.planning import PlanError, check_plan, plan_spec
+from tests.support.processes import run_convplan
+from tests.support.service_server import TINY, assert_json_error, running_server
 
 X = {"name": "x", "shape": [1, 3, 8, 8]}
 MiB = 1 << 20

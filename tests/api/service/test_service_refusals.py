@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_server import TINY, Server, assert_json_error, running_server
 
 from convplan.api.service.schemas import Health, ProfileResult
 from convplan.settings import JSON_BYTES_PER_LAYER, MiB, ServiceSettings, SettingsError
+from tests.support.service_server import TINY, Server, assert_json_error, running_server
 
 #: 50 layers: a JSON body may have 50 * 4 KiB + 1 MiB; an upload 4 MiB.
 LAYERS = 50

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 #: A small network every service test can plan, run and profile in well under a second.
 TINY = {

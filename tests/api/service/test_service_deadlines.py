@@ -19,11 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_server import ROOT, TINY, Server, assert_json_error, free_port, running_server
 
 from convplan.profiles.profiler import Profiler
 from convplan.selector.network import Network
 from convplan.selector.planning import requests_for
+from tests.support.service_server import (
+    ROOT,
+    TINY,
+    Server,
+    assert_json_error,
+    free_port,
+    running_server,
+)
 
 TIMEOUT_S = 3.0         # CONVPLAN_REQUEST_TIMEOUT of the shared server
 GRACE_S = 0.5

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import strategies as st
-from networks import LayerList
 
 from convplan.kernels import registry
 from convplan.selector.network import Network
+from tests.support.networks import LayerList
 
 UNARY = ["relu", "sigmoid", "hardswish", "batchnorm", "clip"]
 

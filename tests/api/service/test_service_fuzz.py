@@ -14,10 +14,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from service_server import Server, running_server
 
 from convplan.api.service.app import create_app
 from convplan.settings import ServiceSettings
+from tests.support.service_server import Server, running_server
 
 #: Small limits: anything valid the fuzzer finds is planned or measured in a blink.
 LIMITS = {"CONVPLAN_MAX_BODY": "256KiB", "CONVPLAN_MAX_LAYERS": "40",

@@ -10,9 +10,9 @@ import time
 
 import httpx
 import pytest
-from service_server import TINY, Server, assert_json_error, running_server
 
 from convplan.settings import ServiceSettings, SettingsError
+from tests.support.service_server import TINY, Server, assert_json_error, running_server
 
 KEY = "test-key-0123456789"
 RESTRICTED = {"CONVPLAN_CONCURRENCY": "1", "CONVPLAN_QUEUE": "0",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from convplan.profiles.profiler import Profiler
@@ -23,8 +22,9 @@ from convplan.selector.planning import (
     solve,
 )
 from convplan.selector.runner import run_network
+from tests.support import DATA
 
-PINNED = Path(__file__).parent / "data" / "alexnet_plan.json"
+PINNED = DATA / "alexnet_plan.json"
 #: Values the document only carries over from the request (the rest is the planner's answer,
 #: which other tests check; pinning it would pin the cost model and the memory model too).
 GIVEN = {"/network", "/machine/cpu", "/threads", "/memory_cap_bytes", "/costs", "/solver/name"}

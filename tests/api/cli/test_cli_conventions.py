@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import typer
-from test_cli_followups import CONVPLAN, CORES, MARKUP, TINY, cli, one_error
 from typer.testing import CliRunner
 
 import convplan
 from convplan.api.cli import app, common
+from tests.support import ROOT
+from tests.support.cli import CONVPLAN, CORES, MARKUP, TINY, cli, one_error
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_CONV_BYTES = (4 * 4 * 3 * 3 + 4 + 8 * 4 + 8) * 4   # two convolutions
 HEAVY = ("numpy", "onnx", "onnxruntime", "pulp", "fastapi", "uvicorn", "networkx", "pydantic",
          "scipy", "convplan.kernels", "convplan.selector", "convplan.profiles",

@@ -13,18 +13,17 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from service_server import TINY, Server, assert_json_error, running_server
 
 from convplan.kernels import registry
 from convplan.selector.network import Network
 from convplan.selector.onnx import reference_outputs
+from tests.support import DATA
+from tests.support.service_server import TINY, Server, assert_json_error, running_server
 
-DATA = Path(__file__).parent / "data"
 LIMITS = {"CONVPLAN_MAX_BODY": "1MiB", "CONVPLAN_MAX_LAYERS": "200",
           "CONVPLAN_MAX_BUDGET": "0.05", "CONVPLAN_MAX_TIME_LIMIT": "20"}
 
