@@ -4,7 +4,7 @@ By job (each module imports only those above it):
 
     errors     `BatchError`: bad arguments or an unusable cluster, before anything is planned
     outputs    the plan files, written as each network is planned, and the summary
-    inputs     `collect_inputs`: the networks named, each read once; `check_request`
+    inputs     `collect_inputs`: the networks named, each read once
     local      one network planned here (`plan_one`), in a child under a deadline
                (`plan_in_child`), and `run_local`
     cluster    `dask_client` (a scheduler or a local cluster) and `run_dask`
@@ -15,7 +15,7 @@ Dask is imported only when a cluster is used.
 
 from .cluster import SCATTER_BYTES, dask_client, environ_kept, run_dask
 from .errors import BatchError
-from .inputs import NETWORK_SUFFIXES, Kind, NetworkInput, check_request, collect_inputs
+from .inputs import NETWORK_SUFFIXES, Kind, NetworkInput, collect_inputs
 from .local import OnResult, parse_network, plan_in_child, plan_one, run_local
 from .outputs import PLAN_SUFFIX, SUMMARY_FILE, summarize, write_atomic, write_outputs, write_plan
 from .profiling import ClusterProfile, WorkerReport, profile_on_cluster
@@ -31,7 +31,6 @@ __all__ = [
     "NetworkInput",
     "OnResult",
     "WorkerReport",
-    "check_request",
     "collect_inputs",
     "dask_client",
     "environ_kept",

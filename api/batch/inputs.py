@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 from convplan.selector.network import zoo
-from convplan.selector.planning import SOLVERS, PlanRequest
 
 from .errors import BatchError
 from .outputs import PLAN_SUFFIX, SUMMARY_FILE
@@ -105,15 +104,3 @@ def collect_inputs(sources: Sequence[str | os.PathLike[str]]) -> list[NetworkInp
             inputs.append(NetworkInput(name, source, kind, b"",
                                        f"cannot read {source}: {error.strerror}"))
     return inputs
-
-
-def check_request(request: PlanRequest) -> None:
-    """Refuse options that would make every network fail, before any work is sent anywhere."""
-    if request.solver not in SOLVERS:
-        raise BatchError(f"unknown solver {request.solver!r}; use one of {', '.join(SOLVERS)}")
-    if request.threads is not None and request.threads < 1:
-        raise BatchError(f"--threads must be at least 1, got {request.threads}")
-    if not request.budget_s > 0:
-        raise BatchError(f"--budget-seconds must be positive, got {request.budget_s}")
-    if not request.time_limit_s > 0:
-        raise BatchError(f"--time-limit must be positive, got {request.time_limit_s}")

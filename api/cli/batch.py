@@ -60,7 +60,6 @@ def batch(
     network is planned), and a summary."""
     from convplan.api.batch import (
         BatchError,
-        check_request,
         collect_inputs,
         dask_client,
         run_dask,
@@ -78,7 +77,6 @@ def batch(
         request = PlanRequest(cap=memory_cap, threads=threads, solver=solver,
                               time_limit_s=time_limit, measure=not no_profile,
                               budget_s=budget_seconds, db=str(db) if db is not None else None)
-        check_request(request)
         inputs = collect_inputs(paths)
     except ValueError as error:     # BatchError, a bad size
         fail(str(error))
