@@ -38,7 +38,6 @@ from .ilp import (
     evaluate,
     minimum_peak,
     solve,
-    solve_under_cap,
 )
 from .incoming import PlanError, PlanSpec, check_plan, plan_spec
 from .jobs import (
@@ -101,5 +100,4 @@ __all__ = [
     "profiler_for",
     "requests_for",
     "solve",
-    "solve_under_cap",
 ]

@@ -334,15 +334,3 @@ def minimum_peak(problem: Problem, *, solver: str = "cbc", time_limit_s: float =
                  ) -> Solution:
     """The choice with the smallest peak (the lowest-memory plan)."""
     return solve(problem, None, solver=solver, time_limit_s=time_limit_s, minimise="peak")
-
-
-def solve_under_cap(problem: Problem, cap: int, *, solver: str = "cbc",
-                    time_limit_s: float = 60.0) -> Solution:
-    """`solve`, with an infeasible cap reported with the smallest achievable peak."""
-    try:
-        return solve(problem, cap, solver=solver, time_limit_s=time_limit_s)
-    except Infeasible:
-        lowest = minimum_peak(problem, solver=solver, time_limit_s=time_limit_s)
-        raise Infeasible(
-            f"no plan fits in {cap} bytes: the smallest achievable peak is "
-            f"{lowest.peak_bytes} bytes ({lowest.peak_bytes / 2**20:.2f} MiB)") from None

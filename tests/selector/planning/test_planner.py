@@ -197,7 +197,6 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
     binding cap would break the cap by the memory model, so it is solved again lower or
     refused, never returned. (Random costs, so the fastest plan is not the leanest.)"""
     from convplan.profiles.measurement import Measurement
-    from convplan.selector.planning import solve_under_cap
     from convplan.selector.planning.solving import _held_to
 
     rng = np.random.default_rng(0)
@@ -212,7 +211,7 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
         np_.problem.fixed_bytes[n] -= 1 << 20
     broken = 0
     for cap in honest:
-        raw = solve_under_cap(np_.problem, cap)
+        raw = solve(np_.problem, cap)
         broken += np_.predicted_peak(raw.choice) > cap
         try:
             held = _held_to(np_, raw, cap, solver="cbc", time_limit_s=60)
