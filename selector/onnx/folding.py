@@ -1,7 +1,9 @@
 """Constant folding: what an ONNX model computes from constants only (shapes, Shape of a
 tensor whose shape is known, the arithmetic on them, ConstantOfShape ...) is computed at import
 by convplan's own NumPy code, for a fixed list of operators (`FOLDERS`), each output's size
-checked against the limits (`ImportLimits.reserve`) before it is made.
+checked against the limits (`ImportLimits.reserve`) before it is made. ConstantOfShape and
+Expand give read-only broadcast views (no memory until a weight is made of them); a folder
+never writes into its inputs.
 
 A folder is registered with ``@_folds("OpType")``; it gets the node, its attributes (checked
 against the ONNX schema) and its input values, and returns its output values.
@@ -93,7 +95,9 @@ def _f_constant_of_shape(imp: Importer, node: onnx.NodeProto, attrs: dict[str, A
     if fill.size != 1:
         raise NetworkError(f"node {label(node)}: value must hold one element, not {fill.size}")
     imp.limits.reserve(_what(node), shape, fill.dtype)
-    return [np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)]
+    # A read-only view of the one value (counted as its full size): a weight made of it is
+    # materialised once, when it becomes one (`Importer.weight`).
+    return [np.broadcast_to(fill.reshape(()), shape)]
 
 
 @_folds("Identity", "Dropout")
@@ -343,7 +347,7 @@ def _f_expand(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
         raise NetworkError(f"node {label(node)}: shape {short(target)} is not a shape")
     shape = broadcast(node, [x.shape, tuple(target)])
     imp.limits.reserve(_what(node), shape, x.dtype)
-    return [np.array(np.broadcast_to(x, shape))]
+    return [np.broadcast_to(x, shape)]     # a view, as ConstantOfShape's
 
 
 @_folds("Tile")

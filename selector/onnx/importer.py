@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import onnx
@@ -13,29 +14,54 @@ from onnx import AttributeProto, TensorProto
 
 from convplan.kernels import operators
 from convplan.kernels.operators import Shape
-from convplan.selector.network import LimitError, Limits, Network, NetworkError
+from convplan.selector.network import (
+    CheckedNetwork,
+    LimitError,
+    Limits,
+    Network,
+    NetworkError,
+    check_description,
+)
 
 from .converters import CONSTANT_FIRST, CONVERTERS
 from .folding import FOLDERS
 from .messages import label, one_line, quote, short, type_name
-from .reading import check_schema, opset_of, read_model
-from .weights import MAX_TENSOR_BYTES, MAX_WEIGHT_BYTES, ImportLimits, decode, fold_affine
+from .reading import ModelFile, check_schema, opset_of, read_model
+from .weights import (
+    DTYPES,
+    MAX_TENSOR_BYTES,
+    MAX_WEIGHT_BYTES,
+    ImportLimits,
+    decode,
+    fold_affine,
+)
 
 #: An emitted convplan layer, as in a network description.
 Layer = dict[str, Any]
+#: Without weights, float initializers up to this many elements are still read: a layer's
+#: attribute may come from their values (Clip bounds, Resize scales, per-channel statistics).
+SHAPE_ONLY_ELEMENTS = 4096
 #: Operators with subgraphs: never folded, never run.
 _CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 
 
 class Importer:
     """One import: the constants and shapes known so far, and the convplan layers and weights
-    emitted; `run` walks the graph, the folders and converters use the rest."""
+    emitted; `run` walks the graph, the folders and converters use the rest.
 
-    def __init__(self, model: onnx.ModelProto, name: str, limits: ImportLimits) -> None:
-        self.model = model
+    The importer owns the parsed model and the open file: the file is closed once the
+    initializers are read, the model dropped before the network is built. Without
+    ``weights`` only the shapes of the weights are kept (zero-stride views), large float
+    initializers are not read, and nothing is folded into weights."""
+
+    def __init__(self, model: onnx.ModelProto, model_file: ModelFile, name: str,
+                 limits: ImportLimits, *, weights: bool = True) -> None:
+        self.model: onnx.ModelProto | None = model
+        self.model_file = model_file
         self.name = name
         self.opset = opset_of(model)
         self.limits = limits
+        self.with_weights = weights
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, Shape] = {}
         self.layers: list[Layer] = []
@@ -75,7 +101,7 @@ class Importer:
         """Add one IR layer and infer its output shapes (the check happens here, once)."""
         name = name or outputs[0]
         inputs = [self.tensor(t) for t in inputs]
-        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (weights or {}).items()}
+        arrays = {k: self.weight(v) for k, v in (weights or {}).items()}
         try:
             operator = operators.make(op, **attrs)
             operator.check_arity(len(inputs))
@@ -99,8 +125,18 @@ class Importer:
         if arrays:
             self.weights[name] = arrays
 
+    def weight(self, value: np.ndarray) -> np.ndarray:
+        """A constant as the weight a layer keeps: contiguous float32 of its own, made here
+        (folded constants may be broadcast views until now); without weights, only its shape
+        (a zero-stride view, no memory)."""
+        if not self.with_weights:
+            return np.broadcast_to(np.zeros((), np.float32), np.shape(value))
+        array = np.ascontiguousarray(value, dtype=np.float32)
+        return array if array.flags.writeable else array.copy()
+
     # -- the walk ----------------------------------------------------------------------------
-    def run(self, input_shapes: dict[str, Shape] | None) -> Network:
+    def run(self, input_shapes: dict[str, Shape] | None) -> Network | CheckedNetwork:
+        assert self.model is not None, "an importer runs once"
         graph = self.model.graph
         # Operators convplan neither runs nor folds are named before anything is decoded or
         # folded: a 2 GiB constant feeding a Cos must not be built to be refused.
@@ -113,11 +149,11 @@ class Importer:
                 self.unsupported[op] = self.unsupported.get(op, 0) + 1
         if self.unsupported:
             self.refuse_unsupported()
-        for init in graph.initializer:
+        for index, init in enumerate(graph.initializer):
             if init.name in self.consts:
                 raise NetworkError(f"initializer {quote(init.name)} is given twice")
-            self.consts[init.name] = decode(init, f"initializer {quote(init.name)}",
-                                            self.limits)
+            self.consts[init.name] = self.initializer(init, index)
+        self.model_file.close()
         inputs: dict[str, Shape] = {}
         given = dict(input_shapes or {})
         for value in graph.input:
@@ -139,6 +175,8 @@ class Importer:
         if self.unsupported:
             self.refuse_unsupported()
         outputs = [o.name for o in graph.output]
+        self.model = None   # the protobuf is not needed any more: dropped before the weights
+        del graph           # are folded and the network is built
         if not outputs:
             raise NetworkError("the model declares no output")
         if len(set(outputs)) != len(outputs):
@@ -150,7 +188,8 @@ class Importer:
                 raise NetworkError(f"model output {quote(o)} is {what}")
             if self.tensor(o) != o:     # an output that is an alias keeps its ONNX name
                 self.emit("identity", [o], [o], name=o)
-        layers = fold_affine(self.layers, self.weights, set(outputs))
+        self.consts = {}
+        layers = fold_affine(self.layers, self.weights, set(outputs), values=self.with_weights)
         description = {"name": self.name, "inputs": [{"name": k, "shape": list(v)}
                                                      for k, v in inputs.items()],
                        "layers": layers, "outputs": outputs}
@@ -162,7 +201,19 @@ class Importer:
                              f"{self.limits.max_weight_bytes} are allowed")
         bounds = Limits(max_tensor_bytes=self.limits.max_tensor_bytes,
                         max_weight_bytes=self.limits.max_weight_bytes)
+        if not self.with_weights:
+            return check_description(description, self.weights, limits=bounds)
         return Network.from_description(description, self.weights, limits=bounds)
+
+    def initializer(self, init: TensorProto, index: int) -> np.ndarray:
+        """A top-level initializer's value, its raw_data read straight from the file; without
+        weights, a float initializer of more than SHAPE_ONLY_ELEMENTS is checked but not read
+        (its value is no layer's attribute, only a weight)."""
+        dtype = DTYPES.get(init.data_type)
+        read = (self.with_weights or dtype is None or dtype.kind != "f"
+                or math.prod(init.dims) <= SHAPE_ONLY_ELEMENTS)
+        return decode(init, f"initializer {quote(init.name)}", self.limits,
+                      self.model_file.payload(index), read=read)
 
     def node(self, node: onnx.NodeProto) -> None:
         op = node.op_type
@@ -325,10 +376,24 @@ def _value_shape(value: onnx.ValueInfoProto, override: Shape | None) -> Shape:
     return tuple(dims)
 
 
+@overload
 def load_onnx(source: str | Path | bytes, name: str | None = None,
               input_shapes: dict[str, Shape] | None = None, *,
-              max_tensor_bytes: int | None = None,
-              max_weight_bytes: int | None = None) -> Network:
+              max_tensor_bytes: int | None = None, max_weight_bytes: int | None = None,
+              weights: Literal[True] = True) -> Network: ...
+
+
+@overload
+def load_onnx(source: str | Path | bytes, name: str | None = None,
+              input_shapes: dict[str, Shape] | None = None, *,
+              max_tensor_bytes: int | None = None, max_weight_bytes: int | None = None,
+              weights: Literal[False]) -> CheckedNetwork: ...
+
+
+def load_onnx(source: str | Path | bytes, name: str | None = None,
+              input_shapes: dict[str, Shape] | None = None, *,
+              max_tensor_bytes: int | None = None, max_weight_bytes: int | None = None,
+              weights: bool = True) -> Network | CheckedNetwork:
     """Import an ONNX model (a path or the file's bytes) as a checked `Network`.
 
     ``max_tensor_bytes`` bounds every tensor (activation, initializer, folded constant) and
@@ -337,16 +402,25 @@ def load_onnx(source: str | Path | bytes, name: str | None = None,
     Raises `NetworkError` with one short message for a corrupt or malformed file, external
     data, sparse tensors, subgraphs, a limit exceeded, or operators convplan does not support
     (all of them, listed).
+
+    The file's weights are held once: each initializer is read from the file straight into its
+    array, and neither the file's bytes nor the protobuf outlive the import. Without
+    ``weights`` the result is the `CheckedNetwork` (the same checks, the same description)
+    without the file's weights, their shapes only: ``.attach()`` draws seeded ones.
     """
     limits = ImportLimits(
         MAX_TENSOR_BYTES if max_tensor_bytes is None else int(max_tensor_bytes),
         MAX_WEIGHT_BYTES if max_weight_bytes is None else int(max_weight_bytes))
-    model, default_name = read_model(source)
-    importer = Importer(model, name or model.graph.name or default_name, limits)
+    model, default_name, model_file = read_model(source)
     try:
+        importer = Importer(model, model_file, name or model.graph.name or default_name, limits,
+                            weights=weights)
+        del model       # the importer owns it, and drops it before the network is built
         network = importer.run(input_shapes)
     except NetworkError as error:
         raise type(error)(one_line(str(error))) from None
-    if not isinstance(source, bytes) and input_shapes is None:
+    finally:
+        model_file.close()
+    if isinstance(network, Network) and not isinstance(source, bytes) and input_shapes is None:
         network.source = Path(source)
     return network

@@ -1,12 +1,24 @@
 """Reading an untrusted ONNX file: its size bounded before it is read, the protobuf parsed,
 external data and sparse tensors refused before anything could open another file, the opset
-known, and every node checked against its operator's ONNX schema before it is read."""
+known, and every node checked against its operator's ONNX schema before it is read.
+
+The file is held once: it is memory-mapped, a bounded wire-format scan (`strip_payloads`) finds
+where each top-level initializer's ``raw_data`` lies, protobuf parses the model without those
+payloads (kilobytes), and each payload is later read straight into its array
+(`Payload.read_into`): no bytes object of the file and no protobuf copy of the weights."""
 
 from __future__ import annotations
 
+import io
+import mmap
+import os
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 import onnx.defs
 from google.protobuf.message import DecodeError
@@ -19,43 +31,220 @@ from .messages import label, quote, short, type_name
 #: ONNX files larger than this are refused before parsing (the biggest CNNs are ~0.6 GB).
 MAX_ONNX_BYTES = 1 << 30
 
+# Wire-format field numbers the scan follows: ModelProto.graph, GraphProto.initializer,
+# TensorProto.raw_data (onnx.proto).
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_LEN = 2        # the wire type of strings, bytes and messages
+_TRUNCATED = "not a valid ONNX file (truncated)"
 
-def read_model(source: str | Path | bytes) -> tuple[onnx.ModelProto, str]:
-    """The parsed model (a path or the file's bytes) with the name its graph gets when it has
-    none (the file's stem), refused when it is too large, does not parse, has no graph, or
-    refers to external data."""
+
+@dataclass(frozen=True)
+class Payload:
+    """One top-level initializer's ``raw_data``, still in the model's bytes."""
+
+    source: ModelFile
+    offset: int
+    length: int
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Fill ``out`` (C-contiguous, ``length`` bytes) straight from the file or bytes: no
+        intermediate bytes object."""
+        target = memoryview(out.reshape(-1)).cast("B")
+        if target.nbytes != self.length:
+            raise ValueError(f"{target.nbytes} bytes to fill from a payload of {self.length}")
+        self.source.read_into(self.offset, target)
+
+
+@dataclass
+class ModelFile:
+    """A model's bytes while its initializers are read: the memory-mapped file (or the bytes
+    given) and where each top-level initializer's ``raw_data`` lies in it, by index in
+    ``graph.initializer``. Closed once the initializers are read."""
+
+    buffer: Any                 # mmap.mmap, the bytes given, or b"" (an empty file)
+    file: io.FileIO | None = None
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def payload(self, index: int) -> Payload | None:
+        span = self.spans.get(index)
+        return None if span is None else Payload(self, *span)
+
+    def read_into(self, offset: int, target: memoryview) -> None:
+        if self.file is None:
+            with memoryview(self.buffer) as source:
+                target[:] = source[offset:offset + target.nbytes]
+            return
+        done = 0
+        while done < target.nbytes:     # a read may return less than asked
+            self.file.seek(offset + done)
+            count = self.file.readinto(target[done:])
+            if not count:
+                raise NetworkError("not a valid ONNX file (it shrank while it was read)")
+            done += count
+
+    def close(self) -> None:
+        if isinstance(self.buffer, mmap.mmap):
+            self.buffer.close()
+        self.buffer = b""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.spans = {}
+
+
+def read_model(source: str | Path | bytes) -> tuple[onnx.ModelProto, str, ModelFile]:
+    """The model parsed without its top-level initializers' payloads (a path or the file's
+    bytes), the name its graph gets when it has none (the file's stem), and the open
+    `ModelFile` the payloads are read from (the caller closes it); refused when it is too
+    large, does not parse, has no graph, or refers to external data."""
     if isinstance(source, bytes):
-        data, default_name = source, "model"
+        if len(source) > MAX_ONNX_BYTES:
+            raise NetworkError(f"the model is {len(source)} bytes; the limit is {MAX_ONNX_BYTES}")
+        model_file, default_name = ModelFile(source), "model"
     else:
-        path = Path(source)
-        try:
-            info = path.stat()
-        except OSError as error:
-            raise NetworkError(f"cannot read {short(str(path))}: {error.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise NetworkError(f"{short(str(path))} is not a regular file")
-        if info.st_size > MAX_ONNX_BYTES:
-            raise NetworkError(f"{short(str(path))} is {info.st_size} bytes; the limit is "
-                               f"{MAX_ONNX_BYTES}")
-        try:
-            with path.open("rb") as file:
-                data = file.read(MAX_ONNX_BYTES + 1)    # it may have grown since stat
-        except OSError as error:
-            raise NetworkError(f"cannot read {short(str(path))}: {error.strerror}") from None
-        default_name = path.stem
-    if len(data) > MAX_ONNX_BYTES:
-        raise NetworkError(f"the model is {len(data)} bytes; the limit is {MAX_ONNX_BYTES}")
-    model = onnx.ModelProto()
+        model_file, default_name = _map(Path(source)), Path(source).stem
     try:
-        model.ParseFromString(data)
-    except (DecodeError, ValueError, RuntimeError) as error:
-        why = "messages nested too deeply" if "MaxDepth" in str(error) else \
-            f"{type(error).__name__}: {short(str(error))}"
-        raise NetworkError(f"not a valid ONNX file ({why})") from None
-    if not model.HasField("graph") or not model.graph.node:
-        raise NetworkError("not a valid ONNX file: it has no graph (truncated or not a model)")
-    refuse_external_data(model)
-    return model, default_name
+        stripped, model_file.spans = strip_payloads(model_file.buffer)
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(stripped)
+        except (DecodeError, ValueError, RuntimeError) as error:
+            why = "messages nested too deeply" if "MaxDepth" in str(error) else \
+                f"{type(error).__name__}: {short(str(error))}"
+            raise NetworkError(f"not a valid ONNX file ({why})") from None
+        del stripped
+        if not model.HasField("graph") or not model.graph.node:
+            raise NetworkError("not a valid ONNX file: it has no graph (truncated or not a "
+                               "model)")
+        refuse_external_data(model)
+    except BaseException:
+        model_file.close()
+        raise
+    return model, default_name, model_file
+
+
+def _map(path: Path) -> ModelFile:
+    """The file memory-mapped read-only, refused unless it is a regular file within
+    MAX_ONNX_BYTES (checked before it is opened: a FIFO must not block the import)."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise NetworkError(f"cannot read {short(str(path))}: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise NetworkError(f"{short(str(path))} is not a regular file")
+    if info.st_size > MAX_ONNX_BYTES:
+        raise NetworkError(f"{short(str(path))} is {info.st_size} bytes; the limit is "
+                           f"{MAX_ONNX_BYTES}")
+    try:
+        file = io.FileIO(path, "r")
+    except OSError as error:
+        raise NetworkError(f"cannot read {short(str(path))}: {error.strerror}") from None
+    try:
+        size = os.fstat(file.fileno()).st_size      # it may have changed since stat
+        if size > MAX_ONNX_BYTES:
+            raise NetworkError(f"the model is {size} bytes; the limit is {MAX_ONNX_BYTES}")
+        buffer = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+    except OSError as error:
+        file.close()
+        raise NetworkError(f"cannot read {short(str(path))}: {error.strerror}") from None
+    except BaseException:
+        file.close()
+        raise
+    return ModelFile(buffer, file)
+
+
+# -- the wire-format scan -------------------------------------------------------------------------
+def strip_payloads(buffer: Any) -> tuple[bytes, dict[int, tuple[int, int]]]:
+    """The model's bytes without the ``raw_data`` of its top-level initializers (every
+    enclosing length rewritten), and (offset, length) of each payload by initializer index.
+
+    Three fixed levels (ModelProto.graph, GraphProto.initializer, TensorProto.raw_data),
+    iterative, every length checked against its enclosing message before anything is read.
+    Everything else is copied as it is, for protobuf to parse and check; a graph given twice is
+    merged by protobuf, so its initializers are numbered on.
+    """
+    spans: dict[int, tuple[int, int]] = {}
+    model: list[bytes] = []
+    index = 0
+    for number, wire, first, start, end in _fields(buffer, 0, len(buffer)):
+        if number != _MODEL_GRAPH or wire != _LEN:
+            model.append(buffer[first:end])
+            continue
+        graph: list[bytes] = []
+        for g_number, g_wire, g_first, g_start, g_end in _fields(buffer, start, end):
+            if g_number != _GRAPH_INITIALIZER or g_wire != _LEN:
+                graph.append(buffer[g_first:g_end])
+                continue
+            tensor: list[bytes] = []
+            for t_number, t_wire, t_first, t_start, t_end in _fields(buffer, g_start, g_end):
+                if t_number != _TENSOR_RAW_DATA or t_wire != _LEN:
+                    tensor.append(buffer[t_first:t_end])
+                elif index in spans:
+                    raise NetworkError(f"not a valid ONNX file (initializer {index} holds "
+                                       "raw_data twice)")
+                else:
+                    spans[index] = (t_start, t_end - t_start)
+            graph.append(_message(_GRAPH_INITIALIZER, tensor))
+            index += 1
+        model.append(_message(_MODEL_GRAPH, graph))
+    return b"".join(model), spans
+
+
+def _fields(buffer: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, where the field starts, where its value starts and ends) of
+    each field of the message in ``buffer[start:end]``."""
+    pos = start
+    while pos < end:
+        first = pos
+        key, pos = _varint(buffer, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise NetworkError("not a valid ONNX file (a field numbered 0)")
+        if wire == 0:
+            _, after = _varint(buffer, pos, end)
+        elif wire in (1, 5):
+            after = pos + (8 if wire == 1 else 4)
+        elif wire == _LEN:
+            length, pos = _varint(buffer, pos, end)
+            after = pos + length
+        else:
+            raise NetworkError(f"not a valid ONNX file (a field of wire type {wire}, which ONNX "
+                               "does not write)")
+        if after > end:
+            raise NetworkError(_TRUNCATED)
+        yield number, wire, first, pos, after
+        pos = after
+
+
+def _varint(buffer: Any, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it, never reading at or past ``end``."""
+    value = shift = 0
+    while True:
+        if pos >= end:
+            raise NetworkError(_TRUNCATED)
+        byte = buffer[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift >= 70:
+            raise NetworkError("not a valid ONNX file (a varint longer than 10 bytes)")
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _message(number: int, pieces: list[bytes]) -> bytes:
+    """A length-delimited field ``number`` holding ``pieces``."""
+    body = b"".join(pieces)
+    return _encode_varint(number << 3 | _LEN) + _encode_varint(len(body)) + body
 
 
 def refuse_external_data(model: onnx.ModelProto) -> None:

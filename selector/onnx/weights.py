@@ -1,6 +1,7 @@
 """The constants an import holds: the limits each is checked against before it is made
 (`ImportLimits`), initializers and tensor attributes decoded within them (`decode`), and
-per-channel affines folded into the convolution's weights (`fold_affine`)."""
+per-channel affines folded into the convolution's weights (`fold_affine`), in blocks into a
+float32 result (no float64 temporary the size of the weights)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from convplan.kernels.operators import Shape
 from convplan.selector.network import LimitError, NetworkError
 
 from .messages import quote, short, type_name
+from .reading import Payload
 
 #: Default limit of one tensor (an activation, an initializer or a folded constant): 256 Mi
 #: float32 elements.
@@ -25,6 +27,8 @@ MAX_TENSOR_BYTES = 1 << 30
 MAX_WEIGHT_BYTES = 1 << 30
 #: The most dimensions a tensor may have (NumPy's own limit is 64).
 MAX_RANK = 32
+#: The float64 temporaries folding a weight may hold at once (one block of output channels).
+FOLD_BLOCK_BYTES = 1 << 20
 
 #: The tensor element types convplan reads.
 DTYPES: dict[int, np.dtype] = {
@@ -86,9 +90,12 @@ class ImportLimits:
                              f"{self.max_tensor_bytes}")
 
 
-def decode(tensor: TensorProto, what: str, limits: ImportLimits) -> np.ndarray:
+def decode(tensor: TensorProto, what: str, limits: ImportLimits,
+           payload: Payload | None = None, *, read: bool = True) -> np.ndarray:
     """A TensorProto as an array: its type, dims and data lengths checked, and its size
-    against ``limits``, before anything is decoded."""
+    against ``limits``, before anything is decoded. ``payload`` is its ``raw_data`` left in the
+    file (`reading.strip_payloads`), read straight into the new array, or, without ``read``,
+    not read at all: the array is zeros of its shape, a view that holds no memory."""
     dtype = DTYPES.get(tensor.data_type)
     if dtype is None:
         raise NetworkError(f"{what} has element type "
@@ -99,15 +106,23 @@ def decode(tensor: TensorProto, what: str, limits: ImportLimits) -> np.ndarray:
     count = math.prod(dims)
     if tensor.HasField("segment"):
         raise NetworkError(f"{what} is a segment of a tensor (not supported)")
-    if tensor.HasField("raw_data"):
+    raw = payload is not None or tensor.HasField("raw_data")
+    if payload is not None:
+        have, want = payload.length, count * dtype.itemsize
+    elif raw:
         have, want = len(tensor.raw_data), count * dtype.itemsize
     else:
         have = len(getattr(tensor, _TYPED_FIELD.get(tensor.data_type, "int32_data")))
         want = count
     if have != want or len(tensor.string_data):
         raise NetworkError(f"{what} declares shape {short(dims)} but holds {have} "
-                           f"{'bytes' if tensor.HasField('raw_data') else 'values'}, "
-                           f"not {want}")
+                           f"{'bytes' if raw else 'values'}, not {want}")
+    if payload is not None and not read:
+        return np.broadcast_to(np.zeros((), dtype), dims)
+    if payload is not None:
+        out = np.empty(dims, dtype.newbyteorder("<"))     # raw_data is little-endian
+        payload.read_into(out)
+        return out.astype(dtype, copy=False)
     try:
         return np.asarray(numpy_helper.to_array(tensor)).astype(dtype, copy=False)
     except (ValueError, TypeError) as error:
@@ -115,9 +130,10 @@ def decode(tensor: TensorProto, what: str, limits: ImportLimits) -> np.ndarray:
 
 
 def fold_affine(layers: list[dict[str, Any]], weights: dict[str, dict[str, np.ndarray]],
-                outputs: set[str]) -> list[dict[str, Any]]:
+                outputs: set[str], *, values: bool = True) -> list[dict[str, Any]]:
     """Fold every per-channel affine layer (batchnorm) into the conv (or affine) that alone
-    feeds it: w' = w * scale, b' = b * scale + shift. The conv takes over the output's name."""
+    feeds it: w' = w * scale, b' = b * scale + shift. The conv takes over the output's name.
+    Without ``values`` only the layers are rewritten (the weights are shapes only)."""
     consumers: dict[str, int] = {}
     for layer in layers:
         for t in layer["inputs"]:
@@ -131,15 +147,21 @@ def fold_affine(layers: list[dict[str, Any]], weights: dict[str, dict[str, np.nd
                 or consumers.get(tensor, 0) != 1 or tensor in outputs):
             kept.append(layer)
             continue
-        scale = weights[layer["name"]]["scale"].astype(np.float64)
-        shift = weights[layer["name"]]["shift"].astype(np.float64)
         w = weights[source["name"]]
-        if source["op"] == "conv":
-            w["weight"] = (w["weight"] * scale[:, None, None, None]).astype(np.float32)
+        if not values:
+            if source["op"] == "conv":
+                w["bias"] = weights[layer["name"]]["shift"]
+                source["bias"] = True
+        elif source["op"] == "conv":
+            scale = weights[layer["name"]]["scale"].astype(np.float64)
+            shift = weights[layer["name"]]["shift"].astype(np.float64)
+            w["weight"] = scaled_rows(w["weight"], scale)
             bias = w.get("bias", np.zeros(len(scale))).astype(np.float64)
             w["bias"] = (bias * scale + shift).astype(np.float32)
             source["bias"] = True
         else:
+            scale = weights[layer["name"]]["scale"].astype(np.float64)
+            shift = weights[layer["name"]]["shift"].astype(np.float64)
             w["shift"] = (w["shift"].astype(np.float64) * scale + shift).astype(np.float32)
             w["scale"] = (w["scale"].astype(np.float64) * scale).astype(np.float32)
         out = layer.get("outputs", [layer["name"]])
@@ -147,3 +169,17 @@ def fold_affine(layers: list[dict[str, Any]], weights: dict[str, dict[str, np.nd
         by_output[out[0]] = source
         del weights[layer["name"]]
     return kept
+
+
+def scaled_rows(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(w * scale[:, None, ...]).astype(float32)``, the same float64 product rounded once,
+    computed in blocks of rows (output channels) into a new float32 array, so that the float64
+    temporaries stay within FOLD_BLOCK_BYTES (or one row)."""
+    out = np.empty(w.shape, np.float32)
+    row_bytes = 8 * math.prod(w.shape[1:])
+    block = max(1, FOLD_BLOCK_BYTES // max(row_bytes, 1))
+    per_row = (slice(None),) + (None,) * (w.ndim - 1)
+    for start in range(0, len(w), block):
+        rows = slice(start, start + block)
+        out[rows] = w[rows] * scale[rows][per_row]
+    return out

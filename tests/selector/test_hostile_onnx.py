@@ -147,6 +147,20 @@ CASES = [
                  {}, id="external-tensors-attribute"),
     pytest.param(lambda: h.external_in_nested_branch("/etc/hostname"), r"external data", {},
                  id="external-in-nested-branch"),
+    # the wire format, as the scan for initializer payloads meets it
+    pytest.param(h.truncated_in_a_payload, r"^not a valid ONNX file \(truncated\)$", {},
+                 id="truncated-in-a-payload"),
+    pytest.param(h.length_past_the_end, r"^not a valid ONNX file \(truncated\)$", {},
+                 id="length-past-the-end"),
+    pytest.param(h.initializer_length_past_its_graph, r"^not a valid ONNX file \(truncated\)$",
+                 {}, id="initializer-past-its-graph"),
+    pytest.param(h.varint_overflow, r"^not a valid ONNX file \(a varint longer than 10 bytes\)$",
+                 {}, id="varint-overflow"),
+    pytest.param(h.raw_data_twice, r"^not a valid ONNX file \(initializer 0 holds raw_data "
+                 r"twice\)$", {}, id="raw-data-twice"),
+    pytest.param(h.group_field, r"^not a valid ONNX file \(a field of wire type 3", {},
+                 id="group-field"),
+    pytest.param(h.raw_data_in_a_branch, r"\(If\).*control flow", {}, id="raw-data-in-a-branch"),
     pytest.param(lambda: h.deep_nesting_bytes(900), r"nested too deeply", {}, id="nesting-900"),
     pytest.param(lambda: h.deep_nesting_bytes(10_000), r"nested too deeply", {},
                  id="nesting-10000"),
@@ -359,6 +373,36 @@ def test_a_device_or_fifo_is_not_read(tmp_path: Path) -> None:
     for path in (Path("/dev/zero"), fifo, tmp_path):
         with deadline(5), pytest.raises(NetworkError, match="not a regular file"):
             load_onnx(path)
+
+
+def test_truncated_at_every_byte_is_refused_cleanly() -> None:
+    """A valid model's file cut after any number of bytes: refused with one clear error (never
+    another exception, a crash or a read past the end), or, cut at a field boundary that leaves
+    a whole model, imported."""
+    data = h.conv_with_weight().SerializeToString()
+    messages = set()
+    with deadline(30):
+        for end in range(len(data)):
+            try:
+                load_onnx(data[:end])
+            except NetworkError as error:
+                messages.add(re.sub(r"\d+", "N", str(error))[:60])
+    assert "not a valid ONNX file (truncated)" in messages, messages
+    assert all(m.startswith(("not a valid ONNX file", "the model", "node", "input",
+                             "initializer")) for m in messages), messages
+
+
+def test_a_graph_given_twice_is_merged_as_protobuf_merges_it(tmp_path: Path) -> None:
+    """Two graph fields (protobuf merges them): the initializers of both are read, numbered on,
+    from bytes and from a file alike."""
+    data, w = h.graph_given_twice()
+    path = tmp_path / "twice.onnx"
+    path.write_bytes(data)
+    for source in (data, path):
+        network = load_onnx(source)
+        (conv,) = network.nodes
+        np.testing.assert_array_equal(conv.weights["weight"], w)
+        np.testing.assert_array_equal(conv.weights["bias"], np.arange(4, dtype=np.float32))
 
 
 def test_deep_nesting_in_memory_is_walked_without_recursion() -> None:

@@ -299,3 +299,69 @@ def deep_nesting_bytes(depth: int) -> bytes:
                                    _field(5, _field(1, "then_branch") +
                                           _field(20, AttributeProto.GRAPH) +
                                           _field(6, inner))))
+
+
+# -- the wire format itself: what the import's scan for initializer payloads meets ---------------
+def conv_with_weight() -> onnx.ModelProto:
+    """A valid conv model whose weight is an initializer with raw_data."""
+    return model([helper.make_node("Conv", ["x", "w"], ["y"])],
+                 inits=[const("w", np.ones((4, 4, 3, 3), F))])
+
+
+def truncated_in_a_payload() -> bytes:
+    """A valid model's bytes cut in the middle of its initializer's raw_data."""
+    data = conv_with_weight().SerializeToString()
+    return data[:data.index(np.ones(8, F).tobytes()) + 16]
+
+
+def length_past_the_end() -> bytes:
+    """A valid model, then a graph field whose length prefix runs 1 TiB past the end."""
+    return model([helper.make_node("Relu", ["x"], ["y"])]).SerializeToString() + \
+        _varint(7 << 3 | 2) + _varint(1 << 40) + b"\x00" * 16
+
+
+def initializer_length_past_its_graph() -> bytes:
+    """A graph field holding an initializer whose length runs past the graph (not the file)."""
+    tensor = _field(1, 4) + _field(2, 1) + _field(8, "w") + _field(9, b"\x00" * 16)
+    graph = _varint(5 << 3 | 2) + _varint(len(tensor) + 100) + tensor
+    return model([helper.make_node("Relu", ["x"], ["y"])]).SerializeToString() + \
+        _field(7, graph) + _field(2, "after")
+
+
+def varint_overflow() -> bytes:
+    """A valid model, then a field key of eleven bytes, each with the continuation bit set."""
+    return model([helper.make_node("Relu", ["x"], ["y"])]).SerializeToString() + b"\xff" * 11
+
+
+def raw_data_twice() -> bytes:
+    """A valid model whose graph gets (merged by protobuf) an initializer with raw_data twice."""
+    tensor = (_field(1, 4) + _field(2, 1) + _field(8, "k") + _field(9, b"\x00" * 16)
+              + _field(9, b"\x01" * 16))
+    return model([helper.make_node("Relu", ["x"], ["y"])]).SerializeToString() + \
+        _field(7, _field(5, tensor))
+
+
+def group_field() -> bytes:
+    """A valid model, then a field of wire type 3 (a group: ONNX never writes one)."""
+    return model([helper.make_node("Relu", ["x"], ["y"])]).SerializeToString() + \
+        _varint(99 << 3 | 3) + _varint(99 << 3 | 4)
+
+
+def raw_data_in_a_branch() -> onnx.ModelProto:
+    """An If whose branch holds an initializer with raw_data (a nested graph, not scanned)."""
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["k"], ["o"])], "b", [],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, [4])],
+        [const("k", np.ones(4, F))])
+    return relu_then(helper.make_node("If", ["x"], ["y"], then_branch=branch,
+                                      else_branch=branch))
+
+
+def graph_given_twice() -> tuple[bytes, np.ndarray]:
+    """A valid conv model written as two graph fields (protobuf merges them), each with one
+    initializer holding raw_data, and the conv's weights: a scan must number them on."""
+    w = np.arange(4 * 4 * 3 * 3, dtype=F).reshape(4, 4, 3, 3) / 100
+    b = np.arange(4, dtype=F)
+    whole = model([helper.make_node("Conv", ["x", "w", "b"], ["y"])], inits=[const("b", b)])
+    extra = _field(5, const("w", w).SerializeToString())
+    return whole.SerializeToString() + _field(7, extra), w
