@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +27,47 @@ def run_overhead_bytes(itemsize: int) -> int:
     """A fixed allowance every run may use beyond its buffers: three ufunc buffers plus 16 KiB of
     interpreter objects (views, index tuples, spans; measured at 2.5-9 KiB)."""
     return 3 * UFUNC_BUFSIZE * itemsize + 16 * 1024
+
+
+def check_buffer(a: object, shape: tuple[int, ...], dtype: str | np.dtype, what: str) -> None:
+    """ValueError unless ``a`` is a writeable C-contiguous array of ``shape`` and ``dtype``: a
+    buffer a run writes into (an output, a workspace) without allocating."""
+    dtype = np.dtype(dtype)
+    if (not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != dtype
+            or not a.flags.c_contiguous or not a.flags.writeable):
+        got = (f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__)
+        raise ValueError(f"{what} must be a writeable C-contiguous {dtype} array of shape "
+                         f"{tuple(shape)}, got {got}")
+
+
+def check_disjoint(named: Mapping[str, np.ndarray], others: Iterable[tuple[str, np.ndarray]]
+                   ) -> None:
+    """ValueError when a buffer of ``named`` may share memory with another of them or with one
+    of ``others`` (what the run reads or writes besides). By memory bounds: the arena's views
+    are disjoint byte ranges, so bounds tell them apart exactly."""
+    items = list(named.items())
+    rest = list(others)
+    for i, (name, a) in enumerate(items):
+        for other, b in [*items[i + 1:], *rest]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name} overlaps {other}")
+
+
+def take_workspace(workspace: Mapping[str, np.ndarray] | None,
+                   shapes: Mapping[str, tuple[int, ...]], dtype: str | np.dtype,
+                   others: Iterable[tuple[str, np.ndarray]] = ()) -> dict[str, np.ndarray]:
+    """The named temporaries of a run: new arrays of ``shapes``, or the caller's ``workspace``
+    checked to hold exactly those names and shapes, each writeable, C-contiguous, of ``dtype``
+    and sharing no memory with another or with ``others``."""
+    if workspace is None:
+        return {name: np.empty(shape, dtype=dtype) for name, shape in shapes.items()}
+    if set(workspace) != set(shapes):
+        raise ValueError(f"workspace has buffers {sorted(workspace)}, expected "
+                         f"{sorted(shapes)}")
+    for name, shape in shapes.items():
+        check_buffer(workspace[name], shape, dtype, f"workspace {name!r}")
+    check_disjoint({f"workspace {name!r}": a for name, a in workspace.items()}, others)
+    return dict(workspace)
 
 
 @dataclass(frozen=True)
@@ -167,8 +208,13 @@ class ConvAlgorithm(ABC):
 
     # -- running -----------------------------------------------------------------------------
     def run(self, x: np.ndarray, prepared: Prepared, spec: ConvSpec,
-            out: np.ndarray | None = None) -> np.ndarray:
-        """Convolve ``x`` (in `input_layout`, C-contiguous) into ``out`` (in `output_layout`)."""
+            out: np.ndarray | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Convolve ``x`` (in `input_layout`, C-contiguous) into ``out`` (in `output_layout`).
+
+        ``out`` and ``workspace`` (the buffers of `workspace_shapes`, by name) are allocated
+        when not given; given, they are checked and used, so a run into an arena's views
+        allocates nothing but `run_overhead_bytes` (and its tap table)."""
         self.require(spec)
         if prepared.algorithm != self.name:
             raise ValueError(f"weights were prepared for {prepared.algorithm!r}, not {self.name!r}")
@@ -185,14 +231,16 @@ class ConvAlgorithm(ABC):
         if not x.flags.c_contiguous:
             raise ValueError("input must be C-contiguous (use kernels.conv2d to convert)")
         out_shape = spec.output_shape(self.output_layout)
+        read = [("the input", x), ("the prepared weights", prepared.weights)]
+        if prepared.bias is not None:
+            read.append(("the prepared bias", prepared.bias))
         if out is None:
             out = np.empty(out_shape, dtype=spec.dtype)
-        elif (out.shape != out_shape or out.dtype != spec.dtype or not out.flags.c_contiguous
-              or not out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous {spec.dtype} array of shape "
-                             f"{out_shape}, got {out.dtype} {out.shape}")
-        workspace = {k: np.empty(s, dtype=spec.dtype)
-                     for k, s in self.workspace_shapes(spec).items()}
+        else:
+            check_buffer(out, out_shape, spec.dtype, "out")
+            check_disjoint({"out": out}, read)
+        workspace = take_workspace(workspace, self.workspace_shapes(spec), spec.dtype,
+                                   [*read, ("out", out)])
         previous = np.setbufsize(UFUNC_BUFSIZE)
         try:
             for i in range(spec.n):

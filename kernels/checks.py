@@ -31,6 +31,10 @@ from .spec import ConvSpec
 #: (interpreter objects, NumPy's small temporaries).
 WORKSPACE_SLACK = 64 * 1024
 
+#: A run into given buffers may allocate `run_overhead_bytes` (and its tap table) plus this
+#: much: the checks of the given arrays (a dict, a list, their views: under 1 KiB measured).
+GIVEN_BUFFERS_SLACK = 2 * 1024
+
 #: Interpreter objects one `prepare` makes beyond its arrays (the `Prepared`, its views, einsum's
 #: state: 1-3 KiB measured), which the executor's allowance covers: the traced peak of `prepare`
 #: may exceed what it declares by this much.
@@ -218,6 +222,76 @@ def check_out_argument(algorithm: ConvAlgorithm, spec: ConvSpec) -> None:
         raise _fail(algorithm, spec, "run(out=...) differs from run()")
 
 
+def given_workspace(algorithm: ConvAlgorithm, spec: ConvSpec, fill: float = np.nan
+                    ) -> dict[str, np.ndarray]:
+    """New arrays for `workspace_shapes`, filled with ``fill`` (NaN: a run must not read what
+    it did not write)."""
+    return {name: np.full(shape, fill, dtype=spec.dtype)
+            for name, shape in algorithm.workspace_shapes(spec).items()}
+
+
+def _refuses(algorithm: ConvAlgorithm, spec: ConvSpec, what: str, call) -> None:
+    try:
+        call()
+    except ValueError:
+        return
+    except Exception as error:
+        raise _fail(algorithm, spec, f"{what} raised {error!r}, not a ValueError") from None
+    raise _fail(algorithm, spec, f"accepted {what}")
+
+
+def check_workspace_argument(algorithm: ConvAlgorithm, spec: ConvSpec) -> None:
+    """``run(..., out=, workspace=)`` into given buffers equals a run that allocates them, bit
+    for bit, returns ``out``, and allocates no more than `run_overhead_bytes` and its tap
+    table (+ `GIVEN_BUFFERS_SLACK`); a workspace with a missing or extra name, a wrong shape
+    or dtype, or overlapping the output, is refused with a ValueError."""
+    x, w, b = _data(spec, 3, True)
+    prepared = algorithm.prepare(w, b, spec)
+    x_in = convert(x, "NCHW", algorithm.input_layout)
+    out = np.full(spec.output_shape(algorithm.output_layout), np.nan, dtype=spec.dtype)
+    workspace = given_workspace(algorithm, spec)
+    try:
+        result = algorithm.run(x_in, prepared, spec, out=out, workspace=workspace)
+    except Exception as error:
+        raise _fail(algorithm, spec, f"run(out=..., workspace=...) failed: {error!r}") from None
+    if result is not out:
+        raise _fail(algorithm, spec, "run(out=..., workspace=...) returned another array")
+    if not np.array_equal(out, algorithm.run(x_in, prepared, spec), equal_nan=True):
+        raise _fail(algorithm, spec, "run(out=..., workspace=...) differs from run()")
+
+    buffers = sum(a.nbytes for a in workspace.values())
+    allowed = algorithm.workspace_bytes(spec) - buffers + GIVEN_BUFFERS_SLACK
+    measured = peak_allocation(
+        lambda: algorithm.run(x_in, prepared, spec, out=out, workspace=workspace))
+    if measured > allowed:
+        raise _fail(algorithm, spec, f"a run into given buffers allocated {measured} bytes, "
+                    f"over the {allowed} allowed beyond them")
+
+    def run_with(ws: dict[str, np.ndarray]) -> None:
+        algorithm.run(x_in, prepared, spec, out=out, workspace=ws)
+
+    _refuses(algorithm, spec, "a workspace with an extra buffer",
+             lambda: run_with({**workspace, "extra": np.empty(1, spec.dtype)}))
+    if workspace:
+        name, first = next(iter(workspace.items()))
+        other = "float64" if spec.dtype == "float32" else "float32"
+        _refuses(algorithm, spec, "a workspace without a buffer",
+                 lambda: run_with({k: v for k, v in workspace.items() if k != name}))
+        _refuses(algorithm, spec, "a workspace buffer of the wrong shape",
+                 lambda: run_with({**workspace, name: np.empty(first.size + 1, spec.dtype)}))
+        _refuses(algorithm, spec, "a workspace buffer of the wrong dtype",
+                 lambda: run_with({**workspace, name: first.astype(other)}))
+        if first.size <= out.size:
+            alias = out.reshape(-1)[:first.size].reshape(first.shape)
+            _refuses(algorithm, spec, "a workspace buffer overlapping the output",
+                     lambda: run_with({**workspace, name: alias}))
+    if x_in.size >= out.size:
+        over_input = x_in.reshape(-1)[:out.size].reshape(out.shape)
+        _refuses(algorithm, spec, "an output overlapping the input",
+                 lambda: algorithm.run(x_in, prepared, spec, out=over_input,
+                                       workspace=workspace))
+
+
 def measured_workspace(algorithm: ConvAlgorithm, spec: ConvSpec, seed: int = 0) -> int:
     """Peak bytes one run allocates beyond its input, prepared weights and a preallocated
     output (tracemalloc, the minimum of three runs after a warm-up)."""
@@ -331,5 +405,6 @@ def check_algorithm(algorithm: ConvAlgorithm, specs: Iterable[ConvSpec] = SPECS)
         check_matches_reference(algorithm, spec, seed=1, bias=False)
         check_out_argument(algorithm, spec)
         check_workspace(algorithm, spec)
+        check_workspace_argument(algorithm, spec)
         check_preparation(algorithm, spec)
     return len(fitted)

@@ -24,6 +24,7 @@ from convplan.kernels.checks import (
     check_preparation,
     check_supports_is_honest,
     check_workspace,
+    check_workspace_argument,
     fit,
     reference_conv2d,
 )
@@ -73,6 +74,43 @@ def test_out_argument_is_filled_and_returned(name: str) -> None:
     spec = fit(ConvSpec(n=2, c=4, h=9, w=8, m=4, kh=3, kw=3, padding=1), registry.get(name))
     assert spec is not None
     check_out_argument(registry.get(name), spec)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@given(spec=conv_specs(max_side=10))
+def test_runs_into_given_buffers(name: str, spec: ConvSpec) -> None:
+    """Into a given output and workspace: the same bits, the same arrays, nothing allocated
+    beyond the allowance; wrong workspaces are refused."""
+    fitted = fit(spec, registry.get(name))
+    assume(fitted is not None)
+    check_workspace_argument(registry.get(name), fitted)
+
+
+def test_a_given_workspace_is_checked_like_out() -> None:
+    spec = ConvSpec(n=1, c=8, h=8, w=7, m=6, kh=3, kw=3, padding=1)
+    im2col = registry.get("im2col")
+    x = np.ones(spec.input_shape(), np.float32)
+    prepared = im2col.prepare(np.ones(spec.weight_shape, np.float32), None, spec)
+    (name, shape), = im2col.workspace_shapes(spec).items()
+    out = np.empty(spec.output_shape(), np.float32)
+    with pytest.raises(ValueError, match=r"has buffers \[\], expected \['patches'\]"):
+        im2col.run(x, prepared, spec, out=out, workspace={})
+    with pytest.raises(ValueError, match="workspace 'patches' must be a writeable C-contiguous"):
+        im2col.run(x, prepared, spec, workspace={name: np.empty(shape, np.float32).T})
+    read_only = np.empty(shape, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="workspace 'patches' must be a writeable"):
+        im2col.run(x, prepared, spec, workspace={name: read_only})
+    arena = np.empty(out.size + int(np.prod(shape)), np.float32)
+    overlapping = arena[:int(np.prod(shape))].reshape(shape)
+    with pytest.raises(ValueError, match="workspace 'patches' overlaps out"):
+        im2col.run(x, prepared, spec, out=arena[-out.size - 1:-1].reshape(out.shape),
+                   workspace={name: overlapping})
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        im2col.run(x, prepared, spec, out=x.reshape(-1)[:out.size].reshape(out.shape))
+    disjoint = im2col.run(x, prepared, spec, out=arena[-out.size:].reshape(out.shape),
+                          workspace={name: overlapping})
+    assert np.shares_memory(disjoint, arena)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -140,6 +178,14 @@ class IgnoresOut(Im2col):
 
     def run(self, x, prepared, spec, out=None):
         return super().run(x, prepared, spec)
+
+
+class IgnoresWorkspace(Im2col):
+    """Allocates its workspace whatever it is given."""
+    name = "ignores-workspace"
+
+    def run(self, x, prepared, spec, out=None, workspace=None):
+        return super().run(x, prepared, spec, out)
 
 
 class Understated(Im2col):
@@ -215,6 +261,7 @@ GROUPED = ConvSpec(n=1, c=8, h=12, w=11, m=6, kh=3, kw=3, padding=1, groups=2)
     (Silent(), check_supports_is_honest, GROUPED, "without naming itself"),
     (IgnoresOut(), check_out_argument, SPEC, "another array"),
     (Understated(), check_workspace, SPEC, "over the declared workspace"),
+    (IgnoresWorkspace(), check_workspace_argument, SPEC, "into given buffers allocated"),
     (WritesWeights(), check_matches_reference, SPEC, "read-only"),
     (FalseView(), check_preparation, SPEC, "says its prepared weights are a view"),
     (HiddenView(), check_preparation, SPEC, "share memory with the caller's"),

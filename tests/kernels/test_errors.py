@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from convplan.kernels import ConvSpec, conv2d, registry
+from convplan.kernels.layout import convert
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
@@ -65,3 +66,21 @@ def test_run_checks_its_arguments() -> None:
     other = ConvSpec(n=1, c=4, h=8, w=8, m=6, kh=3, kw=3, padding=1, groups=2)
     with pytest.raises(ValueError, match="weights have shape"):
         im2col.prepare(W, None, other)
+
+
+def test_convert_writes_into_a_given_out_and_checks_it() -> None:
+    """Into ``out``: the transposed copy, in that array, even for the same layout; an ``out`` of
+    the wrong shape or dtype, or over the input, is refused."""
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    out = np.full((2, 4, 5, 3), np.nan, np.float32)
+    assert convert(x, "NCHW", "NHWC", out=out) is out
+    assert np.array_equal(out, convert(x, "NCHW", "NHWC"))
+    same = np.empty_like(x)
+    assert convert(x, "NCHW", "NCHW", out=same) is same and np.array_equal(same, x)
+    assert convert(x, "NCHW", "NCHW") is x
+    for bad in (np.empty((2, 3, 4, 5), np.float32), np.empty((2, 4, 5, 3), np.float64),
+                np.empty((2, 4, 5, 3, 2), np.float32)[..., 0]):
+        with pytest.raises(ValueError, match="out must be a writeable C-contiguous float32"):
+            convert(x, "NCHW", "NHWC", out=bad)
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        convert(x, "NCHW", "NHWC", out=x.reshape(2, 4, 5, 3))
