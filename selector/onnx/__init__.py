@@ -17,8 +17,10 @@ read them (a model must never make convplan read other files); every failure is 
 One module per job:
 
 - `reading`: the file and its protobuf, bounded and checked (size, external data, opset,
-  each node's schema);
-- `importer`: the walk over the graph, and `load_onnx`;
+  each node's schema); the file memory-mapped and its initializers' payloads left out of the
+  protobuf, each read once into its array (an import holds a file's weights once);
+- `importer`: the walk over the graph, and `load_onnx` (``weights=False``: the checked
+  description and the weights' shapes only);
 - `converters`: each ONNX operator as convplan layers (where an operator's import goes);
 - `folding`: the operators computed at import from constants;
 - `shapes`: what ONNX's axis and shape arguments mean, shared by the two above;

@@ -21,7 +21,7 @@ from onnx import AttributeProto, TensorProto, helper
 
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx import load_onnx
-from convplan.selector.onnx.reading import refuse_external_data
+from convplan.selector.onnx.reading import MAX_SCANNED_FIELDS, refuse_external_data
 from convplan.selector.runner import run_network
 from tests.support import ROOT
 from tests.support import hostile_onnx as h
@@ -161,6 +161,8 @@ CASES = [
     pytest.param(h.group_field, r"^not a valid ONNX file \(a field of wire type 3", {},
                  id="group-field"),
     pytest.param(h.raw_data_in_a_branch, r"\(If\).*control flow", {}, id="raw-data-in-a-branch"),
+    pytest.param(lambda: h.many_tiny_fields(MAX_SCANNED_FIELDS), r"^not a valid ONNX file "
+                 r"\(more than 1048576 fields", {}, id="a-million-tiny-fields"),
     pytest.param(lambda: h.deep_nesting_bytes(900), r"nested too deeply", {}, id="nesting-900"),
     pytest.param(lambda: h.deep_nesting_bytes(10_000), r"nested too deeply", {},
                  id="nesting-10000"),
@@ -390,6 +392,12 @@ def test_truncated_at_every_byte_is_refused_cleanly() -> None:
     assert "not a valid ONNX file (truncated)" in messages, messages
     assert all(m.startswith(("not a valid ONNX file", "the model", "node", "input",
                              "initializer")) for m in messages), messages
+
+
+def test_many_fields_within_the_scan_budget_import() -> None:
+    """Half a million fields more than a model needs (ir_version repeated) still import."""
+    network = load_onnx(h.many_tiny_fields(500_000))
+    assert [n.op for n in network.nodes] == ["relu"]
 
 
 def test_a_graph_given_twice_is_merged_as_protobuf_merges_it(tmp_path: Path) -> None:

@@ -365,3 +365,9 @@ def graph_given_twice() -> tuple[bytes, np.ndarray]:
     whole = model([helper.make_node("Conv", ["x", "w", "b"], ["y"])], inits=[const("b", b)])
     extra = _field(5, const("w", w).SerializeToString())
     return whole.SerializeToString() + _field(7, extra), w
+
+
+def many_tiny_fields(count: int) -> bytes:
+    """A valid model, then ``count`` two-byte top-level fields (ir_version again and again)."""
+    return model([helper.make_node("Relu", ["x"], ["y"])]).SerializeToString() + \
+        b"\x08\x08" * count
