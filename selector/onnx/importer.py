@@ -189,7 +189,8 @@ class Importer:
             if self.tensor(o) != o:     # an output that is an alias keeps its ONNX name
                 self.emit("identity", [o], [o], name=o)
         self.consts = {}
-        layers = fold_affine(self.layers, self.weights, set(outputs), values=self.with_weights)
+        layers = fold_affine(self.layers, self.weights, set(outputs), values=self.with_weights,
+                             owned=True)    # consts are gone: the weights are all the import's
         description = {"name": self.name, "inputs": [{"name": k, "shape": list(v)}
                                                      for k, v in inputs.items()],
                        "layers": layers, "outputs": outputs}

@@ -158,6 +158,8 @@ def _map(path: Path) -> ModelFile:
 #: model has a few per node and initializer (ResNet-50: 835), and the walk is Python (about
 #: 0.3 s per million).
 MAX_SCANNED_FIELDS = 1 << 20
+#: The scan lets go of the file pages it has passed every this many bytes.
+_UNMAP_STEP = 1 << 20
 
 
 def strip_payloads(buffer: Any) -> tuple[bytes, dict[int, tuple[int, int]]]:
@@ -193,6 +195,7 @@ def strip_payloads(buffer: Any) -> tuple[bytes, dict[int, tuple[int, int]]]:
             if tensor.changed:
                 graph.replace(g_first, g_end, _GRAPH_INITIALIZER, tensor.done(g_end))
             index += 1
+            scan.unmap_before(g_end)
         if graph.changed:
             model.replace(first, end, _MODEL_GRAPH, graph.done(end))
     return model.done(len(buffer)), spans
@@ -204,6 +207,16 @@ class _Scan:
     def __init__(self, buffer: Any) -> None:
         self.buffer = buffer
         self.budget = MAX_SCANNED_FIELDS
+        self.unmapped = 0
+
+    def unmap_before(self, pos: int) -> None:
+        """Let go of the mapped file pages before ``pos`` (everything there is copied): reading
+        one field's key maps a whole folio of the file, which would count as resident."""
+        pos -= pos % mmap.PAGESIZE
+        if (isinstance(self.buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")
+                and pos - self.unmapped >= _UNMAP_STEP):
+            self.buffer.madvise(mmap.MADV_DONTNEED, self.unmapped, pos - self.unmapped)
+            self.unmapped = pos
 
     def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
         """(field number, wire type, where the field starts, where its value starts and ends)

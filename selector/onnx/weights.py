@@ -130,10 +130,13 @@ def decode(tensor: TensorProto, what: str, limits: ImportLimits,
 
 
 def fold_affine(layers: list[dict[str, Any]], weights: dict[str, dict[str, np.ndarray]],
-                outputs: set[str], *, values: bool = True) -> list[dict[str, Any]]:
+                outputs: set[str], *, values: bool = True,
+                owned: bool = False) -> list[dict[str, Any]]:
     """Fold every per-channel affine layer (batchnorm) into the conv (or affine) that alone
     feeds it: w' = w * scale, b' = b * scale + shift. The conv takes over the output's name.
-    Without ``values`` only the layers are rewritten (the weights are shapes only)."""
+    Without ``values`` only the layers are rewritten (the weights are shapes only). With
+    ``owned`` (nothing outside ``weights`` refers to its arrays, as in an import) a conv weight
+    that no other layer shares is folded in place."""
     consumers: dict[str, int] = {}
     for layer in layers:
         for t in layer["inputs"]:
@@ -155,7 +158,8 @@ def fold_affine(layers: list[dict[str, Any]], weights: dict[str, dict[str, np.nd
         elif source["op"] == "conv":
             scale = weights[layer["name"]]["scale"].astype(np.float64)
             shift = weights[layer["name"]]["shift"].astype(np.float64)
-            w["weight"] = scaled_rows(w["weight"], scale)
+            shared = not owned or _shared(w["weight"], weights)
+            w["weight"] = scaled_rows(w["weight"], scale, out=None if shared else w["weight"])
             bias = w.get("bias", np.zeros(len(scale))).astype(np.float64)
             w["bias"] = (bias * scale + shift).astype(np.float32)
             source["bias"] = True
@@ -171,11 +175,22 @@ def fold_affine(layers: list[dict[str, Any]], weights: dict[str, dict[str, np.nd
     return kept
 
 
-def scaled_rows(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _shared(w: np.ndarray, weights: dict[str, dict[str, np.ndarray]]) -> bool:
+    """Whether ``w`` must not be written: not a writeable float32 array of its own, or its
+    memory is (perhaps) also another weight's."""
+    if w.base is not None or not w.flags.writeable or w.dtype != np.float32:
+        return True
+    held = [a for ws in weights.values() for a in ws.values()]
+    return sum(a is w for a in held) > 1 or any(
+        a is not w and np.may_share_memory(a, w) for a in held)
+
+
+def scaled_rows(w: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``(w * scale[:, None, ...]).astype(float32)``, the same float64 product rounded once,
-    computed in blocks of rows (output channels) into a new float32 array, so that the float64
-    temporaries stay within FOLD_BLOCK_BYTES (or one row)."""
-    out = np.empty(w.shape, np.float32)
+    computed in blocks of rows (output channels) into ``out`` (a new float32 array, or ``w``
+    itself), so that the float64 temporaries stay within FOLD_BLOCK_BYTES (or one row)."""
+    if out is None:
+        out = np.empty(w.shape, np.float32)
     row_bytes = 8 * math.prod(w.shape[1:])
     block = max(1, FOLD_BLOCK_BYTES // max(row_bytes, 1))
     per_row = (slice(None),) + (None,) * (w.ndim - 1)
