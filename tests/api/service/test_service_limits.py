@@ -202,11 +202,10 @@ def test_worker_processes_never_import_the_web_framework(monkeypatch: pytest.Mon
                                                         tmp_path) -> None:
     """A worker that planned and profiled (its answers a `Plan` and a `ProfileResult`, pydantic
     documents) has imported neither FastAPI nor Starlette: the web stack stays in the server."""
-    from service_server import web_modules
-
     from convplan.api.service import work
     from convplan.api.service.schemas import ProfileResult
     from convplan.api.service.workers import WorkerPool
+    from tests.support.service_server import web_modules
 
     monkeypatch.setenv("CONVPLAN_DB", str(tmp_path / "costs.sqlite"))
     settings = ServiceSettings.from_env({})
