@@ -8,8 +8,9 @@ each an offset in one arena so that buffers alive at a common step never share a
 
 In the arena: every buffer-owning tensor a step produces (views and in-place outputs share their
 first input's buffer, which lives until the last tensor holding it is released), every layout
-copy and every declared workspace: each named shape of a convolution's `workspace_shapes`, and an
-operator's temporaries (its `workspace_bytes` less `run_overhead_bytes`) as one buffer.
+copy and every declared workspace: each named shape of a convolution's or an operator's
+`workspace_shapes` (the operator's in the layout its step stores it in), one buffer each, as the
+run takes them (``workspace=``).
 
 Outside it: the program's inputs (the caller's arrays); the buffers holding a program output,
 allocated afresh each run because the caller keeps them (`output_bytes`); and what no placement
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import run_overhead_bytes
 from .executor import Program
 
 #: Every arena buffer starts at a multiple of this many bytes (a cache line; what SIMD kernels
@@ -137,14 +137,16 @@ def _workspaces(program: Program, i: int, itemsize: int) -> dict[str, int]:
     step = program.steps[i]
     if step.kind == "conv":
         assert step.algorithm is not None and step.spec is not None
-        return {name: int(np.prod(shape, dtype=np.int64)) * step.spec.itemsize
-                for name, shape in step.algorithm.workspace_shapes(step.spec).items()}
-    if step.kind == "op":
+        shapes = step.algorithm.workspace_shapes(step.spec)
+        itemsize = step.spec.itemsize
+    elif step.kind == "op":
         assert step.operator is not None
-        temporary = (step.operator.workspace_bytes([program.shapes[t] for t in step.inputs],
-                                                   itemsize) - run_overhead_bytes(itemsize))
-        return {"temporary": temporary} if temporary else {}
-    return {}
+        shapes = step.operator.workspace_shapes([program.shapes[t] for t in step.inputs],
+                                                step.layout)
+    else:
+        return {}
+    return {name: int(np.prod(shape, dtype=np.int64)) * itemsize
+            for name, shape in shapes.items()}
 
 
 def live_bytes(buffers: Sequence[Buffer]) -> list[int]:

@@ -19,7 +19,12 @@ checked are the ones the executor and the planner rely on:
   input, within the workspace;
 - `workspace_bytes` is a tight upper bound of what a run allocates beyond its outputs
   (tracemalloc: measured <= predicted <= 1.25 x measured + 64 KiB). Not for `conv`: its memory
-  is the chosen algorithm's, which `convplan.kernels.checks.check_workspace` checks.
+  is the chosen algorithm's, which `convplan.kernels.checks.check_workspace` checks;
+- a run into given arrays (``out=`` and the ``workspace=`` of `workspace_shapes`, filled with
+  NaN), in each layout and in place, equals the run that allocates them bit for bit, returns
+  the given output arrays themselves and allocates no more than `run_overhead_bytes` plus
+  `GIVEN_BUFFERS_SLACK` (not for `conv`); outputs or workspaces of the wrong count, names,
+  shape, dtype or contiguity, or sharing memory with an input, are refused with a ValueError.
 
 Values: these checks compare runs of the operator with each other, not with the truth. The
 truth needs an independent oracle, which kernels (NumPy only) cannot ship for every operator:
@@ -37,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import WORKSPACE_SLACK, ConformanceError
+from ..base import run_overhead_bytes
+from ..checks import GIVEN_BUFFERS_SLACK, WORKSPACE_SLACK, ConformanceError
 from ..layout import convert
 from ..measure import peak_allocation
 from ..spec import Layout
@@ -138,13 +144,106 @@ class _Checker:
         return ConformanceError(f"{self.operator!r} on {self.shapes} ({self.dtype}): {what}")
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
-        """The operator's run; an exception on shapes it accepts is a failed check."""
+            layout: Layout = "NCHW", inplace: bool = False, **given: Any) -> list[np.ndarray]:
+        """The operator's run (``given``: its out= and workspace=); an exception on shapes it
+        accepts is a failed check."""
         try:
-            return list(self.operator.run(list(xs), weights, layout, inplace))
+            return list(self.operator.run(list(xs), weights, layout, inplace, **given))
         except Exception as error:
-            how = f"{layout}{', in place' if inplace else ''}"
+            how = (f"{layout}{', in place' if inplace else ''}"
+                   f"{', into given arrays' if given else ''}")
             raise self.fail(f"accepts the shapes, but a run ({how}) failed: {error!r}") from None
+
+    def refuses(self, what: str, call: Callable[[], object]) -> None:
+        """``call`` raises a ValueError (any other outcome is a failed check)."""
+        try:
+            call()
+        except ValueError:
+            return
+        except Exception as error:
+            raise self.fail(f"{what} raised {error!r}, not a ValueError") from None
+        raise self.fail(f"accepted {what}")
+
+    def given_buffers(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+                      fresh: Sequence[np.ndarray], layout: Layout, inplace: bool,
+                      memory: bool) -> None:
+        """A run into given out= / workspace= arrays: ``fresh``'s bits, in those arrays, with
+        nothing allocated beyond the allowance."""
+        op = self.operator
+        how = f"a run into given arrays{' in NHWC' if layout == 'NHWC' else ''}" \
+              f"{' in place' if inplace else ''}"
+        workspace = {name: np.full(shape, np.nan, dtype=self.dtype)
+                     for name, shape in op.workspace_shapes(self.shapes, layout).items()}
+        xs = list(xs)
+        if inplace:
+            xs[0] = xs[0].copy()
+            outs: list[np.ndarray] | None = [xs[0]]
+        elif op.view:
+            outs = None
+        else:
+            outs = [np.full(y.shape, np.nan, dtype=self.dtype) for y in fresh]
+        result = self.run(xs, weights, layout, inplace, out=outs, workspace=workspace)
+        if outs is not None and (len(result) != len(outs)
+                                 or any(r is not o for r, o in zip(result, outs, strict=True))):
+            raise self.fail(f"{how} returned other arrays than the given ones")
+        if any(not np.array_equal(r, f, equal_nan=True)
+               for r, f in zip(result, fresh, strict=True)):
+            raise self.fail(f"{how} differs from a run that allocates its arrays")
+        if not memory:
+            return
+        del result
+        allowed = run_overhead_bytes(self.itemsize) + GIVEN_BUFFERS_SLACK
+        measured = peak_allocation(
+            lambda: op.run(xs, weights, layout, inplace, out=outs, workspace=workspace))
+        if measured > allowed:
+            raise self.fail(f"{how} allocated {measured} bytes, over the {allowed} allowed "
+                            "beyond them")
+
+    def given_refused(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+                      fresh: Sequence[np.ndarray]) -> None:
+        """Wrong output or workspace arrays are refused with a ValueError, never written."""
+        op, dtype = self.operator, np.dtype(self.dtype)
+        workspace = {name: np.empty(shape, dtype=dtype)
+                     for name, shape in op.workspace_shapes(self.shapes).items()}
+        if op.view:
+            self.refuses("out for a view operator",
+                         lambda: op.run(list(xs), weights, out=[np.empty_like(fresh[0])]))
+            return
+        outs = [np.empty(y.shape, dtype=dtype) for y in fresh]
+        other = np.dtype("float64" if dtype == np.float32 else "float32")
+
+        def run(out: Sequence[np.ndarray], ws: Mapping[str, np.ndarray] = workspace,
+                inputs: Sequence[np.ndarray] = xs, inplace: bool = False) -> object:
+            return op.run(list(inputs), weights, "NCHW", inplace, out=out, workspace=ws)
+
+        first = outs[0]
+        self.refuses("an out of the wrong dtype",
+                     lambda: run([first.astype(other), *outs[1:]]))
+        self.refuses("an out of the wrong shape",
+                     lambda: run([np.empty((*first.shape, 2), dtype), *outs[1:]]))
+        strided = np.empty((*first.shape, 2), dtype)[..., 0]
+        if not strided.flags.c_contiguous:     # a single element is contiguous whatever strides
+            self.refuses("an out that is not C-contiguous", lambda: run([strided, *outs[1:]]))
+        self.refuses("an out with one array too many",
+                     lambda: run([*outs, np.empty_like(first)]))
+        shared = np.empty(max(xs[0].size, first.size), dtype=dtype)
+        aliased = shared[:xs[0].size].reshape(xs[0].shape)
+        np.copyto(aliased, xs[0])
+        self.refuses("an out sharing memory with an input",
+                     lambda: run([shared[:first.size].reshape(first.shape), *outs[1:]],
+                                 inputs=[aliased, *xs[1:]]))
+        self.refuses("a workspace with an extra buffer",
+                     lambda: run(outs, {**workspace, "extra": np.empty(1, dtype)}))
+        for name in workspace:
+            fewer = {k: v for k, v in workspace.items() if k != name}
+            retyped = {**workspace, name: workspace[name].astype(other)}
+            self.refuses(f"a workspace without {name!r}", lambda ws=fewer: run(outs, ws))
+            self.refuses(f"a workspace {name!r} of the wrong dtype",
+                         lambda ws=retyped: run(outs, ws))
+        if op.can_overwrite(self.shapes):
+            self.refuses("an in-place run given an out other than its input",
+                         lambda: run([xs[0].copy()], inputs=[xs[0].copy(), *xs[1:]],
+                                     inplace=True))
 
     def workspace(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
                   layout: Layout, inplace: bool, tight: bool) -> None:
@@ -210,6 +309,7 @@ def check_operator(operator: Operator, shapes: Sequence[Shape], dtype: str = "fl
     memory = operator.op not in ALGORITHM_MEMORY
 
     # NHWC storage: the NCHW answer, transposed
+    nhwc: list[np.ndarray] = []
     if nhwc_applies(operator, c.shapes):
         nhwc = c.run([_to_nhwc(x) for x in xs], weights, "NHWC")
         if len(nhwc) != len(ys):
@@ -237,6 +337,14 @@ def check_operator(operator: Operator, shapes: Sequence[Shape], dtype: str = "fl
     # workspace: a tight upper bound of an out-of-place NCHW run
     if memory:
         c.workspace(xs, weights, "NCHW", False, tight=True)
+
+    # into given arrays: the same bits, in those arrays, allocating only the allowance
+    c.given_buffers(xs, weights, ys, "NCHW", False, memory)
+    if nhwc:
+        c.given_buffers([_to_nhwc(x) for x in xs], weights, nhwc, "NHWC", False, memory)
+    if operator.can_overwrite(c.shapes):
+        c.given_buffers(xs, weights, ys, "NCHW", True, memory)
+    c.given_refused(xs, weights, ys)
     return ys
 
 
@@ -253,6 +361,7 @@ def check_operator_cases(operator: str | type[Operator], cases: Iterable[Operato
     return count
 
 
-__all__ = ["ALGORITHM_MEMORY", "TOLERANCE", "ConformanceError", "OperatorCase", "Reference",
+__all__ = ["ALGORITHM_MEMORY", "GIVEN_BUFFERS_SLACK", "TOLERANCE", "ConformanceError",
+           "OperatorCase", "Reference",
            "check_operator", "check_operator_cases", "measured_workspace", "mismatch",
            "nhwc_applies", "operator_data"]

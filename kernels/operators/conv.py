@@ -95,10 +95,19 @@ class Conv(Operator):
         return [self.spec(shapes[0]).output_shape("NCHW")]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Prepares the weights on every call: its memory is the algorithm's, and ``workspace``
+        (none declared) must be empty; ``out`` is written into."""
         x = xs[0]
         spec = self.spec(x.shape, x.dtype.name)
+        outs = self._outputs(xs, weights, [spec.output_shape("NCHW")], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
         algorithm = default_algorithm(spec)
         prepared = algorithm.prepare(weights["weight"], weights.get("bias"), spec)
-        y = algorithm.run(convert(x, "NCHW", algorithm.input_layout), prepared, spec)
-        return [convert(y, algorithm.output_layout, "NCHW")]
+        x_in = convert(x, "NCHW", algorithm.input_layout)
+        if algorithm.output_layout == "NCHW":
+            return [algorithm.run(x_in, prepared, spec, out=outs[0])]
+        return [convert(algorithm.run(x_in, prepared, spec), algorithm.output_layout, "NCHW",
+                        out=outs[0])]

@@ -2,7 +2,7 @@
 
 None of them allocates a temporary the size of its input: every step writes into the output
 (which may be the input itself), and hardswish, the one that needs x and f(x) at once, works
-through a small fixed-size buffer.
+through a small fixed-size buffer (its workspace "gate").
 """
 
 from __future__ import annotations
@@ -32,14 +32,17 @@ class Unary(Operator):
         return [tuple(shapes[0])]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         x = xs[0]
-        out = x if inplace else np.empty_like(x)
+        outs = self._outputs(xs, weights, [x.shape], inplace, out)
+        ws = self._workspace(xs, weights, layout, outs, workspace)
         with small_ufunc_buffers():
-            self._apply(x, out)
-        return [out]
+            self._apply(x, outs[0], ws)
+        return outs
 
-    def _apply(self, x: np.ndarray, out: np.ndarray) -> None:
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
 
@@ -48,7 +51,7 @@ class Relu(Unary):
     op = "relu"
     summary = "max(x, 0)"
 
-    def _apply(self, x: np.ndarray, out: np.ndarray) -> None:
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
         np.maximum(x, 0, out=out)
 
 
@@ -68,7 +71,7 @@ class Clip(Unary):
         if a["min"] is not None and a["max"] is not None and a["min"] > a["max"]:
             raise ValueError(f"clip: min {a['min']} is greater than max {a['max']}")
 
-    def _apply(self, x: np.ndarray, out: np.ndarray) -> None:
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
         lo, hi = self.attrs["min"], self.attrs["max"]
         if lo is not None and hi is not None:
             np.clip(x, lo, hi, out=out)
@@ -85,7 +88,7 @@ class Sigmoid(Unary):
     op = "sigmoid"
     summary = "1 / (1 + exp(-x))"
 
-    def _apply(self, x: np.ndarray, out: np.ndarray) -> None:
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
         # exp(-x) overflows to inf for very negative x, and 1 / inf = 0 is the right answer.
         with np.errstate(over="ignore"):
             np.negative(x, out=out)
@@ -107,7 +110,7 @@ class HardSigmoid(Unary):
         self.attrs["alpha"] = real(self.attrs["alpha"], "hardsigmoid: alpha")
         self.attrs["beta"] = real(self.attrs["beta"], "hardsigmoid: beta")
 
-    def _apply(self, x: np.ndarray, out: np.ndarray) -> None:
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
         hard_sigmoid(x, self.attrs["alpha"], self.attrs["beta"], out)
 
 
@@ -122,11 +125,12 @@ class HardSwish(Unary):
     op = "hardswish"
     summary = "x * hardsigmoid(x) with alpha 1/6, beta 0.5 (MobileNetV3's activation)"
 
-    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
-        return min(size(shapes[0]), BLOCK) * itemsize
+    def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
+                         ) -> dict[str, Shape]:
+        return {"gate": (min(size(shapes[0]), BLOCK),)}
 
-    def _apply(self, x: np.ndarray, out: np.ndarray) -> None:
-        buffer = np.empty(min(x.size, BLOCK), dtype=x.dtype)
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
+        buffer = ws["gate"]
         for xb, ob in blocks(x, out):
             gate = buffer[:xb.size]
             hard_sigmoid(xb, 1 / 6, 0.5, gate)
@@ -202,19 +206,23 @@ class Broadcasting(Operator):
                              f"{', '.join(map(str, operands))} do not broadcast") from None
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         operands = list(xs)
         if self.attrs["constant_shape"] is not None:
             operands.append(weights["constant"])
         if layout == "NHWC" and any(x.ndim == 4 for x in xs):
             operands = [physical_nhwc(a, stored=i < len(xs)) for i, a in enumerate(operands)]
         shape = np.broadcast_shapes(*(a.shape for a in operands))
-        out = xs[0] if inplace else np.empty(shape, dtype=xs[0].dtype)
+        outs = self._outputs(xs, weights, [shape], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        out = outs[0]
         with small_ufunc_buffers():
             self.ufunc(operands[0], operands[1], out=out)
             for operand in operands[2:]:
                 self.ufunc(out, operand, out=out)
-        return [out]
+        return outs
 
 
 def physical_nhwc(a: np.ndarray, stored: bool) -> np.ndarray:

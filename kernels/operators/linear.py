@@ -59,20 +59,24 @@ class Gemm(Operator):
         return [(m, self.attrs["out_features"])]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         a = self.attrs
         x = xs[0]
         self.check_weights([x.shape], weights)
         lhs = x.T if a["trans_a"] else x
         rhs = weights["b"].T if a["trans_b"] else weights["b"]
-        out = np.empty((lhs.shape[0], a["out_features"]), dtype=x.dtype)
+        outs = self._outputs(xs, weights, [(lhs.shape[0], a["out_features"])], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        out = outs[0]
         with small_ufunc_buffers():
             if a["bias"]:
                 np.copyto(out, weights["c"])
                 if a["beta"] != 1:
                     np.multiply(out, a["beta"], out=out)
         gemm(lhs, rhs, out, alpha=a["alpha"], beta=1.0 if a["bias"] else 0.0)
-        return [out]
+        return outs
 
 
 def matmul_shape(a: Shape, b: Shape, op: str = "matmul") -> Shape:
@@ -127,13 +131,16 @@ class MatMul(Operator):
         return [matmul_shape(tuple(shapes[0]), tuple(rhs))]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         lhs = xs[0]
         rhs = xs[1] if len(xs) == 2 else weights["constant"]
-        out = np.empty(matmul_shape(lhs.shape, rhs.shape), dtype=lhs.dtype)
+        outs = self._outputs(xs, weights, [matmul_shape(lhs.shape, rhs.shape)], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
         if lhs.ndim == rhs.ndim == 2:
-            gemm(lhs, rhs, out)
-            return [out]
+            gemm(lhs, rhs, outs[0])
+            return outs
         with small_ufunc_buffers():     # batched: NumPy's BLAS (rare in CNNs)
-            np.matmul(lhs, rhs, out=out)
-        return [out]
+            np.matmul(lhs, rhs, out=outs[0])
+        return outs

@@ -35,18 +35,21 @@ class BatchNorm(Operator):
         return [shape]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         x = xs[0]
         scale, shift = weights["scale"], weights["shift"]
         if not (layout == "NHWC" and x.ndim == 4):
             # channel axis 1: (C,) viewed as (C, 1, ..., 1)
             trailing = (1,) * (x.ndim - 2)
             scale, shift = scale.reshape(-1, *trailing), shift.reshape(-1, *trailing)
-        out = x if inplace else np.empty_like(x)
+        outs = self._outputs(xs, weights, [x.shape], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
         with small_ufunc_buffers():
-            np.multiply(x, scale, out=out)
-            np.add(out, shift, out=out)
-        return [out]
+            np.multiply(x, scale, out=outs[0])
+            np.add(outs[0], shift, out=outs[0])
+        return outs
 
 
 @register
@@ -74,20 +77,26 @@ class LRN(Operator):
             raise ValueError(f"lrn needs a 4-D (N, C, H, W) input, got shape {shape}")
         return [shape]
 
-    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
+    def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
+                         ) -> dict[str, Shape]:
         _, _, h, w = shapes[0]
-        return h * w * itemsize
+        return {"square": (h, w)}
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """The window sum accumulates in the output itself: each input channel's square (one
-        H x W buffer) is added to every output channel whose window holds it."""
+        H x W buffer, the workspace "square") is added to every output channel whose window
+        holds it."""
         a = self.attrs
         x = xs[0]
-        n, c, h, w = x.shape
+        n, c, _, _ = x.shape
         below, above = (a["size"] - 1) // 2, a["size"] // 2  # floor and ceil of (size-1)/2
-        out = np.zeros_like(x)
-        square = np.empty((h, w), dtype=x.dtype)
+        outs = self._outputs(xs, weights, [x.shape], inplace, out)
+        square = self._workspace(xs, weights, layout, outs, workspace)["square"]
+        out = outs[0]
+        out.fill(0)
         with small_ufunc_buffers():
             for i in range(n):
                 for j in range(c):
@@ -99,4 +108,4 @@ class LRN(Operator):
             np.add(out, a["bias"], out=out)
             np.power(out, -a["beta"], out=out)
             np.multiply(out, x, out=out)
-        return [out]
+        return outs

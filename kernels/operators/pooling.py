@@ -119,19 +119,23 @@ class Pool2d(Operator):
         return [(n, c, ho, wo)]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         x = xs[0]
         channels_last = layout == "NHWC"
         logical = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if channels_last else x.shape
         rows, cols, ho, wo = self.spans(logical)
         n, c = logical[:2]
-        out = np.empty((n, ho, wo, c) if channels_last else (n, c, ho, wo), dtype=x.dtype)
+        outs = self._outputs(xs, weights, [(n, ho, wo, c) if channels_last else (n, c, ho, wo)],
+                             inplace, out)
+        ws = self._workspace(xs, weights, layout, outs, workspace)
         with small_ufunc_buffers():
-            self._pool(x, out, rows, cols, channels_last)
-        return [out]
+            self._pool(x, outs[0], rows, cols, channels_last, ws)
+        return outs
 
     def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
-              channels_last: bool) -> None:
+              channels_last: bool, ws: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     # -- the separable NCHW path -------------------------------------------------------------
@@ -144,19 +148,23 @@ class Pool2d(Operator):
         edge = wo - min(counts) if wo == w and self.attrs["stride"][1] == 1 else 0
         return block, edge
 
-    def _separable_bytes(self, shape: Shape, itemsize: int) -> int:
-        h = shape[2]
-        _, _, _, wo = self.spans(shape)
-        block, edge = self._buffers(shape)
-        return (block * h * wo + block * h * edge) * itemsize
+    def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
+                         ) -> dict[str, Shape]:
+        """NCHW: the column pass's "buffer" and, when a tap is one flat operation, the
+        "saved" columns around it; NHWC needs none."""
+        if layout == "NHWC":
+            return {}
+        h = shapes[0][2]
+        _, _, _, wo = self.spans(shapes[0])
+        block, edge = self._buffers(shapes[0])
+        return {"buffer": (block * h * wo,), **({"saved": (block * h * edge,)} if edge else {})}
 
     def _separable(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
-                   ufunc: np.ufunc, identity: float) -> None:
+                   ufunc: np.ufunc, identity: float, ws: dict[str, np.ndarray]) -> None:
         n, c, h, _ = x.shape
         wo = out.shape[3]
         block, edge = self._buffers(x.shape)
-        buffer = np.empty(block * h * wo, dtype=x.dtype)
-        saved = np.empty(block * h * edge, dtype=x.dtype) if edge else None
+        buffer, saved = ws["buffer"], ws.get("saved")
         for i in range(n):
             for c0 in range(0, c, block):
                 cb = min(block, c - c0)
@@ -226,13 +234,10 @@ class MaxPool(Pool2d):
     def attribute_defaults(cls) -> dict[str, Any]:
         return {**super().attribute_defaults(), "dilation": 1}
 
-    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
-        return self._separable_bytes(shapes[0], itemsize)
-
     def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
-              channels_last: bool) -> None:
+              channels_last: bool, ws: dict[str, np.ndarray]) -> None:
         if not channels_last:
-            self._separable(x, out, rows, cols, np.maximum, -np.inf)
+            self._separable(x, out, rows, cols, np.maximum, -np.inf, ws)
             return
         out.fill(-np.inf)
         for o, i in taps(rows, cols, channels_last):
@@ -255,37 +260,41 @@ class AvgPool(Pool2d):
         self.attrs["count_include_pad"] = flag(self.attrs["count_include_pad"],
                                                "avgpool: count_include_pad")
 
-    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
+    def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
+                         ) -> dict[str, Shape]:
+        """The pooling's buffers, and the divisor: its counts per row and per column, and
+        their outer product."""
         _, _, ho, wo = self.spans(shapes[0])
-        return (ho + wo + ho * wo) * itemsize + self._separable_bytes(shapes[0], itemsize)
+        return {**super().workspace_shapes(shapes, layout), "row_counts": (ho,),
+                "col_counts": (wo,), "divisor": (ho, wo)}
 
-    def _counts(self, spans: list[Span], out: int, size: int, before: int, after: int,
-                stride: int, dtype: np.dtype) -> np.ndarray:
-        """How many taps of each output's window the divisor counts along one axis."""
-        counts = np.zeros(out, dtype=dtype)
+    def _counts(self, spans: list[Span], counts: np.ndarray, size: int, before: int,
+                after: int, stride: int) -> np.ndarray:
+        """How many taps of each output's window the divisor counts along one axis, written
+        into ``counts`` (one per output)."""
+        counts.fill(0)
         if self.attrs["count_include_pad"]:
             # the padded input as the input: taps landing in the padding count too
-            spans = tap_spans(size + before + after, out, len(spans), stride, 0, 1)
+            spans = tap_spans(size + before + after, counts.size, len(spans), stride, 0, 1)
         for s in spans:
             counts[s.out] += 1
         return counts
 
     def _pool(self, x: np.ndarray, out: np.ndarray, rows: list[Span], cols: list[Span],
-              channels_last: bool) -> None:
+              channels_last: bool, ws: dict[str, np.ndarray]) -> None:
         a = self.attrs
         top, left, bottom, right = a["padding"]
         h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
-        ho, wo = (out.shape[1], out.shape[2]) if channels_last else (out.shape[2], out.shape[3])
         if channels_last:
             out.fill(0)
             for o, i in taps(rows, cols, channels_last):
                 view = out[o]
                 np.add(view, x[i], out=view)
         else:
-            self._separable(x, out, rows, cols, np.add, 0.0)
-        row_counts = self._counts(rows, ho, h, top, bottom, a["stride"][0], x.dtype)
-        col_counts = self._counts(cols, wo, w, left, right, a["stride"][1], x.dtype)
-        divisor = np.multiply.outer(row_counts, col_counts)
+            self._separable(x, out, rows, cols, np.add, 0.0, ws)
+        row_counts = self._counts(rows, ws["row_counts"], h, top, bottom, a["stride"][0])
+        col_counts = self._counts(cols, ws["col_counts"], w, left, right, a["stride"][1])
+        divisor = np.multiply.outer(row_counts, col_counts, out=ws["divisor"])
         np.divide(out, divisor[:, :, None] if channels_last else divisor, out=out)
 
 
@@ -303,11 +312,14 @@ class GlobalAvgPool(Operator):
         return [(shape[0], shape[1], 1, 1)]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         x = xs[0]
         axes = (1, 2) if layout == "NHWC" else (2, 3)
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-        out = np.empty(shape, dtype=x.dtype)
+        outs = self._outputs(xs, weights, [shape], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
         with small_ufunc_buffers():
-            np.mean(x, axis=axes, keepdims=True, out=out)
-        return [out]
+            np.mean(x, axis=axes, keepdims=True, out=outs[0])
+        return outs

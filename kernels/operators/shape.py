@@ -44,7 +44,10 @@ class Identity(Operator):
         return [tuple(shapes[0])]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        self._writes_nothing(out, workspace)
         return [xs[0]]
 
 
@@ -79,18 +82,21 @@ class Concat(Operator):
         return [(*first[:axis], total, *first[axis + 1:])]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         rank = xs[0].ndim
         axis = physical_axis(axis_index(self.attrs["axis"], rank, "concat: axis"), layout, rank)
         shape = list(xs[0].shape)
         shape[axis] = sum(x.shape[axis] for x in xs)
-        out = np.empty(shape, dtype=xs[0].dtype)
+        outs = self._outputs(xs, weights, [tuple(shape)], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
         start = 0
         for x in xs:
             index = (slice(None),) * axis + (slice(start, start + x.shape[axis]),)
-            copy_strided(out[index], x)
+            copy_strided(outs[0][index], x)
             start += x.shape[axis]
-        return [out]
+        return outs
 
 
 @register
@@ -121,17 +127,20 @@ class Split(Operator):
         return [(*shape[:axis], s, *shape[axis + 1:]) for s in sizes]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         x = xs[0]
         axis = physical_axis(axis_index(self.attrs["axis"], x.ndim, "split: axis"), layout,
                              x.ndim)
-        outs, start = [], 0
+        indices, start = [], 0
         for part in self.attrs["sizes"]:
-            index = (slice(None),) * axis + (slice(start, start + part),)
-            out = np.empty(x[index].shape, dtype=x.dtype)
-            copy_strided(out, x[index])
-            outs.append(out)
+            indices.append((slice(None),) * axis + (slice(start, start + part),))
             start += part
+        outs = self._outputs(xs, weights, [x[index].shape for index in indices], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        for index, part_out in zip(indices, outs, strict=True):
+            copy_strided(part_out, x[index])
         return outs
 
 
@@ -155,7 +164,10 @@ class Flatten(Operator):
         return [(math.prod(shape[:axis]), math.prod(shape[axis:]))]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        self._writes_nothing(out, workspace)
         return [as_view(xs[0], self.output_shapes([xs[0].shape])[0], self.op)]
 
 
@@ -201,7 +213,10 @@ class Reshape(Operator):
         return [tuple(target)]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        self._writes_nothing(out, workspace)
         return [as_view(xs[0], self.output_shapes([xs[0].shape])[0], self.op)]
 
 
@@ -236,11 +251,14 @@ class Transpose(Operator):
         return [tuple(shape[p] for p in self._perm(len(shape)))]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         view = xs[0].transpose(self._perm(xs[0].ndim))
-        out = np.empty(view.shape, dtype=view.dtype)
-        copy_strided(out, view)
-        return [out]
+        outs = self._outputs(xs, weights, [view.shape], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        copy_strided(outs[0], view)
+        return outs
 
 
 @register
@@ -303,9 +321,12 @@ class Slice(Operator):
         return [out]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         view = xs[0][self.index(xs[0].shape)]
-        out = np.empty(view.shape, dtype=view.dtype)
-        copy_strided(out, view)
-        return [out]
+        outs = self._outputs(xs, weights, [view.shape], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        copy_strided(outs[0], view)
+        return outs
 

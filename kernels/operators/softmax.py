@@ -9,7 +9,7 @@ import numpy as np
 
 from ..spec import Layout
 from .base import Operator, Shape, small_ufunc_buffers
-from .checks import axis_index, integer, size
+from .checks import axis_index, integer
 from .registry import register
 
 #: Where a logical (N, C, H, W) axis lives in an NHWC array.
@@ -41,21 +41,32 @@ class Softmax(Operator):
         axis_index(self.attrs["axis"], len(shape), "softmax: axis")
         return [shape]
 
-    def _temporary_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
-        shape = shapes[0]
-        return size(shape) // shape[axis_index(self.attrs["axis"], len(shape), "axis")] * itemsize
+    def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
+                         ) -> dict[str, Shape]:
+        """The maxima, then the sums, along the axis: the input's stored shape with that axis
+        kept as 1."""
+        shape = tuple(shapes[0])
+        if layout == "NHWC" and len(shape) == 4:
+            shape = (shape[0], shape[2], shape[3], shape[1])
+        axis = physical_axis(axis_index(self.attrs["axis"], len(shape), "softmax: axis"),
+                             layout, len(shape))
+        return {"reduced": tuple(1 if i == axis else d for i, d in enumerate(shape))}
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            layout: Layout = "NCHW", inplace: bool = False) -> list[np.ndarray]:
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """One reduced-size temporary (the maxima, then the sums); everything else in place."""
         x = xs[0]
         axis = physical_axis(axis_index(self.attrs["axis"], x.ndim, "softmax: axis"), layout,
                              x.ndim)
-        out = x if inplace else np.empty_like(x)
+        outs = self._outputs(xs, weights, [x.shape], inplace, out)
+        reduced = self._workspace(xs, weights, layout, outs, workspace)["reduced"]
+        out = outs[0]
         with small_ufunc_buffers():
-            reduced = np.max(x, axis=axis, keepdims=True)
+            np.max(x, axis=axis, keepdims=True, out=reduced)
             np.subtract(x, reduced, out=out)
             np.exp(out, out=out)
             np.sum(out, axis=axis, keepdims=True, out=reduced)
             np.divide(out, reduced, out=out)
-        return [out]
+        return outs

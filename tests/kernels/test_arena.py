@@ -217,22 +217,24 @@ def test_layout_copies_are_buffers_of_their_transform_step() -> None:
     assert output_bytes(program) == MB                 # the NCHW copy the caller gets
 
 
-def test_workspaces_are_declared_shapes_and_temporaries_for_their_step_only() -> None:
+def test_workspaces_are_the_declared_shapes_of_their_step_only() -> None:
+    """One buffer per named shape, of convolutions and operators alike, and the operators'
+    buffers are their whole temporary bytes (`workspace_bytes` less the allowance)."""
     program = lower(network(conv("a", "x"), {"name": "p", "op": "avgpool", "inputs": ["a"],
                                              "kernel": 3, "stride": 1, "padding": 1},
                             {"name": "s", "op": "softmax", "inputs": ["p"]}),
                     algorithm="im2col").program
-    conv_step, *ops = program.steps
     workspaces = {b.key: b for b in buffers(program) if "#" in b.key}
-    declared = conv_step.algorithm.workspace_shapes(conv_step.spec)
-    temporaries = {op.name: op.operator.workspace_bytes([tuple(X)], 4) - run_overhead_bytes(4)
-                   for op in ops}
-    assert workspaces == {
-        **{f"a#{k}": Buffer(f"a#{k}", aligned(tensor_bytes(s)), 0, 0)
-           for k, s in declared.items()},
-        "p#temporary": Buffer("p#temporary", aligned(temporaries["p"]), 1, 1),
-        "s#temporary": Buffer("s#temporary", aligned(temporaries["s"]), 2, 2)}
-    assert declared and all(temporaries.values())
+    declared = {(i, step.name): (step.algorithm.workspace_shapes(step.spec) if i == 0
+                                 else step.operator.workspace_shapes([tuple(X)], step.layout))
+                for i, step in enumerate(program.steps)}
+    assert workspaces == {f"{name}#{k}": Buffer(f"{name}#{k}", aligned(tensor_bytes(s)), i, i)
+                          for (i, name), shapes in declared.items() for k, s in shapes.items()}
+    assert set(declared[1, "p"]) == {"buffer", "saved", "row_counts", "col_counts", "divisor"}
+    assert set(declared[2, "s"]) == {"reduced"} and declared[0, "a"]
+    for i, step in enumerate(program.steps[1:], start=1):
+        assert sum(tensor_bytes(s) for s in declared[i, step.name].values()) == (
+            step.operator.workspace_bytes([tuple(X)], 4) - run_overhead_bytes(4))
 
 
 def test_a_buffer_never_released_lives_to_the_end() -> None:
@@ -284,8 +286,10 @@ def assert_live_buffers_are_the_memory_model(program: Program, bufs: list[Buffer
     workspace_of = {f"{s.name}#{k}": (i, tensor_bytes(shape, s.spec.itemsize))
                     for i, s in enumerate(program.steps) if s.kind == "conv"
                     for k, shape in s.algorithm.workspace_shapes(s.spec).items()}
-    workspace_of.update({f"{s.name}#temporary": (i, s.workspace_bytes(shapes) - overhead)
-                         for i, s in enumerate(program.steps) if s.kind == "op"})
+    workspace_of.update({f"{s.name}#{k}": (i, tensor_bytes(shape))
+                         for i, s in enumerate(program.steps) if s.kind == "op"
+                         for k, shape in s.operator.workspace_shapes(
+                             [shapes[t] for t in s.inputs], s.layout).items()})
     unaligned = {b.key: workspace_of[b.key][1] if b.key in workspace_of
                  else tensor_bytes(shapes[b.key]) for b in bufs}
     assert all(b.nbytes == aligned(unaligned[b.key]) for b in bufs)

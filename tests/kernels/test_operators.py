@@ -544,7 +544,8 @@ def test_broadcasting_ops_stay_within_small_ufunc_buffers() -> None:
         measured = measured_workspace(op, [x], weights)
         assert measured <= op.workspace_bytes([x.shape], 4), name
         # beyond the buffers it declares, only the small allowance (not 32 KiB per operand)
-        untracked = measured - op._temporary_bytes([x.shape], 4)
+        untracked = measured - 4 * sum(math.prod(shape) for shape in
+                                       op.workspace_shapes([x.shape]).values())
         assert untracked <= run_overhead_bytes(4) < 64 * 1024, name
 
 
@@ -747,6 +748,30 @@ class Overstated(Softmax):
         return super().workspace_bytes(shapes, itemsize) + 1024 * 1024
 
 
+class IgnoresOut(Relu):
+    """Writes into new arrays whatever it is given."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False, out=None, workspace=None):
+        return super().run(xs, weights, layout, inplace, workspace=workspace)
+
+
+class IgnoresWorkspace(Softmax):
+    """Allocates its temporaries whatever it is given."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False, out=None, workspace=None):
+        return super().run(xs, weights, layout, inplace, out)
+
+
+class TakesAnyOut(Relu):
+    """Writes into any out it is given, unchecked (NumPy casts into a float64 one)."""
+
+    def run(self, xs, weights, layout="NCHW", inplace=False, out=None, workspace=None):
+        if out is None or inplace:
+            return super().run(xs, weights, layout, inplace)
+        np.maximum(xs[0], 0, out=out[0])
+        return list(out)
+
+
 class OffByOne(Relu):
     def run(self, xs, weights, layout="NCHW", inplace=False):
         ys = super().run(xs, weights, layout, inplace)
@@ -773,6 +798,9 @@ def _relu_reference(xs: list[np.ndarray], _: dict[str, np.ndarray]) -> list[np.n
     (Understated(axis=0), [(2, 16, 32, 32)], None, "over the declared workspace"),
     (Overstated(axis=0), [(2, 16, 32, 32)], None, "far above"),
     (OffByOne(), IMAGE, {"max(x, 0)": _relu_reference}, "differs from max"),
+    (IgnoresOut(), IMAGE, None, "returned other arrays than the given ones"),
+    (IgnoresWorkspace(axis=0), [(2, 16, 32, 32)], None, "into given arrays allocated"),
+    (TakesAnyOut(), IMAGE, None, "accepted an out of the wrong dtype"),
 ])
 def test_each_check_catches_a_broken_operator(broken: Operator, shapes: list[Shape],
                                               references: dict[str, Reference] | None,
