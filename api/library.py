@@ -40,8 +40,11 @@ def run(network: Network | str | Path, plan: Plan | Mapping[str, Any] | None = N
     """Run ``network`` under ``plan`` (a `Plan` or a plan document; None: the default
     algorithm per layer) on ``inputs`` (seeded random ones if None), measuring its peak;
     ``check`` compares the outputs with onnxruntime. A plan made for another network is
-    refused (`run_plan`)."""
-    net = _network(network)
+    refused (`run_plan`). A name or path is loaded for this run and each weight held once; a
+    `Network` given is left unchanged (its originals stay beside any prepared copy)."""
+    net, owned = _network(network), not isinstance(network, Network)
     if plan is None:
-        return run_network(net, inputs, threads=threads, repeat=repeat, check=check)
-    return run_plan(net, plan, inputs, threads=threads, repeat=repeat, check=check)
+        return run_network(net, inputs, threads=threads, repeat=repeat, check=check,
+                           owned=owned)
+    return run_plan(net, plan, inputs, threads=threads, repeat=repeat, check=check,
+                    owned=owned)

@@ -76,6 +76,9 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
     ``strict`` (plans): an algorithm that cannot run its layer is an error. Otherwise the layer
     falls back to the default algorithm and a note says so. ``keep``: inner tensors the
     program also returns (in NCHW), alive to the end (`--check` compares a softmax's input).
+
+    Each step gets its own dict of the node's weights (the same arrays): a program that owns
+    its weights drops a step's entries once prepared, which leaves the network's nodes alone.
     """
     assignment = dict(assignment or {})
     layouts = dict(layouts or {})
@@ -115,7 +118,8 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
             x = in_layout(node.inputs[0], algo.input_layout, node.name)
             steps.append(Step(name=node.name, kind="conv", inputs=[x], outputs=node.outputs,
                               layout=algo.input_layout, algorithm=algo,
-                              spec=network.conv_spec(node), weights=node.weights))
+                              spec=network.conv_spec(node), weights=dict(node.weights),
+                              bias=bool(node.operator.attrs["bias"])))
             out_layout = algo.output_layout
         else:
             layout = layouts.get(node.name) or natural_layout(
@@ -125,7 +129,8 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
                 raise NetworkError(f"layer {node.name!r}: {node.op} does not run in {layout}")
             inputs = [in_layout(t, layout, node.name) for t in node.inputs]
             steps.append(Step(name=node.name, kind="op", inputs=inputs, outputs=node.outputs,
-                              layout=layout, operator=node.operator, weights=node.weights))
+                              layout=layout, operator=node.operator,
+                              weights=dict(node.weights)))
             out_layout = layout
         for t in node.outputs:
             layout_of[t] = out_layout if len(shapes[t]) == 4 else "NCHW"

@@ -49,10 +49,18 @@ class RunReport(BaseModel):
     time_s: float = Field(description="Median of `repeat` untraced runs.")
     measured_peak_bytes: int = Field(description="tracemalloc's peak of the traced run.")
     predicted_peak_bytes: int = Field(description="The memory model's peak (the promise).")
-    peak_step: str
-    prepared_bytes: int
+    peak_step: str = Field(description='The step at the predicted peak, or "preparing '
+                           '<layer>" when preparing the weights peaks.')
+    prepared_bytes: int = Field(description="The convolutions' prepared weights (counted).")
+    constant_bytes: int = Field(description="The other layers' weights, each buffer once "
+                                "(counted).")
     input_bytes: int
-    weight_bytes: int
+    weight_bytes: int = Field(description="Every weight the run holds, counted once: "
+                              "prepared_bytes + constant_bytes.")
+    original_weight_bytes: int = Field(description="The network's weights as loaded.")
+    weights_released: bool = Field(description=(
+        "Each convolution's original was dropped once prepared (a network the runner loaded "
+        "itself); else the caller's network keeps its arrays, and they are not counted."))
     notes: list[str]
     max_abs_error: float | None = Field(description="Set by a check against the reference.")
     max_rel_error: float | None
@@ -184,13 +192,19 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
                 assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
                 layouts: Mapping[str, str] | None = None, strict: bool = False,
                 threads: int | None = None, repeat: int = 1, check: bool = False,
-                made_for: str | None = None) -> RunReport:
+                made_for: str | None = None, owned: bool = False) -> RunReport:
     """Run ``network`` once traced (memory) and ``repeat`` times untraced (time: the median).
 
     ``assignment`` (layer -> algorithm; ``strict`` for plans, checked with `check_plan`, made
     for the network named ``made_for`` if given) or one ``algorithm`` for every convolution;
     neither: the default per layer. ``layouts``: the layout each other layer runs in (a
     plan's choice). ``check`` compares with the reference.
+
+    ``owned``: the caller hands the network over (it loaded it for this run alone, as
+    `load_network` does, and keeps no other reference to its arrays): each convolution's
+    original weights are dropped once the layer is prepared, so the process holds every
+    weight once, and the network is spent afterwards. Without it (a `Network` a caller passes
+    in) the network is never changed, and its originals stay alive beside any prepared copy.
     """
     if strict and assignment is not None:
         from .planning import check_plan
@@ -200,6 +214,15 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                     layouts=layouts)  # type: ignore[arg-type]
     program = lowered.program
+    notes = list(lowered.notes)
+    original_bytes = network.weight_bytes
+    if owned and check and not _recoverable(network):
+        owned = False
+        notes.append("weights kept: the check needs the originals, which cannot be drawn "
+                     "again or read from a file")
+    if owned:           # the program's steps hold the only references now
+        network.release_conv_weights()
+        program.owns_weights = True
     profile = predict(program)
     executor = Executor(program)
     with blas.threads(threads):
@@ -226,20 +249,31 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
         network=network.name, threads=n_threads, time_s=median,
         measured_peak_bytes=traced.measured_peak_bytes, predicted_peak_bytes=profile.peak_bytes,
         peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
-        input_bytes=profile.input_bytes, weight_bytes=network.weight_bytes, layers=layers,
-        outputs=outputs, notes=lowered.notes, max_abs_error=None, max_rel_error=None,
-        reference=None)
+        constant_bytes=profile.constant_bytes, input_bytes=profile.input_bytes,
+        weight_bytes=profile.weight_bytes, original_weight_bytes=original_bytes,
+        weights_released=program.owns_weights, layers=layers, outputs=outputs, notes=notes,
+        max_abs_error=None, max_rel_error=None, reference=None)
+    del traced, runs, timed
     if check:
-        _check(report, network, feeds, assignment, algorithm, strict, layouts, threads)
+        _check(report, network, feeds, executor, assignment, algorithm, strict, layouts,
+               threads)
     return report
 
 
+def _recoverable(network: Network) -> bool:
+    """Whether the reference check can have the originals after they are released: the
+    ONNX file it runs, or seeded weights drawn again."""
+    return network.source is not None or \
+        {n.name for n in network.conv_nodes} <= network.seeded
+
+
 def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | None = None, *,
-             threads: int | None = None, repeat: int = 1, check: bool = False) -> RunReport:
+             threads: int | None = None, repeat: int = 1, check: bool = False,
+             owned: bool = False) -> RunReport:
     """Run a `Plan` (or a plan document, its `PlanSpec`, or its JSON text) on ``network``:
     refused unless it fits the network exactly and, when it names one, was made for it.
     ``threads``: given, else the thread count the plan's costs were measured with, at most
-    this machine's cores."""
+    this machine's cores. ``owned``: as for `run_network`."""
     from .planning import plan_spec
 
     spec = plan_spec(plan)
@@ -247,7 +281,7 @@ def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | Non
         threads = min(spec.threads, os.cpu_count() or 1)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
                        strict=True, threads=threads, repeat=repeat, check=check,
-                       made_for=spec.network)
+                       made_for=spec.network, owned=owned)
 
 
 def softmax_inputs(network: Network) -> dict[str, str]:
@@ -280,24 +314,33 @@ def degenerate(values: np.ndarray) -> str | None:
 
 
 def _check(report: RunReport, network: Network, feeds: dict[str, np.ndarray],
-           assignment: Mapping[str, str] | None, algorithm: str | None, strict: bool,
-           layouts: Mapping[str, str] | None, threads: int | None) -> None:
-    """Compare with the reference: the outputs, or the logits before a final softmax."""
+           executor: Executor, assignment: Mapping[str, str] | None, algorithm: str | None,
+           strict: bool, layouts: Mapping[str, str] | None, threads: int | None) -> None:
+    """Compare with the reference: the outputs, or the logits before a final softmax.
+
+    The logits come from one more (untraced) run of a program that also returns them, with
+    the run's own prepared weights (the same steps and algorithms: nothing is prepared
+    again); then ``executor`` is closed. Released weights come back first where the
+    reference needs them (a network without a file: exported with its seeded weights)."""
     from .onnx import inner_tensors, reference_engine, reference_outputs
 
+    if network.released and network.source is None:
+        network.restore_weights()
     logits = softmax_inputs(network)
     usable = set(inner_tensors(network, sorted(set(logits.values())))) if logits else set()
     compared = {out: logits[out] if logits.get(out) in usable else out
                 for out in network.outputs}
     inner = sorted({t for out, t in compared.items() if t != out})
-    expected = reference_outputs(network, feeds, threads=threads, extra=inner)
     ours = dict(report.outputs)
-    if inner:       # one more (untraced) run that also returns the logits
+    if inner:
         lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                         layouts=layouts, keep=inner)  # type: ignore[arg-type]
         with blas.threads(threads):
-            result = Executor(lowered.program).run(feeds)
+            result = Executor(lowered.program, prepared=executor.prepared).run(feeds)
         ours.update({t: result.outputs[lowered.outputs[t]] for t in inner})
+        del result
+    executor.close()
+    expected = reference_outputs(network, feeds, threads=threads, extra=inner)
     abs_err, rel_err = 0.0, 0.0
     for out, tensor in compared.items():
         y = ours[tensor]

@@ -87,12 +87,14 @@ def run(
             check_writable(_output_file(output_path, len(network.outputs)), "--output")
         inputs = read_inputs(input_path, network, what=f"input {input_path}") \
             if input_path is not None else None
+        # the network was loaded for this run alone: its originals go once prepared
         if chosen is not None:      # checked against the network, then run (its threads)
             report = run_plan(network, chosen, inputs, threads=threads, repeat=repeat,
-                              check=check)
+                              check=check, owned=True)
         else:
             report = run_network(network, inputs, algorithm=algorithm, threads=threads,
-                                 repeat=repeat, check=check)
+                                 repeat=repeat, check=check, owned=True)
+        del network
     if output_path is not None:
         _save(output_path, report)
     if as_json:
@@ -129,8 +131,11 @@ def _print_run(report: RunReport) -> None:
     console.print(f"time {report.time_s * 1e3:.1f} ms | peak memory: measured "
                   f"{size(report.measured_peak_bytes)}, predicted "
                   f"{size(report.predicted_peak_bytes)} (x{ratio:.3f}, at {report.peak_step}) "
-                  f"| prepared weights {size(report.prepared_bytes)}, original weights "
-                  f"{size(report.weight_bytes)} (not counted)")
+                  f"| weights {size(report.weight_bytes)} (prepared "
+                  f"{size(report.prepared_bytes)}, other layers' "
+                  f"{size(report.constant_bytes)}), held once"
+                  + ("" if report.weights_released else
+                     f"; the originals ({size(report.original_weight_bytes)}) not counted"))
     if report.max_abs_error is not None:
         console.print(f"check against {report.reference}: max |error| "
                       f"{report.max_abs_error:.2e} ({report.max_rel_error:.1e} of max |output|)")

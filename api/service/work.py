@@ -247,10 +247,10 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
         check = bool(body.get("check", False))
         if plan is not None:     # made for this network, its threads within ours: run_plan
             report = run_plan(network, plan, inputs, threads=threads, repeat=repeat,
-                              check=check)
+                              check=check, owned=True)      # loaded for this request alone
         else:
             report = run_network(network, inputs, algorithm=algorithm, threads=threads,
-                                 repeat=repeat, check=check)
+                                 repeat=repeat, check=check, owned=True)
     # what schemas.RunResponse (a RunReport) adds; the arrays travel encoded, not pickled
     out = report.model_dump(exclude={"outputs"})
     out["output"], out["output_format"] = encode_outputs(report.outputs)

@@ -41,15 +41,19 @@ class CheckedNetwork:
         return sum(4 * math.prod(s) for w in self.weight_shapes.values() for s in w.values())
 
     def attach(self, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Network:
-        """The network with ``weights`` (layer -> name -> array, as checked) or, for a layer
-        not given, seeded random ones drawn straight into float32."""
+        """A new network with ``weights`` (layer -> name -> array, as checked) or, for a layer
+        not given, seeded random ones drawn straight into float32 (drawn again on every call:
+        the checked description holds none)."""
         weights = weights or {}
         d = self.description
         nodes = [replace(node, weights=weights_for(
             node, self.weight_shapes[node.name], weights.get(node.name), d.seed))
             for node in self.nodes]
+        seeded = frozenset(n.name for n in self.nodes
+                           if self.weight_shapes[n.name] and n.name not in weights)
         return Network(d.name, {i.name: tuple(i.shape) for i in d.inputs}, nodes,
-                       list(self.outputs), dict(self.shapes), self.graph, d.seed)
+                       list(self.outputs), dict(self.shapes), self.graph, d.seed,
+                       seeded=seeded)
 
 
 def check_description(description: NetworkDescription | Mapping[str, Any] | str | bytes,

@@ -48,6 +48,10 @@ class Network:
     seed: int = 0
     #: The ONNX file the network was imported from, if any (the reference check runs it).
     source: Path | None = None
+    #: Layers whose weights were drawn from ``seed`` (none given): they can be drawn again.
+    seeded: frozenset[str] = frozenset()
+    #: Convolutions whose weights were handed to a program (`release_conv_weights`).
+    released: set[str] = field(default_factory=set)
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
@@ -73,6 +77,37 @@ class Network:
             "name": self.name, "seed": self.seed,
             "inputs": [{"name": k, "shape": list(v)} for k, v in self.inputs.items()],
             "layers": layers, "outputs": self.outputs})
+
+    # -- weights handed over ------------------------------------------------------------------
+    def release_conv_weights(self) -> None:
+        """Drop every convolution's weights from this network (its nodes only: a program
+        lowered from it keeps its own references). For a network whose owner hands it to the
+        runner, so that preparing a layer can free the layer's original; a network given to
+        convplan by a caller is never released."""
+        for node in self.conv_nodes:
+            if node.weights:
+                node.weights = {}
+                self.released.add(node.name)
+
+    @property
+    def restorable(self) -> bool:
+        """Whether every released layer can get its weights back (`restore_weights`)."""
+        return self.released <= self.seeded
+
+    def restore_weights(self) -> None:
+        """Give released layers their weights again, drawn from the seed as they first were
+        (the same bits): for the reference check, which needs the originals."""
+        from .weights import weights_for  # weights builds on Node
+
+        if not self.restorable:
+            raise ValueError("the released weights were not seeded and cannot be drawn again: "
+                             f"{', '.join(sorted(self.released - self.seeded))}")
+        for node in self.nodes:
+            if node.name in self.released:
+                wanted = node.operator.weight_shapes([self.shapes[t] for t in node.inputs])
+                node.weights = weights_for(node, {k: tuple(v) for k, v in wanted.items()},
+                                           None, self.seed)
+        self.released.clear()
 
     # -- questions ---------------------------------------------------------------------------
     def node(self, name: str) -> Node:

@@ -98,7 +98,8 @@ def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dic
                 if len(network.shapes[t]) == 4)
     most_steps = len(network.nodes) + edges + len(network.outputs)
     allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps
-    return {s.name: s.activation_bytes + profile.input_bytes + allowance
+    held = profile.input_bytes + profile.constant_bytes + allowance     # constants: gemm, bn...
+    return {s.name: s.activation_bytes + held
             for s in profile.steps if s.kind != "transform"}
 
 

@@ -43,3 +43,32 @@ def test_check_compares_the_logits_and_flags_a_saturated_softmax() -> None:
     assert report.max_rel_error is not None and report.max_rel_error < 1e-5
     probabilities = report.outputs["prob"]
     assert degenerate(probabilities) == "one-hot"
+
+
+def test_the_check_after_release_is_the_same_check() -> None:
+    """A network handed over has its conv originals dropped once prepared; the check draws the
+    seeded weights again for the reference and reuses the prepared ones for the logits, so it
+    reports exactly what it reports on a network the caller keeps."""
+    kept, owned = _network(3.0), _network(3.0)
+    inputs = random_inputs(kept, 0)
+    a = run_network(kept, inputs, threads=1, check=True)
+    b = run_network(owned, inputs, threads=1, check=True, owned=True)
+    assert b.weights_released and not a.weights_released
+    assert (a.max_abs_error, a.max_rel_error, a.notes) == (b.max_abs_error, b.max_rel_error,
+                                                           b.notes)
+    np.testing.assert_array_equal(a.outputs["prob"], b.outputs["prob"])
+    np.testing.assert_array_equal(owned.node("c").weights["weight"],
+                                  kept.node("c").weights["weight"])     # drawn again, same bits
+
+
+def test_weights_that_cannot_be_had_again_are_kept_for_the_check() -> None:
+    network = _network(3.0)
+    given = Network.from_description(
+        {"name": "given", "inputs": [{"name": "x", "shape": [1, 3, 6, 6]}],
+         "layers": [{"name": "c", "op": "conv", "inputs": ["x"], "out_channels": 2,
+                     "kernel": 3}]},
+        weights={"c": {k: v[:2] for k, v in network.node("c").weights.items()}})
+    report = run_network(given, threads=1, check=True, owned=True)
+    assert not report.weights_released and given.node("c").weights
+    assert any("weights kept" in note for note in report.notes)
+    assert report.max_rel_error is not None and report.max_rel_error < 1e-5

@@ -146,3 +146,67 @@ def test_weights_held_from_before_the_trace_are_measured_too() -> None:
         assert result.prepared_bytes > 64 * 1024
         assert result.measured_peak_bytes <= predicted, algorithm
         assert predicted <= result.measured_peak_bytes + 96 * 1024, (algorithm, prepare_first)
+
+
+def _chain(channels: int = 64, count: int = 4) -> Network:
+    layers = [conv("c0", "x", out_channels=channels)]
+    layers += [conv(f"c{i}", f"c{i - 1}", out_channels=channels) for i in range(1, count)]
+    return Network.from_description({"inputs": [{"name": "x", "shape": [1, 16, 16, 16]}],
+                                     "layers": layers})
+
+
+def test_an_owned_network_holds_each_weight_once() -> None:
+    """Handed over (``owned``), each copying layer's original is freed once prepared: the
+    measured peak (originals held from before the trace, freed inside it) stays within the
+    prediction, which counts the preparation phase, and the network keeps no conv weight. A
+    network not handed over keeps its very arrays."""
+    x = {"x": np.ones((1, 16, 16, 16), np.float32)}
+    for algorithm in ("kn2row", "im2col", "winograd-2x2-3x3"):
+        net = _chain()
+        kept = {n.name: n.weights["weight"] for n in net.conv_nodes}
+        borrowed = run_network(net, x, algorithm=algorithm, threads=1)
+        assert all(n.weights["weight"] is kept[n.name] for n in net.conv_nodes)
+        assert not borrowed.weights_released and not net.released
+        report = run_network(net, x, algorithm=algorithm, threads=1, owned=True)
+        assert report.weights_released and all(not n.weights for n in net.conv_nodes)
+        measured, predicted = report.measured_peak_bytes, report.predicted_peak_bytes
+        assert measured <= predicted <= measured + 96 * 1024, (algorithm, measured, predicted)
+        assert report.original_weight_bytes == borrowed.original_weight_bytes
+        np.testing.assert_array_equal(report.outputs["c3"], borrowed.outputs["c3"])
+
+
+def test_preparing_is_predicted_layer_by_layer() -> None:
+    """While layer l is prepared: the layers before it prepared, l and the later ones their
+    originals (owned), and l's new copy besides."""
+    from convplan.selector.memory import preparation_peak
+
+    program = lower(_chain(), algorithm="kn2row").program
+    program.owns_weights = True
+    convs = [s for s in program.steps if s.kind == "conv"]
+    weights = [s.original_bytes() for s in convs]
+    copy = [s.algorithm.prepared_bytes(s.spec, bias=False) for s in convs]
+    assert [s.prepared_bytes() for s in convs] == weights     # kn2row: a reordered copy
+    # the first of the largest layers peaks: every weight held once, and its copy besides
+    assert copy[0] < copy[1] == copy[2] == copy[3]
+    assert preparation_peak(program) == (sum(weights) + copy[1], "c1")
+    # the caller's originals are not counted: the copies grow to every prepared weight
+    program.owns_weights = False
+    assert preparation_peak(program) == (sum(weights), "c3")
+
+
+def test_other_layers_weights_count_once_each() -> None:
+    """A gemm's weights and a constant count at every step; two layers holding one buffer
+    count it once."""
+    net = network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
+                  {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 8},
+                  {"name": "m", "op": "mul", "inputs": ["g"], "constant_shape": [8]},
+                  {"name": "n", "op": "mul", "inputs": ["m"], "constant_shape": [8]})
+    gemm = sum(w.nbytes for w in net.node("g").weights.values())
+    net.node("n").weights["constant"] = net.node("m").weights["constant"]   # one buffer
+    profile = predict(lower(net, algorithm="im2col").program)
+    assert profile.constant_bytes == gemm + 8 * 4
+    assert profile.weight_bytes == profile.prepared_bytes + profile.constant_bytes
+    report = run_network(net, threads=1)
+    assert report.constant_bytes == gemm + 8 * 4
+    assert report.measured_peak_bytes <= report.predicted_peak_bytes
+    assert report.predicted_peak_bytes <= report.measured_peak_bytes + 96 * 1024

@@ -128,3 +128,28 @@ def test_checking_allocates_nothing_and_attaching_draws_the_weights() -> None:
             np.testing.assert_array_equal(ours.weights[key], theirs.weights[key])
     assert sum(w.nbytes for n in attached.nodes for w in n.weights.values()) == \
         check_description(small).weight_bytes
+
+
+def test_a_builtin_is_a_new_network_on_every_call() -> None:
+    """No cache hands out a network a run has released: the paper networks are drawn again
+    from their checked description, the ONNX models are copies sharing the file's arrays, and
+    `load_network` imports them afresh (the caller then holds the only references)."""
+    from convplan.selector.network import zoo
+
+    first = zoo.builtin("alexnet")
+    first.release_conv_weights()
+    again = zoo.builtin("alexnet")
+    assert again is not first and all(n.weights for n in again.conv_nodes)
+    first.restore_weights()
+    for a, b in zip(first.nodes, again.nodes, strict=True):
+        assert a.weights.keys() == b.weights.keys()
+        for key in a.weights:
+            np.testing.assert_array_equal(a.weights[key], b.weights[key])   # the same draw
+    light = zoo.builtin("onnx:squeezenet")
+    light.release_conv_weights()
+    shared = zoo.builtin("onnx:squeezenet")
+    assert all(n.weights for n in shared.conv_nodes) and not shared.released
+    fresh = zoo.load_network("onnx:squeezenet")
+    node = shared.conv_nodes[0].name
+    assert fresh.node(node).weights["weight"] is not shared.node(node).weights["weight"]
+    assert not light.restorable         # the file's weights are not seeded

@@ -90,13 +90,14 @@ def test_health_catalogue_and_docs(client: httpx.Client) -> None:
 
 
 def test_plan_a_builtin_under_a_cap(client: httpx.Client) -> None:
-    response = client.post("/v1/plan", json={"network": "alexnet", "memory_cap": "20MiB",
+    # AlexNet holds 233 MiB of weights (its classifier's counted too)
+    response = client.post("/v1/plan", json={"network": "alexnet", "memory_cap": "240MiB",
                                              "measure": False, "threads": 1})
     assert response.status_code == 200, response.text
     plan = response.json()
     assert plan["network"] == "alexnet" and plan["costs"] == "analytic"
-    assert plan["memory_cap_bytes"] == 20 * 2**20
-    assert plan["predicted"]["peak_bytes"] <= 20 * 2**20
+    assert plan["memory_cap_bytes"] == 240 * 2**20
+    assert plan["predicted"]["peak_bytes"] <= 240 * 2**20
     assert set(plan["baselines"]) == {"fastest", "im2col", "greedy", "lowest_memory"}
     convs = [layer["name"] for layer in plan["layers"] if layer["op"] == "conv"]
     assert sorted(plan["assignment"]) == sorted(convs)
