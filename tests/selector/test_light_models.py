@@ -48,3 +48,15 @@ def test_lowest_memory_beats_im2col_on_vgg19() -> None:
     peaks = [run_network(network, assignment=a(network), threads=1).predicted_peak_bytes
              for a in (lambda n: uniform_assignment(n, "im2col"), lowest_memory_assignment)]
     assert peaks[1] < peaks[0] - 50 * 2**20
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_light_model_loaded_for_the_run_keeps_the_promise(name: str) -> None:
+    """Loaded for the run alone (its originals dropped once prepared, the preparation phase
+    counted), under the lowest-memory plan and its mixed algorithms: the same bounds."""
+    network = zoo.load_network(f"onnx:{name}")
+    report = run_network(network, assignment=lowest_memory_assignment(network), strict=True,
+                         threads=1, owned=True)
+    measured, predicted = report.measured_peak_bytes, report.predicted_peak_bytes
+    assert report.weights_released and not any(n.weights for n in network.conv_nodes)
+    assert measured <= predicted <= 1.05 * measured + 2**20, (measured, predicted)
