@@ -219,7 +219,8 @@ class Executor:
         return peak, held
 
     def close(self) -> None:
-        """Drop the prepared weights (a later `run` prepares again, from weights still held)."""
+        """Drop the prepared weights. A later `run` prepares again from the steps' weights,
+        which a program that owns its weights no longer has: such an executor is spent."""
         self.prepared = {}
         self._prepared = False
 
