@@ -268,17 +268,17 @@ def check_writable(path: Path, option: str) -> None:
 
 def check_cap_holds_weights(cap: int | None, network: Network, option: str = "--memory-cap"
                             ) -> None:
-    """A cap below the convolutions' weights cannot be met by any plan (each convolution's
-    prepared weights, counted at every step, are at least its weights and bias): said at once,
-    before any cost is measured, with both sizes. Other layers' weights are not counted by
-    the promise, so they do not enter this bound."""
+    """A cap below the network's weights cannot be met by any plan (the promise counts every
+    weight once, at every step, and a convolution's prepared weights are at least its
+    original's): said at once, before any cost is measured, with both sizes."""
+    from convplan.kernels.executor import held_bytes
     from convplan.selector.network import quoted
 
-    held = sum(w.nbytes for node in network.conv_nodes for w in node.weights.values())
+    held = held_bytes(w for node in network.nodes for w in node.weights.values())
     if cap is not None and cap < held:
-        fail(f"{option} {cap} bytes is below the convolution weights of {quoted(network.name)} "
-             f"alone ({held} bytes, {size(held)}): the smallest achievable peak is more than "
-             "that; give a larger cap")
+        fail(f"{option} {cap} bytes is below the weights of {quoted(network.name)} alone "
+             f"({held} bytes, {size(held)}): the smallest achievable peak is more than that; "
+             "give a larger cap")
 
 
 def load_model(model: str) -> Network:

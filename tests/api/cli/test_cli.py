@@ -183,7 +183,7 @@ def test_plan_errors_are_clear(tmp_path) -> None:
     # below the weights alone: refused before any cost is looked up, naming both sizes
     result = convplan("plan", "onnx:squeezenet", "--memory-cap", "1MiB", "--no-profile", db=db)
     assert result.returncode == 2 and "smallest achievable peak is" in result.stderr
-    assert "1048576 bytes is below the convolution weights of 'onnx:squeezenet' alone" \
+    assert "1048576 bytes is below the weights of 'onnx:squeezenet' alone" \
         in result.stderr
     # above the weights but below what any plan needs: the planner says what it needs
     result = convplan("plan", "onnx:squeezenet", "--memory-cap", "5MiB", "--no-profile", db=db)

@@ -142,7 +142,7 @@ def test_a_cap_below_the_weights_is_refused_before_profiling(tiny: Path) -> None
     result = cli("plan", "tiny.json", "--memory-cap", str(TINY_CONV_BYTES - 1), "--db",
                  "c.sqlite", cwd=tiny)
     one_error(result,
-              f"{TINY_CONV_BYTES - 1} bytes is below the convolution weights of 'tiny' alone",
+              f"{TINY_CONV_BYTES - 1} bytes is below the weights of 'tiny' alone",
               f"({TINY_CONV_BYTES} bytes")
     assert not (tiny / "c.sqlite").exists()             # nothing measured, no store opened
     # at the weights, the planner decides (and states the smallest achievable peak)
@@ -157,7 +157,9 @@ def test_every_weight_the_run_holds_bounds_the_cap(tmp_path: Path) -> None:
     smallest achievable peak, and a cap above all the weights plans."""
     result = cli("plan", "alexnet", "--memory-cap", "64MiB", "--no-profile", "--db",
                  "c.sqlite", "--json", cwd=tmp_path)
-    one_error(result, "smallest achievable peak is")
+    one_error(result, "67108864 bytes is below the weights of 'alexnet' alone",
+              "smallest achievable peak is")
+    assert not (tmp_path / "c.sqlite").exists()         # refused before any cost is read
     result = cli("plan", "alexnet", "--memory-cap", "240MiB", "--no-profile", "--db",
                  "c.sqlite", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
