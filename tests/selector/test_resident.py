@@ -5,38 +5,20 @@ process, not tracemalloc)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import TINY
+from tests.support.processes import convplan_with_peak
 
 MiB = 2**20
 
-#: The child reports its high-water mark (VmHWM) as it exits: the parent's ru_maxrss would
-#: carry pytest's own (see tests/support/processes.py).
-_LAUNCH = """
-import atexit, sys
-report = sys.argv.pop(1)
-def _peak():
-    with open('/proc/self/status') as status, open(report, 'w') as out:
-        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM:')))
-atexit.register(_peak)
-sys.argv[0] = 'convplan'
-from convplan.api.cli import app
-app()
-"""
-
-
 def _run(cwd: Path, *args: str) -> tuple[dict, int]:
     """(the --json report, peak RSS in bytes) of ``convplan ARGS --json`` in a new process."""
-    report = cwd / "peak-rss.txt"
-    result = subprocess.run([sys.executable, "-c", _LAUNCH, str(report), *args, "--json"],
-                            cwd=cwd, capture_output=True, text=True, timeout=300)
+    result, peak = convplan_with_peak([*args, "--json"], cwd=cwd, timeout_s=300)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout), int(report.read_text()) * 1024
+    return json.loads(result.stdout), peak
 
 
 #: What the process may add beyond the predicted peak, per model: OpenBLAS's buffers (8 MiB),

@@ -25,14 +25,23 @@ app()
 """
 
 
+def convplan_with_peak(args: Sequence[str], *, cwd: Path,
+                       env: Mapping[str, str] | None = None, timeout_s: float = 60
+                       ) -> tuple[subprocess.CompletedProcess, int]:
+    """(the finished process, its stdout and stderr as text; its peak RSS in bytes) of
+    ``convplan ARGS``; TimeoutExpired after ``timeout_s``."""
+    report = cwd / f"peak-rss-{os.getpid()}.txt"
+    report.unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, "-c", _LAUNCH, str(report), *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout_s,
+                            env={**os.environ, **(env or {})})
+    peak = int(report.read_text()) * 1024 if report.exists() else 0
+    return result, peak
+
+
 def run_convplan(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
                  timeout_s: float = 60) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in bytes) of ``convplan ARGS``; TimeoutExpired after
     ``timeout_s``."""
-    report = cwd / f"peak-rss-{os.getpid()}.txt"
-    report.unlink(missing_ok=True)
-    result = subprocess.run([sys.executable, "-c", _LAUNCH, str(report), *args], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            timeout=timeout_s, env={**os.environ, **(env or {})})
-    peak = int(report.read_text()) * 1024 if report.exists() else 0
+    result, peak = convplan_with_peak(args, cwd=cwd, env=env, timeout_s=timeout_s)
     return result.returncode, result.stderr, peak
