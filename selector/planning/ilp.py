@@ -293,7 +293,18 @@ def solve(problem: Problem, cap: int | None = None, *, solver: str = "cbc",
     model = m.lp
     started = time.perf_counter()
     with _native_stdout_silenced():
-        model.solve(SOLVERS[solver](time_limit_s))
+        try:
+            model.solve(SOLVERS[solver](time_limit_s))
+        except pulp.PulpSolverError as error:
+            # CBC 2.10.3 with preprocessing off can crash (a segmentation fault) on an
+            # infeasible selection problem; HiGHS answers the same model.
+            if solver == "highs":
+                raise PlanningError(f"the solver failed: {error}") from None
+            solver = "highs"
+            try:
+                model.solve(SOLVERS[solver](time_limit_s))
+            except pulp.PulpSolverError as again:
+                raise PlanningError(f"the solver failed: {again}") from None
     seconds = time.perf_counter() - started
     status = pulp.LpStatus[model.status]
     if model.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convplan.selector.planning.ilp import (
+    SOLVERS,
     Candidate,
     Infeasible,
     PlanningError,
@@ -146,3 +147,26 @@ def test_unknown_solver_is_a_clear_error() -> None:
                       [], {"a": [Candidate("c", "c", "NCHW", "NCHW", 1.0, 0)]}, {"a": 0}, {})
     with pytest.raises(PlanningError, match="unknown solver"):
         solve(problem, solver="gurobi")
+
+
+def test_a_solver_crash_on_an_infeasible_problem_is_still_an_answer() -> None:
+    """CBC 2.10.3 (preprocessing off) dies with a segmentation fault on this infeasible chain,
+    found by the dynamic-program test: the same model goes to HiGHS, so the cap is refused as
+    infeasible rather than a traceback."""
+    def c(name: str, into: str = "NCHW", out: str = "NCHW", workspace: int = 0) -> Candidate:
+        return Candidate(name, name, into, out, 1.0, workspace)
+
+    layouts = ("NCHW", "NHWC")
+    problem = Problem(
+        ["n0", "n1", "n2", "n3"], {"n0": ["in"], "n1": ["t0"], "n2": ["t1"], "n3": ["t2"]},
+        {"in": None, "t0": "n0", "t1": "n1", "t2": "n2", "t3": "n3"},
+        {"in": 1, "t0": 1, "t1": 1, "t2": 239, "t3": 1}, {"t2"}, [],
+        {"n0": [c("c0"), c("c1"), c("c2")], "n1": [c("c0")],
+         "n2": [c("c0", out="NHWC", workspace=219), c("c1"), c("c2")],
+         "n3": [c("c0", into="NHWC")]},
+        {"n0": 0, "n1": 0, "n2": 1303, "n3": 1285},
+        {(t, layout): 0.0 for t in ("in", "t0", "t1", "t2", "t3") for layout in layouts})
+    assert _chain_dp(problem, 1500) is None
+    for solver in SOLVERS:
+        with pytest.raises(Infeasible):
+            solve(problem, 1500, solver=solver)
