@@ -10,6 +10,7 @@ included, before a single weight is drawn; then it becomes a `Network`. One modu
 - `checking`: every check of a description (`check_description`, `CheckedNetwork.attach`);
 - `graph`: Network and Node;
 - `weights`: given or seeded weights;
+- `shapes`: InputShapes, the batch and input shapes a network is loaded for;
 - `zoo`: built-in networks and `load_network` (a name, a JSON file or an ONNX file);
 - `paper_layers`: the paper's benchmark convolutions as `ConvSpec`s.
 """
@@ -40,13 +41,15 @@ from .errors import (
 from .graph import Network, Node
 from .limits import CLI_MAX_BYTES, Limits, machine_memory_bytes
 from .paper_layers import paper_layer, paper_layers
+from .shapes import MAX_DIM, InputShapes, ShapeList, ShapeMap, batch_reshape
 from .zoo import check_limits, description_network, load_network, onnx_network
 
 __all__ = [
     "ATTRIBUTE_TYPES", "CLI_MAX_BYTES", "MAX_ATTRIBUTE_DEPTH", "MAX_ATTRIBUTE_ITEMS",
-    "MAX_JSON_DEPTH", "MAX_LAYERS", "SHOWN_CHARS", "CheckedNetwork", "InputDescription",
-    "LayerDescription", "LimitError", "Limits", "Name", "Network", "NetworkDescription",
-    "NetworkError", "Node", "attribute_types", "check_description", "check_limits",
+    "MAX_DIM", "MAX_JSON_DEPTH", "MAX_LAYERS", "SHOWN_CHARS", "CheckedNetwork",
+    "InputDescription", "InputShapes", "LayerDescription", "LimitError", "Limits", "Name",
+    "Network", "NetworkDescription", "NetworkError", "Node", "ShapeList", "ShapeMap",
+    "attribute_types", "batch_reshape", "check_description", "check_limits",
     "description_network", "description_of", "json_depth", "load_json", "load_network",
     "machine_memory_bytes", "make_operator", "onnx_network", "paper_layer", "paper_layers",
     "parse_description", "quoted", "shown",

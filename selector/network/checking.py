@@ -15,10 +15,17 @@ import numpy as np
 from convplan.kernels.operators import Shape
 
 from .attributes import make_operator
-from .description import NetworkDescription, description_of, parse_description
+from .description import (
+    InputDescription,
+    LayerDescription,
+    NetworkDescription,
+    description_of,
+    parse_description,
+)
 from .errors import LimitError, NetworkError, quoted
 from .graph import Network, Node
 from .limits import Limits, size_text
+from .shapes import InputShapes, batch_reshape
 from .weights import weights_for
 
 
@@ -58,19 +65,76 @@ class CheckedNetwork:
 
 def check_description(description: NetworkDescription | Mapping[str, Any] | str | bytes,
                       weights: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
-                      limits: Limits | None = None) -> CheckedNetwork:
+                      limits: Limits | None = None, input_shapes: InputShapes | None = None
+                      ) -> CheckedNetwork:
     """Everything checked and every limit applied to the inferred shapes, allocating nothing
     the size of a tensor; a limit error says which tensor or layer crossed it. Given
-    ``weights`` are checked against the shapes their layers need."""
+    ``weights`` are checked against the shapes their layers need.
+
+    ``input_shapes`` (a batch, or whole shapes of named inputs) replace the declared ones
+    before shapes are inferred, so the limits hold for them; a reshape whose literal shape
+    hard-codes the declared batch is rewritten for the new one when it reshapes each image on
+    its own (`batch_reshape`), else refused naming the layer, as is a slice or split of the
+    batch axis. The checked description is the one with the new shapes."""
     if isinstance(description, str | bytes):
         description = parse_description(description, limits)
     else:
         description = description_of(description, limits)
-    return _check(description, weights or {}, limits or Limits())
+    limits = limits or Limits()
+    changed = input_shapes.resolve({i.name: i.shape for i in description.inputs},
+                                   f"network {quoted(description.name)}") \
+        if input_shapes else {}
+    if not changed:
+        return _check(description, weights or {}, limits)
+    for name, shape in changed.items():     # before anything is walked
+        _tensor_limit(limits, name, shape, "input ")
+    declared = _check(description, {}, Limits(max_layers=limits.max_layers))
+    inputs = [InputDescription(name=i.name, shape=list(changed.get(i.name, i.shape)))
+              for i in description.inputs]
+    return _check(description.model_copy(update={"inputs": inputs}), weights or {}, limits,
+                  declared)
+
+
+def _tensor_limit(limits: Limits, name: str, shape: Shape, where: str) -> int:
+    size = 4 * math.prod(shape)
+    if limits.max_tensor_bytes is not None and size > limits.max_tensor_bytes:
+        raise LimitError(f"{where}tensor {quoted(name)} of shape {list(shape)} takes "
+                         f"{size_text(size)}; at most {size_text(limits.max_tensor_bytes)} "
+                         "per tensor are allowed")
+    return size
+
+
+def _for_new_shapes(node: Node, in_shapes: list[Shape], declared: CheckedNetwork
+                    ) -> list[int] | None:
+    """What a layer becomes for the new input shapes: a reshape's new literal shape (or None),
+    or a NetworkError for a layer whose attributes hard-code the declared batch."""
+    before = [declared.shapes[t] for t in node.inputs]
+    if not before or not in_shapes[0] or not before[0] or in_shapes[0][0] == before[0][0]:
+        return None
+    if node.op == "reshape":
+        return batch_reshape(node.name, node.operator.attrs["shape"], before[0], in_shapes[0],
+                             declared.shapes[node.outputs[0]])
+    attrs = node.operator.attrs
+    rank = len(in_shapes[0])
+    if node.op == "split":
+        axes = [attrs["axis"]]
+    elif node.op == "slice":
+        axes = attrs["axes"] if attrs["axes"] is not None else range(len(attrs["starts"]))
+    else:
+        return None
+    if any(int(a) % rank == 0 for a in axes):
+        raise NetworkError(f"layer {quoted(node.name)}: {node.op} of axis 0 with literal "
+                           f"bounds was written for batch {before[0][0]} and cannot be "
+                           f"rewritten for {in_shapes[0][0]}; load the network with its "
+                           "declared batch")
+    return None
 
 
 def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]],
-           limits: Limits) -> CheckedNetwork:
+           limits: Limits, declared: CheckedNetwork | None = None) -> CheckedNetwork:
+    """The checks, in order; with ``declared`` (the same layers checked at the declared input
+    shapes), ``d``'s inputs are new shapes and layers that hard-code the batch are rewritten
+    (`_for_new_shapes`)."""
     if limits.max_layers is not None and len(d.layers) > limits.max_layers:
         raise LimitError(f"the network has {len(d.layers)} layers; at most {limits.max_layers} "
                          "are allowed")
@@ -79,12 +143,7 @@ def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
     total = 0
 
     def tensor(name: str, shape: Shape, where: str) -> int:
-        size = 4 * math.prod(shape)
-        if limits.max_tensor_bytes is not None and size > limits.max_tensor_bytes:
-            raise LimitError(f"{where}tensor {quoted(name)} of shape {list(shape)} takes "
-                             f"{size_text(size)}; at most {size_text(limits.max_tensor_bytes)} "
-                             "per tensor are allowed")
-        return size
+        return _tensor_limit(limits, name, shape, where)
 
     for inp in d.inputs:
         if inp.name in shapes:
@@ -135,9 +194,15 @@ def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
     # Shapes, weight shapes and every limit, in execution order; no weight exists yet.
     wanted_of: dict[str, dict[str, Shape]] = {}
     weight_total = 0
+    rewritten: dict[str, list[int]] = {}
     for name in order:
         node = nodes[name]
         in_shapes = [shapes[t] for t in node.inputs]
+        if declared is not None:
+            target = _for_new_shapes(node, in_shapes, declared)
+            if target is not None:
+                node.operator = make_operator("reshape", {"shape": target})
+                rewritten[name] = target
         try:
             out_shapes = node.operator.output_shapes(in_shapes)
             wanted = {k: tuple(int(d) for d in s)
@@ -176,6 +241,10 @@ def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
         if t not in shapes:
             raise NetworkError(f"network output {quoted(t)} is not produced by any layer")
 
+    if rewritten:
+        d = d.model_copy(update={"layers": [
+            LayerDescription.model_validate({**layer.model_dump(), "shape": rewritten[layer.name]})
+            if layer.name in rewritten else layer for layer in d.layers]})
     return CheckedNetwork(d, [nodes[n] for n in order], shapes, outputs, graph, wanted_of)
 
 

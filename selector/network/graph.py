@@ -18,6 +18,7 @@ from convplan.kernels.operators.conv import Conv
 
 from .description import NetworkDescription
 from .limits import Limits
+from .shapes import InputShapes
 
 
 @dataclass
@@ -57,13 +58,15 @@ class Network:
     @classmethod
     def from_description(cls, description: NetworkDescription | Mapping[str, Any] | str | bytes,
                          weights: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
-                         limits: Limits | None = None) -> Network:
+                         limits: Limits | None = None,
+                         input_shapes: InputShapes | None = None) -> Network:
         """Check the description (names, ops, arity, attributes, shapes, cycles, weight shapes
-        and ``limits``) and only then attach weights: those given (layer name -> weight name ->
-        array) or seeded random ones."""
+        and ``limits``, for ``input_shapes`` if given) and only then attach weights: those
+        given (layer name -> weight name -> array) or seeded random ones."""
         from .checking import check_description  # checking builds Networks
 
-        return check_description(description, weights, limits=limits).attach(weights)
+        return check_description(description, weights, limits=limits,
+                                 input_shapes=input_shapes).attach(weights)
 
     def to_description(self) -> NetworkDescription:
         layers = []

@@ -23,6 +23,7 @@ from .checking import CheckedNetwork, check_description
 from .errors import LimitError, NetworkError
 from .graph import Network
 from .limits import Limits
+from .shapes import InputShapes
 
 
 def load_onnx(*args: Any, **kwargs: Any) -> Any:
@@ -120,13 +121,42 @@ def builtin(name: str, *, fresh: bool = False) -> Network:
     return _checked(name).attach()
 
 
-def load_network(source: str | Path, limits: Limits | None = None) -> Network:
+def input_shapes_of(batch: int | None = None,
+                    input_shapes: InputShapes | Mapping[str, Any] | None = None) -> InputShapes:
+    """``batch`` and ``input_shapes`` (name -> shape, or an `InputShapes`) as one
+    `InputShapes`; a NetworkError for a bad value."""
+    if isinstance(input_shapes, InputShapes):
+        if batch is None or batch == input_shapes.batch:
+            return input_shapes
+        if input_shapes.batch is not None:
+            raise NetworkError(f"two batches given: {batch} and {input_shapes.batch}")
+        return InputShapes(batch=batch, inputs=input_shapes.inputs)
+    if input_shapes is not None and not isinstance(input_shapes, Mapping):
+        raise NetworkError("input_shapes maps input names to shapes (lists of ints)")
+    return InputShapes(batch=batch, inputs={
+        k: list(v) if isinstance(v, tuple | list) else v for k, v in (input_shapes or {}).items()})
+
+
+def load_network(source: str | Path, limits: Limits | None = None, *, batch: int | None = None,
+                 input_shapes: InputShapes | Mapping[str, Any] | None = None) -> Network:
     """A built-in name, a JSON description file, or an ONNX file; ``limits`` are checked
     before any weight is drawn (a built-in network is checked once built). The network is
     the caller's alone: nothing else holds its weights, so a runner it is handed to may drop
-    each original once prepared."""
+    each original once prepared.
+
+    ``batch`` sets the leading dimension of every input, ``input_shapes`` (input name ->
+    shape) whole shapes; both given, a named input's shape must start with ``batch``. The
+    limits hold for these shapes, checked before anything is allocated (`check_description`;
+    `load_onnx` for an ONNX file, whose symbolic dimensions they set)."""
+    shapes = input_shapes_of(batch, input_shapes)
     text = str(source)
     if text in PAPER_NETWORKS or text.startswith("onnx:"):
+        if text in PAPER_NETWORKS and shapes:
+            return check_description(_checked(text).description, limits=limits,
+                                     input_shapes=shapes).attach()
+        if shapes:
+            return onnx_network(light_model_path(text.removeprefix("onnx:")), limits,
+                                name=text, input_shapes=shapes)
         return check_limits(builtin(text, fresh=True), limits)
     path = Path(text)
     if not path.exists():
@@ -137,27 +167,28 @@ def load_network(source: str | Path, limits: Limits | None = None) -> Network:
             data = path.read_bytes()
         except OSError as error:
             raise NetworkError(f"cannot read {path}: {error.strerror}") from None
-        return description_network(data, limits)
-    return onnx_network(path, limits)
+        return description_network(data, limits, shapes)
+    return onnx_network(path, limits, input_shapes=shapes)
 
 
 def description_network(description: Mapping[str, Any] | str | bytes,
-                        limits: Limits | None = None) -> Network:
-    """A network description (parsed data, or JSON text) with ``limits``: checked in full
-    before the first weight is drawn (`check_description`, then `attach`)."""
-    return check_description(description, limits=limits).attach()
+                        limits: Limits | None = None, input_shapes: InputShapes | None = None
+                        ) -> Network:
+    """A network description (parsed data, or JSON text) with ``limits``, for
+    ``input_shapes`` if given: checked in full before the first weight is drawn
+    (`check_description`, then `attach`)."""
+    return check_description(description, limits=limits, input_shapes=input_shapes).attach()
 
 
 def onnx_network(source: str | Path | bytes, limits: Limits | None = None,
-                 name: str | None = None) -> Network:
-    """An ONNX model with ``limits``: passed to the importer (so it refuses before
-    allocating), and checked on the imported network in any case. ``name``: the network's
-    name when the file's graph has none worth keeping (batch names networks by file)."""
-    if limits is not None:
-        network = load_onnx(source, name=name, max_tensor_bytes=limits.max_tensor_bytes,
-                            max_weight_bytes=limits.max_weight_bytes)
-    else:
-        network = load_onnx(source, name=name)
+                 name: str | None = None, input_shapes: InputShapes | None = None) -> Network:
+    """An ONNX model with ``limits``, for ``input_shapes`` if given: passed to the importer
+    (so it refuses before allocating), and checked on the imported network in any case.
+    ``name``: the network's name when the file's graph has none worth keeping (batch names
+    networks by file)."""
+    bounds: dict[str, Any] = {} if limits is None else {
+        "max_tensor_bytes": limits.max_tensor_bytes, "max_weight_bytes": limits.max_weight_bytes}
+    network = load_onnx(source, name=name, input_shapes=input_shapes, **bounds)
     return check_limits(network, limits)
 
 

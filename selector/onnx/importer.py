@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -16,6 +17,7 @@ from convplan.kernels import operators
 from convplan.kernels.operators import Shape
 from convplan.selector.network import (
     CheckedNetwork,
+    InputShapes,
     LimitError,
     Limits,
     Network,
@@ -70,6 +72,9 @@ class Importer:
         self.renamed: dict[str, str] = {}   # ONNX tensor -> the tensor that carries its value
         self.placeholders: set[str] = set()  # outputs of nodes skipped after an unsupported one
         self.unreadable: dict[str, str] = {}  # outputs convplan does not compute -> why
+        #: Inputs whose fixed leading dimension (the batch the file was made for) is changed:
+        #: the graph is walked at the file's, then checked again at these (`check_description`).
+        self.rebatched: dict[str, list[int]] = {}
 
     # -- tensors -----------------------------------------------------------------------------
     def is_const(self, tensor: str) -> bool:
@@ -135,7 +140,7 @@ class Importer:
         return array if array.flags.writeable else array.copy()
 
     # -- the walk ----------------------------------------------------------------------------
-    def run(self, input_shapes: dict[str, Shape] | None) -> Network | CheckedNetwork:
+    def run(self, input_shapes: InputShapes) -> Network | CheckedNetwork:
         assert self.model is not None, "an importer runs once"
         graph = self.model.graph
         # Operators convplan neither runs nor folds are named before anything is decoded or
@@ -155,19 +160,22 @@ class Importer:
             self.consts[init.name] = self.initializer(init, index)
         self.model_file.close()
         inputs: dict[str, Shape] = {}
-        given = dict(input_shapes or {})
+        names = [v.name for v in graph.input if v.name not in self.consts]
+        unknown = [n for n in input_shapes.inputs if n not in names]
+        if unknown:
+            raise NetworkError(f"{quote(unknown[0])} is not an input of the model; its inputs: "
+                               f"{', '.join(quote(n) for n in names[:8])}")
         for value in graph.input:
             if value.name in self.consts:
                 continue
             if value.name in inputs or not value.name:
                 raise NetworkError(f"input {quote(value.name)} is declared twice or unnamed")
-            shape = _value_shape(value, given.pop(value.name, None))
-            self.limits.check_activation(value.name, shape, "input")
+            shape, wanted = _value_shape(value, input_shapes)
+            self.limits.check_activation(value.name, wanted, "input")
+            if wanted != shape:
+                self.rebatched[value.name] = list(wanted)
             inputs[value.name] = shape
             self.shapes[value.name] = shape
-        if given:
-            raise NetworkError(f"input_shapes names {quote(next(iter(given)))}, which is not an "
-                               "input of the model")
         if not inputs:
             raise NetworkError("the model has no input that is not an initializer")
         for node in graph.node:
@@ -202,9 +210,12 @@ class Importer:
                              f"{self.limits.max_weight_bytes} are allowed")
         bounds = Limits(max_tensor_bytes=self.limits.max_tensor_bytes,
                         max_weight_bytes=self.limits.max_weight_bytes)
+        batch = InputShapes(inputs=self.rebatched) if self.rebatched else None
         if not self.with_weights:
-            return check_description(description, self.weights, limits=bounds)
-        return Network.from_description(description, self.weights, limits=bounds)
+            return check_description(description, self.weights, limits=bounds,
+                                     input_shapes=batch)
+        return Network.from_description(description, self.weights, limits=bounds,
+                                        input_shapes=batch)
 
     def initializer(self, init: TensorProto, index: int) -> np.ndarray:
         """A top-level initializer's value, its raw_data read straight from the file; without
@@ -346,56 +357,81 @@ class Importer:
         return self.shapes[name]
 
 
-def _value_shape(value: onnx.ValueInfoProto, override: Shape | None) -> Shape:
+def _value_shape(value: onnx.ValueInfoProto, given: InputShapes) -> tuple[Shape, Shape]:
+    """An input's shape to walk the graph at (the file's, its symbolic dimensions set from
+    ``given``, a symbolic batch 1 by default) and the shape wanted (``given``'s). A fixed
+    dimension other than the leading one that ``given`` changes is an error naming the input
+    and the dimension: the file's layers were made for it. A fixed leading dimension may
+    change (it is the batch the file was exported with)."""
     t = value.type
+    name = quote(value.name)
     if not t.HasField("tensor_type"):
-        raise NetworkError(f"input {quote(value.name)} is not a tensor")
+        raise NetworkError(f"input {name} is not a tensor")
     if t.tensor_type.elem_type != TensorProto.FLOAT:
         kind = type_name(TensorProto.DataType, t.tensor_type.elem_type)
-        raise NetworkError(f"input {quote(value.name)} is {kind}; convplan runs float32 models")
-    if override is not None:
-        try:
-            dims = [int(d) for d in override]
-        except (TypeError, ValueError):
-            raise NetworkError(f"the shape given for input {quote(value.name)} is not a list of "
-                               "ints") from None
-        if not dims or min(dims) < 1:
-            raise NetworkError(f"the shape given for input {quote(value.name)} is "
-                               f"{short(dims)}; every dimension must be positive")
-        return tuple(dims)
+        raise NetworkError(f"input {name} is {kind}; convplan runs float32 models")
+    file_dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in t.tensor_type.shape.dim]
+    symbols = [d.dim_param or "?" for d in t.tensor_type.shape.dim]
+    explicit = given.inputs.get(value.name)
+    if explicit is not None:
+        if given.batch is not None and explicit[0] != given.batch:
+            raise NetworkError(f"input {name}: the shape given {'x'.join(map(str, explicit))} "
+                               f"has batch {explicit[0]}, but the batch asked for is "
+                               f"{given.batch}")
+        if file_dims and len(explicit) != len(file_dims):
+            raise NetworkError(f"input {name} has {len(file_dims)} dimensions in the file; "
+                               f"the shape given {'x'.join(map(str, explicit))} has "
+                               f"{len(explicit)}")
+        for i, (d, e) in enumerate(zip(file_dims, explicit, strict=False)):
+            if i and d is not None and d != e:
+                raise NetworkError(f"input {name}: dimension {i} is fixed to {d} in the file; "
+                                   f"the shape given asks for {e}")
+        wanted = tuple(int(e) for e in explicit)
+        return tuple(d if d is not None and i == 0 else e
+                     for i, (d, e) in enumerate(zip(file_dims or wanted, wanted,
+                                                    strict=True))), wanted
+    if not file_dims:
+        raise NetworkError(f"input {name} has no shape")
     dims = []
-    for i, d in enumerate(t.tensor_type.shape.dim):
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
+    for i, d in enumerate(file_dims):
+        if d is not None:
+            dims.append(d)
         elif i == 0:
-            dims.append(1)      # a symbolic batch: plan for one image
+            dims.append(given.batch or 1)      # a symbolic batch: one image unless asked
         else:
-            raise NetworkError(f"input {quote(value.name)} has a symbolic dimension {i} "
-                               f"({short(d.dim_param or '?')}); give its shape")
-    if not dims:
-        raise NetworkError(f"input {quote(value.name)} has no shape")
-    return tuple(dims)
+            raise NetworkError(f"input {name} has a symbolic dimension {i} "
+                               f"({short(symbols[i])}); give its shape")
+    wanted_dims = list(dims)
+    if given.batch is not None:
+        wanted_dims[0] = given.batch
+    return tuple(dims), tuple(wanted_dims)
 
 
 @overload
 def load_onnx(source: str | Path | bytes, name: str | None = None,
-              input_shapes: dict[str, Shape] | None = None, *,
+              input_shapes: InputShapes | Mapping[str, Sequence[int]] | None = None, *,
               max_tensor_bytes: int | None = None, max_weight_bytes: int | None = None,
               weights: Literal[True] = True) -> Network: ...
 
 
 @overload
 def load_onnx(source: str | Path | bytes, name: str | None = None,
-              input_shapes: dict[str, Shape] | None = None, *,
+              input_shapes: InputShapes | Mapping[str, Sequence[int]] | None = None, *,
               max_tensor_bytes: int | None = None, max_weight_bytes: int | None = None,
               weights: Literal[False]) -> CheckedNetwork: ...
 
 
 def load_onnx(source: str | Path | bytes, name: str | None = None,
-              input_shapes: dict[str, Shape] | None = None, *,
+              input_shapes: InputShapes | Mapping[str, Sequence[int]] | None = None, *,
               max_tensor_bytes: int | None = None, max_weight_bytes: int | None = None,
               weights: bool = True) -> Network | CheckedNetwork:
     """Import an ONNX model (a path or the file's bytes) as a checked `Network`.
+
+    ``input_shapes`` (an `InputShapes`, or input name -> shape) set the inputs' symbolic
+    dimensions, and may change a fixed leading one (the batch: a reshape that hard-codes it
+    is rewritten or refused, as `check_description` does); a fixed dimension after it that
+    differs is an error naming the input and the dimension.
 
     ``max_tensor_bytes`` bounds every tensor (activation, initializer, folded constant) and
     ``max_weight_bytes`` all the constants together and the weights the network keeps (None:
@@ -412,6 +448,9 @@ def load_onnx(source: str | Path | bytes, name: str | None = None,
     limits = ImportLimits(
         MAX_TENSOR_BYTES if max_tensor_bytes is None else int(max_tensor_bytes),
         MAX_WEIGHT_BYTES if max_weight_bytes is None else int(max_weight_bytes))
+    if not isinstance(input_shapes, InputShapes):
+        input_shapes = InputShapes(inputs={k: [int(d) for d in v]
+                                           for k, v in (input_shapes or {}).items()})
     model, default_name, model_file = read_model(source)
     try:
         importer = Importer(model, model_file, name or model.graph.name or default_name, limits,
@@ -422,6 +461,7 @@ def load_onnx(source: str | Path | bytes, name: str | None = None,
         raise type(error)(one_line(str(error))) from None
     finally:
         model_file.close()
-    if isinstance(network, Network) and not isinstance(source, bytes) and input_shapes is None:
+    if isinstance(network, Network) and not isinstance(source, bytes) \
+            and not importer.rebatched:     # the file runs at these shapes: the reference
         network.source = Path(source)
     return network
