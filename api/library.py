@@ -10,19 +10,32 @@ from typing import Any
 import numpy as np
 
 from convplan.selector.network import Network, load_network
-from convplan.selector.planning import Plan, PlanRequest, plan_network
+from convplan.selector.planning import Plan, PlanRequest, check_plan, plan_network, plan_spec
 from convplan.selector.runner import RunReport, run_network, run_plan
 
+#: Input name -> shape, for a network named by name or path (`load_network`).
+ShapesGiven = Mapping[str, Any] | None
 
-def _network(network: Network | str | Path) -> Network:
-    return network if isinstance(network, Network) else load_network(network)
+
+def _network(network: Network | str | Path, batch: int | None = None,
+             input_shapes: ShapesGiven = None) -> Network:
+    """A `Network` as given (``batch`` and ``input_shapes`` then are load_network's to
+    apply: an error here), or loaded from a name or path for them."""
+    if not isinstance(network, Network):
+        return load_network(network, batch=batch, input_shapes=input_shapes)
+    if batch is not None or input_shapes:
+        raise ValueError("batch and input_shapes are for a network given by name or path; "
+                         "load a Network with convplan.load_network(model, batch=..., "
+                         "input_shapes=...)")
+    return network
 
 
 def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
          threads: int | None = None, solver: str = "cbc", time_limit_s: float = 60.0,
-         measure: bool = True, budget_s: float = 0.3, db: str | Path | None = None
-         ) -> Plan:
-    """The fastest plan whose predicted peak fits ``memory_cap`` (bytes, or ``"24MiB"``):
+         measure: bool = True, budget_s: float = 0.3, db: str | Path | None = None,
+         batch: int | None = None, input_shapes: ShapesGiven = None) -> Plan:
+    """The fastest plan whose predicted peak fits ``memory_cap`` (bytes, or ``"24MiB"``), for
+    the network's input shapes (a name or path loaded for ``batch`` / ``input_shapes``):
     costs measured on this machine where the cost store (``db``, default ``$CONVPLAN_DB`` or
     the user cache) lacks them, or estimated with ``measure=False``. The `Plan` (its
     ``model_dump(mode="json")`` is what `convplan plan --out` writes); an infeasible cap is
@@ -31,20 +44,24 @@ def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
     request = PlanRequest(cap=memory_cap, threads=threads, solver=solver,
                           time_limit_s=time_limit_s, measure=measure, budget_s=budget_s,
                           db=str(db) if db is not None else None)
-    return plan_network(_network(network), request)
+    return plan_network(_network(network, batch, input_shapes), request)
 
 
 def run(network: Network | str | Path, plan: Plan | Mapping[str, Any] | None = None,
         inputs: Mapping[str, np.ndarray] | None = None, *, threads: int | None = None,
-        repeat: int = 1, check: bool = False) -> RunReport:
+        repeat: int = 1, check: bool = False, batch: int | None = None,
+        input_shapes: ShapesGiven = None) -> RunReport:
     """Run ``network`` under ``plan`` (a `Plan` or a plan document; None: the default
     algorithm per layer) on ``inputs`` (seeded random ones if None), measuring its peak;
     ``check`` compares the outputs with onnxruntime. A plan made for another network is
-    refused (`run_plan`). A name or path is loaded for this run and each weight held once; a
-    `Network` given is left unchanged (its originals stay beside any prepared copy)."""
-    net, owned = _network(network), not isinstance(network, Network)
+    refused (`run_plan`), as is one made for other input shapes. A name or path is loaded
+    for this run (for ``batch`` / ``input_shapes``) and each weight held once; a `Network`
+    given is left unchanged (its originals stay beside any prepared copy)."""
+    net, owned = _network(network, batch, input_shapes), not isinstance(network, Network)
     if plan is None:
         return run_network(net, inputs, threads=threads, repeat=repeat, check=check,
                            owned=owned)
-    return run_plan(net, plan, inputs, threads=threads, repeat=repeat, check=check,
+    spec = plan_spec(plan)     # made for this network and the shapes it is loaded for
+    check_plan(net, spec.assignment, spec.layouts, made_for=spec.network, inputs=spec.inputs)
+    return run_plan(net, spec, inputs, threads=threads, repeat=repeat, check=check,
                     owned=owned)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from convplan.selector.network import InputShapes
 from convplan.selector.planning import PlanRequest
 
 from .errors import BatchError
@@ -88,21 +89,23 @@ def dask_client(scheduler: str | None = None, local_workers: int | None = None,
 
 
 def _plan_on_worker(name: str, kind: Kind, data: bytes, request: PlanRequest,
-                    timeout_s: float | None = None) -> dict[str, Any]:
+                    timeout_s: float | None = None, shapes: InputShapes | None = None
+                    ) -> dict[str, Any]:
     """`plan_one` on a Dask worker (in a child process under ``timeout_s``, if given), saying
     which worker it was."""
     from distributed import get_worker
 
-    row = plan_one(name, kind, data, request) if timeout_s is None else \
-        plan_in_child(name, kind, data, request, timeout_s)
+    row = plan_one(name, kind, data, request, shapes) if timeout_s is None else \
+        plan_in_child(name, kind, data, request, timeout_s, shapes)
     row["worker"] = get_worker().address
     return row
 
 
 def run_dask(inputs: Sequence[NetworkInput], request: PlanRequest, client: Client,
-             on_result: OnResult | None = None, timeout_s: float | None = None
-             ) -> list[dict[str, Any]]:
-    """Plan every input on the Dask cluster behind ``client`` (the bytes travel, not paths);
+             on_result: OnResult | None = None, timeout_s: float | None = None,
+             shapes: InputShapes | None = None) -> list[dict[str, Any]]:
+    """Plan every input on the Dask cluster behind ``client`` (the bytes travel, not paths,
+    and the ``shapes`` to load each for);
     rows in input order. A task that fails on the cluster (a worker lost, say) becomes an error
     row like any bad network; with ``timeout_s`` each network is planned in a child process of
     its worker, killed after that many seconds."""
@@ -120,7 +123,7 @@ def run_dask(inputs: Sequence[NetworkInput], request: PlanRequest, client: Clien
         if len(data) > SCATTER_BYTES:   # large files go to the cluster once, outside the graph
             data = client.scatter(data, hash=False)
         future = client.submit(_plan_on_worker, item.name, item.kind, data, request, timeout_s,
-                               key=f"convplan-plan-{item.name}-{uuid.uuid4().hex[:8]}",
+                               shapes, key=f"convplan-plan-{item.name}-{uuid.uuid4().hex[:8]}",
                                pure=False, retries=0)
         futures[future] = i
     try:

@@ -22,7 +22,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from convplan.selector.network import Limits, Network, zoo
+from convplan.selector.network import InputShapes, Limits, Network, zoo
 from convplan.selector.planning import Plan, PlanRequest, plan_network
 
 from .inputs import Kind, NetworkInput
@@ -33,15 +33,18 @@ OnResult = Callable[[dict[str, Any]], None]
 KILL_GRACE_S = 1.0
 
 
-def parse_network(name: str, kind: Kind, data: bytes) -> Network:
-    """The network in ``data`` within this machine's limits, as `convplan plan` loads one
-    (NetworkError when it is not one, or is too large)."""
+def parse_network(name: str, kind: Kind, data: bytes, shapes: InputShapes | None = None
+                  ) -> Network:
+    """The network in ``data`` within this machine's limits, for ``shapes`` if given, as
+    `convplan plan` loads one (NetworkError when it is not one, or is too large)."""
     limits = Limits.of_this_machine()
     if kind == "builtin":
+        if shapes:
+            return zoo.load_network(data.decode(), limits, input_shapes=shapes)
         return zoo.check_limits(zoo.builtin(data.decode()), limits)
     if kind == "json":
-        return zoo.description_network(data, limits)
-    return zoo.onnx_network(data, limits, name=name)
+        return zoo.description_network(data, limits, shapes)
+    return zoo.onnx_network(data, limits, name=name, input_shapes=shapes)
 
 
 def result_row(name: str, status: str, *, error: str | None = None,
@@ -66,13 +69,15 @@ def unreadable_row(item: NetworkInput) -> dict[str, Any]:
     return result_row(item.name, "error", error=item.error)
 
 
-def plan_one(name: str, kind: Kind, data: bytes, request: PlanRequest) -> dict[str, Any]:
-    """Parse and plan one network (here, or on a worker): a result row with its `Plan`
-    under ``"plan"``, or status "error" and the message. Never raises for a bad network or an
-    infeasible cap; the cost store is ``request.db`` or this process's default."""
+def plan_one(name: str, kind: Kind, data: bytes, request: PlanRequest,
+             shapes: InputShapes | None = None) -> dict[str, Any]:
+    """Parse (for ``shapes``, if given) and plan one network (here, or on a worker): a result
+    row with its `Plan` under ``"plan"``, or status "error" and the message. Never raises for
+    a bad network or an infeasible cap; the cost store is ``request.db`` or this process's
+    default."""
     started = time.perf_counter()
     try:
-        network = parse_network(name, kind, data)
+        network = parse_network(name, kind, data, shapes)
         plan = plan_network(network, request)
     except ValueError as error:     # NetworkError, PlanningError, a bad store
         message = str(error)
@@ -88,8 +93,8 @@ def plan_one(name: str, kind: Kind, data: bytes, request: PlanRequest) -> dict[s
 def _child_main() -> None:
     """The planning child process of `plan_in_child`: the job from stdin (pickled), the row
     to the file named by argv[1] (pickled), nothing else on stdout."""
-    name, kind, data, request = pickle.load(sys.stdin.buffer)
-    row = plan_one(name, kind, data, request)
+    name, kind, data, request, shapes = pickle.load(sys.stdin.buffer)
+    row = plan_one(name, kind, data, request, shapes)
     with open(sys.argv[1], "wb") as out:
         pickle.dump(row, out)
 
@@ -108,7 +113,7 @@ def _stop_group(process: subprocess.Popen) -> None:
 
 
 def plan_in_child(name: str, kind: Kind, data: bytes, request: PlanRequest,
-                  timeout_s: float) -> dict[str, Any]:
+                  timeout_s: float, shapes: InputShapes | None = None) -> dict[str, Any]:
     """`plan_one` in a child process (a new Python, not a fork: it works inside a daemonic
     Dask worker too) that is killed, with everything it started, after ``timeout_s`` seconds:
     then the row says the network timed out."""
@@ -123,7 +128,7 @@ def plan_in_child(name: str, kind: Kind, data: bytes, request: PlanRequest,
         try:
             assert process.stdin is not None
             try:
-                process.stdin.write(pickle.dumps((name, kind, data, request)))
+                process.stdin.write(pickle.dumps((name, kind, data, request, shapes)))
                 process.stdin.close()
             except BrokenPipeError:
                 pass
@@ -151,19 +156,19 @@ def plan_in_child(name: str, kind: Kind, data: bytes, request: PlanRequest,
 
 
 def run_local(inputs: Sequence[NetworkInput], request: PlanRequest,
-              on_result: OnResult | None = None, timeout_s: float | None = None
-              ) -> list[dict[str, Any]]:
-    """Plan every input on this machine, one after another; rows in input order. With
-    ``timeout_s``, each in a child process killed after that many seconds (its row then says
-    it timed out); without, in this process."""
+              on_result: OnResult | None = None, timeout_s: float | None = None,
+              shapes: InputShapes | None = None) -> list[dict[str, Any]]:
+    """Plan every input on this machine, one after another, each for ``shapes`` if given;
+    rows in input order. With ``timeout_s``, each in a child process killed after that many
+    seconds (its row then says it timed out); without, in this process."""
     rows = []
     for item in inputs:
         if item.error:
             row = unreadable_row(item)
         elif timeout_s is None:
-            row = plan_one(item.name, item.kind, item.data, request)
+            row = plan_one(item.name, item.kind, item.data, request, shapes)
         else:
-            row = plan_in_child(item.name, item.kind, item.data, request, timeout_s)
+            row = plan_in_child(item.name, item.kind, item.data, request, timeout_s, shapes)
         row["source"] = item.source
         rows.append(row)
         if on_result is not None:

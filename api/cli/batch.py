@@ -10,8 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from convplan.api.cli.common import (
+    Batch,
     Budget,
     ConnectTimeout,
+    InputShape,
     LocalCluster,
     NoProfile,
     Solver,
@@ -55,6 +57,8 @@ def batch(
                                   "stopped (it runs in a child process) and reported as timed "
                                   "out; the others are still planned.",
         callback=seconds_checked)] = 3600.0,
+    batch_size: Batch = None,
+    input_shape: InputShape = None,
 ) -> None:
     """Plan every network under one memory cap; one plan file each (written as soon as that
     network is planned), and a summary."""
@@ -67,6 +71,7 @@ def batch(
         write_outputs,
         write_plan,
     )
+    from convplan.selector.network import InputShapes
     from convplan.selector.planning import PlanRequest
 
     if scheduler is not None and local_cluster is not None:
@@ -78,7 +83,8 @@ def batch(
                               time_limit_s=time_limit, measure=not no_profile,
                               budget_s=budget_seconds, db=str(db) if db is not None else None)
         inputs = collect_inputs(paths)
-    except ValueError as error:     # BatchError, a bad size
+        shapes = InputShapes.parse(input_shape or (), batch_size)   # each network's, there
+    except ValueError as error:     # BatchError, a bad size, a shape that is no shape
         fail(str(error))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -97,10 +103,11 @@ def batch(
 
         try:
             if scheduler is None and local_cluster is None:
-                rows = run_local(inputs, request, on_result, timeout_seconds)
+                rows = run_local(inputs, request, on_result, timeout_seconds, shapes)
             else:
                 with dask_client(scheduler, local_cluster, connect_timeout) as client:
-                    rows = run_dask(inputs, request, client, on_result, timeout_seconds)
+                    rows = run_dask(inputs, request, client, on_result, timeout_seconds,
+                                    shapes)
         except BatchError as error:
             fail(str(error))
         except KeyboardInterrupt:

@@ -281,11 +281,15 @@ def check_cap_holds_weights(cap: int | None, network: Network, option: str = "--
              "give a larger cap")
 
 
-def load_model(model: str) -> Network:
-    """MODEL as the commands that plan or run it load it: within this machine's limits."""
-    from convplan.selector.network import Limits, zoo
+def load_model(model: str, batch: int | None = None, input_shape: Sequence[str] | None = None
+               ) -> Network:
+    """MODEL as the commands that plan or run it load it: within this machine's limits, for
+    ``--batch`` and ``--input-shape`` (a text that is no shape, an unknown input or a shape
+    over the limits is a NetworkError saying so)."""
+    from convplan.selector.network import InputShapes, Limits, zoo
 
-    return zoo.load_network(model, limits=Limits.of_this_machine())
+    shapes = InputShapes.parse(input_shape or (), batch)
+    return zoo.load_network(model, limits=Limits.of_this_machine(), input_shapes=shapes)
 
 
 # -- option declarations --------------------------------------------------------------------------
@@ -321,6 +325,13 @@ Model = Annotated[str, typer.Argument(
     help="A built-in network (convplan networks), a .json description or an .onnx file.",
     show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Batch = Annotated[int | None, typer.Option(
+    "--batch", min=1, help="The batch: the leading dimension of every input (default: the "
+                           "network's own).")]
+InputShape = Annotated[list[str] | None, typer.Option(
+    "--input-shape", metavar="NAME=1x3x224x224",
+    help="An input's whole shape; repeat for several inputs. With --batch, its first "
+         "dimension must be the batch.")]
 Threads = Annotated[int | None, typer.Option(
     help="BLAS threads, 1 .. this machine's cores (default: all cores).",
     callback=_threads_checked)]

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from convplan.api.cli.common import (
+    Batch,
     Budget,
     Db,
+    InputShape,
     Model,
     NoProfile,
     Solver,
@@ -60,6 +62,8 @@ def plan(
     no_profile: NoProfile = False,
     db: Db = None,
     budget_seconds: Budget = 0.3,
+    batch: Batch = None,
+    input_shape: InputShape = None,
 ) -> None:
     """Choose every layer's algorithm and layout: fastest under the memory cap (an ILP)."""
     from convplan.selector.planning import plan_network
@@ -69,7 +73,7 @@ def plan(
                            memory_cap)
         if out is not None:
             check_writable(out, "--out")
-        network = load_model(model)
+        network = load_model(model, batch, input_shape)
         check_cap_holds_weights(request.cap, network)
         bar, progress = counting_bar("profiling")
         with store_warnings(), bar:
@@ -124,6 +128,8 @@ def pareto(
     no_profile: NoProfile = False,
     db: Db = None,
     budget_seconds: Budget = 0.3,
+    batch: Batch = None,
+    input_shape: InputShape = None,
 ) -> None:
     """The time / peak-memory frontier: the fastest plan at each of a sweep of caps."""
     from convplan.selector.planning import pareto_network
@@ -131,7 +137,7 @@ def pareto(
     with bad_input():
         if plot is not None:
             check_writable(plot, "--plot")
-        network = load_model(model)
+        network = load_model(model, batch, input_shape)
         request = _request(threads, solver, time_limit, no_profile, db, budget_seconds)
         bar, progress = counting_bar("profiling")
         with store_warnings(), bar:

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from convplan.api.cli.common import (
+    Batch,
     Budget,
     ConnectTimeout,
     Db,
+    InputShape,
     Json,
     LocalCluster,
     Model,
@@ -62,6 +64,8 @@ def profile(
         "--remeasure-imported", help="Measure again the costs the store only has imported "
                                      "(from `profiles import`); the new measurements replace "
                                      "them.")] = False,
+    batch: Batch = None,
+    input_shape: InputShape = None,
 ) -> None:
     """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
     from convplan.profiles.store import StoreError
@@ -69,14 +73,15 @@ def profile(
     with store_warnings():
         try:
             _profile(model, threads, budget_seconds, db, as_json, scheduler, local_cluster,
-                     connect_timeout, remeasure_imported)
+                     connect_timeout, remeasure_imported, batch, input_shape)
         except StoreError as error:     # damage found after opening: names the file
             fail(str(error))
 
 
 def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | None,
              as_json: bool, scheduler: str | None, local_cluster: int | None,
-             connect_timeout: float, remeasure_imported: bool) -> None:
+             connect_timeout: float, remeasure_imported: bool, batch: int | None = None,
+             input_shape: list[str] | None = None) -> None:
     """`profile` once its options are checked (--threads and the durations by their
     declarations)."""
     from convplan.profiles.profiler import Profiler
@@ -85,7 +90,7 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
     if scheduler is not None and local_cluster is not None:
         fail("give --scheduler or --local-cluster, not both")
     with bad_input():               # NetworkError and every bad-model error
-        network = load_model(model)
+        network = load_model(model, batch, input_shape)
     specs = [network.conv_spec(node) for node in network.conv_nodes]
     requests = requests_for(network)        # exactly what `convplan plan` will ask for
     convs = [r for r in requests if r.kind == "conv"]

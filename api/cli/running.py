@@ -11,6 +11,8 @@ import typer
 
 from convplan.api.cli.common import (
     Algorithm,
+    Batch,
+    InputShape,
     Model,
     Threads,
     bad_input,
@@ -71,18 +73,22 @@ def run(
     check: Annotated[bool, typer.Option(
         "--check", help="Compare with onnxruntime (or onnx's ReferenceEvaluator).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch: Batch = None,
+    input_shape: InputShape = None,
 ) -> None:
     """Run a network: time, measured vs predicted peak memory, per-layer steps."""
+    from convplan.selector.planning.incoming import check_inputs
     from convplan.selector.runner import read_inputs, run_network, run_plan
 
     if algorithm is not None and plan is not None:
         fail("give --algorithm or --plan, not both")
     with bad_input():
         chosen = read_plan(plan) if plan is not None else None
-        network = load_model(model)
+        network = load_model(model, batch, input_shape)
         if chosen is not None:
             assert plan is not None
             check_made_for(plan, chosen.network, network)
+            check_inputs(network, chosen.inputs)    # made for these shapes
         if output_path is not None:
             check_writable(_output_file(output_path, len(network.outputs)), "--output")
         inputs = read_inputs(input_path, network, what=f"input {input_path}") \

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
-from convplan.selector.network import NetworkDescription
+from convplan.selector.network import MAX_DIM, InputShapes, NetworkDescription, ShapeMap
 from convplan.selector.planning import Plan, PlanSpec
 from convplan.selector.runner import RunReport
 
@@ -65,13 +65,29 @@ class CostOptions(BaseModel):
         "Measuring budget per candidate, seconds; capped at CONVPLAN_MAX_BUDGET."))
 
 
-class PlanBody(CostOptions):
+class ShapeOptions(BaseModel):
+    """The shapes to load the network for (`convplan ... --batch / --input-shape`); none: its
+    declared ones. The server's limits hold for them before anything is allocated."""
+
+    batch: Annotated[StrictInt, Field(ge=1, le=MAX_DIM)] | None = Field(
+        None, description="The leading dimension (batch) of every input.")
+    input_shapes: ShapeMap | None = Field(
+        None, description="Input name -> its whole shape; with `batch`, each starts with it.")
+
+    def shapes(self) -> InputShapes | None:
+        """The shapes asked for, or None."""
+        if self.batch is None and not self.input_shapes:
+            return None
+        return InputShapes(batch=self.batch, inputs=self.input_shapes or {})
+
+
+class PlanBody(CostOptions, ShapeOptions):
     model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     memory_cap: MemoryCap = None
 
 
-class ParetoBody(CostOptions):
+class ParetoBody(CostOptions, ShapeOptions):
     model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     points: int = Field(8, ge=2, le=64, description="Caps to solve for.")
@@ -82,7 +98,7 @@ class PlanInput(PlanSpec):
     model `convplan run --plan` reads; `check_plan` then checks it against the network)."""
 
 
-class RunBody(CostOptions):
+class RunBody(CostOptions, ShapeOptions):
     model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     plan: PlanInput | None = Field(None, description=(
@@ -98,7 +114,7 @@ class RunBody(CostOptions):
     check: bool = Field(False, description="Compare the output with onnxruntime.")
 
 
-class ProfileBody(BaseModel):
+class ProfileBody(ShapeOptions):
     model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     threads: Annotated[int, Field(ge=1, le=4096)] | None = None

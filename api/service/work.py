@@ -22,15 +22,24 @@ import numpy as np
 
 from convplan.kernels import registry
 from convplan.profiles.store import StoreError
-from convplan.selector.network import LimitError, Limits, Network, NetworkError, zoo
+from convplan.selector.network import (
+    InputShapes,
+    LimitError,
+    Limits,
+    Network,
+    NetworkError,
+    zoo,
+)
 from convplan.selector.planning import (
     Frontier,
     Plan,
     PlanError,
     PlanningError,
     PlanRequest,
+    check_plan,
     pareto_network,
     plan_network,
+    plan_spec,
     profiler_for,
     requests_for,
 )
@@ -87,17 +96,18 @@ def client_errors() -> Iterator[None]:
 
 
 # -- networks ------------------------------------------------------------------------------------
-#: Where a network comes from: a built-in name, a description (dict) or ONNX file bytes.
+#: Where a network comes from: a built-in name, a description (dict) or ONNX file bytes, and
+#: optionally the `InputShapes` to load it for.
 Source = tuple[Literal["builtin"], str] | tuple[Literal["description"], dict] | \
-    tuple[Literal["onnx"], bytes]
+    tuple[Literal["onnx"], bytes] | tuple[str, Any, InputShapes | None]
 
 
-def source(network: Any) -> Source:
+def source(network: Any, shapes: InputShapes | None = None) -> Source:
     """A request body's network as a `Source`: a built-in name, or a description as plain
-    data (what a worker process is sent)."""
+    data (what a worker process is sent), with the shapes asked for (they travel with it)."""
     if isinstance(network, str):
-        return ("builtin", network)
-    return ("description", network.model_dump())
+        return ("builtin", network, shapes)
+    return ("description", network.model_dump(), shapes)
 
 
 def limits(settings: ServiceSettings) -> Limits:
@@ -109,9 +119,11 @@ def limits(settings: ServiceSettings) -> Limits:
 
 
 def load(source: Source, settings: ServiceSettings) -> Network:
-    """The network a request names; never a path on the server (names are built-ins only).
-    Descriptions and ONNX files are checked against the limits before weights exist."""
-    kind, value = source
+    """The network a request names, for the shapes it asks for; never a path on the server
+    (names are built-ins only). Descriptions and ONNX files are checked against the limits
+    (for those shapes) before weights exist."""
+    kind, value, *rest = source
+    shapes = rest[0] if rest else None
     bounds = limits(settings)
     with client_errors():
         if kind == "builtin":
@@ -120,12 +132,14 @@ def load(source: Source, settings: ServiceSettings) -> Network:
                 raise ServiceError(404, "unknown_network", f"unknown network {value[:100]!r}; "
                                    f"built in: {', '.join(zoo.names())} (or give a description "
                                    "object)")
+            if shapes:
+                return zoo.load_network(value, bounds, input_shapes=shapes)
             return zoo.check_limits(zoo.builtin(value), bounds)
         if kind == "description":
             assert isinstance(value, dict)
-            return zoo.description_network(value, bounds)
+            return zoo.description_network(value, bounds, shapes)
         assert isinstance(value, bytes)
-        return zoo.onnx_network(value, bounds)
+        return zoo.onnx_network(value, bounds, input_shapes=shapes)
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -229,6 +243,10 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
     with client_errors():
         network = load(source, settings)
         plan = body.get("plan")
+        if plan is not None:        # made for this network and the shapes it is loaded for
+            spec = plan_spec(plan)
+            check_plan(network, spec.assignment, spec.layouts, made_for=spec.network,
+                       inputs=spec.inputs)
         algorithm = body.get("algorithm")
         threads = plan_request({"threads": body.get("threads")}, settings).threads
         document = None

@@ -106,6 +106,9 @@ class Plan(BaseModel):
     executes."""
 
     network: str
+    inputs: dict[str, list[int]] = Field(
+        description="The shape of every input the plan was made for (`run --plan` refuses "
+                    "other shapes: the costs and the memory are those of these).")
     machine: dict[str, Any]
     threads: int
     memory_cap_bytes: int | None
@@ -139,6 +142,7 @@ def plan_document(context: PlanContext, solution: Solution, cap: int | None,
                   for t, n, layout in solution.transforms]
     return Plan(
         network=network.name,
+        inputs={name: list(shape) for name, shape in network.inputs.items()},
         machine=dict(machine),
         threads=threads,
         memory_cap_bytes=cap,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from convplan.kernels import registry
-from convplan.selector.network import Name, Network, NetworkError, load_json, quoted
+from convplan.selector.network import Name, Network, NetworkError, ShapeMap, load_json, quoted
 
 from .documents import Plan
 
@@ -32,6 +32,9 @@ class PlanSpec(BaseModel):
     layouts: Annotated[dict[Name, Literal["NCHW", "NHWC"]], Field(max_length=100_000)] = Field(
         default_factory=dict, description="Other layer name -> layout (NCHW or NHWC).")
     threads: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
+    inputs: ShapeMap | None = Field(
+        None, description="The input shapes the plan was made for (a plan without them, "
+                          "written before plans recorded them, is not checked for shapes).")
 
 
 def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
@@ -41,7 +44,7 @@ def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
         return data
     if isinstance(data, Plan):
         data = data.model_dump(mode="json", include={"network", "assignment", "layouts",
-                                                     "threads"})
+                                                     "threads", "inputs"})
     if isinstance(data, str | bytes):
         try:
             data = load_json(data, what)
@@ -67,15 +70,36 @@ def _names(names: Any, limit: int = 5) -> str:
     return listed + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _shapes_text(inputs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name}={'x'.join(str(d) for d in shape)}"
+                     for name, shape in list(inputs.items())[:8])
+
+
+def check_inputs(network: Network, inputs: Mapping[str, Any] | None) -> None:
+    """PlanError unless a plan made for ``inputs`` (input name -> shape; None: not recorded)
+    is made for the shapes ``network`` was loaded with: its costs and memory are those of
+    its shapes (another batch needs a plan of its own)."""
+    if inputs is None:
+        return
+    given = {name: [int(d) for d in shape] for name, shape in inputs.items()}
+    have = {name: list(shape) for name, shape in network.inputs.items()}
+    if given != have:
+        raise PlanError(f"the plan was made for inputs {_shapes_text(given)}, but "
+                        f"{quoted(network.name)} is loaded for {_shapes_text(have)}; make a "
+                        "plan for these shapes (convplan plan --batch / --input-shape)")
+
+
 def check_plan(network: Network, assignment: Mapping[str, str],
-               layouts: Mapping[str, str] | None = None, *, made_for: str | None = None
-               ) -> None:
+               layouts: Mapping[str, str] | None = None, *, made_for: str | None = None,
+               inputs: Mapping[str, Any] | None = None) -> None:
     """PlanError unless the plan fits ``network`` exactly: made for it (when the plan names its
-    network), an algorithm for every convolution and for nothing else, layouts only for its
-    other layers and only ones they run in, and only known algorithms."""
+    network) and for its input shapes (when the plan records them, `check_inputs`), an
+    algorithm for every convolution and for nothing else, layouts only for its other layers
+    and only ones they run in, and only known algorithms."""
     if made_for is not None and made_for != network.name:
         raise PlanError(f"the plan was made for network {quoted(made_for)}, not "
                         f"{quoted(network.name)}")
+    check_inputs(network, inputs)
     kinds = {n.name: n for n in network.nodes}
     convs = {n.name for n in network.conv_nodes}
     unknown = set(assignment) - set(kinds)

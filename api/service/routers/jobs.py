@@ -28,9 +28,10 @@ async def profile(body: ProfileBody, request: Request, response: Response, pool:
         raise ServiceError(404, "unknown_network", f"unknown network {body.network!r}; "
                            f"built in: {', '.join(zoo.names())}")
     work.plan_request(CostOptions(threads=body.threads).model_dump(), settings)
-    source = work.source(body.network)
+    source = work.source(body.network, body.shapes())
     jobs.check_room()
-    if source[0] != "builtin":      # (a built-in network is valid: its name was checked)
+    if source[0] != "builtin" or body.shapes():     # (a built-in name was checked; its
+                                                    # shapes may still be refused)
         await pool.run(validate_task, source, settings)
     job = jobs.submit((source, body.threads, body.budget_s))
     url = str(request.url_for("job", job_id=job.id).path)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, UploadFile
 from pydantic import Field
 
+from convplan.selector.network import MAX_DIM, InputShapes
 from convplan.selector.planning import Frontier, Plan
 
 from .. import work
@@ -24,6 +25,8 @@ class PlanOnnxForm(CostOptions):
     file: UploadFile = Field(description="The ONNX model (no external data).")
     memory_cap: Annotated[str, Field(max_length=64)] | None = Field(
         None, description="Bytes or a size string (\"24MiB\"); empty: no cap.")
+    batch: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
+        None, description="The leading dimension (batch) of every input.")
 
 
 @router.post("/v1/plan", response_model=Plan, dependencies=[JsonBody])
@@ -31,8 +34,8 @@ async def plan(body: PlanBody, pool: PoolDep, settings: SettingsDep) -> Plan:
     """The fastest plan under the memory cap (an ILP), with every candidate and four
     baselines: the same document as `convplan plan --json`."""
     options = body.model_dump(exclude={"network"})
-    return await pool.run(work.plan_task, work.source(body.network), options, settings,
-                          pass_deadline=True)
+    return await pool.run(work.plan_task, work.source(body.network, body.shapes()), options,
+                          settings, pass_deadline=True)
 
 
 @router.post("/v1/plan/onnx", response_model=Plan)
@@ -40,8 +43,9 @@ async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/for
                     pool: PoolDep, settings: SettingsDep) -> Plan:
     """As /v1/plan, for an uploaded ONNX file (multipart: `file` and the option fields)."""
     data = await form.file.read()
-    return await pool.run(work.plan_task, ("onnx", data), form.model_dump(exclude={"file"}),
-                          settings, pass_deadline=True)
+    shapes = InputShapes(batch=form.batch) if form.batch is not None else None
+    return await pool.run(work.plan_task, ("onnx", data, shapes),
+                          form.model_dump(exclude={"file"}), settings, pass_deadline=True)
 
 
 @router.post("/v1/pareto", response_model=Frontier, dependencies=[JsonBody])
@@ -49,5 +53,5 @@ async def pareto(body: ParetoBody, pool: PoolDep, settings: SettingsDep) -> Fron
     """The time / peak-memory frontier (fastest plan over a sweep of caps) and the
     baselines: the same document as `convplan pareto --json`."""
     options = body.model_dump(exclude={"network", "points"})
-    return await pool.run(work.pareto_task, work.source(body.network), options, body.points,
-                          settings, pass_deadline=True)
+    return await pool.run(work.pareto_task, work.source(body.network, body.shapes()), options,
+                          body.points, settings, pass_deadline=True)

@@ -21,6 +21,7 @@ async def run(body: RunBody, pool: PoolDep, settings: SettingsDep) -> dict[str, 
     options = body.model_dump(exclude={"network", "plan"})
     if body.plan is not None:
         options["plan"] = {"network": body.plan.network, "assignment": body.plan.assignment,
-                           "layouts": body.plan.layouts, "threads": body.plan.threads}
-    return await pool.run(work.run_task, work.source(body.network), options, settings,
-                          pass_deadline=True)
+                           "layouts": body.plan.layouts, "threads": body.plan.threads,
+                           "inputs": body.plan.inputs}
+    return await pool.run(work.run_task, work.source(body.network, body.shapes()), options,
+                          settings, pass_deadline=True)
