@@ -25,10 +25,12 @@ import random
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .executor import Program
+if TYPE_CHECKING:       # the executor imports this module to lay out its arena
+    from .executor import Program
 
 #: Every arena buffer starts at a multiple of this many bytes (a cache line; what SIMD kernels
 #: and BLAS want), and its size is rounded up to one.
@@ -46,6 +48,12 @@ SEARCH_COMPARISONS = 1_000_000
 def aligned(nbytes: int) -> int:
     """``nbytes`` rounded up to a multiple of `ALIGNMENT`."""
     return -(-nbytes // ALIGNMENT) * ALIGNMENT
+
+
+def allocation_bytes(size: int) -> int:
+    """Bytes allocated for an arena of ``size``: one more `ALIGNMENT`, so that its start can be
+    moved to an aligned address (NumPy guarantees only 16)."""
+    return size + ALIGNMENT
 
 
 @dataclass(frozen=True)
@@ -81,18 +89,35 @@ class ArenaLayout:
 
 
 # -- what a program needs --------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputBuffer:
+    """A buffer holding a program output (or a kept tensor), outside the arena: allocated
+    afresh by each run at step ``first``, the one that writes it first (an output reached
+    through views or in-place steps is written before the step that produces it)."""
+
+    key: str            # the tensor owning it
+    nbytes: int         # not aligned: a plain allocation
+    first: int
+
+
 def buffers(program: Program, itemsize: int = 4) -> list[Buffer]:
     """Every arena buffer of ``program``, in the order its steps first write them."""
     return _walk(program, itemsize)[0]
 
 
-def output_bytes(program: Program, itemsize: int = 4) -> int:
-    """Bytes of the buffers holding the program's outputs: allocated per run, outside the arena
-    (an output that is a view of a program input is the caller's array and counts nowhere)."""
+def output_buffers(program: Program, itemsize: int = 4) -> list[OutputBuffer]:
+    """The buffers holding the program's outputs, in the order its steps first write them (an
+    output that is a view of a program input is the caller's array and has none)."""
     return _walk(program, itemsize)[1]
 
 
-def _walk(program: Program, itemsize: int) -> tuple[list[Buffer], int]:
+def output_bytes(program: Program, itemsize: int = 4) -> int:
+    """Bytes of the buffers holding the program's outputs: allocated per run, outside the
+    arena."""
+    return sum(b.nbytes for b in output_buffers(program, itemsize))
+
+
+def _walk(program: Program, itemsize: int) -> tuple[list[Buffer], list[OutputBuffer]]:
     shapes = program.shapes
     root: dict[str, str | None] = dict.fromkeys(program.inputs)   # tensor -> buffer it is in
     raw: dict[str, int] = {}           # buffer key -> unaligned bytes
@@ -129,24 +154,19 @@ def _walk(program: Program, itemsize: int) -> tuple[list[Buffer], int]:
     kept = {root[t] for t in program.outputs} - {None}
     arena = [Buffer(key, aligned(nbytes), first[key], last[key])
              for key, nbytes in raw.items() if key not in kept]
-    return arena, sum(raw[key] for key in kept)
+    outputs = [OutputBuffer(key, nbytes, first[key]) for key, nbytes in raw.items()
+               if key in kept]
+    return arena, outputs
 
 
 def _workspaces(program: Program, i: int, itemsize: int) -> dict[str, int]:
     """The arena workspaces of step ``i``: name -> unaligned bytes."""
     step = program.steps[i]
     if step.kind == "conv":
-        assert step.algorithm is not None and step.spec is not None
-        shapes = step.algorithm.workspace_shapes(step.spec)
+        assert step.spec is not None
         itemsize = step.spec.itemsize
-    elif step.kind == "op":
-        assert step.operator is not None
-        shapes = step.operator.workspace_shapes([program.shapes[t] for t in step.inputs],
-                                                step.layout)
-    else:
-        return {}
     return {name: int(np.prod(shape, dtype=np.int64)) * itemsize
-            for name, shape in shapes.items()}
+            for name, shape in step.workspace_shapes(program.shapes).items()}
 
 
 def live_bytes(buffers: Sequence[Buffer]) -> list[int]:
@@ -356,5 +376,5 @@ def _check_unique(buffers: Sequence[Buffer]) -> None:
         seen.add(b.key)
 
 
-__all__ = ["ALIGNMENT", "ArenaLayout", "Buffer", "aligned", "buffers", "check_layout",
-           "live_bytes", "output_bytes", "place"]
+__all__ = ["ALIGNMENT", "ArenaLayout", "Buffer", "OutputBuffer", "aligned", "allocation_bytes",
+           "buffers", "check_layout", "live_bytes", "output_buffers", "output_bytes", "place"]

@@ -2,9 +2,12 @@
 
 A program is a list of steps in execution order. Each step reads tensors by name and produces
 new ones: a convolution with its chosen algorithm (weights prepared once, before the first step),
-another operator, or a layout transform. After a tensor's last use the executor drops it, so its
-memory is returned at once. Per-step time comes from `time.perf_counter`; the peak memory from
-`tracemalloc`, which sees every NumPy buffer.
+another operator, or a layout transform. Every buffer a step writes lives in one static arena
+(`arena`), allocated once per executor after the weights are prepared and reused by every run:
+each step writes its outputs and workspaces into views of it made once. Only the buffers that
+hold the program's outputs are allocated by each run, because the caller keeps them. Per-step
+time comes from `time.perf_counter`; the peak memory from `tracemalloc`, which sees every NumPy
+buffer.
 
 The executor knows nothing of graphs or plans: `selector` lowers a plan into a `Program` and
 predicts its memory; this module only runs what it is given.
@@ -13,6 +16,7 @@ predicts its memory; this module only runs what it is given.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterable, Mapping
@@ -20,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import ConvAlgorithm, Prepared, run_overhead_bytes
+from .arena import ALIGNMENT, ArenaLayout, allocation_bytes, buffers, place
+from .base import TAP_TABLE_BYTES, ConvAlgorithm, Prepared, run_overhead_bytes
 from .layout import convert
 from .measure import collector_paused
 from .operators import Operator
@@ -69,15 +74,33 @@ class Step:
         """The outputs share the first input's buffer (a view, or written in place)."""
         return self.is_view or self.inplace
 
-    def workspace_bytes(self, shapes: Mapping[str, tuple[int, ...]], itemsize: int = 4) -> int:
-        """Bytes the step allocates beyond its outputs (an upper bound the executor keeps)."""
+    def workspace_shapes(self, shapes: Mapping[str, tuple[int, ...]]
+                         ) -> dict[str, tuple[int, ...]]:
+        """The named temporaries the step runs with (in its layout): the arena holds them."""
         if self.kind == "conv":
             assert self.algorithm is not None and self.spec is not None
-            return self.algorithm.workspace_bytes(self.spec)
-        if self.kind == "transform":
-            return run_overhead_bytes(itemsize)
+            return self.algorithm.workspace_shapes(self.spec)
+        if self.kind == "transform" or self.is_view:
+            return {}
         assert self.operator is not None
-        return self.operator.workspace_bytes([shapes[t] for t in self.inputs], itemsize)
+        return self.operator.workspace_shapes([shapes[t] for t in self.inputs], self.layout)
+
+    def overhead_bytes(self, itemsize: int = 4) -> int:
+        """What a run of the step into given buffers still allocates: ufunc buffers and
+        interpreter objects (`run_overhead_bytes`), and a convolution's table of taps."""
+        if self.kind == "conv":
+            assert self.algorithm is not None and self.spec is not None
+            taps = (self.spec.kh * self.spec.kw * TAP_TABLE_BYTES
+                    if self.algorithm.tabulates_taps else 0)
+            return run_overhead_bytes(self.spec.itemsize) + taps
+        return run_overhead_bytes(itemsize)
+
+    def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """An output of logical (NCHW-order) ``shape`` as the step stores it."""
+        if len(shape) == 4 and self.output_layout == "NHWC":
+            n, c, h, w = shape
+            return (n, h, w, c)
+        return tuple(shape)
 
     def prepared_bytes(self) -> int:
         """Bytes of the weights this step keeps prepared for the whole run."""
@@ -111,6 +134,30 @@ class Program:
     outputs: list[str]
     shapes: dict[str, tuple[int, ...]]
     owns_weights: bool = False
+    _arena: ArenaLayout | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def arena(self) -> ArenaLayout:
+        """Where a run keeps every buffer (`arena.place` of `arena.buffers`): placed the first
+        time it is asked for, then kept (a program is not changed once lowered)."""
+        if self._arena is None:
+            self._arena = place(buffers(self))
+        return self._arena
+
+    def arena_views(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        """(step index, buffer key, shape) of every view of the arena the executor makes: each
+        output a step writes into the arena (stored in the step's layout) and each named
+        workspace. Not an in-place output (the step writes over its input's view), not a view
+        step's, and not an output buffer (allocated by each run)."""
+        offsets = self.arena.offsets
+        views = []
+        for i, step in enumerate(self.steps):
+            if not step.aliases_input:
+                views.extend((i, t, step.stored_shape(self.shapes[t]))
+                             for t in step.outputs if t in offsets)
+            views.extend((i, f"{step.name}#{name}", tuple(shape))
+                         for name, shape in step.workspace_shapes(self.shapes).items())
+        return views
 
     def constants(self) -> list[np.ndarray]:
         """The arrays other operators hold for the whole run (gemm, batch-norm, add/mul and
@@ -159,8 +206,17 @@ class RunResult:
     prepared_bytes: int
 
 
+#: The dtype every buffer of a run holds.
+DTYPE = np.dtype(np.float32)
+
+
 class Executor:
     """Prepares a program's convolution weights once; `run` executes it (again and again).
+
+    The arena is allocated by the first run, once the weights are prepared (preparing and
+    running never hold their temporaries at once), and every later run reuses it: runs are
+    serialised by a lock. A run never writes the caller's inputs, and the outputs it returns
+    are its own arrays, which a later run leaves alone.
 
     ``prepared``: weights already prepared for steps of the same names and algorithms (another
     program lowered from the same network and choices), reused instead of prepared again."""
@@ -177,6 +233,32 @@ class Executor:
                                      f"weights given were prepared for {given.algorithm}")
                 self.prepared[step.name] = given
         self._prepared = False
+        self._lock = threading.Lock()
+        self._arena: np.ndarray | None = None
+        #: Per step: the arena views of its outputs (None: allocated by each run) and of its
+        #: workspaces by name; made with the arena.
+        self._outs: list[list[np.ndarray | None]] = []
+        self._workspaces: list[dict[str, np.ndarray]] = []
+
+    def _allocate(self) -> None:
+        """The arena, and the views of it every step writes into: made once."""
+        layout = self.program.arena
+        raw = np.empty(allocation_bytes(layout.size), dtype=np.uint8)
+        start = -raw.ctypes.data % ALIGNMENT
+        arena = raw[start:start + layout.size]
+        steps = self.program.steps
+        outs: list[list[np.ndarray | None]] = [
+            [None] * (0 if s.aliases_input else len(s.outputs)) for s in steps]
+        workspaces: list[dict[str, np.ndarray]] = [{} for _ in steps]
+        for i, key, shape in self.program.arena_views():
+            offset = layout.offsets[key]
+            view = arena[offset:offset + int(np.prod(shape, dtype=np.int64)) * DTYPE.itemsize
+                         ].view(DTYPE).reshape(shape)
+            if key in steps[i].outputs:
+                outs[i][steps[i].outputs.index(key)] = view
+            else:
+                workspaces[i][key.split("#", 1)[1]] = view
+        self._arena, self._outs, self._workspaces = raw, outs, workspaces
 
     def prepare(self) -> int:
         """Reorder every convolution's weights for its algorithm; returns their bytes. When the
@@ -219,10 +301,13 @@ class Executor:
         return peak, held
 
     def close(self) -> None:
-        """Drop the prepared weights. A later `run` prepares again from the steps' weights,
-        which a program that owns its weights no longer has: such an executor is spent."""
-        self.prepared = {}
-        self._prepared = False
+        """Drop the prepared weights and the arena. A later `run` prepares again from the
+        steps' weights, which a program that owns its weights no longer has: such an executor
+        is spent."""
+        with self._lock:
+            self.prepared = {}
+            self._prepared = False
+            self._arena, self._outs, self._workspaces = None, [], []
 
     @property
     def prepared_bytes(self) -> int:
@@ -246,18 +331,24 @@ class Executor:
         return total
 
     def run(self, inputs: dict[str, np.ndarray], trace: bool = False) -> RunResult:
-        """Run the program on ``inputs`` (name -> array in its step layout).
+        """Run the program on ``inputs`` (name -> array in its step layout), which it only
+        reads. One run at a time: a run waits for one in progress (the arena is shared).
 
-        With ``trace``, the preparation of weights (when not done yet) and the run are traced,
-        and the peak is reported with the bytes held from before the trace added: the inputs,
-        the other operators' constants, and the convolutions' weights not allocated inside
-        it: the originals a program that owns them holds (freed inside the trace as each layer
-        is prepared, unless kept as a view), else the prepared views of the caller's arrays,
-        or every prepared weight when prepared before.
+        With ``trace``, the preparation of weights (when not done yet), the arena's allocation
+        (the first run) and the run are traced, and the peak is reported with the bytes held
+        from before the trace added: the inputs, the other operators' constants, the arena
+        when allocated before, and the convolutions' weights not allocated inside it: the
+        originals a program that owns them holds (freed inside the trace as each layer is
+        prepared, unless kept as a view), else the prepared views of the caller's arrays, or
+        every prepared weight when prepared before.
         """
         missing = set(self.program.inputs) - set(inputs)
         if missing:
             raise ValueError(f"missing input(s): {', '.join(sorted(missing))}")
+        with self._lock:
+            return self._run(inputs, trace)
+
+    def _run(self, inputs: Mapping[str, np.ndarray], trace: bool) -> RunResult:
         if trace:
             started = not tracemalloc.is_tracing()
             if started:
@@ -283,6 +374,10 @@ class Executor:
                     prepare_peak = preparing + others
                 else:
                     prepare_peak = tracemalloc.get_traced_memory()[1] - base + held
+                if self._arena is None:
+                    self._allocate()
+                elif trace:             # allocated before the trace: held all along
+                    held += self._arena.nbytes
                 outputs, times, seconds, step_peaks = self._execute(
                     inputs, base - held if trace else None)
                 peak = max([prepare_peak, *step_peaks]) if trace else None
@@ -297,23 +392,36 @@ class Executor:
         live: dict[str, np.ndarray] = {name: inputs[name] for name in self.program.inputs}
         times: list[float] = []
         peaks: list[int] = []
+        shapes = self.program.shapes
         clock = time.perf_counter
         start = clock()
-        for step in self.program.steps:
+        for step, given, workspace in zip(self.program.steps, self._outs, self._workspaces,
+                                          strict=True):
             if base is not None:
                 tracemalloc.reset_peak()
             t0 = clock()
             xs = [live[t] for t in step.inputs]
-            if step.kind == "conv":
-                assert step.algorithm is not None and step.spec is not None
-                ys = [step.algorithm.run(xs[0], self.prepared[step.name], step.spec)]
-            elif step.kind == "transform":
-                ys = [convert(xs[0], step.src_layout, step.layout)]
-            else:
+            if step.is_view:
                 assert step.operator is not None
-                ys = step.operator.run(xs, step.weights, step.layout, step.inplace)
-            if not step.aliases_input:
-                _check_owned(step, xs, ys)
+                ys = step.operator.run(xs, step.weights, step.layout)
+            else:
+                # in place: over the input's own view; else the arena's views, and new arrays
+                # for the buffers the caller keeps (the outputs)
+                outs = [xs[0]] if step.inplace else [
+                    np.empty(step.stored_shape(shapes[t]), DTYPE) if view is None else view
+                    for t, view in zip(step.outputs, given, strict=True)]
+                if step.kind == "conv":
+                    assert step.algorithm is not None and step.spec is not None
+                    ys = [step.algorithm.run(xs[0], self.prepared[step.name], step.spec,
+                                             out=outs[0], workspace=workspace)]
+                elif step.kind == "transform":
+                    ys = [convert(xs[0], step.src_layout, step.layout, out=outs[0])]
+                else:
+                    assert step.operator is not None
+                    ys = step.operator.run(xs, step.weights, step.layout, step.inplace,
+                                           out=outs, workspace=workspace)
+                _check_given(step, outs, ys)
+                del outs
             del xs
             for name, y in zip(step.outputs, ys, strict=True):
                 live[name] = y
@@ -327,14 +435,15 @@ class Executor:
         return {name: live[name] for name in self.program.outputs}, times, seconds, peaks
 
 
-def _check_owned(step: Step, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
-    """A step the program counts as allocating its outputs must not hand back a view of an
-    input: the next in-place step would write through it, maybe into the caller's array, and
-    the memory model would count bytes that are not there. A bounds check, O(1) per pair."""
-    for y in ys:
-        for x in xs:
-            if np.may_share_memory(y, x):
-                raise RuntimeError(
-                    f"step {step.name!r} ({step.kind}) returned a view of its input where the "
-                    "program expects a new buffer; refusing to continue with a result that "
-                    "could be wrong")
+def _check_given(step: Step, given: list[np.ndarray], returned: list[np.ndarray]) -> None:
+    """A step that writes must return exactly the arrays it was given to write into (the
+    arena's views, its input's when in place, the new output buffers): anything else is memory
+    the arena does not hold, or a view of an input that a later in-place step would write
+    through, maybe into the caller's array. O(1) per array."""
+    if len(returned) != len(given) or not all(
+            y is o or (isinstance(y, np.ndarray) and y.shape == o.shape
+                       and y.ctypes.data == o.ctypes.data)
+            for y, o in zip(returned, given, strict=True)):
+        raise RuntimeError(
+            f"step {step.name!r} ({step.kind}) returned arrays other than the ones it was given "
+            "to write into; refusing to continue with a result that could be wrong")

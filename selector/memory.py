@@ -1,16 +1,21 @@
-"""The memory model: live bytes at every step of a program, and the peak (DESIGN.md's promise).
+"""The memory model: what a program's run holds at every step, and the peak (DESIGN.md's promise).
 
-At each step the live set is every activation already produced and still needed, plus the step's
-outputs, plus its workspace (a layout-transformed copy is its own step's output). Every weight the
-run holds counts once: the prepared convolution weights and the other operators' constants
-(gemm, batch-norm, add/mul, matmul), each buffer once, at every step; the network's inputs belong
-to the caller and count for the whole run. Preparing the weights is a phase of its own, before
-the first step: while layer l is prepared, the layers before it hold their prepared form, l and
-the layers after it what they held before (their originals when the program owns them, else only
-what becomes a view of the caller's array), and l its new copy and `prepare_extra_bytes`.
-The originals of a network the caller keeps are the caller's, not counted. Tensors that share a
-buffer (views, in-place outputs) count once, until the last of them is released; every live
-tensor, views included, also costs its array object (`array_overhead_bytes`).
+Every weight the run holds counts once: the prepared convolution weights and the other operators'
+constants (gemm, batch-norm, add/mul, matmul), each buffer once, at every step; the network's
+inputs belong to the caller and count for the whole run. Preparing the weights is a phase of its
+own, before the first step: while layer l is prepared, the layers before it hold their prepared
+form, l and the layers after it what they held before (their originals when the program owns
+them, else only what becomes a view of the caller's array), and l its new copy and
+`prepare_extra_bytes`. The originals of a network the caller keeps are the caller's, not counted.
+
+Then the executor allocates its arena (`kernels.arena`): every activation, layout copy and
+workspace a step writes is at a planned offset in it, so the whole arena (its placed size) and
+the executor's views of it are held from the first step to the last, whatever is alive. Only the
+buffers holding the program's outputs are allocated by the run, each at the step that first
+writes it, and kept to the end. Every live tensor also costs its array object
+(`array_overhead_bytes`), and each step its allowance (`Step.overhead_bytes`: ufunc buffers,
+interpreter objects, tap tables). The activations alive at each step are reported besides: the
+bound any placement must meet, which the planner prices.
 """
 
 from __future__ import annotations
@@ -19,23 +24,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convplan.kernels.arena import allocation_bytes, output_buffers
 from convplan.kernels.executor import Program, held_bytes
 
 #: What the executor itself holds: its tensor table and per-step timings (measured: about 10 KiB
 #: plus 70 bytes a step on ResNet-50), with room to spare.
 EXECUTOR_BYTES = 32 * 1024
 EXECUTOR_BYTES_PER_STEP = 160
+#: Per step, the executor's tables of its views of the arena: a list of output views and a
+#: dict of workspace views.
+SLOT_BYTES_PER_STEP = 300
 
 
 @dataclass(frozen=True)
 class StepMemory:
     name: str
     kind: str
-    #: Activations alive during the step, its new outputs included.
+    #: Activations alive during the step, its new outputs included, and their array objects
+    #: (whether they live in the arena or in an output buffer).
     activation_bytes: int
+    #: The step's workspaces (in the arena) and its allowance.
     workspace_bytes: int
-    #: Everything counted at this step: prepared weights + constants + inputs + activations +
-    #: workspace + the executor's own allowance.
+    #: Everything held at this step: weights, inputs, the executor's allowance, the arena and
+    #: its views, the output buffers made so far, live array objects and the step's allowance.
     total_bytes: int
 
 
@@ -52,6 +63,12 @@ class MemoryProfile:
     constant_bytes: int = 0
     #: The peak while the weights are prepared (inputs and the allowance included).
     prepare_peak_bytes: int = 0
+    #: The arena's placed size, and the lower bound of any placement (the most bytes of its
+    #: buffers alive at one step).
+    arena_bytes: int = 0
+    max_live_bytes: int = 0
+    #: The buffers holding the outputs, allocated by each run.
+    output_bytes: int = 0
 
     @property
     def weight_bytes(self) -> int:
@@ -62,7 +79,8 @@ class MemoryProfile:
         return {"peak_bytes": self.peak_bytes, "peak_step": self.peak_step,
                 "prepared_bytes": self.prepared_bytes, "input_bytes": self.input_bytes,
                 "constant_bytes": self.constant_bytes, "weight_bytes": self.weight_bytes,
-                "prepare_peak_bytes": self.prepare_peak_bytes}
+                "prepare_peak_bytes": self.prepare_peak_bytes, "arena_bytes": self.arena_bytes,
+                "max_live_bytes": self.max_live_bytes, "output_bytes": self.output_bytes}
 
 
 #: What one live tensor costs beyond its data, whether it owns a buffer or is a view: the ndarray
@@ -80,6 +98,13 @@ def tensor_bytes(shape: tuple[int, ...], itemsize: int = 4) -> int:
 def array_overhead_bytes(shape: tuple[int, ...]) -> int:
     """The bytes one live array object costs beyond its data (see `ARRAY_BYTES`)."""
     return ARRAY_BYTES + ARRAY_BYTES_PER_DIM * len(shape)
+
+
+def views_bytes(program: Program) -> int:
+    """What the executor's views of the arena cost, held from its allocation on: each view's
+    array object (`Program.arena_views`) and each step's tables of them."""
+    return SLOT_BYTES_PER_STEP * len(program.steps) + sum(
+        array_overhead_bytes(shape) for _, _, shape in program.arena_views())
 
 
 def preparation_peak(program: Program) -> tuple[int, str]:
@@ -106,46 +131,59 @@ def preparation_peak(program: Program) -> tuple[int, str]:
     return peak, at
 
 
-def predict(program: Program, itemsize: int = 4) -> MemoryProfile:
-    """Live bytes at every step of ``program`` and the peak over its preparation and steps."""
+def predict(program: Program) -> MemoryProfile:
+    """The memory held at every step of ``program``'s run and the peak over its preparation
+    and steps (see the module's docstring)."""
     shapes = program.shapes
+    layout = program.arena
+    outputs = output_buffers(program)
     prepared = sum(step.prepared_bytes() for step in program.steps)
-    inputs = sum(tensor_bytes(shapes[t], itemsize) for t in program.inputs)
+    inputs = sum(tensor_bytes(shapes[t]) for t in program.inputs)
     constants = held_bytes(program.constants())
     allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * len(program.steps)
     fixed = prepared + constants + inputs + allowance
+    running = fixed + allocation_bytes(layout.size) + views_bytes(program)
 
+    made: dict[int, int] = {}                # step -> bytes of output buffers it allocates
+    for b in outputs:
+        made[b.first] = made.get(b.first, 0) + b.nbytes
     buffer_of: dict[str, int] = {}
     size: dict[int, int] = {}
     holders: dict[int, set[str]] = {}
     for t in program.inputs:                 # counted in `fixed`, never freed
         buffer_of[t] = -1 - len(buffer_of)
         holders[buffer_of[t]] = {t}
-    live = 0
+    data = objects = kept = 0
     out: list[StepMemory] = []
-    for step in program.steps:
+    for i, step in enumerate(program.steps):
         for t in step.outputs:
-            live += array_overhead_bytes(shapes[t])
+            objects += array_overhead_bytes(shapes[t])
             if step.aliases_input:
                 buffer_of[t] = buffer_of[step.inputs[0]]
             else:
                 buffer_of[t] = len(size)
-                size[buffer_of[t]] = tensor_bytes(shapes[t], itemsize)
-                live += size[buffer_of[t]]
+                size[buffer_of[t]] = tensor_bytes(shapes[t])
+                data += size[buffer_of[t]]
             holders.setdefault(buffer_of[t], set()).add(t)
-        workspace = step.workspace_bytes(shapes, itemsize)
-        out.append(StepMemory(step.name, step.kind, live, workspace, fixed + live + workspace))
+        kept += made.get(i, 0)
+        workspace = sum(tensor_bytes(shape, step.spec.itemsize if step.spec else 4)
+                        for shape in step.workspace_shapes(shapes).values())
+        overhead = step.overhead_bytes()
+        out.append(StepMemory(step.name, step.kind, data + objects, workspace + overhead,
+                              running + kept + objects + overhead))
         for t in step.release:
-            live -= array_overhead_bytes(shapes[t])
+            objects -= array_overhead_bytes(shapes[t])
             b = buffer_of[t]
             holders[b].discard(t)
             if not holders[b] and b >= 0:
-                live -= size[b]
+                data -= size[b]
     weights, layer = preparation_peak(program)
     preparing = weights + constants + inputs + allowance
     peak = max(out, key=lambda s: s.total_bytes) if out else None
     if peak is None or preparing > peak.total_bytes:
-        peak_bytes, peak_step = max(preparing, fixed), f"preparing {layer}" if layer else ""
+        peak_bytes, peak_step = max(preparing, running), f"preparing {layer}" if layer else ""
     else:
         peak_bytes, peak_step = peak.total_bytes, peak.name
-    return MemoryProfile(out, peak_bytes, peak_step, prepared, inputs, constants, preparing)
+    return MemoryProfile(out, peak_bytes, peak_step, prepared, inputs, constants, preparing,
+                         arena_bytes=layout.size, max_live_bytes=layout.max_live_bytes,
+                         output_bytes=sum(b.nbytes for b in outputs))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from convplan.kernels import registry
+from convplan.kernels.arena import ALIGNMENT
 from convplan.kernels.spec import Layout
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import request_key
@@ -20,7 +22,9 @@ from convplan.selector.lowering import lower
 from convplan.selector.memory import (
     EXECUTOR_BYTES,
     EXECUTOR_BYTES_PER_STEP,
+    SLOT_BYTES_PER_STEP,
     MemoryProfile,
+    array_overhead_bytes,
     predict,
     tensor_bytes,
 )
@@ -28,6 +32,9 @@ from convplan.selector.network import Network
 
 from .candidates import enumerate_candidates
 from .ilp import Problem, Solution, minimum_peak
+
+#: Dimensions enough for any view of the arena (im2col's patches have 5).
+MAX_RANK = 6
 
 #: Costs for a batch of requests: ``Profiler.costs`` (measured, cached, or estimated).
 CostFunction = Callable[[list[CostRequest]], Mapping[tuple[str, str, str], Measurement]]
@@ -98,9 +105,34 @@ def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dic
                 if len(network.shapes[t]) == 4)
     most_steps = len(network.nodes) + edges + len(network.outputs)
     allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps
-    held = profile.input_bytes + profile.constant_bytes + allowance     # constants: gemm, bn...
+    held = (profile.input_bytes + profile.constant_bytes + allowance    # constants: gemm, bn...
+            + beyond_live_bytes(network, profile.output_bytes, most_steps))
     return {s.name: s.activation_bytes + held
             for s in profile.steps if s.kind != "transform"}
+
+
+def beyond_live_bytes(network: Network, output_bytes: int, most_steps: int) -> int:
+    """What the memory model holds at its peak beyond one step's live activations, workspace
+    and copies, bounded for every plan of ``network``: the output buffers (all of them: the
+    peak may come after the busiest step), the arena's views and their tables, each buffer's
+    rounding up to `ALIGNMENT` (one view or buffer per tensor, per possible copy and per
+    workspace the hungriest candidate of each layer declares) and every array object (those
+    alive at the peak). So the ILP's step sum stays an upper bound of the model's peak, while
+    the arena is placed at its lower bound (measured: every built-in network)."""
+    buffers = len(network.shapes) + most_steps
+    for node in network.nodes:
+        if node.op == "conv":
+            spec = network.conv_spec(node)
+            buffers += max((len(a.workspace_shapes(spec)) for a in registry.applicable(spec)),
+                           default=0)
+        else:
+            shapes = [network.shapes[t] for t in node.inputs]
+            buffers += max(len(node.operator.workspace_shapes(shapes, layout))
+                           for layout in node.operator.layouts)
+    objects = sum(array_overhead_bytes(shape) for shape in network.shapes.values())
+    per_buffer = array_overhead_bytes((1,) * MAX_RANK) + ALIGNMENT
+    return (output_bytes + ALIGNMENT + SLOT_BYTES_PER_STEP * most_steps + objects
+            + buffers * per_buffer)
 
 
 def build_problem(network: Network, costs: CostFunction) -> PlanContext:

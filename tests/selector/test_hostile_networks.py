@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from convplan.kernels.executor import Executor, Program, Step
 from convplan.kernels.layout import convert
 from convplan.profiles.measurement import Measurement
+from convplan.selector.lowering import lower
 from convplan.selector.network import Network
 from convplan.selector.onnx import reference_outputs
 from convplan.selector.planning import make_plan
 from convplan.selector.runner import run_network
+from tests.support.arena_runs import check_arena_runs
 from tests.support.hostile_networks import aliasing_descriptions, random_plans
 from tests.support.strategies import examples
 
@@ -39,6 +41,8 @@ def _check(network: Network, assignment, layouts) -> None:
         np.testing.assert_allclose(y, ref, rtol=0, atol=3e-4 * float(np.abs(ref).max()) + 1e-5,
                                    err_msg=f"output {name}")
     assert report.measured_peak_bytes <= report.predicted_peak_bytes
+    program = lower(network, assignment, layouts=layouts, strict=True).program
+    check_arena_runs(program, pristine, _inputs(network, 4))
 
 
 @settings(max_examples=examples(80), deadline=None)
@@ -74,19 +78,33 @@ def test_a_layout_transform_owns_its_output(shape, src, dst) -> None:
     assert not np.shares_memory(x, y)
 
 
-def test_the_executor_refuses_a_step_that_returns_a_view_of_its_input() -> None:
-    """The last line of defence: a step that should allocate but aliases is an error."""
+def test_the_executor_refuses_a_step_that_returns_other_arrays_than_it_was_given() -> None:
+    """The last line of defence: a step that writes must return the arrays it was given (the
+    arena's views, the output buffers); its input, or a new array, is an error."""
     from convplan.kernels import operators
 
     relu = operators.make("relu")
-    aliasing = operators.make("identity")      # returns its input, but is not declared a view
     step = Step(name="bad", kind="op", inputs=["x"], outputs=["y"], operator=relu)
     program = Program([step], ["x"], ["y"], {"x": (1, 1, 2, 2), "y": (1, 1, 2, 2)})
     x = np.ones((1, 1, 2, 2), np.float32)
     assert Executor(program).run({"x": x}).outputs["y"] is not x
-    step.operator = type("Undeclared", (type(aliasing),), {"view": False, "op": "undeclared"})()
-    with pytest.raises(RuntimeError, match="view of its input"):
-        Executor(program).run({"x": x})
+
+    class Aliasing(type(relu)):         # returns its input, but is not declared a view
+        op = "aliasing"
+
+        def run(self, xs, weights, layout="NCHW", inplace=False, out=None, workspace=None):
+            return [xs[0]]
+
+    class Allocating(type(relu)):       # ignores the arrays it is given
+        op = "allocating"
+
+        def run(self, xs, weights, layout="NCHW", inplace=False, out=None, workspace=None):
+            return [np.maximum(xs[0], 0)]
+
+    for broken in (Aliasing(), Allocating()):
+        step.operator = broken
+        with pytest.raises(RuntimeError, match="other than the ones it was given"):
+            Executor(program).run({"x": x})
 
 
 def _layers_of(*layers: dict) -> list[dict]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from convplan.kernels import registry
+from convplan.kernels.arena import ALIGNMENT
+from convplan.kernels.base import run_overhead_bytes
 from convplan.selector.lowering import lower
 from convplan.selector.memory import (
     EXECUTOR_BYTES,
     EXECUTOR_BYTES_PER_STEP,
+    SLOT_BYTES_PER_STEP,
     array_overhead_bytes,
     predict,
 )
@@ -96,7 +99,10 @@ def test_a_copy_lives_for_its_consumer_step_only() -> None:
     assert live["s"] == 2 * T + A             # the two copies; s overwrites one
 
 
-def test_fixed_part_is_prepared_weights_inputs_and_the_executor() -> None:
+def test_a_step_holds_the_weights_the_whole_arena_and_the_outputs_made_so_far() -> None:
+    """Counted by hand: the arena (a, and each step's im2col patches) is allocated once, so
+    every step holds all of it, with one view of it per buffer a step writes into; b, the
+    output, is a buffer of its own, made at its step."""
     net = network(conv("a", "x"), conv("b", "a", bias=False))
     lowered = lower(net, algorithm="im2col")
     profile = predict(lowered.program)
@@ -105,10 +111,32 @@ def test_fixed_part_is_prepared_weights_inputs_and_the_executor() -> None:
     prepared = im2col.prepared_bytes(spec, True) + im2col.prepared_bytes(spec, False)
     assert profile.prepared_bytes == prepared
     assert profile.input_bytes == MB
+    patches = 4 * 3 * 3 * 32 * 32 * 4         # im2col's one workspace, a multiple of 64
+    assert im2col.workspace_shapes(spec) == {"patches": (4, 3, 3, 32, 32)}
+    assert (profile.arena_bytes, profile.max_live_bytes, profile.output_bytes) == (
+        MB + patches, MB + patches, MB)
+    views = A + 2 * array_overhead_bytes((4, 3, 3, 32, 32)) + 2 * SLOT_BYTES_PER_STEP
+    arena = MB + patches + ALIGNMENT + views
     fixed = prepared + MB + EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * 2
-    step_b = profile.steps[1]
-    assert step_b.total_bytes == fixed + 2 * T + im2col.workspace_bytes(spec)
-    assert profile.peak_bytes == max(s.total_bytes for s in profile.steps)
+    overhead = run_overhead_bytes(4)
+    step_a, step_b = profile.steps
+    assert step_a.total_bytes == fixed + arena + A + overhead
+    assert step_b.total_bytes == fixed + arena + MB + 2 * A + overhead
+    assert (step_b.activation_bytes, step_b.workspace_bytes) == (2 * T, patches + overhead)
+    assert profile.peak_bytes == step_b.total_bytes and profile.peak_step == "b"
+
+
+def test_the_arena_is_its_placement_not_the_live_sum_of_the_step() -> None:
+    """A chain's activations fall as it narrows, but the arena, allocated once, is held at
+    every step: the peak is the arena's, though no one step has that much alive."""
+    layers = [conv("c0", "x", out_channels=32), conv("c1", "c0", out_channels=4),
+              conv("c2", "c1"), conv("c3", "c2")]
+    profile = predict(lower(network(*layers), algorithm="kn2row").program)
+    totals = [s.total_bytes for s in profile.steps]     # four kn2row steps: one allowance
+    assert profile.arena_bytes == profile.max_live_bytes > 8 * MB
+    assert profile.steps[-1].activation_bytes < 3 * T
+    assert max(totals) - min(totals) < MB + 4 * A    # the output buffer, and array objects
+    assert profile.peak_bytes > profile.weight_bytes + profile.input_bytes + profile.arena_bytes
 
 
 def test_a_long_chain_measures_what_is_predicted() -> None:
@@ -122,7 +150,8 @@ def test_a_long_chain_measures_what_is_predicted() -> None:
     tensor = 16 * 64 * 64 * 4
     assert report.measured_peak_bytes <= report.predicted_peak_bytes
     assert report.predicted_peak_bytes <= report.measured_peak_bytes + 128 * 1024
-    assert report.measured_peak_bytes < report.prepared_bytes + 4 * tensor
+    # the input, the arena's two tensors (a chain needs no more), the output: and allowances
+    assert report.measured_peak_bytes < report.prepared_bytes + 4 * tensor + 64 * 1024
 
 
 def test_weights_held_from_before_the_trace_are_measured_too() -> None:
@@ -210,3 +239,36 @@ def test_other_layers_weights_count_once_each() -> None:
     assert report.constant_bytes == gemm + 8 * 4
     assert report.measured_peak_bytes <= report.predicted_peak_bytes
     assert report.predicted_peak_bytes <= report.measured_peak_bytes + 96 * 1024
+
+
+def test_a_run_after_the_first_allocates_only_its_outputs_and_allowances() -> None:
+    """The first run allocates the arena and its views; a later run only its output buffers
+    and what the allowances cover (array objects, ufunc buffers, the executor's tables):
+    nothing of an activation's or a workspace's size. Traced, it still measures the arena,
+    held from before the trace, within its prediction."""
+    import tracemalloc
+
+    from convplan.kernels.arena import allocation_bytes
+    from convplan.kernels.executor import Executor
+    from convplan.selector.memory import views_bytes
+
+    program = lower(_chain(channels=64, count=6), algorithm="im2col").program
+    profile = predict(program)
+    executor = Executor(program)
+    x = {"x": np.ones((1, 16, 16, 16), np.float32)}
+    first = executor.run(x).outputs["c5"]
+    held = (profile.weight_bytes + profile.input_bytes + allocation_bytes(profile.arena_bytes)
+            + views_bytes(program))
+    allowed = profile.peak_bytes - held     # outputs, array objects, allowances
+    assert profile.output_bytes <= allowed < profile.arena_bytes / 4
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        second = executor.run(x).outputs["c5"]
+        allocated = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert profile.output_bytes <= allocated <= allowed, (allocated, allowed)
+    assert second is not first and not np.shares_memory(first, second)
+    traced = executor.run(x, trace=True).measured_peak_bytes
+    assert traced <= profile.peak_bytes <= traced + 96 * 1024

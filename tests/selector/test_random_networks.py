@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convplan.kernels import registry
+from convplan.selector.lowering import lower
 from convplan.selector.network import Network
 from convplan.selector.onnx import reference_outputs
 from convplan.selector.runner import random_inputs, run_network
+from tests.support.arena_runs import check_arena_runs
 from tests.support.networks import network_descriptions
 from tests.support.strategies import examples
 
@@ -42,6 +44,21 @@ def test_random_network_matches_the_reference(description, choice, data) -> None
     assert measured <= predicted <= 1.05 * measured + 2**20
     # Tighter than that: beyond 5%, only the fixed allowances (executor, ufunc buffers) remain.
     assert predicted <= 1.05 * measured + 128 * 1024
+
+
+@settings(max_examples=examples(30))
+@given(description=network_descriptions(), choice=st.sampled_from(ASSIGNMENTS),
+       data=st.data())
+def test_runs_in_the_arena_equal_runs_that_allocate(description, choice, data) -> None:
+    """One executor, three runs (the second on other inputs): each equals a run where every
+    step allocates, bit for bit; no run changes an earlier run's outputs or the inputs."""
+    network = Network.from_description(description)
+    assignment = {n.name: data.draw(st.sampled_from(
+        [a.name for a in registry.applicable(network.conv_spec(n))]))
+        for n in network.conv_nodes} if choice == "random" else None
+    algorithm = None if choice in ("default", "random") else choice
+    program = lower(network, assignment, algorithm=algorithm).program
+    check_arena_runs(program, random_inputs(network, seed=1), random_inputs(network, seed=2))
 
 
 def test_the_strategy_draws_every_kind_of_block() -> None:
