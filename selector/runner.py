@@ -1,8 +1,8 @@
 """Running a network with a choice of algorithms: predict the memory, run, measure, check.
 
 This is what `convplan run` (and the service) call: lower the network, predict its peak with the
-memory model, run it once traced (the measured peak) and then untraced (the time), and compare
-with the independent reference when asked.
+memory model, run it once traced (the measured peak: the first run allocates the arena) and then
+untraced in the same arena (the time), and compare with the independent reference when asked.
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ class RunReport(BaseModel):
     weights_released: bool = Field(description=(
         "Each convolution's original was dropped once prepared (a network the runner loaded "
         "itself); else the caller's network keeps its arrays, and they are not counted."))
+    arena_bytes: int = Field(description=(
+        "The static arena every activation, layout copy and workspace of the run lives in, "
+        "allocated once (counted in full at every step)."))
+    max_live_bytes: int = Field(description=(
+        "The most bytes of the arena's buffers alive at one step: the lower bound of any "
+        "placement."))
     notes: list[str]
     max_abs_error: float | None = Field(description="Set by a check against the reference.")
     max_rel_error: float | None
@@ -251,7 +257,8 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
         peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
         constant_bytes=profile.constant_bytes, input_bytes=profile.input_bytes,
         weight_bytes=profile.weight_bytes, original_weight_bytes=original_bytes,
-        weights_released=program.owns_weights, layers=layers, outputs=outputs, notes=notes,
+        weights_released=program.owns_weights, arena_bytes=profile.arena_bytes,
+        max_live_bytes=profile.max_live_bytes, layers=layers, outputs=outputs, notes=notes,
         max_abs_error=None, max_rel_error=None, reference=None)
     del traced, runs, timed
     if check:

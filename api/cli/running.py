@@ -137,7 +137,8 @@ def _print_run(report: RunReport) -> None:
     console.print(f"time {report.time_s * 1e3:.1f} ms | peak memory: measured "
                   f"{size(report.measured_peak_bytes)}, predicted "
                   f"{size(report.predicted_peak_bytes)} (x{ratio:.3f}, at {report.peak_step}) "
-                  f"| weights {size(report.weight_bytes)} (prepared "
+                  f"| arena {size(report.arena_bytes)} (max live "
+                  f"{size(report.max_live_bytes)}) | weights {size(report.weight_bytes)} (prepared "
                   f"{size(report.prepared_bytes)}, other layers' "
                   f"{size(report.constant_bytes)}), held once"
                   + ("" if report.weights_released else
