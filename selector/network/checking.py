@@ -75,7 +75,8 @@ def check_description(description: NetworkDescription | Mapping[str, Any] | str 
     before shapes are inferred, so the limits hold for them; a reshape whose literal shape
     hard-codes the declared batch is rewritten for the new one when it reshapes each image on
     its own (`batch_reshape`), else refused naming the layer, as is a slice or split of the
-    batch axis. The checked description is the one with the new shapes."""
+    batch axis and a constant holding one value per image of the declared batch. The checked
+    description is the one with the new shapes."""
     if isinstance(description, str | bytes):
         description = parse_description(description, limits)
     else:
@@ -106,8 +107,10 @@ def _tensor_limit(limits: Limits, name: str, shape: Shape, where: str) -> int:
 
 def _for_new_shapes(node: Node, in_shapes: list[Shape], declared: CheckedNetwork
                     ) -> list[int] | None:
-    """What a layer becomes for the new input shapes: a reshape's new literal shape (or None),
-    or a NetworkError for a layer whose attributes hard-code the declared batch."""
+    """What a layer becomes when its input's leading dimension changed: a reshape's new
+    literal shape (or None: unchanged), or a NetworkError for a layer whose attributes
+    hard-code the declared batch (ConstantOfShape, Expand and Tile are folded into such
+    constants at import)."""
     before = [declared.shapes[t] for t in node.inputs]
     if not before or not in_shapes[0] or not before[0] or in_shapes[0][0] == before[0][0]:
         return None
@@ -116,6 +119,12 @@ def _for_new_shapes(node: Node, in_shapes: list[Shape], declared: CheckedNetwork
                              declared.shapes[node.outputs[0]])
     attrs = node.operator.attrs
     rank = len(in_shapes[0])
+    constant = attrs.get("constant_shape")
+    if constant and len(constant) == rank and constant[0] == before[0][0] > 1:
+        raise NetworkError(f"layer {quoted(node.name)}: its constant of shape {list(constant)} "
+                           f"holds one value per image of batch {before[0][0]} and cannot be "
+                           f"used for batch {in_shapes[0][0]}; load the network with its "
+                           "declared batch")
     if node.op == "split":
         axes = [attrs["axis"]]
     elif node.op == "slice":

@@ -80,6 +80,14 @@ def test_a_reshape_that_mixes_the_batch_is_refused_naming_it() -> None:
                      "ends": [1], "axes": [0]}], [1, 8])
     with pytest.raises(NetworkError, match="layer 'first': slice of axis 0"):
         check_description(sliced, input_shapes=InputShapes(batch=3))
+    per_image = _tiny([{"name": "bias", "op": "add", "inputs": ["x"], "constant_shape": [2, 8]}],
+                      [2, 8])
+    with pytest.raises(NetworkError, match=r"layer 'bias': its constant of shape \[2, 8\] holds "
+                                           "one value per image of batch 2"):
+        check_description(per_image, input_shapes=InputShapes(batch=3))
+    shared = _tiny([{"name": "bias", "op": "add", "inputs": ["x"], "constant_shape": [1, 8]}],
+                   [1, 8])
+    assert check_description(shared, input_shapes=InputShapes(batch=3)).shapes["bias"] == (3, 8)
     # a shape change that is not the batch is the reshape's own check
     flat = _tiny([{"name": "flat", "op": "reshape", "inputs": ["x"], "shape": [1, 8]}], [1, 8])
     with pytest.raises(NetworkError, match=r"layer 'flat'.*holds 8 elements"):
