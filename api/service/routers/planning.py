@@ -27,6 +27,10 @@ class PlanOnnxForm(CostOptions):
         None, description="Bytes or a size string (\"24MiB\"); empty: no cap.")
     batch: Annotated[int, Field(ge=1, le=MAX_DIM)] | None = Field(
         None, description="The leading dimension (batch) of every input.")
+    input_shape: Annotated[list[Annotated[str, Field(max_length=256)]],
+                           Field(max_length=64)] = Field(
+        default_factory=list, description="An input's whole shape, NAME=1x3x224x224 (as "
+                                          "`--input-shape`); repeat the field for several.")
 
 
 @router.post("/v1/plan", response_model=Plan, dependencies=[JsonBody])
@@ -43,8 +47,9 @@ async def plan_onnx(form: Annotated[PlanOnnxForm, Form(media_type="multipart/for
                     pool: PoolDep, settings: SettingsDep) -> Plan:
     """As /v1/plan, for an uploaded ONNX file (multipart: `file` and the option fields)."""
     data = await form.file.read()
-    shapes = InputShapes(batch=form.batch) if form.batch is not None else None
-    return await pool.run(work.plan_task, ("onnx", data, shapes),
+    with work.client_errors():
+        shapes = InputShapes.parse(form.input_shape, form.batch)
+    return await pool.run(work.plan_task, ("onnx", data, shapes or None),
                           form.model_dump(exclude={"file"}), settings, pass_deadline=True)
 
 

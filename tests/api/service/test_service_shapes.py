@@ -62,3 +62,10 @@ def test_an_onnx_upload_plans_for_a_batch(client: httpx.Client) -> None:
                        data={"batch": "2", "measure": "false", "threads": "1"})
     assert plan.status_code == 200, plan.text
     assert plan.json()["inputs"] == {"input": [2, 3, 32, 32]}
+    plan = client.post("/v1/plan/onnx", files={"file": ("m.onnx", data)},
+                       data={"input_shape": "input=3x3x32x32", "measure": "false"})
+    assert plan.status_code == 200, plan.text
+    assert plan.json()["inputs"] == {"input": [3, 3, 32, 32]}
+    bad = client.post("/v1/plan/onnx", files={"file": ("m.onnx", data)},
+                      data={"input_shape": "input=3x3xab", "measure": "false"})
+    assert "cannot read" in assert_json_error(bad, 400)["detail"]
