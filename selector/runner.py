@@ -327,8 +327,9 @@ def _check(report: RunReport, network: Network, feeds: dict[str, np.ndarray],
 
     The logits come from one more (untraced) run of a program that also returns them, with
     the run's own prepared weights (the same steps and algorithms: nothing is prepared
-    again); then ``executor`` is closed. Released weights come back first where the
-    reference needs them (a network without a file: exported with its seeded weights)."""
+    again), once ``executor`` is closed (its arena freed). Released weights come back first
+    where the reference needs them (a network without a file: exported with its seeded
+    weights)."""
     from .onnx import inner_tensors, reference_engine, reference_outputs
 
     if network.released and network.source is None:
@@ -342,10 +343,12 @@ def _check(report: RunReport, network: Network, feeds: dict[str, np.ndarray],
     if inner:
         lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                         layouts=layouts, keep=inner)  # type: ignore[arg-type]
+        keeping = Executor(lowered.program, prepared=executor.prepared)
+        executor.close()        # its arena goes before the other program allocates one
         with blas.threads(threads):
-            result = Executor(lowered.program, prepared=executor.prepared).run(feeds)
+            result = keeping.run(feeds)
         ours.update({t: result.outputs[lowered.outputs[t]] for t in inner})
-        del result
+        del result, keeping
     executor.close()
     expected = reference_outputs(network, feeds, threads=threads, extra=inner)
     abs_err, rel_err = 0.0, 0.0
