@@ -60,6 +60,10 @@ def test_the_hard_coded_flatten_of_resnet50_is_rewritten_for_batch_2() -> None:
         assert list(node.operator.attrs["shape"]) == [2, 2048]
         assert network.to_description().inputs[0].shape == [2, 3, 224, 224]
         assert network.shapes[network.outputs[0]] == (2, 1000)
+    report = run_network(zoo.load_network("resnet50", batch=2), threads=1, check=True,
+                         owned=True)
+    assert report.outputs["gpu_0/softmax_1"].shape == (2, 1000)
+    assert report.max_rel_error is not None and report.max_rel_error < 1e-4
     # the description the checked network keeps is the rewritten one
     checked = check_description(declared.description, input_shapes=InputShapes(batch=2))
     layer = next(la for la in checked.description.layers if la.name == flatten.name)
