@@ -33,19 +33,22 @@ class Option:
     output_layout: Layout
     workspace_bytes: int            # predicted: what the memory promise counts
     prepared_bytes: int = 0
+    preparing_bytes: int = 0        # while prepared: its copy and the transient
 
     def priced(self, m: Measurement) -> Candidate:
         """The ILP's candidate, with ``m`` (this option's request, measured or estimated)."""
         return Candidate(self.name, self.algorithm, self.input_layout, self.output_layout,
                          m.time_s, self.workspace_bytes, self.prepared_bytes,
-                         m.workspace_bytes, m.source)
+                         m.workspace_bytes, m.source, self.preparing_bytes)
 
 
 def conv_options(spec: ConvSpec, bias: bool = False) -> list[Option]:
     """Every applicable algorithm of one convolution, in registration order: each fixes the
     layer's input and output layouts."""
     return [Option(ConvRequest(spec, a.name), a.name, a.name, a.input_layout, a.output_layout,
-                   a.workspace_bytes(spec), a.prepared_bytes(spec, bias))
+                   a.workspace_bytes(spec), a.prepared_bytes(spec, bias),
+                   (a.prepared_bytes(spec, bias=False) if a.prepare_copies(spec) else 0)
+                   + a.prepare_extra_bytes(spec))
             for a in registry.applicable(spec)]
 
 

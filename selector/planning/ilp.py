@@ -6,6 +6,8 @@ A tensor takes its producer's output layout; a consumer that needs the other lay
 transform (time, and a copy alive during its step). The peak-memory constraint holds at every
 step: what is live regardless of choices (`fixed_bytes`, from the memory model) + the step's
 workspace + the copies made for it + every layer's prepared weights (they persist) <= cap.
+Before the first step the weights are prepared layer by layer, and that phase is bounded too:
+the layers already prepared + the originals not yet prepared + the layer's copy <= cap.
 
 The formulation (PBQP-style selection linearised for an ILP):
     x[n, j] in {0, 1}, sum_j x[n, j] = 1                      one candidate per layer
@@ -72,6 +74,9 @@ class Candidate:
     prepared_bytes: int = 0
     measured_workspace_bytes: int | None = None
     source: str = "measured"        # or "analytic"
+    #: While this layer's weights are prepared: bytes beyond its original and the layers
+    #: already prepared (the copy being made and the preparation's transient).
+    preparing_bytes: int = 0
 
 
 @dataclass
@@ -88,6 +93,10 @@ class Problem:
     fixed_bytes: dict[str, int]               # per layer step, whatever the choices
     transform_time: dict[tuple[str, Layout], float]   # (tensor, into layout) -> seconds
     transform_workspace_bytes: int = 0
+    #: Layers whose weights are prepared before the run, in program order -> their original
+    #: weights' bytes (held until each is prepared), and what is held beside them throughout.
+    original_bytes: dict[str, int] = field(default_factory=dict)
+    preparing_fixed_bytes: int = 0
 
 
 @dataclass
@@ -209,6 +218,33 @@ def step_bytes_exprs(m: _Model) -> dict[str, Any]:
             for n in p.order}
 
 
+def preparing_bytes(problem: Problem, choice: Mapping[str, int], n: str) -> int:
+    """The term of preparing layer ``n``'s weights (the memory model's preparation phase): the
+    layers before it prepared, it and the later ones still their originals, its copy and
+    transient, and what is held throughout."""
+    layers = list(problem.original_bytes)
+    i = layers.index(n)
+    return (problem.preparing_fixed_bytes
+            + sum(problem.candidates[k][choice[k]].prepared_bytes for k in layers[:i])
+            + sum(problem.original_bytes[k] for k in layers[i:])
+            + problem.candidates[n][choice[n]].preparing_bytes)
+
+
+def preparing_exprs(m: _Model) -> dict[str, Any]:
+    """`preparing_bytes` of every prepared layer as an expression, keyed ``preparing <n>``."""
+    p, x = m.problem, m.x
+    layers = list(p.original_bytes)
+    out = {}
+    for i, n in enumerate(layers):
+        out[f"preparing {n}"] = (
+            p.preparing_fixed_bytes + sum(p.original_bytes[k] for k in layers[i:])
+            + pulp.lpSum(c.prepared_bytes * x[k, j] for k in layers[:i]
+                         for j, c in enumerate(p.candidates[k]) if c.prepared_bytes)
+            + pulp.lpSum(c.preparing_bytes * x[n, j] for j, c in enumerate(p.candidates[n])
+                         if c.preparing_bytes))
+    return out
+
+
 def cap_rows(m: _Model, steps: Mapping[str, Any], cap: int) -> None:
     """step bytes <= cap at every step (`brute_force`'s ``peak <= cap``)."""
     for expression in steps.values():
@@ -245,6 +281,8 @@ def evaluate(problem: Problem, choice: Mapping[str, int]) -> tuple[float, int, b
     for n in problem.order:
         total += step_time(problem, choice, n)
         peak = max(peak, step_bytes(problem, choice, n, prepared))
+    for n in problem.original_bytes:
+        peak = max(peak, preparing_bytes(problem, choice, n))
     return total, peak, outputs_in_network_layout(problem, choice)
 
 
@@ -271,7 +309,7 @@ def _model(problem: Problem, cap: int | None, minimise: str) -> _Model:
     one_candidate_rows(m)
     copy_rows(m)
     output_rows(m)
-    steps = step_bytes_exprs(m)
+    steps = {**step_bytes_exprs(m), **preparing_exprs(m)}
     total_time = time_expr(m)
     if cap is not None:
         cap_rows(m, steps, cap)

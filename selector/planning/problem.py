@@ -28,7 +28,7 @@ from convplan.selector.memory import (
     predict,
     tensor_bytes,
 )
-from convplan.selector.network import Network
+from convplan.selector.network import Network, Node
 
 from .candidates import enumerate_candidates
 from .ilp import Problem, Solution, minimum_peak
@@ -42,8 +42,9 @@ CostFunction = Callable[[list[CostRequest]], Mapping[tuple[str, str, str], Measu
 
 @dataclass
 class Predictions:
-    """The memory model's profile of each runnable assignment of ``network``: lowered (strict)
-    and predicted the first time it is asked for, remembered after."""
+    """The memory model's profile of each runnable assignment of ``network``, as a run that
+    owns the network's weights holds them: lowered (strict) and predicted the first time it is
+    asked for, remembered after."""
 
     network: Network
     _seen: dict[tuple, MemoryProfile] = field(default_factory=dict, repr=False)
@@ -53,6 +54,10 @@ class Predictions:
         key = (tuple(sorted(algorithms.items())), tuple(sorted(layouts.items())))
         if key not in self._seen:
             lowered = lower(self.network, algorithms, layouts=layouts, strict=True)
+            # A plan promises the run that loads the network itself (convplan run, /v1/run):
+            # it holds each layer's original until that layer is prepared, more than a run
+            # of a caller's network, whose originals are the caller's.
+            lowered.program.owns_weights = True
             self._seen[key] = predict(lowered.program)
         return self._seen[key]
 
@@ -98,17 +103,34 @@ def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dic
     """Per layer step, the bytes live whatever the plan chooses: activations (the layer's output
     included), the caller's inputs and the executor's allowance for the most steps a plan can
     have. Measured on the program where every layer runs in NCHW (no copies, no workspace)."""
-    profile = (predictions or Predictions(network)).profile(
-        {n.name: "direct" for n in network.conv_nodes},
-        {n.name: "NCHW" for n in network.nodes if n.op != "conv"})
+    predictions = predictions or Predictions(network)
+    profile = predictions.profile(*_all_nchw(network))
+    held = (held_throughout(network, predictions)
+            + beyond_live_bytes(network, profile.output_bytes, most_steps(network)))
+    return {s.name: s.activation_bytes + held for s in profile.steps if s.kind != "transform"}
+
+
+def most_steps(network: Network) -> int:
+    """The most steps a plan of ``network`` can lower to: every layer, a copy per 4-D input
+    edge, and one per output."""
     edges = sum(1 for n in network.nodes for t in dict.fromkeys(n.inputs)
                 if len(network.shapes[t]) == 4)
-    most_steps = len(network.nodes) + edges + len(network.outputs)
-    allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps
-    held = (profile.input_bytes + profile.constant_bytes + allowance    # constants: gemm, bn...
-            + beyond_live_bytes(network, profile.output_bytes, most_steps))
-    return {s.name: s.activation_bytes + held
-            for s in profile.steps if s.kind != "transform"}
+    return len(network.nodes) + edges + len(network.outputs)
+
+
+def _all_nchw(network: Network) -> tuple[dict[str, str], dict[str, Layout]]:
+    """The assignment every layer of which runs in NCHW (no copies, no workspace)."""
+    return ({n.name: "direct" for n in network.conv_nodes},
+            {n.name: "NCHW" for n in network.nodes if n.op != "conv"})
+
+
+def held_throughout(network: Network, predictions: Predictions | None = None) -> int:
+    """What every plan of ``network`` holds from its preparation to its last step: the
+    caller's inputs, the other layers' constants (gemm, batch-norm ...) and the executor's
+    allowance for the most steps a plan can have."""
+    profile = (predictions or Predictions(network)).profile(*_all_nchw(network))
+    allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps(network)
+    return profile.input_bytes + profile.constant_bytes + allowance
 
 
 def beyond_live_bytes(network: Network, output_bytes: int, most_steps: int) -> int:
@@ -163,8 +185,17 @@ def build_problem(network: Network, costs: CostFunction) -> PlanContext:
         four_d={t for t, s in network.shapes.items() if len(s) == 4},
         outputs=list(network.outputs), candidates=candidates,
         fixed_bytes=fixed_bytes(network, predictions), transform_time=transform_time,
-        transform_workspace_bytes=_transform_workspace())
+        transform_workspace_bytes=_transform_workspace(),
+        original_bytes={n.name: original_bytes(network, n) for n in network.conv_nodes},
+        preparing_fixed_bytes=held_throughout(network, predictions))
     return PlanContext(network, problem, sources, predictions)
+
+
+def original_bytes(network: Network, node: Node) -> int:
+    """A convolution's original weights and bias as the network holds them (float32)."""
+    spec = network.conv_spec(node)
+    m, cg, kh, kw = spec.weight_shape
+    return (m * cg * kh * kw + (m if "bias" in node.weights else 0)) * spec.itemsize
 
 
 def _transform_workspace() -> int:

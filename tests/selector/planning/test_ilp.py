@@ -44,7 +44,8 @@ def problems(draw, max_nodes: int = 6, chain: bool = False, prepared: bool = Tru
                 output_layout=draw(st.sampled_from(["NCHW", "NHWC"])),
                 time_s=draw(st.floats(0.001, 1.0)),
                 workspace_bytes=draw(st.integers(0, 1000)),
-                prepared_bytes=draw(st.integers(0, 300)) if prepared else 0))
+                prepared_bytes=draw(st.integers(0, 300)) if prepared else 0,
+                preparing_bytes=draw(st.integers(0, 600)) if prepared else 0))
         candidates[node] = options
         fixed[node] = draw(st.integers(0, 2000))
     sizes = {t: draw(st.integers(1, 500)) for t in tensors}
@@ -52,8 +53,12 @@ def problems(draw, max_nodes: int = 6, chain: bool = False, prepared: bool = Tru
     transform_time = {(t, layout): draw(st.floats(0.0, 0.5)) for t in tensors
                       for layout in ("NCHW", "NHWC")}
     outputs = [tensors[-1]] if draw(st.booleans()) else []
+    # some layers' weights are prepared before the run (a phase the caps bound too)
+    originals = {node: draw(st.integers(0, 300)) for node in order
+                 if prepared and draw(st.booleans())}
     return Problem(order, inputs_of, producer, sizes, four_d, outputs, candidates, fixed,
-                   transform_time, draw(st.integers(0, 50)))
+                   transform_time, draw(st.integers(0, 50)), originals,
+                   draw(st.integers(0, 1500)) if originals else 0)
 
 
 def _feasible_peaks(problem: Problem) -> list[int]:

@@ -51,8 +51,10 @@ def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 def test_the_plan_dumps_the_pinned_document_key_for_key() -> None:
     network = zoo.builtin("alexnet")
-    problem = build_problem(network, estimated).problem
-    cap = (minimum_peak(problem).peak_bytes + solve(problem).peak_bytes) // 2
+    context = build_problem(network, estimated)
+    # between the memory model's lowest and fastest peaks (preparation included)
+    cap = (context.predicted_peak(minimum_peak(context.problem).choice)
+           + context.predicted_peak(solve(context.problem).choice)) // 2
     plan = make_plan(network, estimated, cap, machine={"cpu": "test"}, threads=1)
     assert isinstance(plan, Plan)
     ours = list(leaves(plan.model_dump(mode="json")))
