@@ -198,11 +198,13 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
                 assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
                 layouts: Mapping[str, str] | None = None, strict: bool = False,
                 threads: int | None = None, repeat: int = 1, check: bool = False,
-                made_for: str | None = None, owned: bool = False) -> RunReport:
+                made_for: str | None = None, made_for_inputs: Mapping[str, Any] | None = None,
+                owned: bool = False) -> RunReport:
     """Run ``network`` once traced (memory) and ``repeat`` times untraced (time: the median).
 
     ``assignment`` (layer -> algorithm; ``strict`` for plans, checked with `check_plan`, made
-    for the network named ``made_for`` if given) or one ``algorithm`` for every convolution;
+    for the network named ``made_for`` and the input shapes ``made_for_inputs`` if given) or one
+    ``algorithm`` for every convolution;
     neither: the default per layer. ``layouts``: the layout each other layer runs in (a
     plan's choice). ``check`` compares with the reference.
 
@@ -215,7 +217,7 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     if strict and assignment is not None:
         from .planning import check_plan
 
-        check_plan(network, assignment, layouts, made_for=made_for)
+        check_plan(network, assignment, layouts, made_for=made_for, inputs=made_for_inputs)
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
     lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                     layouts=layouts)  # type: ignore[arg-type]
@@ -288,7 +290,7 @@ def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | Non
         threads = min(spec.threads, os.cpu_count() or 1)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
                        strict=True, threads=threads, repeat=repeat, check=check,
-                       made_for=spec.network, owned=owned)
+                       made_for=spec.network, made_for_inputs=spec.inputs, owned=owned)
 
 
 def softmax_inputs(network: Network) -> dict[str, str]:

@@ -151,3 +151,21 @@ def test_the_limits_refuse_a_huge_batch_before_anything_is_made(model: str) -> N
     with pytest.raises(LimitError, match=r"\[1000000, 3, (224|32)"):
         zoo.load_network(model, Limits.of_this_machine(), batch=10**6)
     assert time.perf_counter() - started < 5.0
+
+
+def test_run_plan_refuses_a_plan_made_for_other_shapes() -> None:
+    """`run_plan` itself holds a plan to the input shapes it records, as the CLI and the
+    service do before it."""
+    from convplan.profiles.profiler import Profiler
+    from convplan.selector.network import zoo
+    from convplan.selector.planning import PlanError, make_plan
+    from convplan.selector.runner import run_plan
+
+    def estimated(requests):
+        return Profiler(None, threads=1).costs(requests, measure_missing=False)
+
+    one = zoo.load_network("onnx:squeezenet")
+    plan = make_plan(one, estimated, None, machine={}, threads=1, with_baselines=False)
+    two = zoo.load_network("onnx:squeezenet", batch=2)
+    with pytest.raises(PlanError, match="the plan was made for inputs"):
+        run_plan(two, plan, threads=1)
