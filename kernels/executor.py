@@ -257,7 +257,7 @@ class Executor:
             if key in steps[i].outputs:
                 outs[i][steps[i].outputs.index(key)] = view
             else:
-                workspaces[i][key.split("#", 1)[1]] = view
+                workspaces[i][key.rsplit("#", 1)[1]] = view
         self._arena, self._outs, self._workspaces = raw, outs, workspaces
 
     def prepare(self) -> int:

@@ -96,16 +96,23 @@ def lower(network: Network, assignment: Mapping[str, str] | None = None, *,
     chosen: dict[str, str] = {}
     notes: list[str] = []
 
+    copies: dict[tuple[str, Layout, str], str] = {}
+
     def in_layout(tensor: str, layout: Layout, step: str) -> str:
         """``tensor`` stored in ``layout``: itself, or a copy made for ``step`` alone."""
         if not needs_copy(len(shapes[tensor]) == 4, layout_of[tensor], layout):
             return tensor
+        key = (tensor, layout, step)
+        if key in copies:           # a step reading one tensor twice makes one copy
+            return copies[key]
         copy = f"{tensor}@{layout}>{step}"
-        if copy not in shapes:      # a step reading one tensor twice makes one copy
-            steps.append(Step(name=copy, kind="transform", inputs=[tensor], outputs=[copy],
-                              layout=layout, src_layout=layout_of[tensor]))
-            shapes[copy] = shapes[tensor]
-            layout_of[copy] = layout
+        while copy in shapes:       # a network's own tensor (or another copy) has that name
+            copy += "'"
+        steps.append(Step(name=copy, kind="transform", inputs=[tensor], outputs=[copy],
+                          layout=layout, src_layout=layout_of[tensor]))
+        shapes[copy] = shapes[tensor]
+        layout_of[copy] = layout
+        copies[key] = copy
         return copy
 
     for node in network.nodes:

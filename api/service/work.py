@@ -118,10 +118,11 @@ def limits(settings: ServiceSettings) -> Limits:
                   max_weight_bytes=weights, max_total_bytes=tensor + weights)
 
 
-def load(source: Source, settings: ServiceSettings) -> Network:
+def load(source: Source, settings: ServiceSettings, *, owned: bool = False) -> Network:
     """The network a request names, for the shapes it asks for; never a path on the server
     (names are built-ins only). Descriptions and ONNX files are checked against the limits
-    (for those shapes) before weights exist."""
+    (for those shapes) before weights exist. ``owned``: the request's run will drop the
+    weights, so a built-in ONNX model is imported for it alone, not shared with the cache."""
     kind, value, *rest = source
     shapes = rest[0] if rest else None
     bounds = limits(settings)
@@ -134,7 +135,7 @@ def load(source: Source, settings: ServiceSettings) -> Network:
                                    "object)")
             if shapes:
                 return zoo.load_network(value, bounds, input_shapes=shapes)
-            return zoo.check_limits(zoo.builtin(value), bounds)
+            return zoo.check_limits(zoo.builtin(value, fresh=owned), bounds)
         if kind == "description":
             assert isinstance(value, dict)
             return zoo.description_network(value, bounds, shapes)
@@ -241,7 +242,7 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
     A ``deadline`` bounds planning first to half the time left (the run itself cannot stop
     early: the pool kills it at the deadline)."""
     with client_errors():
-        network = load(source, settings)
+        network = load(source, settings, owned=True)
         plan = body.get("plan")
         if plan is not None:        # made for this network and the shapes it is loaded for
             spec = plan_spec(plan)

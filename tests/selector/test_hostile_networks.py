@@ -141,3 +141,27 @@ def test_the_memory_model_counts_what_numpy_allocates_behind_the_scenes(case) ->
                                         "layers": layers})
     report = run_network(network, _inputs(network, 0), threads=1)
     assert report.measured_peak_bytes <= report.predicted_peak_bytes
+
+
+def test_names_that_look_like_the_lowering_s_own_are_still_read_right() -> None:
+    """A layer named as lowering names a layout copy (``x@NHWC>c``), and one with a ``#`` as
+    the arena names workspaces: the program reads what the network says, under every
+    algorithm (im2row copies ``x`` into NHWC for ``c``)."""
+    description = {
+        "name": "lookalikes", "seed": 0, "inputs": [{"name": "x", "shape": [1, 8, 8, 8]}],
+        "layers": [
+            {"name": "x@NHWC>c", "op": "relu", "inputs": ["x"]},
+            {"name": "c", "op": "conv", "inputs": ["x"], "out_channels": 8, "kernel": 3,
+             "padding": 1},
+            {"name": "block#1", "op": "conv", "inputs": ["x@NHWC>c"], "out_channels": 8,
+             "kernel": 3, "padding": 1},
+        ],
+        "outputs": ["c", "block#1"]}
+    network = Network.from_description(description)
+    x = {"x": np.random.default_rng(0).standard_normal((1, 8, 8, 8)).astype(np.float32)}
+    want = run_network(network, x, algorithm="direct", threads=1).outputs
+    for algorithm in ("im2row", "im2col", "kn2row"):
+        got = run_network(network, x, algorithm=algorithm, threads=1).outputs
+        for name in ("c", "block#1"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{algorithm}: {name}")
