@@ -66,7 +66,7 @@ def test_the_strategy_draws_every_kind_of_block() -> None:
     ops: set[str] = set()
     grouped = depthwise = strided = False
 
-    @settings(max_examples=80, database=None)
+    @settings(max_examples=120, database=None, derandomize=True)   # the same draws every run
     @given(network_descriptions())
     def collect(description) -> None:
         nonlocal grouped, depthwise, strided
