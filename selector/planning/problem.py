@@ -22,6 +22,7 @@ from convplan.selector.lowering import lower
 from convplan.selector.memory import (
     EXECUTOR_BYTES,
     EXECUTOR_BYTES_PER_STEP,
+    PREPARED_OBJECT_BYTES,
     SLOT_BYTES_PER_STEP,
     MemoryProfile,
     array_overhead_bytes,
@@ -129,7 +130,8 @@ def held_throughout(network: Network, predictions: Predictions | None = None) ->
     caller's inputs, the other layers' constants (gemm, batch-norm ...) and the executor's
     allowance for the most steps a plan can have."""
     profile = (predictions or Predictions(network)).profile(*_all_nchw(network))
-    allowance = EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps(network)
+    allowance = (EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * most_steps(network)
+                 + PREPARED_OBJECT_BYTES * len(network.conv_nodes))
     return profile.input_bytes + profile.constant_bytes + allowance
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from convplan.kernels import registry
 from convplan.kernels.arena import ALIGNMENT
@@ -11,6 +12,7 @@ from convplan.selector.lowering import lower
 from convplan.selector.memory import (
     EXECUTOR_BYTES,
     EXECUTOR_BYTES_PER_STEP,
+    PREPARED_OBJECT_BYTES,
     SLOT_BYTES_PER_STEP,
     array_overhead_bytes,
     predict,
@@ -117,7 +119,8 @@ def test_a_step_holds_the_weights_the_whole_arena_and_the_outputs_made_so_far() 
         MB + patches, MB + patches, MB)
     views = A + 2 * array_overhead_bytes((4, 3, 3, 32, 32)) + 2 * SLOT_BYTES_PER_STEP
     arena = MB + patches + ALIGNMENT + views
-    fixed = prepared + MB + EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * 2
+    fixed = (prepared + MB + EXECUTOR_BYTES + EXECUTOR_BYTES_PER_STEP * 2
+             + 2 * PREPARED_OBJECT_BYTES)
     overhead = run_overhead_bytes(4)
     step_a, step_b = profile.steps
     assert step_a.total_bytes == fixed + arena + A + overhead
@@ -272,3 +275,16 @@ def test_a_run_after_the_first_allocates_only_its_outputs_and_allowances() -> No
     assert second is not first and not np.shares_memory(first, second)
     traced = executor.run(x, trace=True).measured_peak_bytes
     assert traced <= profile.peak_bytes <= traced + 96 * 1024
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct", "winograd-2x2-3x3"])
+@pytest.mark.parametrize("owned", [False, True])
+def test_hundreds_of_layers_keep_measured_under_predicted(algorithm: str, owned: bool) -> None:
+    """400 tiny convolutions: what each prepared layer keeps beyond its weights' data (its
+    record, views and table slot) adds up past the fixed allowances unless it is counted."""
+    layers = [conv("c0", "x")] + [conv(f"c{i}", f"c{i - 1}") for i in range(1, 400)]
+    net = Network.from_description({"inputs": [{"name": "x", "shape": [1, 4, 4, 4]}],
+                                    "layers": layers, "seed": 0})
+    report = run_network(net, {"x": np.ones((1, 4, 4, 4), np.float32)}, threads=1,
+                         algorithm=algorithm, owned=owned)
+    assert report.measured_peak_bytes <= report.predicted_peak_bytes
