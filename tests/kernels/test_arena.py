@@ -25,9 +25,10 @@ from convplan.kernels.base import TAP_TABLE_BYTES, run_overhead_bytes
 from convplan.kernels.executor import Program
 from convplan.selector.lowering import lower
 from convplan.selector.memory import array_overhead_bytes, predict, tensor_bytes
-from convplan.selector.network import Network, zoo
+from convplan.selector.network import zoo
+from tests.support.networks import SMALL_INPUT, conv, small_network
 
-X = [1, 4, 32, 32]
+X = SMALL_INPUT
 MB = 4 * 32 * 32 * 4          # one (1, 4, 32, 32) float32 tensor, a multiple of ALIGNMENT
 
 
@@ -167,14 +168,6 @@ def test_check_layout_sweeps_thousands_of_buffers() -> None:
 
 
 # -- buffers of lowered programs -------------------------------------------------------------
-def network(*layers: dict, outputs=None) -> Network:
-    return Network.from_description({"inputs": [{"name": "x", "shape": X}],
-                                     "layers": list(layers), "outputs": outputs})
-
-
-def conv(name: str, source: str, **attrs) -> dict:
-    return {"name": name, "op": "conv", "inputs": [source], "out_channels": 4, "kernel": 3,
-            "padding": 1, **attrs}
 
 
 def tensors(program: Program) -> dict[str, tuple[int, int]]:
@@ -183,7 +176,7 @@ def tensors(program: Program) -> dict[str, tuple[int, int]]:
 
 
 def test_an_in_place_output_shares_its_input_buffer_until_its_last_use() -> None:
-    program = lower(network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
+    program = lower(small_network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
                             conv("b", "r")), algorithm="im2col").program
     assert [s.inplace for s in program.steps] == [False, True, False]
     assert tensors(program) == {"a": (0, 2)}          # r writes over a; b is the output
@@ -191,7 +184,7 @@ def test_an_in_place_output_shares_its_input_buffer_until_its_last_use() -> None
 
 
 def test_a_view_keeps_its_buffer_alive() -> None:
-    program = lower(network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
+    program = lower(small_network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
                             {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 8}),
                     algorithm="im2col").program
     assert tensors(program) == {"a": (0, 2)}
@@ -201,16 +194,16 @@ def test_a_view_keeps_its_buffer_alive() -> None:
 def test_a_buffer_an_output_views_is_outside_the_arena() -> None:
     """The caller keeps the output, so the buffer it views is allocated per run; a view of the
     network input is the caller's own array."""
-    program = lower(network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]}),
+    program = lower(small_network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]}),
                     algorithm="im2col").program
     assert tensors(program) == {}
     assert output_bytes(program) == MB
-    program = lower(network({"name": "f", "op": "flatten", "inputs": ["x"]})).program
+    program = lower(small_network({"name": "f", "op": "flatten", "inputs": ["x"]})).program
     assert buffers(program) == [] and output_bytes(program) == 0
 
 
 def test_layout_copies_are_buffers_of_their_transform_step() -> None:
-    program = lower(network(conv("a", "x"), conv("b", "a")),
+    program = lower(small_network(conv("a", "x"), conv("b", "a")),
                     algorithm="kn2row-aa-nhwc").program
     assert [s.name for s in program.steps] == ["x@NHWC>a", "a", "b", "b@NCHW>output"]
     assert tensors(program) == {"x@NHWC>a": (0, 1), "a": (1, 2), "b": (2, 3)}
@@ -220,7 +213,7 @@ def test_layout_copies_are_buffers_of_their_transform_step() -> None:
 def test_workspaces_are_the_declared_shapes_of_their_step_only() -> None:
     """One buffer per named shape, of convolutions and operators alike, and the operators'
     buffers are their whole temporary bytes (`workspace_bytes` less the allowance)."""
-    program = lower(network(conv("a", "x"), {"name": "p", "op": "avgpool", "inputs": ["a"],
+    program = lower(small_network(conv("a", "x"), {"name": "p", "op": "avgpool", "inputs": ["a"],
                                              "kernel": 3, "stride": 1, "padding": 1},
                             {"name": "s", "op": "softmax", "inputs": ["p"]}),
                     algorithm="im2col").program
@@ -238,7 +231,7 @@ def test_workspaces_are_the_declared_shapes_of_their_step_only() -> None:
 
 
 def test_a_buffer_never_released_lives_to_the_end() -> None:
-    program = lower(network(conv("a", "x"), conv("b", "a"), conv("c", "b")),
+    program = lower(small_network(conv("a", "x"), conv("b", "a"), conv("c", "b")),
                     algorithm="im2col").program
     assert tensors(program) == {"a": (0, 1), "b": (1, 2)}
     for step in program.steps:
@@ -247,7 +240,7 @@ def test_a_buffer_never_released_lives_to_the_end() -> None:
 
 
 def test_a_tensor_named_like_a_workspace_is_refused() -> None:
-    program = lower(network(conv("a", "x"), {"name": "a#patches", "op": "relu",
+    program = lower(small_network(conv("a", "x"), {"name": "a#patches", "op": "relu",
                                              "inputs": ["a"]}, conv("b", "a")),
                     algorithm="im2col").program
     with pytest.raises(ValueError, match="two arena buffers are named 'a#patches'"):

@@ -19,21 +19,14 @@ from convplan.selector.memory import (
 )
 from convplan.selector.network import Network
 from convplan.selector.runner import run_network
+from tests.support.networks import SMALL_INPUT, conv, small_network
 
-X = [1, 4, 32, 32]
+X = SMALL_INPUT
 MB = 4 * 32 * 32 * 4          # one (1, 4, 32, 32) float32 tensor
 A = array_overhead_bytes(tuple(X))  # its array object, also paid by a view or in-place output
 T = MB + A
 
 
-def network(*layers: dict, outputs=None) -> Network:
-    return Network.from_description({"inputs": [{"name": "x", "shape": X}],
-                                     "layers": list(layers), "outputs": outputs})
-
-
-def conv(name: str, source: str, **attrs) -> dict:
-    return {"name": name, "op": "conv", "inputs": [source], "out_channels": 4, "kernel": 3,
-            "padding": 1, **attrs}
 
 
 def activations(net: Network, **kw) -> dict[str, int]:
@@ -42,35 +35,35 @@ def activations(net: Network, **kw) -> dict[str, int]:
 
 
 def test_a_chain_holds_two_tensors_at_a_time() -> None:
-    net = network(conv("a", "x"), conv("b", "a"), conv("c", "b"))
+    net = small_network(conv("a", "x"), conv("b", "a"), conv("c", "b"))
     assert activations(net, algorithm="im2col") == {"a": T, "b": 2 * T, "c": 2 * T}
 
 
 def test_a_skip_connection_keeps_its_source_alive() -> None:
-    net = network(conv("a", "x"), conv("b", "a"), conv("c", "b"),
+    net = small_network(conv("a", "x"), conv("b", "a"), conv("c", "b"),
                   {"name": "s", "op": "add", "inputs": ["a", "c"]})
     live = activations(net, algorithm="im2col")
     assert live == {"a": T, "b": 2 * T, "c": 3 * T, "s": 2 * T + A}   # s overwrites a
 
 
 def test_in_place_only_at_the_last_use() -> None:
-    net = network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
+    net = small_network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
                   conv("b", "r"))
     steps = lower(net, algorithm="im2col").program.steps
     assert [s.inplace for s in steps] == [False, True, False]
     assert activations(net, algorithm="im2col") == {"a": T, "r": T + A, "b": 2 * T}
     # a is needed after the relu: the relu must not overwrite it
-    net = network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
+    net = small_network(conv("a", "x"), {"name": "r", "op": "relu", "inputs": ["a"]},
                   {"name": "s", "op": "add", "inputs": ["a", "r"]})
     steps = lower(net, algorithm="im2col").program.steps
     assert [s.inplace for s in steps] == [False, False, True]
     # the network input belongs to the caller: never overwritten
-    net = network({"name": "r", "op": "relu", "inputs": ["x"]})
+    net = small_network({"name": "r", "op": "relu", "inputs": ["x"]})
     assert not lower(net).program.steps[0].inplace
 
 
 def test_views_cost_nothing_and_keep_their_buffer() -> None:
-    net = network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
+    net = small_network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
                   {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 8})
     live = activations(net, algorithm="im2col")
     a2 = array_overhead_bytes((1, 4 * 32 * 32))
@@ -79,7 +72,7 @@ def test_views_cost_nothing_and_keep_their_buffer() -> None:
 
 
 def test_layout_transforms_are_steps_with_their_own_copy() -> None:
-    net = network(conv("a", "x"), conv("b", "a"))
+    net = small_network(conv("a", "x"), conv("b", "a"))
     program = lower(net, algorithm="kn2row-aa-nhwc").program
     assert [s.name for s in program.steps] == ["x@NHWC>a", "a", "b", "b@NCHW>output"]
     live = {s.name: s.activation_bytes for s in predict(program).steps}
@@ -88,7 +81,7 @@ def test_layout_transforms_are_steps_with_their_own_copy() -> None:
 
 def test_a_copy_lives_for_its_consumer_step_only() -> None:
     """Two NHWC consumers of an NCHW tensor: each makes its own copy, dropped right after."""
-    net = network(conv("a", "x"), conv("b", "a"), conv("c", "a"),
+    net = small_network(conv("a", "x"), conv("b", "a"), conv("c", "a"),
                   {"name": "s", "op": "add", "inputs": ["b", "c"]})
     program = lower(net, {"a": "im2col", "b": "im2row", "c": "im2row"},
                     layouts={"s": "NCHW"}).program
@@ -105,7 +98,7 @@ def test_a_step_holds_the_weights_the_whole_arena_and_the_outputs_made_so_far() 
     """Counted by hand: the arena (a, and each step's im2col patches) is allocated once, so
     every step holds all of it, with one view of it per buffer a step writes into; b, the
     output, is a buffer of its own, made at its step."""
-    net = network(conv("a", "x"), conv("b", "a", bias=False))
+    net = small_network(conv("a", "x"), conv("b", "a", bias=False))
     lowered = lower(net, algorithm="im2col")
     profile = predict(lowered.program)
     im2col = registry.get("im2col")
@@ -134,7 +127,7 @@ def test_the_arena_is_its_placement_not_the_live_sum_of_the_step() -> None:
     every step: the peak is the arena's, though no one step has that much alive."""
     layers = [conv("c0", "x", out_channels=32), conv("c1", "c0", out_channels=4),
               conv("c2", "c1"), conv("c3", "c2")]
-    profile = predict(lower(network(*layers), algorithm="kn2row").program)
+    profile = predict(lower(small_network(*layers), algorithm="kn2row").program)
     totals = [s.total_bytes for s in profile.steps]     # four kn2row steps: one allowance
     assert profile.arena_bytes == profile.max_live_bytes > 8 * MB
     assert profile.steps[-1].activation_bytes < 3 * T
@@ -229,7 +222,7 @@ def test_preparing_is_predicted_layer_by_layer() -> None:
 def test_other_layers_weights_count_once_each() -> None:
     """A gemm's weights and a constant count at every step; two layers holding one buffer
     count it once."""
-    net = network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
+    net = small_network(conv("a", "x"), {"name": "f", "op": "flatten", "inputs": ["a"]},
                   {"name": "g", "op": "gemm", "inputs": ["f"], "out_features": 8},
                   {"name": "m", "op": "mul", "inputs": ["g"], "constant_shape": [8]},
                   {"name": "n", "op": "mul", "inputs": ["m"], "constant_shape": [8]})

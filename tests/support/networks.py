@@ -89,3 +89,22 @@ def network_descriptions(draw, max_blocks: int = 6, max_side: int = 20) -> dict[
         x = add("softmax", [x], axis=1)
     return {"name": "random", "seed": draw(st.integers(0, 2**31)),
             "inputs": [{"name": "x", "shape": [n, c0, h0, w0]}], "layers": layers}
+
+
+# -- small hand-written networks --------------------------------------------------------------
+#: The input of `small_network`: four channels of 32 x 32.
+SMALL_INPUT = [1, 4, 32, 32]
+
+
+def small_network(*layers: dict, outputs: list[str] | None = None):
+    """A network of ``layers`` on one ``x`` of shape `SMALL_INPUT` (seeded weights)."""
+    from convplan.selector.network import Network
+
+    return Network.from_description({"inputs": [{"name": "x", "shape": SMALL_INPUT}],
+                                     "layers": list(layers), "outputs": outputs})
+
+
+def conv(name: str, source: str, **attrs: Any) -> dict:
+    """A 3x3, padding-1 convolution layer to four channels, reading ``source``."""
+    return {"name": name, "op": "conv", "inputs": [source], "out_channels": 4, "kernel": 3,
+            "padding": 1, **attrs}
