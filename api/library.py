@@ -31,19 +31,20 @@ def _network(network: Network | str | Path, batch: int | None = None,
 
 
 def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
-         threads: int | None = None, solver: str = "cbc", time_limit_s: float = 60.0,
-         measure: bool = True, budget_s: float = 0.3, db: str | Path | None = None,
-         batch: int | None = None, input_shapes: ShapesGiven = None) -> Plan:
-    """The fastest plan whose predicted peak fits ``memory_cap`` (bytes, or ``"24MiB"``), for
-    the network's input shapes (a name or path loaded for ``batch`` / ``input_shapes``):
-    costs measured on this machine where the cost store (``db``, default ``$CONVPLAN_DB`` or
-    the user cache) lacks them, or estimated with ``measure=False``. The `Plan` (its
-    ``model_dump(mode="json")`` is what `convplan plan --out` writes); an infeasible cap is
-    a `PlanningError` naming the lowest achievable peak; a bad option a ValueError saying
-    which."""
-    request = PlanRequest(cap=memory_cap, threads=threads, solver=solver,
-                          time_limit_s=time_limit_s, measure=measure, budget_s=budget_s,
-                          db=str(db) if db is not None else None)
+         arena_cap: int | str | None = None, threads: int | None = None, solver: str = "cbc",
+         time_limit_s: float = 60.0, measure: bool = True, budget_s: float = 0.3,
+         db: str | Path | None = None, batch: int | None = None,
+         input_shapes: ShapesGiven = None) -> Plan:
+    """The fastest plan whose predicted peak fits ``memory_cap`` (bytes, or ``"24MiB"``) and
+    whose arena fits ``arena_cap``, for the network's input shapes (a name or path loaded for
+    ``batch`` / ``input_shapes``): costs measured on this machine where the cost store
+    (``db``, default ``$CONVPLAN_DB`` or the user cache) lacks them, or estimated with
+    ``measure=False``. The `Plan` (its ``model_dump(mode="json")`` is what `convplan plan
+    --out` writes); an infeasible cap is a `PlanningError` naming the lowest achievable value
+    of that cap; a bad option a ValueError saying which."""
+    request = PlanRequest(cap=memory_cap, arena_cap=arena_cap, threads=threads,
+                          solver=solver, time_limit_s=time_limit_s, measure=measure,
+                          budget_s=budget_s, db=str(db) if db is not None else None)
     return plan_network(_network(network, batch, input_shapes), request)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from convplan.api.cli.common import (
+    ArenaCap,
     Batch,
     Budget,
     ConnectTimeout,
@@ -59,9 +60,10 @@ def batch(
         callback=seconds_checked)] = 3600.0,
     batch_size: Batch = None,
     input_shape: InputShape = None,
+    arena_cap: ArenaCap = None,
 ) -> None:
-    """Plan every network under one memory cap; one plan file each (written as soon as that
-    network is planned), and a summary."""
+    """Plan every network under one memory cap (and arena cap, if given); one plan file each
+    (written as soon as that network is planned), and a summary."""
     from convplan.api.batch import (
         BatchError,
         collect_inputs,
@@ -79,8 +81,8 @@ def batch(
     # a --scheduler's workers may be other machines, with other core counts
     check_threads(threads, this_machine=scheduler is None)   # (the durations: by declaration)
     try:
-        request = PlanRequest(cap=memory_cap, threads=threads, solver=solver,
-                              time_limit_s=time_limit, measure=not no_profile,
+        request = PlanRequest(cap=memory_cap, arena_cap=arena_cap, threads=threads,
+                              solver=solver, time_limit_s=time_limit, measure=not no_profile,
                               budget_s=budget_seconds, db=str(db) if db is not None else None)
         inputs = collect_inputs(paths)
         shapes = InputShapes.parse(input_shape or (), batch_size)   # each network's, there

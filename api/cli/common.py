@@ -325,6 +325,9 @@ Model = Annotated[str, typer.Argument(
     help="A built-in network (convplan networks), a .json description or an .onnx file.",
     show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ArenaCap = Annotated[str | None, typer.Option(
+    "--arena-cap", help="Cap of the arena alone (activations, copies, workspaces: the RAM "
+                        "buffer a deployer sizes): bytes, or with kB/MB/GB/KiB/MiB/GiB.")]
 Batch = Annotated[int | None, typer.Option(
     "--batch", min=1, help="The batch: the leading dimension of every input (default: the "
                            "network's own).")]

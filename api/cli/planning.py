@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from convplan.api.cli.common import (
+    ArenaCap,
     Batch,
     Budget,
     Db,
@@ -35,18 +36,19 @@ if TYPE_CHECKING:
     from convplan.selector.planning import Frontier, Plan, PlanRequest
 
 MemoryCap = Annotated[str | None, typer.Option(
-    "--memory-cap", help="Peak-memory cap: bytes, or with kB/MB/GB/KiB/MiB/GiB "
-                         "(default: none, the fastest plan).")]
+    "--memory-cap", help="Cap of the whole footprint (weights, inputs, arena): bytes, or with "
+                         "kB/MB/GB/KiB/MiB/GiB (default: none, the fastest plan).")]
 
 
 def _request(threads: int | None, solver: str, time_limit: float, no_profile: bool,
-             db: Path | None, budget_seconds: float, memory_cap: str | None = None
-             ) -> PlanRequest:
+             db: Path | None, budget_seconds: float, memory_cap: str | None = None,
+             arena_cap: str | None = None) -> PlanRequest:
     """The cost options of plan and pareto (and plan's cap) as one `PlanRequest`; a bad value
     is a ValueError saying what is wrong."""
     from convplan.selector.planning import PlanRequest
 
-    return PlanRequest(cap=memory_cap, threads=threads, solver=solver, time_limit_s=time_limit,
+    return PlanRequest(cap=memory_cap, arena_cap=arena_cap, threads=threads, solver=solver,
+                       time_limit_s=time_limit,
                        measure=not no_profile, budget_s=budget_seconds,
                        db=str(db) if db is not None else None)
 
@@ -54,6 +56,7 @@ def _request(threads: int | None, solver: str, time_limit: float, no_profile: bo
 def plan(
     model: Model,
     memory_cap: MemoryCap = None,
+    arena_cap: ArenaCap = None,
     threads: Threads = None,
     solver: Solver = "cbc",
     time_limit: TimeLimit = 60.0,
@@ -65,12 +68,13 @@ def plan(
     batch: Batch = None,
     input_shape: InputShape = None,
 ) -> None:
-    """Choose every layer's algorithm and layout: fastest under the memory cap (an ILP)."""
+    """Choose every layer's algorithm and layout: fastest under the memory and arena caps (an
+    ILP)."""
     from convplan.selector.planning import plan_network
 
     with bad_input():
         request = _request(threads, solver, time_limit, no_profile, db, budget_seconds,
-                           memory_cap)
+                           memory_cap, arena_cap)
         if out is not None:
             check_writable(out, "--out")
         network = load_model(model, batch, input_shape)
@@ -91,9 +95,10 @@ def plan(
 
 
 def _print_plan(document: Plan) -> None:
-    cap = document.memory_cap_bytes
+    cap, arena = document.memory_cap_bytes, document.arena_cap_bytes
+    caps = ", ".join([*([size(cap)] if cap else []), *([f"arena {size(arena)}"] if arena else [])])
     table = new_table(f"{document.network}: plan under "
-                      f"{size(cap) if cap else 'no cap'}, {document.threads} thread(s)",
+                      f"{caps or 'no cap'}, {document.threads} thread(s)",
                       ("layer", "op", "algorithm", "layouts", "ms", "workspace", "options"),
                       right=("ms", "workspace", "options"))
     for layer in document.layers:
@@ -106,13 +111,14 @@ def _print_plan(document: Plan) -> None:
     console.print(f"{len(document.transforms)} layout transform(s); solver {solver.name}: "
                   f"{solver.status}{'' if solver.optimal else ' (not proven optimal)'} in "
                   f"{solver.solve_seconds:.2f} s; costs {document.costs}")
-    summary = new_table("predicted", ("plan", "time ms", "peak", "fits the cap"),
-                        right=("time ms", "peak", "fits the cap"))
+    summary = new_table("predicted", ("plan", "time ms", "peak", "arena", "fits the caps"),
+                        right=("time ms", "peak", "arena", "fits the caps"))
     summary.add_row("this plan", f"{predicted.time_s * 1e3:.1f}",
-                    size(predicted.peak_bytes), "yes")
+                    size(predicted.peak_bytes), size(predicted.arena_bytes), "yes")
     for name, row in document.baselines.items():
         summary.add_row(name.replace("_", " "), f"{row.time_s * 1e3:.1f}",
-                        size(row.peak_bytes), "yes" if row.fits_cap else "no")
+                        size(row.peak_bytes), size(row.arena_bytes),
+                        "yes" if row.fits_cap else "no")
     console.print(summary)
 
 

@@ -29,6 +29,11 @@ MemoryCap = Annotated[
     Annotated[StrictInt, Field(le=2**62)] | Annotated[StrictStr, Field(max_length=64)] | None,
     Field(description="Peak-memory cap: bytes (int) or a size string (\"24MiB\", \"1.5 GB\"). "
                       "None: no cap (the fastest plan).")]
+#: An arena cap: the same grammar, bounding the arena alone.
+ArenaCap = Annotated[
+    Annotated[StrictInt, Field(le=2**62)] | Annotated[StrictStr, Field(max_length=64)] | None,
+    Field(description="Cap of the arena alone (activations, copies, workspaces): bytes (int) "
+                      "or a size string. None: unbounded.")]
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -85,6 +90,7 @@ class PlanBody(CostOptions, ShapeOptions):
     model_config = ConfigDict(extra="forbid", strict=True)
     network: NetworkField
     memory_cap: MemoryCap = None
+    arena_cap: ArenaCap = None
 
 
 class ParetoBody(CostOptions, ShapeOptions):
@@ -103,8 +109,9 @@ class RunBody(CostOptions, ShapeOptions):
     network: NetworkField
     plan: PlanInput | None = Field(None, description=(
         "Run this plan. Without it (and without `algorithm`) the service plans first under "
-        "`memory_cap` with the cost options."))
+        "`memory_cap` and `arena_cap` with the cost options."))
     memory_cap: MemoryCap = None
+    arena_cap: ArenaCap = None
     algorithm: Annotated[str, Field(max_length=64)] | None = Field(
         None, description="One algorithm for every convolution instead of a plan.")
     input: Annotated[str, Field(max_length=2**31)] | None = Field(None, description=(

@@ -154,8 +154,11 @@ def plan_request(options: Mapping[str, Any], settings: ServiceSettings) -> PlanR
     if threads is not None and threads > cores:
         raise ServiceError(422, "invalid_value", f"threads must be at most {cores} (the "
                            f"server's cores), got {threads}")
+    arena_cap = options.get("arena_cap")
+    if isinstance(arena_cap, str) and not arena_cap.strip():
+        arena_cap = None
     return PlanRequest(
-        cap=cap, threads=threads, solver=options.get("solver", "cbc"),
+        cap=cap, arena_cap=arena_cap, threads=threads, solver=options.get("solver", "cbc"),
         time_limit_s=min(float(options.get("time_limit_s", 60.0)), settings.max_time_limit),
         measure=bool(options.get("measure", True)),
         budget_s=min(float(options.get("budget_s", 0.3)), settings.max_budget))

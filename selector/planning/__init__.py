@@ -36,6 +36,7 @@ from .ilp import (
     Problem,
     Solution,
     evaluate,
+    minimum_arena,
     minimum_peak,
     solve,
 )
@@ -49,6 +50,7 @@ from .jobs import (
     profiler_for,
 )
 from .problem import (
+    Caps,
     CostFunction,
     PlanContext,
     build_problem,
@@ -62,6 +64,7 @@ __all__ = [
     "Candidate",
     "CandidateDoc",
     "Candidates",
+    "Caps",
     "CostFunction",
     "CostsLabel",
     "Frontier",
@@ -90,6 +93,7 @@ __all__ = [
     "fixed_bytes",
     "make_frontier",
     "make_plan",
+    "minimum_arena",
     "minimum_peak",
     "pareto",
     "pareto_network",

@@ -10,7 +10,7 @@ from typing import Any
 from convplan.selector.lowering import NETWORK_LAYOUT
 
 from .ilp import Candidate, evaluate
-from .problem import PlanContext
+from .problem import Caps, PlanContext
 
 
 def _choice_where(context: PlanContext, pick: Callable[[str, list[Candidate]], int]
@@ -31,10 +31,11 @@ def _network_layout_outputs(context: PlanContext, choice: dict[str, int]) -> dic
     return choice
 
 
-def baselines(context: PlanContext, cap: int | None, *, solver: str = "cbc",
+def baselines(context: PlanContext, caps: Caps, *, solver: str = "cbc",
               time_limit_s: float = 60.0) -> dict[str, dict[str, Any]]:
-    """The four reference plans, each with time (its costs plus transforms) and predicted peak."""
-    p = context.problem
+    """The four reference plans, each with time (its costs plus transforms), predicted peak and
+    placed arena."""
+    p, cap = context.problem, caps.memory
 
     def fastest(_: str, cs: list[Candidate]) -> int:
         return min(range(len(cs)), key=lambda j: cs[j].time_s)
@@ -59,16 +60,16 @@ def baselines(context: PlanContext, cap: int | None, *, solver: str = "cbc",
                "greedy": _choice_where(context, greedy)}
     out: dict[str, dict[str, Any]] = {}
     for name, choice in choices.items():
-        out[name] = summary(context, _network_layout_outputs(context, choice), cap)
+        out[name] = summary(context, _network_layout_outputs(context, choice), caps)
     lowest = context.lowest(solver, time_limit_s)
-    out["lowest_memory"] = summary(context, lowest.choice, cap)
+    out["lowest_memory"] = summary(context, lowest.choice, caps)
     return out
 
 
-def summary(context: PlanContext, choice: Mapping[str, int], cap: int | None) -> dict[str, Any]:
-    """Time, predicted peak, and what `run` needs to execute it."""
+def summary(context: PlanContext, choice: Mapping[str, int], caps: Caps) -> dict[str, Any]:
+    """Time, predicted peak, placed arena, and what `run` needs to execute it."""
     time_s, _, _ = evaluate(context.problem, choice)
-    peak = context.predicted_peak(choice)
     algorithms, layouts = context.assignment(choice)
-    return {"time_s": time_s, "peak_bytes": peak, "fits_cap": cap is None or peak <= cap,
+    return {"time_s": time_s, "peak_bytes": context.predicted_peak(choice),
+            "arena_bytes": context.arena_bytes(choice), "fits_cap": caps.met_by(context, choice),
             "assignment": algorithms, "layouts": layouts}

@@ -9,9 +9,13 @@ cannot disagree.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from convplan.kernels import ConvSpec, registry
+from convplan.kernels.arena import aligned
 from convplan.kernels.spec import LAYOUTS, Layout
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import request_key
@@ -34,12 +38,13 @@ class Option:
     workspace_bytes: int            # predicted: what the memory promise counts
     prepared_bytes: int = 0
     preparing_bytes: int = 0        # while prepared: its copy and the transient
+    arena_bytes: int = 0            # its workspaces in the arena (each aligned)
 
     def priced(self, m: Measurement) -> Candidate:
         """The ILP's candidate, with ``m`` (this option's request, measured or estimated)."""
         return Candidate(self.name, self.algorithm, self.input_layout, self.output_layout,
                          m.time_s, self.workspace_bytes, self.prepared_bytes,
-                         m.workspace_bytes, m.source, self.preparing_bytes)
+                         m.workspace_bytes, m.source, self.preparing_bytes, self.arena_bytes)
 
 
 def conv_options(spec: ConvSpec, bias: bool = False) -> list[Option]:
@@ -48,8 +53,14 @@ def conv_options(spec: ConvSpec, bias: bool = False) -> list[Option]:
     return [Option(ConvRequest(spec, a.name), a.name, a.name, a.input_layout, a.output_layout,
                    a.workspace_bytes(spec), a.prepared_bytes(spec, bias),
                    (a.prepared_bytes(spec, bias=False) if a.prepare_copies(spec) else 0)
-                   + a.prepare_extra_bytes(spec))
+                   + a.prepare_extra_bytes(spec),
+                   arena_workspace_bytes(a.workspace_shapes(spec).values(), spec.itemsize))
             for a in registry.applicable(spec)]
+
+
+def arena_workspace_bytes(shapes: Iterable[Sequence[int]], itemsize: int = 4) -> int:
+    """What workspaces of ``shapes`` take in the arena: one buffer each, aligned."""
+    return sum(aligned(int(np.prod(shape, dtype=np.int64)) * itemsize) for shape in shapes)
 
 
 def op_options(network: Network, node: Node) -> list[Option]:
@@ -61,7 +72,8 @@ def op_options(network: Network, node: Node) -> list[Option]:
     workspace = node.operator.workspace_bytes(shapes, 4)
     outputs_4d = all(len(network.shapes[t]) == 4 for t in node.outputs)
     return [Option(OpRequest.of(node.operator, shapes, layout), layout, None, layout,
-                   layout if outputs_4d else "NCHW", workspace)
+                   layout if outputs_4d else "NCHW", workspace, arena_bytes=arena_workspace_bytes(
+                       node.operator.workspace_shapes(shapes, layout).values()))
             for layout in layouts]
 
 

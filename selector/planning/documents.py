@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .ilp import Candidate, Solution
-from .problem import PlanContext
+from .problem import Caps, PlanContext
 
 #: Where a plan's costs come from: all measured on this machine, all imported from another
 #: store, all from the analytic model, or a mix.
@@ -89,6 +89,10 @@ class PredictedDoc(BaseModel):
     time_s: float
     peak_bytes: int
     model_bound_bytes: int
+    arena_bytes: int = Field(description="The placed arena (what the executor allocates for "
+                             "activations, copies and workspaces; part of peak_bytes).")
+    max_live_bytes: int = Field(description="The most arena bytes alive at one step: the "
+                                "lower bound of any placement.")
 
 
 class BaselineDoc(BaseModel):
@@ -96,7 +100,8 @@ class BaselineDoc(BaseModel):
 
     time_s: float
     peak_bytes: int
-    fits_cap: bool
+    arena_bytes: int
+    fits_cap: bool = Field(description="Whether it meets the plan's caps (both, if given).")
     assignment: dict[str, str]
     layouts: dict[str, str]
 
@@ -111,7 +116,8 @@ class Plan(BaseModel):
                     "other shapes: the costs and the memory are those of these).")
     machine: dict[str, Any]
     threads: int
-    memory_cap_bytes: int | None
+    memory_cap_bytes: int | None = Field(description="The cap of the whole footprint.")
+    arena_cap_bytes: int | None = Field(None, description="The cap of the arena alone.")
     costs: CostsLabel
     solver: SolverDoc
     predicted: PredictedDoc
@@ -122,12 +128,13 @@ class Plan(BaseModel):
     baselines: dict[str, BaselineDoc]
 
 
-def plan_document(context: PlanContext, solution: Solution, cap: int | None,
+def plan_document(context: PlanContext, solution: Solution, caps: Caps,
                   machine: Mapping[str, Any], threads: int,
                   baseline_plans: Mapping[str, Any] | None = None) -> Plan:
     """The `Plan` of ``solution``."""
     network, p = context.network, context.problem
     algorithms, layouts = context.assignment(solution.choice)
+    profile = context.predictions.profile(algorithms, layouts)
     layers = []
     for node in network.nodes:
         options = p.candidates[node.name]
@@ -145,13 +152,15 @@ def plan_document(context: PlanContext, solution: Solution, cap: int | None,
         inputs={name: list(shape) for name, shape in network.inputs.items()},
         machine=dict(machine),
         threads=threads,
-        memory_cap_bytes=cap,
+        memory_cap_bytes=caps.memory,
+        arena_cap_bytes=caps.arena,
         costs=costs_label(context.sources),
         solver=SolverDoc(name=solution.solver, status=solution.status,
                          optimal=solution.optimal, solve_seconds=solution.solve_seconds),
-        predicted=PredictedDoc(time_s=solution.time_s,
-                               peak_bytes=context.predicted_peak(solution.choice),
-                               model_bound_bytes=solution.peak_bytes),
+        predicted=PredictedDoc(time_s=solution.time_s, peak_bytes=profile.peak_bytes,
+                               model_bound_bytes=solution.peak_bytes,
+                               arena_bytes=profile.arena_bytes,
+                               max_live_bytes=profile.max_live_bytes),
         assignment=algorithms,
         layouts=layouts,
         layers=layers,

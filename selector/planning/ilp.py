@@ -8,6 +8,10 @@ step: what is live regardless of choices (`fixed_bytes`, from the memory model) 
 workspace + the copies made for it + every layer's prepared weights (they persist) <= cap.
 Before the first step the weights are prepared layer by layer, and that phase is bounded too:
 the layers already prepared + the originals not yet prepared + the layer's copy <= cap.
+The arena (the one buffer every activation, copy and workspace lives in) has a cap of its own:
+at every step the arena's activations alive whatever the choices + the step's workspaces + its
+copies, each rounded to the arena's alignment, <= arena cap. That sum bounds the most bytes
+alive at once, the lower bound of any placement; the placed arena is checked after.
 
 The formulation (PBQP-style selection linearised for an ILP):
     x[n, j] in {0, 1}, sum_j x[n, j] = 1                      one candidate per layer
@@ -77,6 +81,8 @@ class Candidate:
     #: While this layer's weights are prepared: bytes beyond its original and the layers
     #: already prepared (the copy being made and the preparation's transient).
     preparing_bytes: int = 0
+    #: Its workspaces as the arena holds them (each rounded up to the arena's alignment).
+    arena_bytes: int = 0
 
 
 @dataclass
@@ -97,6 +103,10 @@ class Problem:
     #: weights' bytes (held until each is prepared), and what is held beside them throughout.
     original_bytes: dict[str, int] = field(default_factory=dict)
     preparing_fixed_bytes: int = 0
+    #: Per layer step, the arena bytes of the activations alive whatever the choices, and what
+    #: one copy of a tensor takes in the arena (its bytes, aligned).
+    arena_fixed_bytes: dict[str, int] = field(default_factory=dict)
+    arena_copy_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +118,7 @@ class Solution:
     solver: str
     time_s: float                             # the objective, recomputed from the choice
     peak_bytes: int                           # the model's bound, recomputed from the choice
+    arena_bound_bytes: int = 0                # the arena rows' bound, recomputed
     transforms: list[tuple[str, str, Layout]] = field(default_factory=list)
 
 
@@ -122,6 +133,7 @@ class _Model:
     x: dict[tuple[str, int], pulp.LpVariable]
     y: dict[tuple[str, str, Layout], pulp.LpVariable] = field(default_factory=dict)
     copy_bytes: dict[str, list[Any]] = field(default_factory=dict)
+    arena_copies: dict[str, list[Any]] = field(default_factory=dict)
     transform_time: list[Any] = field(default_factory=list)
 
 
@@ -166,7 +178,7 @@ def copy_rows(m: _Model) -> None:
     (`lowering.needs_copy`); its bytes count at that layer's step, its time in the objective."""
     p = m.problem
     for i, n in enumerate(p.order):
-        m.copy_bytes[n] = []
+        m.copy_bytes[n], m.arena_copies[n] = [], []
         for k, t in enumerate(dict.fromkeys(p.inputs_of[n])):
             if t not in p.four_d:
                 continue
@@ -179,6 +191,7 @@ def copy_rows(m: _Model) -> None:
                 m.lp += var >= pulp.lpSum(m.x[n, j] for j in wants) - stored_in(m, t, no_copy)
                 m.y[t, n, layout] = var
                 m.copy_bytes[n].append(copy_bytes(p, t) * var)
+                m.arena_copies[n].append(p.arena_copy_bytes.get(t, 0) * var)
                 m.transform_time.append(p.transform_time[t, layout] * var)
 
 
@@ -245,6 +258,28 @@ def preparing_exprs(m: _Model) -> dict[str, Any]:
     return out
 
 
+def arena_step_bytes(problem: Problem, choice: Mapping[str, int], n: str) -> int:
+    """The arena term of step ``n``: its activations alive whatever the choices, its
+    candidate's workspaces and the copies made for it, as the arena holds them."""
+    return (problem.arena_fixed_bytes.get(n, 0)
+            + problem.candidates[n][choice[n]].arena_bytes
+            + sum(problem.arena_copy_bytes.get(t, 0) for t, _ in copies(problem, choice, n)))
+
+
+def arena_bound(problem: Problem, choice: Mapping[str, int]) -> int:
+    """The arena rows' bound of a choice: its largest `arena_step_bytes`."""
+    return max((arena_step_bytes(problem, choice, n) for n in problem.order), default=0)
+
+
+def arena_exprs(m: _Model) -> dict[str, Any]:
+    """`arena_step_bytes` of every step as an expression (needs `copy_rows` first)."""
+    p, x = m.problem, m.x
+    return {n: p.arena_fixed_bytes.get(n, 0) + pulp.lpSum(m.arena_copies[n])
+            + pulp.lpSum(c.arena_bytes * x[n, j] for j, c in enumerate(p.candidates[n])
+                         if c.arena_bytes)
+            for n in p.order}
+
+
 def cap_rows(m: _Model, steps: Mapping[str, Any], cap: int) -> None:
     """step bytes <= cap at every step (`brute_force`'s ``peak <= cap``)."""
     for expression in steps.values():
@@ -267,7 +302,7 @@ def time_expr(m: _Model) -> Any:
 
 def peak_objective(m: _Model, steps: Mapping[str, Any], total_time: Any) -> None:
     """Minimise the largest step (bytes dominate; time, in seconds scaled to sub-byte weight,
-    only breaks ties): `evaluate`'s peak."""
+    only breaks ties): `evaluate`'s peak, or `arena_bound` given the arena steps."""
     peak = m.lp.add_variable("peak", lowBound=0)
     for expression in steps.values():
         m.lp += peak >= expression
@@ -286,22 +321,25 @@ def evaluate(problem: Problem, choice: Mapping[str, int]) -> tuple[float, int, b
     return total, peak, outputs_in_network_layout(problem, choice)
 
 
-def brute_force(problem: Problem, cap: int | None) -> tuple[float, dict[str, int]] | None:
+def brute_force(problem: Problem, cap: int | None, arena_cap: int | None = None
+                ) -> tuple[float, dict[str, int]] | None:
     """The optimum by enumeration (tests only: exponential)."""
     best = None
     ranges = [range(len(problem.candidates[n])) for n in problem.order]
     for combo in itertools.product(*ranges):
         choice = dict(zip(problem.order, combo, strict=True))
         t, peak, ok = evaluate(problem, choice)
+        ok = ok and (arena_cap is None or arena_bound(problem, choice) <= arena_cap)
         if ok and (cap is None or peak <= cap) and (best is None or t < best[0] - 1e-12):
             best = (t, choice)
     return best
 
 
 # -- the ILP -------------------------------------------------------------------------------------
-def _model(problem: Problem, cap: int | None, minimise: str) -> _Model:
+def _model(problem: Problem, cap: int | None, minimise: str, arena_cap: int | None = None
+           ) -> _Model:
     """Every row of the selection problem, in a fixed order (the solvers' answers on ties
-    depend on it)."""
+    depend on it). ``minimise``: "time", "peak" or "arena"."""
     lp = pulp.LpProblem("convplan", pulp.LpMinimize)
     x = {(n, j): lp.add_variable(f"x_{i}_{j}", cat="Binary")
          for i, n in enumerate(problem.order) for j in range(len(problem.candidates[n]))}
@@ -311,23 +349,29 @@ def _model(problem: Problem, cap: int | None, minimise: str) -> _Model:
     output_rows(m)
     steps = {**step_bytes_exprs(m), **preparing_exprs(m)}
     total_time = time_expr(m)
+    arena = arena_exprs(m) if arena_cap is not None or minimise == "arena" else {}
     if cap is not None:
         cap_rows(m, steps, cap)
+    if arena_cap is not None:
+        cap_rows(m, arena, arena_cap)
     if minimise == "peak":
         peak_objective(m, steps, total_time)
+    elif minimise == "arena":
+        peak_objective(m, arena, total_time)
     else:
         m.lp += total_time
     return m
 
 
-def solve(problem: Problem, cap: int | None = None, *, solver: str = "cbc",
-          time_limit_s: float = 60.0, minimise: str = "time") -> Solution:
-    """The fastest choice whose peak stays <= ``cap`` (``minimise="peak"``: the smallest peak,
-    ties broken by time). Raises Infeasible when no choice fits, PlanningError when the solver
-    gives no answer."""
+def solve(problem: Problem, cap: int | None = None, *, arena_cap: int | None = None,
+          solver: str = "cbc", time_limit_s: float = 60.0, minimise: str = "time") -> Solution:
+    """The fastest choice whose peak stays <= ``cap`` and whose arena bound stays <=
+    ``arena_cap`` (``minimise="peak"``: the smallest peak, ``"arena"``: the smallest arena
+    bound; ties broken by time). Raises Infeasible when no choice fits, PlanningError when the
+    solver gives no answer."""
     if solver not in SOLVERS:
         raise PlanningError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
-    m = _model(problem, cap, minimise)
+    m = _model(problem, cap, minimise, arena_cap)
     model = m.lp
     started = time.perf_counter()
     with _native_stdout_silenced():
@@ -357,7 +401,7 @@ def solve(problem: Problem, cap: int | None = None, *, solver: str = "cbc",
     transforms = [(t, n, layout) for n in problem.order
                   for t, layout in copies(problem, choice, n)]
     return Solution(choice, status, model.sol_status == pulp.LpSolutionOptimal, seconds, solver,
-                    total, peak_bound, transforms)
+                    total, peak_bound, arena_bound(problem, choice), transforms)
 
 
 @contextlib.contextmanager
@@ -379,7 +423,15 @@ def _native_stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def minimum_peak(problem: Problem, *, solver: str = "cbc", time_limit_s: float = 60.0
-                 ) -> Solution:
-    """The choice with the smallest peak (the lowest-memory plan)."""
-    return solve(problem, None, solver=solver, time_limit_s=time_limit_s, minimise="peak")
+def minimum_peak(problem: Problem, *, arena_cap: int | None = None, solver: str = "cbc",
+                 time_limit_s: float = 60.0) -> Solution:
+    """The choice with the smallest peak (the lowest-memory plan), its arena bound within
+    ``arena_cap`` if given."""
+    return solve(problem, None, arena_cap=arena_cap, solver=solver, time_limit_s=time_limit_s,
+                 minimise="peak")
+
+
+def minimum_arena(problem: Problem, *, cap: int | None = None, solver: str = "cbc",
+                  time_limit_s: float = 60.0) -> Solution:
+    """The choice with the smallest arena bound, its peak within ``cap`` if given."""
+    return solve(problem, cap, solver=solver, time_limit_s=time_limit_s, minimise="arena")

@@ -39,10 +39,11 @@ def _explain(error: ValidationError) -> str:
     problems = []
     for e in error.errors():
         field, given = (str(e["loc"][0]) if e["loc"] else ""), e.get("input")
-        if field == "cap" and e["type"] in SIZE_ERRORS:
+        if field in ("cap", "arena_cap") and e["type"] in SIZE_ERRORS:
             problems.append(f"cannot read {given!r} as a size: {SIZE_HINT}")
-        elif field == "cap":
-            problems.append(f"a memory cap must be positive, got {given!r}")
+        elif field in ("cap", "arena_cap"):
+            what = "a memory cap" if field == "cap" else "an arena cap"
+            problems.append(f"{what} must be positive, got {given!r}")
         elif e["type"] == "value_error":
             problems.append(str(e["ctx"]["error"]))
         elif e["msg"].startswith("Input should be"):
@@ -61,8 +62,11 @@ class PlanRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     cap: Annotated[Size, AfterValidator(int)] | None = Field(
-        None, description="Peak-memory cap: bytes, or a size text (24MiB); None: the fastest "
-                          "plan.")
+        None, description="Cap of the whole footprint (weights, inputs, arena, allowances): "
+                          "bytes, or a size text (24MiB); None: unbounded.")
+    arena_cap: Annotated[Size, AfterValidator(int)] | None = Field(
+        None, description="Cap of the arena alone (activations, copies, workspaces): bytes or "
+                          "a size text; None: unbounded.")
     threads: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="BLAS threads; None: all cores.")
     solver: str = "cbc"
@@ -132,7 +136,8 @@ def plan_network(network: Network, request: PlanRequest, progress: Progress | No
     """Plan ``network`` as ``request`` asks: its `Plan`. Costs not measured by
     ``measure_until`` (a `time.monotonic` instant; None: no deadline) are estimated."""
     with _job_costs(request, progress, measure_until) as (profiler, costs):
-        return make_plan(network, costs, request.cap, machine=profiler.fingerprint,
+        return make_plan(network, costs, request.cap, arena_cap=request.arena_cap,
+                         machine=profiler.fingerprint,
                          threads=profiler.threads, solver=request.solver,
                          time_limit_s=request.time_limit_s)
 

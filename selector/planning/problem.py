@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from convplan.kernels import registry
-from convplan.kernels.arena import ALIGNMENT
+from convplan.kernels.arena import ALIGNMENT, aligned, buffers
 from convplan.kernels.spec import Layout
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import request_key
@@ -32,7 +32,7 @@ from convplan.selector.memory import (
 from convplan.selector.network import Network, Node
 
 from .candidates import enumerate_candidates
-from .ilp import Problem, Solution, minimum_peak
+from .ilp import Problem, Solution, minimum_arena, minimum_peak
 
 #: Dimensions enough for any view of the arena (im2col's patches have 5).
 MAX_RANK = 6
@@ -72,15 +72,25 @@ class PlanContext:
     problem: Problem
     sources: set[str]
     predictions: Predictions
-    _lowest: dict[tuple[str, float], Solution] = field(default_factory=dict, repr=False)
+    _lowest: dict[tuple, Solution] = field(default_factory=dict, repr=False)
 
-    def lowest(self, solver: str = "cbc", time_limit_s: float = 60.0) -> Solution:
-        """The lowest-memory choice (`ilp.minimum_peak`), solved once per request: the
-        baselines, a refused cap and the Pareto sweep all ask for it."""
-        key = (solver, time_limit_s)
+    def lowest(self, solver: str = "cbc", time_limit_s: float = 60.0, *,
+               arena_cap: int | None = None) -> Solution:
+        """The lowest-memory choice (`ilp.minimum_peak`, its arena bound within ``arena_cap``
+        if given), solved once per request: the baselines, a refused cap and the Pareto sweep
+        all ask for it."""
+        key = ("peak", arena_cap, solver, time_limit_s)
         if key not in self._lowest:
-            self._lowest[key] = minimum_peak(self.problem, solver=solver,
+            self._lowest[key] = minimum_peak(self.problem, arena_cap=arena_cap, solver=solver,
                                              time_limit_s=time_limit_s)
+        return self._lowest[key]
+
+    def smallest_arena(self, solver: str = "cbc", time_limit_s: float = 60.0) -> Solution:
+        """The choice of the smallest arena bound (`ilp.minimum_arena`), solved once."""
+        key = ("arena", None, solver, time_limit_s)
+        if key not in self._lowest:
+            self._lowest[key] = minimum_arena(self.problem, solver=solver,
+                                              time_limit_s=time_limit_s)
         return self._lowest[key]
 
     def assignment(self, choice: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Layout]]:
@@ -99,6 +109,25 @@ class PlanContext:
         measures)."""
         return self.predictions.profile(*self.assignment(choice)).peak_bytes
 
+    def arena_bytes(self, choice: Mapping[str, int]) -> int:
+        """The placed arena of the program this choice lowers to (what the executor
+        allocates)."""
+        return self.predictions.profile(*self.assignment(choice)).arena_bytes
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What a plan must fit: ``memory`` bounds the whole footprint the memory model predicts
+    (weights, inputs, the arena, allowances), ``arena`` the placed arena alone (the buffer an
+    embedded deployer sizes); None: unbounded."""
+
+    memory: int | None = None
+    arena: int | None = None
+
+    def met_by(self, context: PlanContext, choice: Mapping[str, int]) -> bool:
+        return ((self.memory is None or context.predicted_peak(choice) <= self.memory)
+                and (self.arena is None or context.arena_bytes(choice) <= self.arena))
+
 
 def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dict[str, int]:
     """Per layer step, the bytes live whatever the plan chooses: activations (the layer's output
@@ -109,6 +138,21 @@ def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dic
     held = (held_throughout(network, predictions)
             + beyond_live_bytes(network, profile.output_bytes, most_steps(network)))
     return {s.name: s.activation_bytes + held for s in profile.steps if s.kind != "transform"}
+
+
+def arena_fixed_bytes(network: Network) -> dict[str, int]:
+    """Per layer step, the arena bytes of the activations alive whatever the plan chooses
+    (aligned, as the arena holds them; not the buffers of the network's outputs, which each
+    run allocates). Measured on the program where every layer runs in NCHW, which has no
+    copies and whose arena activations every plan has at the same steps."""
+    algorithms, layouts = _all_nchw(network)
+    program = lower(network, algorithms, layouts=layouts, strict=True).program
+    tensors = [b for b in buffers(program) if b.key in program.shapes]
+    out = {}
+    for i, step in enumerate(program.steps):
+        if step.kind != "transform":
+            out[step.name] = sum(b.nbytes for b in tensors if b.first <= i <= b.last)
+    return out
 
 
 def most_steps(network: Network) -> int:
@@ -189,7 +233,10 @@ def build_problem(network: Network, costs: CostFunction) -> PlanContext:
         fixed_bytes=fixed_bytes(network, predictions), transform_time=transform_time,
         transform_workspace_bytes=_transform_workspace(),
         original_bytes={n.name: original_bytes(network, n) for n in network.conv_nodes},
-        preparing_fixed_bytes=held_throughout(network, predictions))
+        preparing_fixed_bytes=held_throughout(network, predictions),
+        arena_fixed_bytes=arena_fixed_bytes(network),
+        arena_copy_bytes={t: aligned(tensor_bytes(s)) for t, s in network.shapes.items()
+                          if len(s) == 4})
     return PlanContext(network, problem, sources, predictions)
 
 

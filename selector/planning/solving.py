@@ -3,6 +3,7 @@ Pareto frontier over a sweep of caps (`make_plan`, `make_frontier`: their docume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 
@@ -11,70 +12,109 @@ from convplan.selector.network import Network
 from .baselines import baselines
 from .documents import Frontier, FrontierPoint, Plan, costs_label, plan_document
 from .ilp import Infeasible, PlanningError, Solution, solve
-from .problem import CostFunction, PlanContext, build_problem
+from .problem import Caps, CostFunction, PlanContext, build_problem
 
 
 def make_plan(network: Network, costs: CostFunction, cap: int | None, *, machine: Mapping,
-              threads: int, solver: str = "cbc", time_limit_s: float = 60.0,
-              with_baselines: bool = True) -> Plan:
-    """Solve ``network`` under ``cap`` (None: fastest) and return its `Plan`."""
+              threads: int, arena_cap: int | None = None, solver: str = "cbc",
+              time_limit_s: float = 60.0, with_baselines: bool = True) -> Plan:
+    """Solve ``network`` under ``cap`` (the whole footprint) and ``arena_cap`` (the arena alone;
+    None: unbounded, both None: the fastest plan) and return its `Plan`."""
     context = build_problem(network, costs)
-    if cap is None:
+    caps = Caps(cap, arena_cap)
+    if cap is None and arena_cap is None:
         solution = solve(context.problem, None, solver=solver, time_limit_s=time_limit_s)
     else:
-        solution = _under_cap(context, cap, solver=solver, time_limit_s=time_limit_s)
-    extra = baselines(context, cap, solver=solver, time_limit_s=time_limit_s) \
+        solution = _under_caps(context, caps, solver=solver, time_limit_s=time_limit_s)
+    extra = baselines(context, caps, solver=solver, time_limit_s=time_limit_s) \
         if with_baselines else {}
-    return plan_document(context, solution, cap, machine, threads, extra)
+    return plan_document(context, solution, caps, machine, threads, extra)
 
 
-def _under_cap(context: PlanContext, cap: int, *, solver: str, time_limit_s: float
-               ) -> Solution:
-    """The fastest plan the memory model puts within ``cap``. The ILP's per-step bound is
-    above the model's prediction (by a few KiB: copies and overheads counted for the whole
-    step), so a cap between the two would be refused though a plan fits: then the ILP is
-    solved again under the cap plus its overestimate of the lowest-memory plan, held to the
-    model, and failing that the lowest-memory plan itself is the plan. Refused, naming the
-    smallest peak the model predicts, only when even that plan is over the cap."""
+def _mib(n: int) -> str:
+    return f"{n} bytes ({n / 2**20:.2f} MiB)"
+
+
+def _under_caps(context: PlanContext, caps: Caps, *, solver: str, time_limit_s: float
+                ) -> Solution:
+    """The fastest plan the memory model puts within ``caps``. The ILP's bounds are above the
+    model's prediction and the placed arena (by a few KiB for the footprint: copies and
+    overheads counted for the whole step; by a copy's source freed before its consumer runs
+    for the arena), so a cap between the two would be refused though a plan fits: then the
+    ILP is solved again under the caps plus its overestimate of the lowest plans, held to the
+    model, and failing that a lowest plan meeting the caps is the plan. Refused only when no
+    plan found meets them, naming the smallest value of the cap that cannot be met."""
+    kwargs = {"solver": solver, "time_limit_s": time_limit_s}
     try:
-        return _held_to(context, solve(context.problem, cap, solver=solver,
-                                       time_limit_s=time_limit_s),
-                        cap, solver=solver, time_limit_s=time_limit_s)
+        return _held_to(context, solve(context.problem, caps.memory, arena_cap=caps.arena,
+                                       **kwargs), caps, **kwargs)
     except Infeasible:
-        lowest = context.lowest(solver, time_limit_s)
-    smallest = context.predicted_peak(lowest.choice)
-    if smallest > cap:
-        raise Infeasible(f"no plan fits in {cap} bytes: the smallest achievable peak is "
-                         f"{smallest} bytes ({smallest / 2**20:.2f} MiB)") from None
-    overestimate = max(0, lowest.peak_bytes - smallest)
+        pass
+    fallbacks = []
+    if caps.arena is not None:
+        smallest = context.smallest_arena(**kwargs)
+        least = context.arena_bytes(smallest.choice)
+        if least > caps.arena:
+            raise Infeasible(f"no plan's arena fits in {caps.arena} bytes: the smallest "
+                             f"achievable arena is {_mib(least)}") from None
+        fallbacks.append(smallest)
+    if caps.memory is not None:
+        lowest = context.lowest(**kwargs)
+        least = context.predicted_peak(lowest.choice)
+        if least > caps.memory:
+            raise Infeasible(f"no plan fits in {caps.memory} bytes: the smallest achievable "
+                             f"peak is {_mib(least)}") from None
+        fallbacks.append(lowest)
+    if caps.memory is not None and caps.arena is not None:
+        with contextlib.suppress(PlanningError):
+            fallbacks.append(context.lowest(**kwargs, arena_cap=caps.arena))
+    relaxed = Caps(
+        None if caps.memory is None else caps.memory + max(
+            0, max(f.peak_bytes - context.predicted_peak(f.choice) for f in fallbacks)),
+        None if caps.arena is None else caps.arena + max(
+            0, max(f.arena_bound_bytes - context.arena_bytes(f.choice) for f in fallbacks)))
     try:
-        relaxed = solve(context.problem, cap + overestimate, solver=solver,
-                        time_limit_s=time_limit_s)
-        return dataclasses.replace(_held_to(context, relaxed, cap, solver=solver,
-                                            time_limit_s=time_limit_s), optimal=False)
+        return dataclasses.replace(_held_to(context, solve(
+            context.problem, relaxed.memory, arena_cap=relaxed.arena, **kwargs), caps,
+            **kwargs), optimal=False)
     except PlanningError:
-        return dataclasses.replace(lowest, optimal=False)
+        pass
+    for fallback in fallbacks:
+        if caps.met_by(context, fallback.choice):
+            return dataclasses.replace(fallback, optimal=False)
+    assert caps.memory is not None and caps.arena is not None
+    within = [f for f in fallbacks if context.arena_bytes(f.choice) <= caps.arena]
+    least = min((context.predicted_peak(f.choice) for f in within), default=None)
+    raise Infeasible(f"no plan fits both caps ({caps.memory} bytes in all, {caps.arena} bytes "
+                     "of arena)" + ("" if least is None else
+                                    f": within the arena cap, the smallest peak found is "
+                                    f"{_mib(least)}"))
 
 
-def _held_to(context: PlanContext, solution: Solution, cap: int, *, solver: str,
+def _held_to(context: PlanContext, solution: Solution, caps: Caps, *, solver: str,
              time_limit_s: float, attempts: int = 3) -> Solution:
-    """The ILP's per-step accounting bounds the memory model's prediction from above for
-    every choice tried so far, but the plan's promise is the prediction: a solution the
-    memory model puts over the cap is solved again under a cap lowered by the excess, and
-    refused if that does not help. Never a plan over its cap."""
+    """The ILP's rows bound the memory model's prediction from above and the arena's lower
+    bound, but the plan's promise is the prediction and the placed arena: a solution over a
+    cap by them is solved again under that cap lowered by the excess, and refused if that does
+    not help. Never a plan over its caps."""
+    memory, arena = caps.memory, caps.arena
     for _ in range(attempts):
-        peak = context.predicted_peak(solution.choice)
-        if peak <= cap:
+        peak, placed = context.predicted_peak(solution.choice), context.arena_bytes(
+            solution.choice)
+        if caps.met_by(context, solution.choice):
             return solution
-        lowered = cap - (peak - cap)
+        if memory is not None and caps.memory is not None and peak > caps.memory:
+            memory -= peak - caps.memory
+        if arena is not None and caps.arena is not None and placed > caps.arena:
+            arena -= placed - caps.arena
         try:
-            solution = solve(context.problem, lowered, solver=solver,
+            solution = solve(context.problem, memory, arena_cap=arena, solver=solver,
                              time_limit_s=time_limit_s)
         except PlanningError:
             break
-    raise Infeasible(f"no plan fits in {cap} bytes by the memory model (the solver's best "
-                     f"plan needs {context.predicted_peak(solution.choice)}); give a larger "
-                     "cap")
+    raise Infeasible(f"no plan fits the caps by the memory model (the solver's best plan "
+                     f"needs {context.predicted_peak(solution.choice)} bytes in all, "
+                     f"{context.arena_bytes(solution.choice)} of arena); give larger caps")
 
 
 def pareto(context: PlanContext, points: int = 8, *, solver: str = "cbc",
@@ -110,5 +150,5 @@ def make_frontier(network: Network, costs: CostFunction, points: int = 8, *, thr
     context = build_problem(network, costs)
     return Frontier(network=network.name, threads=threads, costs=costs_label(context.sources),
                     points=pareto(context, points, solver=solver, time_limit_s=time_limit_s),
-                    baselines=baselines(context, None, solver=solver,
+                    baselines=baselines(context, Caps(), solver=solver,
                                         time_limit_s=time_limit_s))

@@ -196,6 +196,25 @@ def test_plan_errors_are_clear(tmp_path) -> None:
     assert not db.exists() or "analytic" not in db.read_bytes().decode(errors="ignore")
 
 
+def test_an_arena_cap_bounds_the_plan_s_arena_and_a_smaller_one_states_the_least(tmp_path
+                                                                                ) -> None:
+    db = tmp_path / "costs.sqlite"
+    free = json.loads(convplan("plan", "onnx:squeezenet", "--no-profile", "--json",
+                               db=db).stdout)
+    im2col = free["baselines"]["im2col"]["arena_bytes"]
+    result = convplan("plan", "onnx:squeezenet", "--no-profile", "--arena-cap",
+                      str(im2col // 10), db=db)
+    match = re.search(r"smallest achievable arena is (\d+) bytes", result.stderr)
+    assert result.returncode == 2 and match, result.stderr
+    least = int(match.group(1))
+    plan = json.loads(convplan("plan", "onnx:squeezenet", "--no-profile", "--arena-cap",
+                               str(least), "--json", db=db).stdout)
+    assert plan["arena_cap_bytes"] == least >= plan["predicted"]["arena_bytes"]
+    assert plan["predicted"]["arena_bytes"] >= plan["predicted"]["max_live_bytes"]
+    result = convplan("plan", "onnx:squeezenet", "--arena-cap", "0", db=db)
+    assert result.returncode == 2 and "arena cap must be positive" in result.stderr
+
+
 @pytest.mark.parametrize("solver", ["cbc", "highs"])
 def test_no_profile_plans_say_their_costs_are_estimates(tmp_path, solver: str) -> None:
     result = convplan("plan", "googlenet", "--no-profile", "--json", "--solver", solver,

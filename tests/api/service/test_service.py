@@ -103,6 +103,20 @@ def test_plan_a_builtin_under_a_cap(client: httpx.Client) -> None:
     assert sorted(plan["assignment"]) == sorted(convs)
 
 
+def test_plan_under_an_arena_cap_and_one_below_the_least(client: httpx.Client) -> None:
+    free = client.post("/v1/plan", json={"network": "googlenet", "measure": False}).json()
+    cap = free["predicted"]["arena_bytes"]      # achievable, and below im2col's
+    assert cap < free["baselines"]["im2col"]["arena_bytes"]
+    response = client.post("/v1/plan", json={"network": "googlenet", "arena_cap": cap,
+                                             "memory_cap": "1GiB", "measure": False})
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    assert plan["arena_cap_bytes"] == cap >= plan["predicted"]["arena_bytes"]
+    response = client.post("/v1/plan", json={"network": "googlenet", "arena_cap": "1kB",
+                                             "measure": False})
+    assert response.status_code == 422 and "smallest achievable arena" in response.text
+
+
 def test_plan_a_description(client: httpx.Client) -> None:
     response = client.post("/v1/plan", json={"network": TINY, "memory_cap": 10**6,
                                              "measure": False, "solver": "highs"})

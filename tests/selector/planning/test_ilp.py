@@ -13,8 +13,10 @@ from convplan.selector.planning.ilp import (
     Infeasible,
     PlanningError,
     Problem,
+    arena_bound,
     brute_force,
     evaluate,
+    minimum_arena,
     minimum_peak,
     solve,
 )
@@ -45,7 +47,8 @@ def problems(draw, max_nodes: int = 6, chain: bool = False, prepared: bool = Tru
                 time_s=draw(st.floats(0.001, 1.0)),
                 workspace_bytes=draw(st.integers(0, 1000)),
                 prepared_bytes=draw(st.integers(0, 300)) if prepared else 0,
-                preparing_bytes=draw(st.integers(0, 600)) if prepared else 0))
+                preparing_bytes=draw(st.integers(0, 600)) if prepared else 0,
+                arena_bytes=draw(st.integers(0, 800))))
         candidates[node] = options
         fixed[node] = draw(st.integers(0, 2000))
     sizes = {t: draw(st.integers(1, 500)) for t in tensors}
@@ -58,7 +61,9 @@ def problems(draw, max_nodes: int = 6, chain: bool = False, prepared: bool = Tru
                  if prepared and draw(st.booleans())}
     return Problem(order, inputs_of, producer, sizes, four_d, outputs, candidates, fixed,
                    transform_time, draw(st.integers(0, 50)), originals,
-                   draw(st.integers(0, 1500)) if originals else 0)
+                   draw(st.integers(0, 1500)) if originals else 0,
+                   arena_fixed_bytes={node: draw(st.integers(0, 1500)) for node in order},
+                   arena_copy_bytes={t: draw(st.integers(0, 600)) for t in four_d})
 
 
 def _feasible_peaks(problem: Problem) -> list[int]:
@@ -102,6 +107,38 @@ def test_minimum_peak_and_an_infeasible_cap(problem: Problem, solver: str) -> No
     with pytest.raises(Infeasible):
         solve(problem, peaks[0] - 1, solver=solver)
     assert issubclass(Infeasible, PlanningError)    # callers' `except PlanningError` hold
+
+
+@settings(max_examples=60)
+@given(problem=problems(), solver=st.sampled_from(["cbc", "highs"]), data=st.data())
+def test_arena_cap_rows_equal_brute_force(problem: Problem, solver: str, data) -> None:
+    """Under an arena cap (and a memory cap with it, or not), the ILP's answer is the brute
+    force's; its smallest arena is the least `arena_bound` of any feasible choice, and one byte
+    less is infeasible."""
+    import itertools
+
+    arenas = sorted(arena_bound(problem, choice) for choice in (
+        dict(zip(problem.order, combo, strict=True)) for combo in itertools.product(
+            *[range(len(problem.candidates[n])) for n in problem.order]))
+        if evaluate(problem, choice)[2])
+    if not arenas:
+        return
+    arena_cap = data.draw(st.sampled_from([arenas[0], arenas[len(arenas) // 2], arenas[-1]]))
+    peaks = _feasible_peaks(problem)
+    cap = data.draw(st.sampled_from([None, peaks[len(peaks) // 2], peaks[-1]]))
+    expected = brute_force(problem, cap, arena_cap)
+    if expected is None:
+        with pytest.raises(Infeasible):
+            solve(problem, cap, arena_cap=arena_cap, solver=solver)
+    else:
+        solution = solve(problem, cap, arena_cap=arena_cap, solver=solver)
+        assert solution.optimal
+        assert solution.time_s == pytest.approx(expected[0], rel=1e-7, abs=1e-9)
+        assert solution.arena_bound_bytes == arena_bound(problem, solution.choice) <= arena_cap
+        assert cap is None or solution.peak_bytes <= cap
+    assert minimum_arena(problem, solver=solver).arena_bound_bytes == arenas[0]
+    with pytest.raises(Infeasible):
+        solve(problem, None, arena_cap=arenas[0] - 1, solver=solver)
 
 
 def _chain_dp(problem: Problem, cap: int | None) -> float | None:

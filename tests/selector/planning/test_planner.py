@@ -10,6 +10,7 @@ from convplan.profiles.profiler import Profiler
 from convplan.selector.lowering import lower
 from convplan.selector.network import zoo
 from convplan.selector.planning import (
+    Caps,
     Infeasible,
     PlanningError,
     PlanRequest,
@@ -225,7 +226,7 @@ def test_a_solution_the_memory_model_puts_over_the_cap_is_never_returned() -> No
         raw = solve(np_.problem, cap)
         broken += np_.predicted_peak(raw.choice) > cap
         try:
-            held = _held_to(np_, raw, cap, solver="cbc", time_limit_s=60)
+            held = _held_to(np_, raw, Caps(cap), solver="cbc", time_limit_s=60)
         except Infeasible as error:
             assert "by the memory model" in str(error)
             continue
