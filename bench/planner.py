@@ -23,6 +23,7 @@ from convplan.profiles.profiler import Profiler  # noqa: E402
 from convplan.profiles.store import CostStore  # noqa: E402
 from convplan.selector.network import zoo  # noqa: E402
 from convplan.selector.planning import (  # noqa: E402
+    Caps,
     PlanningError,
     baselines,
     build_problem,
@@ -92,7 +93,7 @@ def main() -> None:
     for name in args.deep.split(","):
         network = zoo.builtin(name)
         problem = build_problem(network, costs)
-        marks = baselines(problem, None)
+        marks = baselines(problem, Caps())
         im2col_peak = marks["im2col"]["peak_bytes"]
         lowest = marks["lowest_memory"]["peak_bytes"]
         for fraction in FRACTIONS:
@@ -112,7 +113,7 @@ def main() -> None:
 
 def _row(network, problem, costs, profiler, args, fraction: float, cap: int) -> str:
     """One cap: the plan and the four baselines, each run and measured."""
-    marks = baselines(problem, cap)
+    marks = baselines(problem, Caps(cap))
     cells = []
     try:
         plan = make_plan(network, costs, cap, machine=profiler.fingerprint,

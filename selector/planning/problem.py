@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from convplan.kernels import registry
 from convplan.kernels.arena import ALIGNMENT, aligned, buffers
+from convplan.kernels.executor import Program
 from convplan.kernels.spec import Layout
 from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import request_key
@@ -48,18 +49,27 @@ class Predictions:
     asked for, remembered after."""
 
     network: Network
-    _seen: dict[tuple, MemoryProfile] = field(default_factory=dict, repr=False)
+    _seen: dict[tuple, tuple[Program, MemoryProfile]] = field(default_factory=dict, repr=False)
 
     def profile(self, algorithms: Mapping[str, str], layouts: Mapping[str, Layout]
                 ) -> MemoryProfile:
+        return self._lowered(algorithms, layouts)[1]
+
+    def program(self, algorithms: Mapping[str, str], layouts: Mapping[str, Layout]
+                ) -> Program:
+        """The program the assignment lowers to (its arena placed), as `profile` saw it."""
+        return self._lowered(algorithms, layouts)[0]
+
+    def _lowered(self, algorithms: Mapping[str, str], layouts: Mapping[str, Layout]
+                 ) -> tuple[Program, MemoryProfile]:
         key = (tuple(sorted(algorithms.items())), tuple(sorted(layouts.items())))
         if key not in self._seen:
-            lowered = lower(self.network, algorithms, layouts=layouts, strict=True)
+            program = lower(self.network, algorithms, layouts=layouts, strict=True).program
             # A plan promises the run that loads the network itself (convplan run, /v1/run):
             # it holds each layer's original until that layer is prepared, more than a run
             # of a caller's network, whose originals are the caller's.
-            lowered.program.owns_weights = True
-            self._seen[key] = predict(lowered.program)
+            program.owns_weights = True
+            self._seen[key] = (program, predict(program))
         return self._seen[key]
 
 
@@ -140,13 +150,13 @@ def fixed_bytes(network: Network, predictions: Predictions | None = None) -> dic
     return {s.name: s.activation_bytes + held for s in profile.steps if s.kind != "transform"}
 
 
-def arena_fixed_bytes(network: Network) -> dict[str, int]:
+def arena_fixed_bytes(network: Network, predictions: Predictions | None = None
+                      ) -> dict[str, int]:
     """Per layer step, the arena bytes of the activations alive whatever the plan chooses
     (aligned, as the arena holds them; not the buffers of the network's outputs, which each
     run allocates). Measured on the program where every layer runs in NCHW, which has no
     copies and whose arena activations every plan has at the same steps."""
-    algorithms, layouts = _all_nchw(network)
-    program = lower(network, algorithms, layouts=layouts, strict=True).program
+    program = (predictions or Predictions(network)).program(*_all_nchw(network))
     tensors = [b for b in buffers(program) if b.key in program.shapes]
     out = {}
     for i, step in enumerate(program.steps):
@@ -234,7 +244,7 @@ def build_problem(network: Network, costs: CostFunction) -> PlanContext:
         transform_workspace_bytes=_transform_workspace(),
         original_bytes={n.name: original_bytes(network, n) for n in network.conv_nodes},
         preparing_fixed_bytes=held_throughout(network, predictions),
-        arena_fixed_bytes=arena_fixed_bytes(network),
+        arena_fixed_bytes=arena_fixed_bytes(network, predictions),
         arena_copy_bytes={t: aligned(tensor_bytes(s)) for t, s in network.shapes.items()
                           if len(s) == 4})
     return PlanContext(network, problem, sources, predictions)
