@@ -7,7 +7,6 @@ untraced in the same arena (the time), and compare with the independent referenc
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Mapping
 from typing import Any
@@ -173,10 +172,8 @@ def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | Non
     from .planning import plan_spec
 
     spec = plan_spec(plan)
-    if threads is None and spec.threads is not None:
-        threads = min(spec.threads, os.cpu_count() or 1)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
-                       strict=True, threads=threads, repeat=repeat, check=check,
+                       strict=True, threads=spec.run_threads(threads), repeat=repeat, check=check,
                        made_for=spec.network, made_for_inputs=spec.inputs, owned=owned)
 
 
