@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
@@ -19,11 +19,14 @@ from convplan.kernels.executor import Executor
 
 from .inputs import check_inputs, npy_header, random_inputs, read_inputs
 from .lowering import lower
-from .memory import predict
 from .network import Network
 
+if TYPE_CHECKING:
+    from .session import Session
+
 __all__ = ["LayerReport", "RunReport", "check_inputs", "degenerate", "npy_header",
-           "random_inputs", "read_inputs", "run_network", "run_plan", "softmax_inputs"]
+           "random_inputs", "read_inputs", "run_network", "run_plan", "run_session",
+           "softmax_inputs"]
 
 
 class LayerReport(BaseModel):
@@ -99,30 +102,50 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     original weights are dropped once the layer is prepared, so the process holds every
     weight once, and the network is spent afterwards. Without it (a `Network` a caller passes
     in) the network is never changed, and its originals stay alive beside any prepared copy.
+
+    The work is a `Session`'s, made to prepare in the traced first run (so the measured peak
+    includes preparing) and closed afterwards.
     """
+    from .session import Session
+
     if strict and assignment is not None:
         from .planning import check_plan
 
         check_plan(network, assignment, layouts, made_for=made_for, inputs=made_for_inputs)
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
-    lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
-                    layouts=layouts)  # type: ignore[arg-type]
-    program = lowered.program
-    notes = list(lowered.notes)
-    original_bytes = network.weight_bytes
-    if owned and check and not _recoverable(network):
-        owned = False
-        notes.append("weights kept: the check needs the originals, which cannot be drawn "
-                     "again or read from a file")
-    if owned:           # the program's steps hold the only references now
-        network.release_conv_weights()
-        program.owns_weights = True
-    profile = predict(program)
-    executor = Executor(program)
-    with blas.threads(threads):
+    kept = owned and check and not _recoverable(network)
+    session = Session.from_network(network, assignment, algorithm=algorithm, layouts=layouts,
+                                   strict=strict, owned=owned and not kept, threads=threads,
+                                   prepare=False)
+    try:
+        report = run_session(session, feeds, repeat=repeat)
+        if kept:
+            report.notes.append("weights kept: the check needs the originals, which cannot be "
+                                "drawn again or read from a file")
+        if check:
+            _check(report, network, feeds, session.executor, assignment, algorithm, strict,
+                   layouts, threads)
+    finally:
+        session.close()
+    return report
+
+
+def run_session(session: Session, inputs: Mapping[str, np.ndarray] | None = None, *,
+                repeat: int = 1) -> RunReport:
+    """Run ``session`` once traced (memory) and ``repeat`` times untraced (time: the median)
+    on ``inputs`` (seeded random ones if None), all in one turn of it (no run of another
+    thread between them): the report `run_network` gives. A session not prepared yet
+    (`Session.from_network(prepare=False)`) prepares in the traced run, which then measures
+    preparing too; one prepared before holds its weights and arena from before the trace,
+    counted as held."""
+    feeds = check_inputs(session.inputs, inputs if inputs is not None
+                         else random_inputs(session.inputs))
+    with session._running() as executor:
         n_threads = blas.get_threads()
         traced = executor.run(feeds, trace=True)
         runs = [executor.run(feeds) for _ in range(max(1, repeat))]
+        program = executor.program
+    profile = session.predicted
     median = statistics.median(r.seconds for r in runs)
     timed = min(runs, key=lambda r: abs(r.seconds - median))
     layers = []
@@ -137,22 +160,17 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
                     else f"{step.layout}->{step.output_layout}"),
             time_s=seconds, workspace_bytes=memory.workspace_bytes,
             live_bytes=memory.total_bytes))
-    outputs = {name: traced.outputs[tensor] for name, tensor in lowered.outputs.items()}
     assert traced.measured_peak_bytes is not None
-    report = RunReport(
-        network=network.name, threads=n_threads, time_s=median,
+    return RunReport(
+        network=session.name, threads=n_threads, time_s=median,
         measured_peak_bytes=traced.measured_peak_bytes, predicted_peak_bytes=profile.peak_bytes,
         peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
         constant_bytes=profile.constant_bytes, input_bytes=profile.input_bytes,
-        weight_bytes=profile.weight_bytes, original_weight_bytes=original_bytes,
+        weight_bytes=profile.weight_bytes, original_weight_bytes=session.original_weight_bytes,
         weights_released=program.owns_weights, arena_bytes=profile.arena_bytes,
-        max_live_bytes=profile.max_live_bytes, layers=layers, outputs=outputs, notes=notes,
+        max_live_bytes=profile.max_live_bytes, layers=layers,
+        outputs=session.outputs_of(traced), notes=list(session.notes),
         max_abs_error=None, max_rel_error=None, reference=None)
-    del traced, runs, timed
-    if check:
-        _check(report, network, feeds, executor, assignment, algorithm, strict, layouts,
-               threads)
-    return report
 
 
 def _recoverable(network: Network) -> bool:
