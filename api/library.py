@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from convplan.selector.network import Network, load_network
+from convplan.selector.network import Network, network_of
 from convplan.selector.planning import Plan, PlanRequest, check_plan, plan_network, plan_spec
 from convplan.selector.runner import RunReport, run_network, run_plan
 
@@ -19,15 +19,8 @@ ShapesGiven = Mapping[str, Any] | None
 
 def _network(network: Network | str | Path, batch: int | None = None,
              input_shapes: ShapesGiven = None) -> Network:
-    """A `Network` as given (``batch`` and ``input_shapes`` then are load_network's to
-    apply: an error here), or loaded from a name or path for them."""
-    if not isinstance(network, Network):
-        return load_network(network, batch=batch, input_shapes=input_shapes)
-    if batch is not None or input_shapes:
-        raise ValueError("batch and input_shapes are for a network given by name or path; "
-                         "load a Network with convplan.load_network(model, batch=..., "
-                         "input_shapes=...)")
-    return network
+    """A `Network` as given, or loaded from a name or path (`network_of`)."""
+    return network_of(network, batch=batch, input_shapes=input_shapes)[0]
 
 
 def plan(network: Network | str | Path, memory_cap: int | str | None = None, *,
@@ -58,7 +51,7 @@ def run(network: Network | str | Path, plan: Plan | Mapping[str, Any] | None = N
     refused (`run_plan`), as is one made for other input shapes. A name or path is loaded
     for this run (for ``batch`` / ``input_shapes``) and each weight held once; a `Network`
     given is left unchanged (its originals stay beside any prepared copy)."""
-    net, owned = _network(network, batch, input_shapes), not isinstance(network, Network)
+    net, owned = network_of(network, batch=batch, input_shapes=input_shapes)
     if plan is None:
         return run_network(net, inputs, threads=threads, repeat=repeat, check=check,
                            owned=owned)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from convplan.kernels import conv2d as conv2d
     from convplan.selector.network import load_network as load_network
     from convplan.selector.planning import Plan as Plan
+    from convplan.selector.session import Session as Session
 
 _PUBLIC = {
     "conv2d": "convplan.kernels",
@@ -30,6 +31,7 @@ _PUBLIC = {
     "plan": "convplan.api.library",
     "Plan": "convplan.selector.planning",
     "run": "convplan.api.library",
+    "Session": "convplan.selector.session",
 }
 
 __all__ = ["__version__", *_PUBLIC]

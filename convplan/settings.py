@@ -220,6 +220,12 @@ class ServiceSettings(_Settings):
     concurrency: Count = Field(default_factory=_default_concurrency, description=(
         "worker processes (heavy requests served at once)"),
         json_schema_extra={"default_doc": "min(4, cores)"})
+    session_cache: int = Field(2, ge=0, le=64, description=(
+        "sessions each worker keeps for `/v1/run` (a network and plan loaded, prepared and "
+        "allocated: a later run of the same network, plan, shapes and threads in that worker "
+        "skips all of it); 0: none. They hold their weights and arena between requests, "
+        "within the worker's memory: a request that runs out of it empties the cache and "
+        "tries once more"))
     queue: int = Field(32, ge=0, description="requests waiting for a worker, then 503")
     queue_timeout: float = seconds(10.0, 0, (
         "waiting for a worker, then 503 with `Retry-After`"))

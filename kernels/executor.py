@@ -300,6 +300,20 @@ class Executor:
         self._prepared = True
         return peak, held
 
+    def ready(self) -> None:
+        """Prepare the weights and allocate the arena now, each at most once, in a run's order
+        (untraced), so that no run does more than the next one: a `Session` is made so."""
+        with self._lock:
+            if not self._prepared:
+                self.prepare()
+            if self._arena is None:
+                self._allocate()
+
+    @property
+    def arena(self) -> np.ndarray | None:
+        """The arena's buffer (None before the first run or `ready`, and once closed)."""
+        return self._arena
+
     def close(self) -> None:
         """Drop the prepared weights and the arena. A later `run` prepares again from the
         steps' weights, which a program that owns its weights no longer has: such an executor

@@ -7,6 +7,7 @@
   layout/copy rule, which the ILP prices too);
 - `memory`: the memory model, the live bytes at every step of a program;
 - `planning/`: the candidates, the ILP, the plan documents;
+- `inputs`: a network's inputs (seeded, checked, read from .npy / .npz without trusting them);
 - `runner`: run a network or a plan, measure it, check it against the reference;
 - `baselines`: assignments that need no measurements (the tests' and the benchmarks').
 

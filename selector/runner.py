@@ -7,13 +7,9 @@ untraced in the same arena (the time), and compare with the independent referenc
 
 from __future__ import annotations
 
-import io
-import os
 import statistics
-import zipfile
 from collections.abc import Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
@@ -21,9 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from convplan.kernels import blas
 from convplan.kernels.executor import Executor
 
+from .inputs import check_inputs, npy_header, random_inputs, read_inputs
 from .lowering import lower
-from .memory import predict
-from .network import Network, NetworkError, shown
+from .network import Network
+
+if TYPE_CHECKING:
+    from .session import Session
+
+__all__ = ["LayerReport", "RunReport", "check_inputs", "degenerate", "npy_header",
+           "random_inputs", "read_inputs", "run_network", "run_plan", "run_session",
+           "softmax_inputs"]
 
 
 class LayerReport(BaseModel):
@@ -80,120 +83,6 @@ class RunReport(BaseModel):
         return {k: list(v.shape) for k, v in outputs.items()}
 
 
-def random_inputs(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs in [0, 1), one per network input."""
-    rng = np.random.default_rng(seed)
-    return {name: rng.random(shape, dtype=np.float32) for name, shape in network.inputs.items()}
-
-
-def check_inputs(network: Network, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The inputs as C-contiguous float32 arrays of the right shapes, or a clear error."""
-    missing = set(network.inputs) - set(inputs)
-    extra = set(inputs) - set(network.inputs)
-    if missing or extra:
-        raise NetworkError(f"the network takes input(s) {', '.join(network.inputs)}; got "
-                           f"{', '.join(inputs) or 'none'}")
-    out = {}
-    for name, shape in network.inputs.items():
-        x = np.asarray(inputs[name])
-        if x.shape != tuple(shape):
-            raise NetworkError(f"input {name!r} has shape {list(x.shape)}, the network expects "
-                               f"{list(shape)}")
-        if x.dtype.kind not in "fiu":
-            raise NetworkError(f"input {name!r} has dtype {x.dtype}; give numbers")
-        out[name] = np.ascontiguousarray(x, dtype=np.float32)
-    return out
-
-
-def npy_header(stream: IO[bytes], what: str = "the input") -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) an .npy stream declares, read without reading (or allocating) its data;
-    NetworkError for anything that is not a plain numeric array (objects are never unpickled)."""
-    shape, _, dtype = _npy_header(stream, what)
-    return shape, dtype
-
-
-def _npy_header(stream: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f".npy format version {version} is not supported")
-    except (ValueError, OSError, EOFError, SyntaxError) as error:
-        raise NetworkError(f"{what} is not an .npy array: {str(error)[:200]}") from None
-    if dtype.hasobject or dtype.kind not in "fiu" or dtype.fields is not None:
-        raise NetworkError(f"{what} holds {shown(str(dtype), 40)} values; give float or int "
-                           "numbers")
-    return tuple(int(d) for d in shape), bool(fortran), dtype
-
-
-def read_inputs(source: bytes | Path, network: Network, what: str = "the input"
-                ) -> dict[str, np.ndarray]:
-    """The network's inputs from an .npy (one input) or .npz (arrays by input name) file or
-    its bytes. Every array's header is checked against the network's input first (names,
-    count, shape, numeric dtype, the data really present), so nothing large is allocated for a
-    file that only declares a large array, and nothing is unpickled."""
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as error:
-        raise NetworkError(f"cannot read {what}: {error.strerror}") from None
-    if data.startswith(b"PK"):
-        return _read_npz(data, network, what)
-    if len(network.inputs) != 1:
-        raise NetworkError(f"the network has {len(network.inputs)} inputs; give an .npz "
-                           f"with arrays named {', '.join(network.inputs)}")
-    name, wanted = next(iter(network.inputs.items()))
-    return {name: _read_checked(data, name, wanted, what)}
-
-
-def _read_checked(data: bytes, name: str, wanted: tuple[int, ...], what: str) -> np.ndarray:
-    stream = io.BytesIO(data)
-    shape, fortran, dtype = _npy_header(stream, what)
-    if shape != tuple(wanted):
-        raise NetworkError(f"{what} {name!r} has shape {list(shape)[:8]}, the network expects "
-                           f"{list(wanted)}")
-    count = int(np.prod(shape, dtype=object))
-    offset = stream.tell()
-    if len(data) - offset < count * dtype.itemsize:
-        raise NetworkError(f"{what} {name!r} declares {count * dtype.itemsize} bytes of data "
-                           f"but holds {max(len(data) - offset, 0)}")
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return np.array(flat.reshape(shape, order="F" if fortran else "C"))    # an owned copy
-
-
-def _read_npz(data: bytes, network: Network, what: str) -> dict[str, np.ndarray]:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, OSError) as error:
-        raise NetworkError(f"{what} is not an .npz archive: {str(error)[:200]}") from None
-    with archive:
-        members = archive.infolist()
-        if len(members) > len(network.inputs):
-            raise NetworkError(f"{what} holds {len(members)} arrays; the network takes "
-                               f"{len(network.inputs)} ({', '.join(network.inputs)})")
-        names = {m.filename.removesuffix(".npy"): m for m in members}
-        if set(names) != set(network.inputs):
-            given = ", ".join(shown(n, 60) for n in sorted(names)[:5])
-            raise NetworkError(f"the network takes input(s) {', '.join(network.inputs)}; "
-                               f"{what} holds {given or 'nothing'}")
-        out = {}
-        for name, member in names.items():
-            wanted = network.inputs[name]
-            limit = 4096 + int(np.prod(wanted, dtype=object)) * 8
-            if member.file_size > limit:
-                raise NetworkError(f"{what} {name!r} takes {member.file_size} bytes; an input "
-                                   f"of shape {list(wanted)} needs at most {limit}")
-            try:
-                raw = archive.read(member)
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError,
-                    NotImplementedError) as error:
-                raise NetworkError(f"cannot read {what} {name!r}: {str(error)[:200]}") from None
-            out[name] = _read_checked(raw, name, wanted, what)
-    return out
-
-
 def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None, *,
                 assignment: Mapping[str, str] | None = None, algorithm: str | None = None,
                 layouts: Mapping[str, str] | None = None, strict: bool = False,
@@ -213,30 +102,50 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     original weights are dropped once the layer is prepared, so the process holds every
     weight once, and the network is spent afterwards. Without it (a `Network` a caller passes
     in) the network is never changed, and its originals stay alive beside any prepared copy.
+
+    The work is a `Session`'s, made to prepare in the traced first run (so the measured peak
+    includes preparing) and closed afterwards.
     """
+    from .session import Session
+
     if strict and assignment is not None:
         from .planning import check_plan
 
         check_plan(network, assignment, layouts, made_for=made_for, inputs=made_for_inputs)
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
-    lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
-                    layouts=layouts)  # type: ignore[arg-type]
-    program = lowered.program
-    notes = list(lowered.notes)
-    original_bytes = network.weight_bytes
-    if owned and check and not _recoverable(network):
-        owned = False
-        notes.append("weights kept: the check needs the originals, which cannot be drawn "
-                     "again or read from a file")
-    if owned:           # the program's steps hold the only references now
-        network.release_conv_weights()
-        program.owns_weights = True
-    profile = predict(program)
-    executor = Executor(program)
-    with blas.threads(threads):
+    kept = owned and check and not _recoverable(network)
+    session = Session.from_network(network, assignment, algorithm=algorithm, layouts=layouts,
+                                   strict=strict, owned=owned and not kept, threads=threads,
+                                   prepare=False)
+    try:
+        report = run_session(session, feeds, repeat=repeat)
+        if kept:
+            report.notes.append("weights kept: the check needs the originals, which cannot be "
+                                "drawn again or read from a file")
+        if check:
+            _check(report, network, feeds, session.executor, assignment, algorithm, strict,
+                   layouts, threads)
+    finally:
+        session.close()
+    return report
+
+
+def run_session(session: Session, inputs: Mapping[str, np.ndarray] | None = None, *,
+                repeat: int = 1) -> RunReport:
+    """Run ``session`` once traced (memory) and ``repeat`` times untraced (time: the median)
+    on ``inputs`` (seeded random ones if None), all in one turn of it (no run of another
+    thread between them): the report `run_network` gives. A session not prepared yet
+    (`Session.from_network(prepare=False)`) prepares in the traced run, which then measures
+    preparing too; one prepared before holds its weights and arena from before the trace,
+    counted as held."""
+    feeds = check_inputs(session.inputs, inputs if inputs is not None
+                         else random_inputs(session.inputs))
+    with session._running() as executor:
         n_threads = blas.get_threads()
         traced = executor.run(feeds, trace=True)
         runs = [executor.run(feeds) for _ in range(max(1, repeat))]
+        program = executor.program
+    profile = session.predicted
     median = statistics.median(r.seconds for r in runs)
     timed = min(runs, key=lambda r: abs(r.seconds - median))
     layers = []
@@ -251,22 +160,17 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
                     else f"{step.layout}->{step.output_layout}"),
             time_s=seconds, workspace_bytes=memory.workspace_bytes,
             live_bytes=memory.total_bytes))
-    outputs = {name: traced.outputs[tensor] for name, tensor in lowered.outputs.items()}
     assert traced.measured_peak_bytes is not None
-    report = RunReport(
-        network=network.name, threads=n_threads, time_s=median,
+    return RunReport(
+        network=session.name, threads=n_threads, time_s=median,
         measured_peak_bytes=traced.measured_peak_bytes, predicted_peak_bytes=profile.peak_bytes,
         peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
         constant_bytes=profile.constant_bytes, input_bytes=profile.input_bytes,
-        weight_bytes=profile.weight_bytes, original_weight_bytes=original_bytes,
+        weight_bytes=profile.weight_bytes, original_weight_bytes=session.original_weight_bytes,
         weights_released=program.owns_weights, arena_bytes=profile.arena_bytes,
-        max_live_bytes=profile.max_live_bytes, layers=layers, outputs=outputs, notes=notes,
+        max_live_bytes=profile.max_live_bytes, layers=layers,
+        outputs=session.outputs_of(traced), notes=list(session.notes),
         max_abs_error=None, max_rel_error=None, reference=None)
-    del traced, runs, timed
-    if check:
-        _check(report, network, feeds, executor, assignment, algorithm, strict, layouts,
-               threads)
-    return report
 
 
 def _recoverable(network: Network) -> bool:
@@ -286,10 +190,8 @@ def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | Non
     from .planning import plan_spec
 
     spec = plan_spec(plan)
-    if threads is None and spec.threads is not None:
-        threads = min(spec.threads, os.cpu_count() or 1)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
-                       strict=True, threads=threads, repeat=repeat, check=check,
+                       strict=True, threads=spec.run_threads(threads), repeat=repeat, check=check,
                        made_for=spec.network, made_for_inputs=spec.inputs, owned=owned)
 
 

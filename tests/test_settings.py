@@ -123,7 +123,8 @@ BAD = {
     "MAX_TIME_LIMIT": ["0.001", "nan"], "MAX_BUDGET": ["0", "-1"], "MAX_REPEAT": ["0", "1.5"],
     "REQUEST_TIMEOUT": ["0.01", "1e9"], "JOB_TIMEOUT": ["forever", "-inf"],
     "WORKER_MEMORY": ["plenty", "-5"], "KILL_GRACE": ["-1", "2 s"],
-    "CONCURRENCY": ["0", "all"], "QUEUE": ["-1", "x"], "QUEUE_TIMEOUT": ["soon", "-0.5"],
+    "CONCURRENCY": ["0", "all"], "SESSION_CACHE": ["-1", "65", "some"],
+    "QUEUE": ["-1", "x"], "QUEUE_TIMEOUT": ["soon", "-0.5"],
     "RETRY_AFTER": ["0", "0.5"], "MAX_JOBS": ["0"], "MAX_PENDING_JOBS": ["none"],
 }
 

@@ -33,14 +33,9 @@ if TYPE_CHECKING:
 def read_plan(path: Path) -> PlanSpec:
     """A plan file (`selector.planning.PlanSpec`, exactly what /v1/run takes), or a
     NetworkError (PlanError) saying what is wrong with it."""
-    from convplan.selector.network import NetworkError
-    from convplan.selector.planning import plan_spec
+    from convplan.selector.planning import plan_file
 
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise NetworkError(f"cannot read plan {path}: {error.strerror}") from None
-    return plan_spec(data, f"plan {path}")
+    return plan_file(path)
 
 
 def check_made_for(plan: Path, made_for: str | None, network: Network) -> None:

@@ -141,6 +141,11 @@ class RunResponse(RunReport):
     output_format: Literal["npy", "npz"]
     output_shapes: dict[str, list[int]]
     plan: Plan | None = Field(None, description="The plan made first, if one was.")
+    session_reused: bool = Field(False, description=(
+        "The run reused the session an earlier request of the same network, plan, shapes "
+        "and threads left in its worker (CONVPLAN_SESSION_CACHE): nothing was loaded or "
+        "prepared again, so the measured peak holds the prepared weights and the arena but "
+        "not preparing them (the prediction still counts it)."))
 
 
 # -- jobs and listings ----------------------------------------------------------------------------

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
+import hashlib
 import io
+import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -36,6 +40,7 @@ from convplan.selector.planning import (
     PlanError,
     PlanningError,
     PlanRequest,
+    PlanSpec,
     check_plan,
     pareto_network,
     plan_network,
@@ -44,11 +49,14 @@ from convplan.selector.planning import (
     requests_for,
 )
 from convplan.selector.runner import (
+    RunReport,
     random_inputs,
     read_inputs,
     run_network,
     run_plan,
+    run_session,
 )
+from convplan.selector.session import Session
 from convplan.settings import ServiceSettings
 
 from .schemas import ProfileResult
@@ -213,7 +221,8 @@ def pareto_task(source: Source, options: dict[str, Any], points: int, settings: 
 
 
 # -- running -------------------------------------------------------------------------------------
-def decode_inputs(text: str, network: Network, settings: ServiceSettings) -> dict[str, np.ndarray]:
+def decode_inputs(text: str, network: Network | Mapping[str, tuple[int, ...]],
+                  settings: ServiceSettings) -> dict[str, np.ndarray]:
     """Base64 of an .npy (one input) or an .npz (by input name); every array's header (name,
     shape, numeric dtype, data present) is checked against the network before it is read."""
     try:
@@ -243,43 +252,168 @@ def run_task(source: Source, body: dict[str, Any], settings: ServiceSettings,
              deadline: float | None = None) -> dict[str, Any]:
     """POST /v1/run: run a plan (or plan first), report time and peak next to the prediction.
     A ``deadline`` bounds planning first to half the time left (the run itself cannot stop
-    early: the pool kills it at the deadline)."""
+    early: the pool kills it at the deadline). A plan or an algorithm given, without
+    ``check``, runs in a cached `Session` (`SESSIONS`) when the worker keeps one."""
     with client_errors():
-        network = load(source, settings, owned=True)
-        plan = body.get("plan")
-        if plan is not None:        # made for this network and the shapes it is loaded for
-            spec = plan_spec(plan)
-            check_plan(network, spec.assignment, spec.layouts, made_for=spec.network,
-                       inputs=spec.inputs)
-        algorithm = body.get("algorithm")
+        plan, algorithm = body.get("plan"), body.get("algorithm")
         threads = plan_request({"threads": body.get("threads")}, settings).threads
-        document = None
-        if plan is not None and algorithm is not None:
-            raise ServiceError(400, "invalid_value", "give a plan or an algorithm, not both")
-        if algorithm is not None:
-            registry.get(algorithm)          # an unknown name is a clear error, not a fallback
-        elif plan is None:
-            request, measure_until = _within_deadline(  # half of the time left for the run
-                plan_request(body, settings), deadline, PLAN_SOLVES, 0.25, 0.25)
-            plan = document = plan_network(network, request, measure_until=measure_until)
-        text = body.get("input")
-        inputs = (decode_inputs(text, network, settings) if text is not None
-                  else random_inputs(network, int(body.get("seed", 0))))
         repeat = min(int(body.get("repeat", 1)), settings.max_repeat)
         check = bool(body.get("check", False))
-        if plan is not None:     # made for this network, its threads within ours: run_plan
-            report = run_plan(network, plan, inputs, threads=threads, repeat=repeat,
-                              check=check, owned=True)      # loaded for this request alone
+        reused, document = False, None
+        if settings.session_cache and not check and (plan is None) != (algorithm is None):
+            report, reused = _cached_run(source, body, settings, threads, repeat)
         else:
-            report = run_network(network, inputs, algorithm=algorithm, threads=threads,
-                                 repeat=repeat, check=check, owned=True)
+            report, document = _fresh_run(source, body, settings, threads, repeat, check,
+                                          deadline)
     # what schemas.RunResponse (a RunReport) adds; the arrays travel encoded, not pickled
     out = report.model_dump(exclude={"outputs"})
     out["output"], out["output_format"] = encode_outputs(report.outputs)
     out["output_shapes"] = {k: list(v.shape) for k, v in report.outputs.items()}
     out["within_prediction"] = report.measured_peak_bytes <= report.predicted_peak_bytes
     out["plan"] = document
+    out["session_reused"] = reused
     return out
+
+
+def _inputs(body: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+            settings: ServiceSettings) -> dict[str, np.ndarray]:
+    text = body.get("input")
+    return (decode_inputs(text, shapes, settings) if text is not None
+            else random_inputs(shapes, int(body.get("seed", 0))))
+
+
+def _fresh_run(source: Source, body: dict[str, Any], settings: ServiceSettings,
+               threads: int | None, repeat: int, check: bool, deadline: float | None
+               ) -> tuple[RunReport, Plan | None]:
+    """A run of a network loaded for this request alone: (its report, the plan made first)."""
+    network = load(source, settings, owned=True)
+    plan, algorithm = body.get("plan"), body.get("algorithm")
+    if plan is not None:        # made for this network and the shapes it is loaded for
+        spec = plan_spec(plan)
+        check_plan(network, spec.assignment, spec.layouts, made_for=spec.network,
+                   inputs=spec.inputs)
+    document = None
+    if plan is not None and algorithm is not None:
+        raise ServiceError(400, "invalid_value", "give a plan or an algorithm, not both")
+    if algorithm is not None:
+        registry.get(algorithm)          # an unknown name is a clear error, not a fallback
+    elif plan is None:
+        request, measure_until = _within_deadline(  # half of the time left for the run
+            plan_request(body, settings), deadline, PLAN_SOLVES, 0.25, 0.25)
+        plan = document = plan_network(network, request, measure_until=measure_until)
+    inputs = _inputs(body, network.inputs, settings)
+    if plan is not None:     # made for this network, its threads within ours: run_plan
+        report = run_plan(network, plan, inputs, threads=threads, repeat=repeat,
+                          check=check, owned=True)      # loaded for this request alone
+    else:
+        report = run_network(network, inputs, algorithm=algorithm, threads=threads,
+                             repeat=repeat, check=check, owned=True)
+    return report, document
+
+
+class SessionCache:
+    """The sessions a worker process keeps between /v1/run requests, least recently used
+    first, at most ``CONVPLAN_SESSION_CACHE``. Each belongs to this process alone (a worker
+    runs one task at a time), holds its prepared weights and arena, and dies with it."""
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[tuple, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: tuple) -> Session | None:
+        session = self._sessions.get(key)
+        if session is not None:
+            self._sessions.move_to_end(key)
+        return session
+
+    def make_room(self, size: int) -> None:
+        """Close the least recently used sessions until one more fits in ``size``."""
+        while self._sessions and len(self._sessions) >= size:
+            self._sessions.popitem(last=False)[1].close()
+
+    def put(self, key: tuple, session: Session, size: int) -> None:
+        self.make_room(size)
+        self._sessions[key] = session
+
+    def clear(self) -> None:
+        while self._sessions:
+            self._sessions.popitem(last=False)[1].close()
+        gc.collect()
+
+
+#: This process's sessions (a worker's; the server process runs no task).
+SESSIONS = SessionCache()
+
+
+def _source_key(source: Source, settings: ServiceSettings) -> tuple:
+    """What makes two requests' networks the same: the built-in name, or a digest of the
+    description or file, the shapes, and the limits it was loaded under."""
+    kind, value, *rest = source
+    shapes = rest[0] if rest else None
+    if kind == "builtin":
+        what = value
+    else:
+        data = value if isinstance(value, bytes) else json.dumps(
+            value, sort_keys=True, separators=(",", ":")).encode()
+        what = hashlib.sha256(data).hexdigest()
+    return (kind, what, shapes.model_dump_json() if shapes else None, repr(limits(settings)))
+
+
+def _cached_run(source: Source, body: dict[str, Any], settings: ServiceSettings,
+                threads: int | None, repeat: int) -> tuple[RunReport, bool]:
+    """A run of a plan or an algorithm in the session an earlier request of the same
+    network, plan, shapes and threads left in this worker, else in a new one, kept after:
+    (the report, whether the session was reused). A reused session is already prepared, so
+    its traced run holds the weights and arena from before (the measured peak then leaves
+    preparing out; the prediction still counts it). The inputs are checked against the
+    session's shapes as against a network's. A new session that runs out of memory beside
+    the cached ones gets the whole worker: the cache is emptied and it tries once more."""
+    plan, algorithm = body.get("plan"), body.get("algorithm")
+    spec = plan_spec(plan) if plan is not None else None
+    if spec is not None:
+        threads = spec.run_threads(threads)
+        choice: tuple = ("plan", spec.model_dump_json())
+    else:
+        registry.get(algorithm)          # an unknown name is a clear error, not a fallback
+        choice = ("algorithm", algorithm)
+    key = (_source_key(source, settings), choice, threads)
+    session = SESSIONS.get(key)
+    if session is not None:
+        return run_session(session, _inputs(body, session.inputs, settings), repeat=repeat), \
+            True
+    size = settings.session_cache
+    try:
+        SESSIONS.make_room(size)
+        return _new_session_run(source, body, settings, spec, threads, repeat, key), False
+    except (MemoryError, ServiceError) as error:     # (`load` answers MemoryError as 422)
+        if not len(SESSIONS) or (isinstance(error, ServiceError) and error.code != "too_large"):
+            raise
+    SESSIONS.clear()
+    return _new_session_run(source, body, settings, spec, threads, repeat, key), False
+
+
+def _new_session_run(source: Source, body: dict[str, Any], settings: ServiceSettings,
+                     spec: PlanSpec | None, threads: int | None, repeat: int, key: tuple
+                     ) -> RunReport:
+    network = load(source, settings, owned=True)
+    if spec is not None:        # made for this network and the shapes it is loaded for
+        check_plan(network, spec.assignment, spec.layouts, made_for=spec.network,
+                   inputs=spec.inputs)
+    inputs = _inputs(body, network.inputs, settings)    # before anything is prepared
+    session = Session.from_network(
+        network, spec.assignment if spec else None, algorithm=body.get("algorithm"),
+        layouts=spec.layouts if spec else None, strict=spec is not None, owned=True,
+        threads=threads, prepare=False)     # prepared in the traced run, as run_network does
+    del network
+    try:
+        report = run_session(session, inputs, repeat=repeat)
+    except BaseException:
+        session.close()
+        raise
+    SESSIONS.put(key, session, settings.session_cache)
+    return report
 
 
 # -- profiling -----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .graph import Network, Node
 from .limits import CLI_MAX_BYTES, Limits, machine_memory_bytes
 from .paper_layers import paper_layer, paper_layers
 from .shapes import MAX_DIM, InputShapes, ShapeList, ShapeMap, batch_reshape
-from .zoo import check_limits, description_network, load_network, onnx_network
+from .zoo import check_limits, description_network, load_network, network_of, onnx_network
 
 __all__ = [
     "ATTRIBUTE_TYPES", "CLI_MAX_BYTES", "MAX_ATTRIBUTE_DEPTH", "MAX_ATTRIBUTE_ITEMS",
@@ -51,6 +51,6 @@ __all__ = [
     "Network", "NetworkDescription", "NetworkError", "Node", "ShapeList", "ShapeMap",
     "attribute_types", "batch_reshape", "check_description", "check_limits",
     "description_network", "description_of", "json_depth", "load_json", "load_network",
-    "machine_memory_bytes", "make_operator", "onnx_network", "paper_layer", "paper_layers",
-    "parse_description", "quoted", "shown",
+    "machine_memory_bytes", "make_operator", "network_of", "onnx_network", "paper_layer",
+    "paper_layers", "parse_description", "quoted", "shown",
 ]

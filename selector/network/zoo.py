@@ -171,6 +171,22 @@ def load_network(source: str | Path, limits: Limits | None = None, *, batch: int
     return onnx_network(path, limits, input_shapes=shapes)
 
 
+def network_of(model: Network | str | Path, *, batch: int | None = None,
+               input_shapes: InputShapes | Mapping[str, Any] | None = None
+               ) -> tuple[Network, bool]:
+    """(the network, whether it was loaded here): a `Network` as given (the caller's: to be
+    left unchanged; ``batch`` and ``input_shapes`` then are an error, as they are
+    `load_network`'s to apply), or a name or path loaded for them (`load_network`), which
+    nothing else holds, so a run may take ownership of its weights."""
+    if not isinstance(model, Network):
+        return load_network(model, batch=batch, input_shapes=input_shapes), True
+    if batch is not None or input_shapes:
+        raise ValueError("batch and input_shapes are for a network given by name or path; "
+                         "load a Network with convplan.load_network(model, batch=..., "
+                         "input_shapes=...)")
+    return model, False
+
+
 def description_network(description: Mapping[str, Any] | str | bytes,
                         limits: Limits | None = None, input_shapes: InputShapes | None = None
                         ) -> Network:

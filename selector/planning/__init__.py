@@ -40,7 +40,7 @@ from .ilp import (
     minimum_peak,
     solve,
 )
-from .incoming import PlanError, PlanSpec, check_plan, plan_spec
+from .incoming import PlanError, PlanSpec, check_plan, plan_file, plan_spec
 from .jobs import (
     PlanRequest,
     cost_function,
@@ -99,6 +99,7 @@ __all__ = [
     "pareto_network",
     "parse_bytes",
     "plan_document",
+    "plan_file",
     "plan_network",
     "plan_spec",
     "profiler_for",

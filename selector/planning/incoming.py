@@ -3,7 +3,9 @@ and `check_plan`, which refuses a plan that does not fit the network it is given
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
@@ -36,6 +38,13 @@ class PlanSpec(BaseModel):
         None, description="The input shapes the plan was made for (a plan without them, "
                           "written before plans recorded them, is not checked for shapes).")
 
+    def run_threads(self, given: int | None = None) -> int | None:
+        """The thread count to run the plan with: ``given``, else the one its costs were
+        measured with, at most this machine's cores (None: neither, all cores)."""
+        if given is None and self.threads is not None:
+            return min(self.threads, os.cpu_count() or 1)
+        return given
+
 
 def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
     """A `PlanSpec` from a `Plan`, JSON text or parsed data; PlanError saying what is wrong.
@@ -62,6 +71,15 @@ def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
             problems.append(f"{where}: {e['msg'][:300]}")
         more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
         raise PlanError(f"{what} is not a valid plan: " + "; ".join(problems) + more) from None
+
+
+def plan_file(path: str | os.PathLike[str]) -> PlanSpec:
+    """The plan a JSON file holds (`plan_spec`), or a PlanError naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise PlanError(f"cannot read plan {path}: {error.strerror}") from None
+    return plan_spec(data, f"plan {path}")
 
 
 def _names(names: Any, limit: int = 5) -> str:
