@@ -19,6 +19,7 @@ from .errors import quoted, shown
 _I, _IS, _I_IS, _N, _B = "int", "ints", "int or ints", "number", "bool"
 _POOL = {"kernel": _I_IS, "stride": _I_IS, "padding": _I_IS, "ceil_mode": _B}
 _CONSTANT = {"constant_shape": _IS + "?"}
+_REDUCE = {"axes": _IS + "?", "keepdims": _B}
 ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "conv": {"out_channels": _I, "kernel": _I_IS, "stride": _I_IS, "padding": _I_IS,
              "dilation": _I_IS, "groups": _I, "bias": _B},
@@ -37,6 +38,7 @@ ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "split": {"axis": _I, "sizes": _IS},
     "reshape": {"shape": _IS}, "transpose": {"perm": _IS + "?"},
     "slice": {"starts": _IS, "ends": _IS, "axes": _IS + "?", "steps": _IS + "?"},
+    "reducesum": _REDUCE, "reducemean": _REDUCE, "reducemax": _REDUCE, "reducel2": _REDUCE,
 }
 
 

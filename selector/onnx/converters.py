@@ -295,6 +295,31 @@ def _arithmetic(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> N
     imp.emit(op, acts, [node.output[0]], weights, **extra)
 
 
+_REDUCTIONS = {"ReduceSum": "reducesum", "ReduceMean": "reducemean", "ReduceMax": "reducemax",
+               "ReduceL2": "reducel2"}
+
+
+@_converts(*_REDUCTIONS)
+def _reduce(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Axes as an attribute (ReduceSum before opset 13, the others before 18) or a constant
+    input; none or empty means every axis, or with noop_with_empty_axes none (the identity)."""
+    axes: list[int] | None = None
+    if "axes" in attrs:
+        axes = [int(a) for a in attrs["axes"]]
+    elif len(node.input) > 1 and node.input[1]:
+        axes = int_vector(node, imp.const(node.input[1], f"{node.op_type}'s axes"), "axes")
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            if node.op_type == "ReduceL2":     # the text says the input, the arithmetic |x|
+                raise _refuse(node, "ReduceL2 over no axes (noop_with_empty_axes) is not "
+                                    "supported")
+            imp.alias(node)
+            return
+        axes = None
+    imp.emit(_REDUCTIONS[node.op_type], [node.input[0]], [node.output[0]], axes=axes,
+             keepdims=bool(attrs.get("keepdims", 1)))
+
+
 @_converts("Concat")
 def _concat(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if any(imp.is_const(i) for i in node.input if i):

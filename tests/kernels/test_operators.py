@@ -252,6 +252,19 @@ def matmul_cases(draw) -> Case:
     return Case({}, [a, b], draw(dtypes))
 
 
+@st.composite
+def reduce_cases(draw) -> Case:
+    """Some axes (negative ones too) or all; sometimes an input of more than one block of the
+    sum of squares (`reduce.BLOCK`) with the reduced axes outside and inside a block."""
+    shape = draw(st.one_of(tensor_shapes(max_side=6),
+                           st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 40),
+                                     st.integers(1, 12))))
+    r = len(shape)
+    axes = draw(st.none() | st.lists(st.integers(-r, r - 1), min_size=1, max_size=r,
+                                     unique_by=lambda a: a % r))
+    return Case({"axes": axes, "keepdims": draw(st.booleans())}, [shape], draw(dtypes))
+
+
 def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
     try:
         operators.make(op, **attrs).output_shapes(shapes)
@@ -287,6 +300,10 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "slice": slice_cases,
     "gemm": gemm_cases,
     "matmul": matmul_cases,
+    "reducesum": reduce_cases,
+    "reducemean": reduce_cases,
+    "reducemax": reduce_cases,
+    "reducel2": reduce_cases,
 }
 
 
