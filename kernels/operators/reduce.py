@@ -15,7 +15,7 @@ and-excitation block of an NHWC network.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +23,7 @@ import numpy as np
 from ..spec import Layout
 from .base import Operator, Shape, logical_shape, small_ufunc_buffers
 from .checks import axis_index, flag, int_list, size
+from .elementwise import index_blocks
 from .registry import register
 from .softmax import physical_axis
 
@@ -46,26 +47,6 @@ def float64_sums(buffer: np.ndarray, shape: Shape) -> np.ndarray:
 def stored_axes(axes: Sequence[int], layout: Layout, rank: int) -> tuple[int, ...]:
     """The array axes holding logical ``axes`` (non-negative) of an input stored in ``layout``."""
     return tuple(sorted(physical_axis(a, layout, rank) for a in axes))
-
-
-def index_blocks(shape: Shape, limit: int) -> Iterator[tuple[slice, ...]]:
-    """Indices (one slice per axis, so every axis stays) cutting an array of ``shape`` into
-    blocks of at most ``limit`` elements in C order: whole trailing axes, and a run of indices
-    of the axis before them."""
-    inner, axis = 1, len(shape)
-    while axis > 0 and inner * shape[axis - 1] <= limit:
-        axis -= 1
-        inner *= shape[axis]
-    if axis == 0:
-        yield tuple(slice(None) for _ in shape)
-        return
-    axis -= 1
-    step = max(1, limit // inner)
-    rest = (slice(None),) * (len(shape) - axis - 1)
-    for lead in np.ndindex(*shape[:axis]):
-        for start in range(0, shape[axis], step):
-            yield (*(slice(i, i + 1) for i in lead),
-                   slice(start, min(start + step, shape[axis])), *rest)
 
 
 def square_sums(x: np.ndarray, axes: tuple[int, ...], sums: np.ndarray, squares: np.ndarray,

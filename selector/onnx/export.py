@@ -183,7 +183,7 @@ def _reduce(layer: _Layer) -> None:
 
 # -- element-wise -------------------------------------------------------------------------------
 _UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish",
-          "identity": "Identity"}
+          "identity": "Identity", "erf": "Erf"}
 
 
 @_exports(*_UNARY)
@@ -194,6 +194,27 @@ def _unary(layer: _Layer) -> None:
 @_exports("hardsigmoid")
 def _hardsigmoid(layer: _Layer) -> None:
     layer.node("HardSigmoid", layer.inputs, alpha=layer.attrs["alpha"], beta=layer.attrs["beta"])
+
+
+@_exports("leakyrelu", "elu")
+def _alpha_unit(layer: _Layer) -> None:
+    layer.node({"leakyrelu": "LeakyRelu", "elu": "Elu"}[layer.op], layer.inputs,
+               alpha=layer.attrs["alpha"])
+
+
+@_exports("selu")
+def _selu(layer: _Layer) -> None:
+    layer.node("Selu", layer.inputs, alpha=layer.attrs["alpha"], gamma=layer.attrs["gamma"])
+
+
+@_exports("gelu")
+def _gelu(layer: _Layer) -> None:
+    layer.node("Gelu", layer.inputs, approximate=layer.attrs["approximate"])
+
+
+@_exports("prelu")
+def _prelu(layer: _Layer) -> None:
+    layer.node("PRelu", [layer.inputs[0], layer.weight("slope")])
 
 
 @_exports("clip")

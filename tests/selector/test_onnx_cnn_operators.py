@@ -166,3 +166,113 @@ def test_a_squeeze_excitation_block_runs_in_nhwc_without_layout_copies(
         assert {s.layout for s in reductions} == {"NHWC"}
         copies = [s for s in program.steps if s.kind == "transform"]
         assert [c.inputs for c in copies] == [["x"]]     # the network's input, nothing else
+
+
+# -- activations --------------------------------------------------------------------------------
+@st.composite
+def activation_graphs(draw) -> onnx.ModelProto:
+    """One activation node with attributes drawn (or ONNX's defaults), opset 20 for Gelu."""
+    op = draw(st.sampled_from(["LeakyRelu", "Elu", "Selu", "Erf", "Gelu", "PRelu"]))
+    shape = draw(st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple))
+    factor = st.floats(-2.0, 2.0, width=32)
+    attrs: dict[str, Any] = {}
+    inputs, inits = ["x"], []
+    if op in ("LeakyRelu", "Elu", "Selu") and draw(st.booleans()):
+        attrs["alpha"] = draw(factor)
+    if op == "Selu" and draw(st.booleans()):
+        attrs["gamma"] = draw(factor)
+    if op == "Gelu" and draw(st.booleans()):
+        attrs["approximate"] = draw(st.sampled_from(["none", "tanh"]))
+    if op == "PRelu":       # unidirectional broadcasting: a trailing part of x's shape
+        rank = draw(st.integers(1, len(shape)))
+        slope = [1 if draw(st.booleans()) else d for d in shape[-rank:]]
+        inputs.append("slope")
+        inits.append(const("slope", np.random.default_rng(rank).standard_normal(slope)))
+    return graph_model([helper.make_node(op, inputs, ["y"], **attrs)], inits,
+                       20 if op == "Gelu" else draw(st.sampled_from([13, 17])), shape)
+
+
+@settings(max_examples=examples(40))
+@given(model=activation_graphs(), seed=st.integers(0, 2**16))
+def test_activations_match_onnxruntime(model: onnx.ModelProto, seed: int) -> None:
+    assert_runs_like_onnxruntime(model, seed)
+
+
+def test_a_per_channel_prelu_runs_in_nhwc() -> None:
+    slope = np.linspace(-1, 1, 4).reshape(4, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c", "slope"], ["p"]),
+             helper.make_node("Conv", ["p", "w2"], ["y"])]
+    rng = np.random.default_rng(2)
+    model = graph_model(nodes, [const("w", rng.standard_normal((4, 3, 3, 3))),
+                                const("slope", slope),
+                                const("w2", rng.standard_normal((2, 4, 1, 1)))], 17,
+                        (1, 3, 6, 5))
+    network = assert_runs_like_onnxruntime(model, algorithm="kn2row-aa-nhwc")
+    step = next(s for s in lower(network, algorithm="kn2row-aa-nhwc").program.steps
+                if s.name == "p")
+    assert step.layout == "NHWC"
+
+
+def gelu_nodes(variant: str, x: str, y: str) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """x * 0.5 * (1 + erf(x / sqrt 2)) as exporters write it (constants as initializers or
+    Constant nodes, the factors in several orders), or a near miss."""
+    inits = [const("sqrt2", math_sqrt2()), const("one", 1.0), const("half", 0.5),
+             const("inv_sqrt2", 1 / math_sqrt2()), const("near", 0.7)]
+    make = helper.make_node
+    if variant == "torch":          # F.gelu's opset-17 export: ((x * (erf(x / s) + 1)) * 0.5)
+        nodes = [make("Div", [x, "sqrt2"], ["g/div"]), make("Erf", ["g/div"], ["g/erf"]),
+                 make("Add", ["g/erf", "one"], ["g/add"]), make("Mul", [x, "g/add"], ["g/mul"]),
+                 make("Mul", ["g/mul", "half"], [y])]
+    elif variant == "half-first":   # 0.5 * (1 + erf(x * (1 / s))) * x, Constant nodes
+        nodes = [make("Constant", [], ["g/c"], value=const("c", 1 / math_sqrt2())),
+                 make("Mul", [x, "g/c"], ["g/scaled"]), make("Erf", ["g/scaled"], ["g/erf"]),
+                 make("Add", ["one", "g/erf"], ["g/add"]),
+                 make("Mul", ["half", "g/add"], ["g/half"]), make("Mul", ["g/half", x], [y])]
+    elif variant == "half-x":       # (0.5 * x) * (1 + erf(x / s))
+        nodes = [make("Mul", [x, "half"], ["g/hx"]), make("Mul", [x, "inv_sqrt2"], ["g/s"]),
+                 make("Erf", ["g/s"], ["g/erf"]), make("Add", ["g/erf", "one"], ["g/add"]),
+                 make("Mul", ["g/hx", "g/add"], [y])]
+    elif variant == "near-miss":    # erf(0.7 x): not GELU
+        nodes = [make("Mul", [x, "near"], ["g/s"]), make("Erf", ["g/s"], ["g/erf"]),
+                 make("Add", ["g/erf", "one"], ["g/add"]), make("Mul", [x, "g/add"], ["g/mul"]),
+                 make("Mul", ["g/mul", "half"], [y])]
+    else:
+        raise ValueError(variant)
+    return nodes, inits
+
+
+def math_sqrt2() -> float:
+    return float(np.sqrt(np.float32(2)))
+
+
+@pytest.mark.parametrize("variant", ["torch", "half-first", "half-x", "near-miss"])
+def test_the_erf_gelu_pattern_becomes_one_gelu(variant: str) -> None:
+    """Between two convolutions, with and without weights (the same layers either way)."""
+    rng = np.random.default_rng(3)
+    nodes, inits = gelu_nodes(variant, "c", "g")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), *nodes,
+             helper.make_node("Conv", ["g", "w2"], ["y"])]
+    inits += [const("w", rng.standard_normal((6, 3, 3, 3))),
+              const("w2", rng.standard_normal((2, 6, 1, 1)))]
+    model = graph_model(nodes, inits, 17, (1, 3, 5, 5))
+    network = assert_runs_like_onnxruntime(model)
+    ops = [n.op for n in network.nodes]
+    if variant == "near-miss":
+        assert "erf" in ops and "gelu" not in ops
+    else:
+        assert ops == ["conv", "gelu", "conv"]
+        assert network.node("g").operator.attrs["approximate"] == "none"
+    shapes_only = load_onnx(model.SerializeToString(), weights=False)
+    assert [layer.op for layer in shapes_only.description.layers] == ops
+
+
+def test_a_gelu_whose_inner_tensor_is_also_used_stays_as_written() -> None:
+    nodes, inits = gelu_nodes("torch", "x", "y")
+    nodes.append(helper.make_node("Relu", ["g/erf"], ["r"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "r")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    network = assert_runs_like_onnxruntime(model)
+    assert "gelu" not in [n.op for n in network.nodes]
