@@ -70,3 +70,11 @@ def axis_index(axis: int, rank: int, what: str, *, inclusive: bool = False) -> i
 
 def size(shape: Sequence[int]) -> int:
     return math.prod(int(d) for d in shape)
+
+
+def choice(value: Any, what: str, options: Sequence[str]) -> str:
+    """One of the strings ``options``."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, options))}, got "
+                         f"{value!r}")
+    return value

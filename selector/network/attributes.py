@@ -16,9 +16,10 @@ from .errors import quoted, shown
 
 #: The JSON type of every attribute of every operator (`kernels.operators`' attribute_defaults;
 #: the operator then checks the values). A kind ending in "?" may also be null.
-_I, _IS, _I_IS, _N, _B = "int", "ints", "int or ints", "number", "bool"
+_I, _IS, _I_IS, _N, _B, _S = "int", "ints", "int or ints", "number", "bool", "string"
 _POOL = {"kernel": _I_IS, "stride": _I_IS, "padding": _I_IS, "ceil_mode": _B}
 _CONSTANT = {"constant_shape": _IS + "?"}
+_REDUCE = {"axes": _IS + "?", "keepdims": _B}
 ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "conv": {"out_channels": _I, "kernel": _I_IS, "stride": _I_IS, "padding": _I_IS,
              "dilation": _I_IS, "groups": _I, "bias": _B},
@@ -37,11 +38,14 @@ ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "split": {"axis": _I, "sizes": _IS},
     "reshape": {"shape": _IS}, "transpose": {"perm": _IS + "?"},
     "slice": {"starts": _IS, "ends": _IS, "axes": _IS + "?", "steps": _IS + "?"},
+    "reducesum": _REDUCE, "reducemean": _REDUCE, "reducemax": _REDUCE, "reducel2": _REDUCE,
+    "leakyrelu": {"alpha": _N}, "elu": {"alpha": _N}, "selu": {"alpha": _N, "gamma": _N},
+    "erf": {}, "gelu": {"approximate": _S}, "prelu": {"slope_shape": _IS},
 }
 
 
 _KIND_WORDS = {_I: "an int", _IS: "a list of ints", _I_IS: "an int or a list of ints",
-               _N: "a finite number", _B: "true or false"}
+               _N: "a finite number", _B: "true or false", _S: "a string"}
 
 
 def _kind_of_default(default: Any) -> str:
@@ -52,6 +56,8 @@ def _kind_of_default(default: Any) -> str:
         return _I_IS
     if isinstance(default, float):
         return _N
+    if isinstance(default, str):
+        return _S
     return "number or ints?"
 
 
@@ -70,6 +76,8 @@ def _fits(kind: str, value: Any) -> bool:
         kind = kind[:-1]
     if kind == _B:
         return isinstance(value, bool)
+    if kind == _S:
+        return isinstance(value, str)
     if kind == _I:
         return _is_int(value)
     if kind == _IS:

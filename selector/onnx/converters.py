@@ -139,9 +139,31 @@ def _conv(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
              groups=groups, bias="bias" in weights)
 
 
-@_converts("Relu", "Sigmoid", "HardSwish")
+@_converts("Relu", "Sigmoid", "HardSwish", "Erf")
 def _unary(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     imp.emit(node.op_type.lower(), [node.input[0]], [node.output[0]])
+
+
+#: The attributes of ONNX activations that map one to one, with ONNX's defaults.
+_ACTIVATIONS: dict[str, dict[str, Any]] = {
+    "LeakyRelu": {"alpha": 0.01}, "Elu": {"alpha": 1.0},
+    "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    "Gelu": {"approximate": "none"},
+}
+
+
+@_converts(*_ACTIVATIONS)
+def _activation(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    imp.emit(node.op_type.lower(), [node.input[0]], [node.output[0]],
+             **{k: attrs.get(k, default) for k, default in _ACTIVATIONS[node.op_type].items()})
+
+
+@_converts("PRelu")
+def _prelu(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """The slope broadcasts to the input (one per channel: (C, 1, 1); checked by the layer)."""
+    slope = imp.float_const(node.input[1], f"the slope of PRelu {label(node)}")
+    imp.emit("prelu", [node.input[0]], [node.output[0]], {"slope": slope},
+             slope_shape=list(slope.shape))
 
 
 @_converts("HardSigmoid")
@@ -282,6 +304,9 @@ def _arithmetic(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> N
     if constant is not None and len(acts) == 1:
         vector = _per_channel(constant, imp.shape_of(acts[0]))
         out_shape = broadcast(node, [imp.shape_of(acts[0]), constant.shape])
+        if constant.size == 1 and out_shape == imp.shape_of(acts[0]):
+            value = float(constant.reshape(-1)[0])
+            imp.scalars[node.output[0]] = (value, 0.0) if op == "mul" else (1.0, value)
         if vector is not None and out_shape == imp.shape_of(acts[0]):
             one = np.ones_like(vector)
             scale, shift = (vector, 0 * one) if op == "mul" else (one, vector)
@@ -293,6 +318,31 @@ def _arithmetic(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> N
         weights = {"constant": constant}
         extra["constant_shape"] = list(constant.shape)
     imp.emit(op, acts, [node.output[0]], weights, **extra)
+
+
+_REDUCTIONS = {"ReduceSum": "reducesum", "ReduceMean": "reducemean", "ReduceMax": "reducemax",
+               "ReduceL2": "reducel2"}
+
+
+@_converts(*_REDUCTIONS)
+def _reduce(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Axes as an attribute (ReduceSum before opset 13, the others before 18) or a constant
+    input; none or empty means every axis, or with noop_with_empty_axes none (the identity)."""
+    axes: list[int] | None = None
+    if "axes" in attrs:
+        axes = [int(a) for a in attrs["axes"]]
+    elif len(node.input) > 1 and node.input[1]:
+        axes = int_vector(node, imp.const(node.input[1], f"{node.op_type}'s axes"), "axes")
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            if node.op_type == "ReduceL2":     # the text says the input, the arithmetic |x|
+                raise _refuse(node, "ReduceL2 over no axes (noop_with_empty_axes) is not "
+                                    "supported")
+            imp.alias(node)
+            return
+        axes = None
+    imp.emit(_REDUCTIONS[node.op_type], [node.input[0]], [node.output[0]], axes=axes,
+             keepdims=bool(attrs.get("keepdims", 1)))
 
 
 @_converts("Concat")

@@ -1,5 +1,6 @@
-"""One IR layer as ONNX nodes (opset 17): how a plan's network is written back out as a model,
-and how every operator is checked against ONNX's own reference implementation.
+"""One IR layer as ONNX nodes (opset 17, or 20 for a model with a Gelu): how a plan's network is
+written back out as a model, and how every operator is checked against ONNX's own reference
+implementation.
 
 Each layer becomes the nodes that compute exactly what `kernels.operators` computes, with its
 weights (and the constant inputs ONNX wants, such as Reshape's shape) as initializers named
@@ -21,6 +22,15 @@ from convplan.selector.network import Network
 OPSET = 17
 #: The IR version of ONNX 1.12, the release that introduced opset 17 (readable by onnxruntime).
 IR_VERSION = 8
+#: Operators ONNX has only from a later opset: a model holding one is written in that opset.
+LATER_OPSET = {"gelu": 20}
+#: The IR version of the release that introduced each opset written.
+IR_VERSIONS = {OPSET: IR_VERSION, 20: 9}
+
+
+def model_opset(ops: Sequence[str]) -> int:
+    """The opset a model of these IR operators is written in: 17, unless one needs later."""
+    return max([OPSET, *(LATER_OPSET.get(op, OPSET) for op in ops)])
 
 
 class _Layer:
@@ -28,9 +38,9 @@ class _Layer:
 
     def __init__(self, op: str, attrs: dict[str, Any], inputs: Sequence[str],
                  outputs: Sequence[str], weights: Mapping[str, np.ndarray], prefix: str,
-                 dtype: np.dtype) -> None:
+                 dtype: np.dtype, opset: int) -> None:
         self.op, self.attrs, self.inputs, self.outputs = op, attrs, list(inputs), list(outputs)
-        self.weights, self.prefix, self.dtype = weights, prefix, dtype
+        self.weights, self.prefix, self.dtype, self.opset = weights, prefix, dtype, opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
@@ -74,15 +84,20 @@ def _exports(*ops: str) -> Callable[[Exporter], Exporter]:
 
 def layer_to_onnx(op: str, attrs: Mapping[str, Any], inputs: list[str], outputs: list[str],
                   weights: Mapping[str, np.ndarray], prefix: str, *,
-                  dtype: str | np.dtype = "float32") -> tuple[list[onnx.NodeProto],
-                                                              list[onnx.TensorProto]]:
+                  dtype: str | np.dtype = "float32", opset: int | None = None
+                  ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The ONNX nodes computing IR layer ``op`` from ``inputs`` into ``outputs``, and the
     initializers of its weights and constants. ``attrs`` are validated (and normalised) as
-    `kernels.operators.make` does; ``dtype`` is the activations' (for Clip's bounds)."""
+    `kernels.operators.make` does; ``dtype`` is the activations' (for Clip's bounds);
+    ``opset`` the model's (default: the one `model_opset` gives this operator)."""
     if op not in _EXPORTERS:
         raise ValueError(f"no ONNX export for operator {op!r}")
     operator = operators.make(op, **attrs)
-    layer = _Layer(op, dict(operator.attrs), inputs, outputs, weights, prefix, np.dtype(dtype))
+    opset = model_opset([op]) if opset is None else opset
+    if opset < model_opset([op]):
+        raise ValueError(f"{op} needs opset {model_opset([op])}, the model is opset {opset}")
+    layer = _Layer(op, dict(operator.attrs), inputs, outputs, weights, prefix, np.dtype(dtype),
+                   opset)
     _EXPORTERS[op](layer)
     return layer.nodes, layer.initializers
 
@@ -146,9 +161,29 @@ def _softmax(layer: _Layer) -> None:
     layer.node("Softmax", layer.inputs, axis=layer.attrs["axis"])
 
 
+# -- reductions ----------------------------------------------------------------------------------
+_REDUCE = {"reducesum": ("ReduceSum", 13), "reducemean": ("ReduceMean", 18),
+           "reducemax": ("ReduceMax", 18), "reducel2": ("ReduceL2", 18)}
+
+
+@_exports(*_REDUCE)
+def _reduce(layer: _Layer) -> None:
+    """Axes as an input from the opset that made them one (13 for ReduceSum, 18 for the
+    others), an attribute before; none for every axis."""
+    op_type, since = _REDUCE[layer.op]
+    axes = layer.attrs["axes"]
+    keepdims = int(layer.attrs["keepdims"])
+    if axes is None:
+        layer.node(op_type, layer.inputs, keepdims=keepdims)
+    elif layer.opset >= since:
+        layer.node(op_type, [layer.inputs[0], layer.ints("axes", axes)], keepdims=keepdims)
+    else:
+        layer.node(op_type, layer.inputs, axes=list(axes), keepdims=keepdims)
+
+
 # -- element-wise -------------------------------------------------------------------------------
 _UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish",
-          "identity": "Identity"}
+          "identity": "Identity", "erf": "Erf"}
 
 
 @_exports(*_UNARY)
@@ -159,6 +194,27 @@ def _unary(layer: _Layer) -> None:
 @_exports("hardsigmoid")
 def _hardsigmoid(layer: _Layer) -> None:
     layer.node("HardSigmoid", layer.inputs, alpha=layer.attrs["alpha"], beta=layer.attrs["beta"])
+
+
+@_exports("leakyrelu", "elu")
+def _alpha_unit(layer: _Layer) -> None:
+    layer.node({"leakyrelu": "LeakyRelu", "elu": "Elu"}[layer.op], layer.inputs,
+               alpha=layer.attrs["alpha"])
+
+
+@_exports("selu")
+def _selu(layer: _Layer) -> None:
+    layer.node("Selu", layer.inputs, alpha=layer.attrs["alpha"], gamma=layer.attrs["gamma"])
+
+
+@_exports("gelu")
+def _gelu(layer: _Layer) -> None:
+    layer.node("Gelu", layer.inputs, approximate=layer.attrs["approximate"])
+
+
+@_exports("prelu")
+def _prelu(layer: _Layer) -> None:
+    layer.node("PRelu", [layer.inputs[0], layer.weight("slope")])
 
 
 @_exports("clip")
@@ -263,21 +319,23 @@ def single_layer_model(op: str, attrs: Mapping[str, Any], input_shapes: Sequence
                                         dtype=dtype)
     return _checked_model(nodes, initializers, f"single {op}",
                           dict(zip(inputs, shapes, strict=True)),
-                          dict(zip(outputs, output_shapes, strict=True)), elem)
+                          dict(zip(outputs, output_shapes, strict=True)), elem,
+                          model_opset([op]))
 
 
 def _checked_model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto],
                    name: str, inputs: Mapping[str, Sequence[int]],
-                   outputs: Mapping[str, Sequence[int]], elem: int) -> onnx.ModelProto:
-    """An opset-17 model of these nodes, with typed inputs and outputs, checked."""
+                   outputs: Mapping[str, Sequence[int]], elem: int,
+                   opset: int) -> onnx.ModelProto:
+    """A model of these nodes in ``opset``, with typed inputs and outputs, checked."""
     graph = helper.make_graph(
         nodes, name,
         [helper.make_tensor_value_info(n, elem, list(s)) for n, s in inputs.items()],
         [helper.make_tensor_value_info(n, elem, list(s)) for n, s in outputs.items()],
         initializer=initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="convplan")
-    model.ir_version = IR_VERSION
+    model.ir_version = IR_VERSIONS[opset]
     # Not full_check: ONNX's shape inference for opset < 22 pools with plain ceil in ceil_mode,
     # keeping a last window that starts beyond the padding, which onnxruntime, the reference
     # evaluator and PyTorch (and opset 22's inference) all drop.
@@ -289,12 +347,13 @@ def _checked_model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorPr
 def network_to_onnx(network: Network) -> onnx.ModelProto:
     """``network`` (description and weights) as an ONNX model with the same tensor names."""
     elem = helper.np_dtype_to_tensor_dtype(np.dtype("float32"))
+    opset = model_opset([node.op for node in network.nodes])
     nodes: list[onnx.NodeProto] = []
     initializers: list[onnx.TensorProto] = []
     for node in network.nodes:
         n, i = layer_to_onnx(node.op, node.operator.attrs, node.inputs, node.outputs,
-                             node.weights, node.name)
+                             node.weights, node.name, opset=opset)
         nodes += n
         initializers += i
     return _checked_model(nodes, initializers, network.name, network.inputs,
-                          {k: network.shapes[k] for k in network.outputs}, elem)
+                          {k: network.shapes[k] for k in network.outputs}, elem, opset)

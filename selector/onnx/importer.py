@@ -28,6 +28,7 @@ from convplan.selector.network import (
 from .converters import CONSTANT_FIRST, CONVERTERS
 from .folding import FOLDERS
 from .messages import label, one_line, quote, short, type_name
+from .patterns import fuse_gelu
 from .reading import ModelFile, check_schema, opset_of, read_model
 from .weights import (
     DTYPES,
@@ -72,6 +73,9 @@ class Importer:
         self.renamed: dict[str, str] = {}   # ONNX tensor -> the tensor that carries its value
         self.placeholders: set[str] = set()  # outputs of nodes skipped after an unsupported one
         self.unreadable: dict[str, str] = {}  # outputs convplan does not compute -> why
+        #: Layer name -> (scale, shift) of the layers computing x * scale + shift with scalar
+        #: constants (read by the converters, so known without weights too): `patterns`.
+        self.scalars: dict[str, tuple[float, float]] = {}
         #: Inputs whose fixed leading dimension (the batch the file was made for) is changed:
         #: the graph is walked at the file's, then checked again at these (`check_description`).
         self.rebatched: dict[str, list[int]] = {}
@@ -197,7 +201,8 @@ class Importer:
             if self.tensor(o) != o:     # an output that is an alias keeps its ONNX name
                 self.emit("identity", [o], [o], name=o)
         self.consts = {}
-        layers = fold_affine(self.layers, self.weights, set(outputs), values=self.with_weights,
+        layers = fuse_gelu(self.layers, self.weights, set(outputs), self.scalars)
+        layers = fold_affine(layers, self.weights, set(outputs), values=self.with_weights,
                              owned=True)    # consts are gone: the weights are all the import's
         description = {"name": self.name, "inputs": [{"name": k, "shape": list(v)}
                                                      for k, v in inputs.items()],

@@ -76,6 +76,7 @@ WRONG = {
     "int or ints": [True, 3.5, "33", [True, True], [2.0, 2.0], {"k": 3}, None],
     "number": [True, "0.5", [0.5], {"v": 1}],
     "bool": ["no", "yes", 0, 1, 1.0, [True], None],
+    "string": [True, 0, 0.5, ["none"], None, {"a": "none"}],
 }
 
 
@@ -101,6 +102,7 @@ VALID = {
     "split": {"op": "split", "axis": 1, "sizes": [1, 2]},
     "reshape": {"op": "reshape", "shape": [1, -1]}, "transpose": {"op": "transpose"},
     "slice": {"op": "slice", "starts": [0], "ends": [2]},
+    "prelu": {"op": "prelu", "slope_shape": [3, 1, 1]},
 }
 
 

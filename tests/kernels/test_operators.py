@@ -252,6 +252,29 @@ def matmul_cases(draw) -> Case:
     return Case({}, [a, b], draw(dtypes))
 
 
+@st.composite
+def reduce_cases(draw) -> Case:
+    """Some axes (negative ones too) or all; sometimes an input of more than one block of the
+    sum of squares (`reduce.BLOCK`) with the reduced axes outside and inside a block."""
+    shape = draw(st.one_of(tensor_shapes(max_side=6),
+                           st.tuples(st.integers(1, 2), st.integers(1, 40), st.integers(1, 40),
+                                     st.integers(1, 12))))
+    r = len(shape)
+    axes = draw(st.none() | st.lists(st.integers(-r, r - 1), min_size=1, max_size=r,
+                                     unique_by=lambda a: a % r))
+    return Case({"axes": axes, "keepdims": draw(st.booleans())}, [shape], draw(dtypes))
+
+
+@st.composite
+def prelu_cases(draw) -> Case:
+    """A slope broadcasting to the input: a trailing part of its shape, some dims 1 (one per
+    channel: (C, 1, 1))."""
+    shape = draw(tensor_shapes(max_side=6))
+    rank = draw(st.integers(1, len(shape)))
+    slope = tuple(1 if draw(st.booleans()) else d for d in shape[-rank:])
+    return Case({"slope_shape": slope}, [shape], draw(dtypes))
+
+
 def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
     try:
         operators.make(op, **attrs).output_shapes(shapes)
@@ -287,6 +310,17 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "slice": slice_cases,
     "gemm": gemm_cases,
     "matmul": matmul_cases,
+    "reducesum": reduce_cases,
+    "reducemean": reduce_cases,
+    "reducemax": reduce_cases,
+    "reducel2": reduce_cases,
+    "leakyrelu": unary(st.fixed_dictionaries({"alpha": st.floats(-2.0, 2.0, width=32)})),
+    "elu": unary(st.fixed_dictionaries({"alpha": st.floats(0.0625, 2.0, width=32)})),
+    "selu": unary(st.fixed_dictionaries({"alpha": st.floats(0.0625, 2.0, width=32),
+                                         "gamma": st.floats(0.0625, 2.0, width=32)})),
+    "erf": unary(),
+    "gelu": unary(st.fixed_dictionaries({"approximate": st.sampled_from(["none", "tanh"])})),
+    "prelu": prelu_cases,
 }
 
 
@@ -297,7 +331,9 @@ def _data(op: Operator, case: Case, seed: int) -> tuple[list[np.ndarray], dict[s
 
 #: ONNX defines HardSwish as a function with the float32 attribute alpha = 1/6, so in float64 the
 #: reference evaluator is off by float32's rounding of 1/6 (we use the exact 1/6, as PyTorch does).
-FLOAT64_TOLERANCE = {"hardswish": 1e-7}
+#: erf (and GELU through it) is a rational approximation made for float32: 2.2e-9 relative in
+#: any dtype. ONNX's tanh GELU rounds sqrt(2 / pi) and 0.044715 to float32 constants.
+FLOAT64_TOLERANCE = {"hardswish": 1e-7, "erf": 1e-8, "gelu": 1e-7}
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: str, what: str,
@@ -342,7 +378,21 @@ def lrn_reference(x: np.ndarray, size: int, alpha: float, beta: float,
     return x / (bias + alpha / size * square_sum) ** beta
 
 
-def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def erf_reference(op: str, attrs: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """erf and GELU in float64 through `math.erf` (or tanh: GELU's tanh form)."""
+    x = x.astype(np.float64)
+    if op == "erf":
+        return _erf(x)
+    if attrs["approximate"] == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Shape],
+                                 dtype: str = "float32") -> bool:
     """Configurations where onnx 1.23's ReferenceEvaluator is wrong (onnxruntime, and PyTorch or
     a brute-force implementation, agree with each other and with us).
 
@@ -352,10 +402,13 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     unless left == bottom).
     Slice: with a negative step, a start before the first element must be clamped to 0 (ONNX's
     text; onnxruntime does); it slices with NumPy's rules instead, which select nothing.
+    Erf (and the Gelu function built on it) is computed in float32 whatever the dtype.
     """
     if op in ("maxpool", "avgpool"):
         common = op == "avgpool" or (attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1))
         return common and (attrs["ceil_mode"] or len(set(attrs["padding"])) > 1)
+    if op in ("erf", "gelu"):
+        return dtype != "float32"
     if op == "slice":
         shape = shapes[0]
         n = len(attrs["starts"])
@@ -367,8 +420,9 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
 
 
 def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
-    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool."""
-    if op == "avgpool" and dtype != "float32":
+    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf
+    and Gelu."""
+    if op in ("avgpool", "erf", "gelu") and dtype != "float32":
         return False
     if op in ("maxpool", "avgpool"):
         top, left, bottom, right = attrs["padding"]
@@ -391,13 +445,15 @@ def references(name: str, op: Operator, case: Case) -> dict[str, Reference]:
         out["brute-force LRN"] = lambda xs, _: [lrn_reference(xs[0], **op.attrs)]
         if case.dtype == "float32" and op.attrs["size"] % 2:  # onnxruntime: float, odd sizes
             out["onnxruntime"] = onnxruntime
-    elif reference_evaluator_is_wrong(name, op.attrs, case.shapes):
+    elif reference_evaluator_is_wrong(name, op.attrs, case.shapes, case.dtype):
         if onnxruntime_runs(name, op.attrs, case.dtype):
             out["onnxruntime"] = onnxruntime
     else:
         out["ONNX reference"] = onnx_reference
     if name in ("maxpool", "avgpool"):
         out["brute-force pool"] = lambda xs, _: [pool_reference(xs[0], name, op.attrs)]
+    if name in ("erf", "gelu"):
+        out["math.erf"] = lambda xs, _: [erf_reference(name, op.attrs, xs[0])]
     return out
 
 

@@ -162,9 +162,9 @@ def test_external_data_is_refused_without_reading_it(tmp_path: Path) -> None:
 
 def test_every_unsupported_operator_is_listed_once(tmp_path: Path) -> None:
     nodes = [helper.make_node("Relu", ["x"], ["a"]),
-             helper.make_node("Erf", ["a"], ["b"]),
-             helper.make_node("Erf", ["b"], ["c"]),
-             helper.make_node("Elu", ["c"], ["d"]),
+             helper.make_node("Sin", ["a"], ["b"]),
+             helper.make_node("Sin", ["b"], ["c"]),
+             helper.make_node("Softplus", ["c"], ["d"]),
              helper.make_node("MyOp", ["d"], ["y"], domain="com.example")]
     model = helper.make_model(
         helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
@@ -176,7 +176,7 @@ def test_every_unsupported_operator_is_listed_once(tmp_path: Path) -> None:
     with pytest.raises(NetworkError) as caught:
         load_onnx(path)
     message = str(caught.value)
-    assert "Erf (x2)" in message and "Elu" in message and "com.example.MyOp" in message
+    assert "Sin (x2)" in message and "Softplus" in message and "com.example.MyOp" in message
 
 
 @pytest.mark.parametrize(("nodes", "inits", "message"), [
