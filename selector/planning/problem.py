@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from convplan.kernels import registry
-from convplan.kernels.arena import ALIGNMENT, aligned, buffers
+from convplan.kernels.arena import ALIGNMENT, aligned, buffers, live_bytes
 from convplan.kernels.executor import Program
 from convplan.kernels.spec import Layout
 from convplan.profiles.measurement import Measurement
@@ -157,12 +157,9 @@ def arena_fixed_bytes(network: Network, predictions: Predictions | None = None
     run allocates). Measured on the program where every layer runs in NCHW, which has no
     copies and whose arena activations every plan has at the same steps."""
     program = (predictions or Predictions(network)).program(*_all_nchw(network))
-    tensors = [b for b in buffers(program) if b.key in program.shapes]
-    out = {}
-    for i, step in enumerate(program.steps):
-        if step.kind != "transform":
-            out[step.name] = sum(b.nbytes for b in tensors if b.first <= i <= b.last)
-    return out
+    live = live_bytes([b for b in buffers(program) if b.key in program.shapes])
+    return {step.name: live[i] if i < len(live) else 0
+            for i, step in enumerate(program.steps) if step.kind != "transform"}
 
 
 def most_steps(network: Network) -> int:
@@ -261,8 +258,3 @@ def _transform_workspace() -> int:
     from convplan.kernels.base import run_overhead_bytes
 
     return run_overhead_bytes(4)
-
-
-def predicted_peak(context: PlanContext, choice: Mapping[str, int]) -> int:
-    """`PlanContext.predicted_peak` (the name tests and callers know)."""
-    return context.predicted_peak(choice)
