@@ -17,15 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from convplan.kernels import blas
 from convplan.kernels.executor import Executor
 
-from .inputs import check_inputs, npy_header, random_inputs, read_inputs
+from .inputs import check_inputs, random_inputs
 from .lowering import lower
 from .network import Network
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["LayerReport", "RunReport", "check_inputs", "degenerate", "npy_header",
-           "random_inputs", "read_inputs", "run_network", "run_plan", "run_session",
+__all__ = ["LayerReport", "RunReport", "degenerate", "run_network", "run_plan", "run_session",
            "softmax_inputs"]
 
 

@@ -72,8 +72,9 @@ def run(
     input_shape: InputShape = None,
 ) -> None:
     """Run a network: time, measured vs predicted peak memory, per-layer steps."""
+    from convplan.selector.inputs import read_inputs
     from convplan.selector.planning.incoming import check_inputs
-    from convplan.selector.runner import read_inputs, run_network, run_plan
+    from convplan.selector.runner import run_network, run_plan
 
     if algorithm is not None and plan is not None:
         fail("give --algorithm or --plan, not both")

@@ -26,6 +26,7 @@ import numpy as np
 
 from convplan.kernels import registry
 from convplan.profiles.store import StoreError
+from convplan.selector.inputs import random_inputs, read_inputs
 from convplan.selector.network import (
     InputShapes,
     LimitError,
@@ -50,8 +51,6 @@ from convplan.selector.planning import (
 )
 from convplan.selector.runner import (
     RunReport,
-    random_inputs,
-    read_inputs,
     run_network,
     run_plan,
     run_session,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from convplan.selector.inputs import random_inputs
 from convplan.selector.network import Network
-from convplan.selector.runner import degenerate, random_inputs, run_network, softmax_inputs
+from convplan.selector.runner import degenerate, run_network, softmax_inputs
 
 
 def _network(scale: float) -> Network:

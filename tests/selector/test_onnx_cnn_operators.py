@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from convplan.selector.inputs import random_inputs
 from convplan.selector.lowering import lower
 from convplan.selector.network import Network, NetworkError
 from convplan.selector.onnx import load_onnx
-from convplan.selector.runner import random_inputs, run_network
+from convplan.selector.runner import run_network
 from tests.support.strategies import examples
 
 Shape = tuple[int, ...]

@@ -11,9 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
+from convplan.selector.inputs import random_inputs
 from convplan.selector.network import NetworkError
 from convplan.selector.onnx import load_onnx, reference_outputs
-from convplan.selector.runner import random_inputs, run_network
+from convplan.selector.runner import run_network
 from tests.support import DATA
 
 TORCH_EXPORTS = sorted(DATA.glob("torch_*.onnx"))

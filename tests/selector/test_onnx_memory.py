@@ -17,10 +17,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from convplan.selector.inputs import random_inputs
 from convplan.selector.network import CheckedNetwork, Network, check_description, zoo
 from convplan.selector.onnx import load_onnx, network_to_onnx, weights
 from convplan.selector.onnx.weights import fold_affine, scaled_rows
-from convplan.selector.runner import random_inputs, run_network
+from convplan.selector.runner import run_network
 from tests.support import DATA, ROOT
 from tests.support.hostile_onnx import const, model
 

@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convplan.kernels import registry
+from convplan.selector.inputs import random_inputs
 from convplan.selector.lowering import lower
 from convplan.selector.network import Network
 from convplan.selector.onnx import reference_outputs
-from convplan.selector.runner import random_inputs, run_network
+from convplan.selector.runner import run_network
 from tests.support.arena_runs import check_arena_runs
 from tests.support.networks import network_descriptions
 from tests.support.strategies import examples

@@ -17,10 +17,11 @@ import convplan
 from convplan.kernels import blas, registry
 from convplan.kernels.conv import default_algorithm
 from convplan.selector.baselines import lowest_memory_assignment
+from convplan.selector.inputs import random_inputs
 from convplan.selector.lowering import lower
 from convplan.selector.network import Network, NetworkError, load_network
 from convplan.selector.planning import PlanError
-from convplan.selector.runner import random_inputs, run_network, run_session
+from convplan.selector.runner import run_network, run_session
 from convplan.selector.session import Session, SessionClosedError
 from tests.support.cli import CORES, TINY
 

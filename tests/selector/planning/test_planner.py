@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from convplan.profiles.profiler import Profiler
+from convplan.selector.inputs import random_inputs
 from convplan.selector.lowering import lower
 from convplan.selector.network import zoo
 from convplan.selector.planning import (
@@ -29,7 +30,7 @@ from convplan.selector.planning import (
 )
 from convplan.selector.planning import problem as problem_module
 from convplan.selector.planning.ilp import copies
-from convplan.selector.runner import random_inputs, run_network
+from convplan.selector.runner import run_network
 
 NETWORKS = [*zoo.PAPER_NETWORKS, *(f"onnx:{m}" for m in zoo.light_models())]
 
