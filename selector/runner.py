@@ -20,6 +20,7 @@ from convplan.kernels.executor import Executor
 from .inputs import check_inputs, random_inputs
 from .lowering import lower
 from .network import Network
+from .resident import ResidentPeak, footprint_of
 
 if TYPE_CHECKING:
     from .session import Session
@@ -69,6 +70,15 @@ class RunReport(BaseModel):
     max_live_bytes: int = Field(description=(
         "The most bytes of the arena's buffers alive at one step: the lower bound of any "
         "placement."))
+    footprint_bytes: int = Field(description=(
+        "The whole footprint the run promises: predicted_peak_bytes plus the runtime "
+        "allowance for its threads (selector.resident)."))
+    rss_baseline_bytes: int | None = Field(default=None, description=(
+        "The process's resident size just before the model was loaded, where measured "
+        "(`convplan run`)."))
+    rss_peak_growth_bytes: int | None = Field(default=None, description=(
+        "The process's peak resident growth over rss_baseline_bytes while loading, preparing "
+        "and running (before any check); None where it is not measured or cannot be."))
     notes: list[str]
     max_abs_error: float | None = Field(description="Set by a check against the reference.")
     max_rel_error: float | None
@@ -87,7 +97,7 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
                 layouts: Mapping[str, str] | None = None, strict: bool = False,
                 threads: int | None = None, repeat: int = 1, check: bool = False,
                 made_for: str | None = None, made_for_inputs: Mapping[str, Any] | None = None,
-                owned: bool = False) -> RunReport:
+                owned: bool = False, resident: ResidentPeak | None = None) -> RunReport:
     """Run ``network`` once traced (memory) and ``repeat`` times untraced (time: the median).
 
     ``assignment`` (layer -> algorithm; ``strict`` for plans, checked with `check_plan`, made
@@ -101,6 +111,10 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     original weights are dropped once the layer is prepared, so the process holds every
     weight once, and the network is spent afterwards. Without it (a `Network` a caller passes
     in) the network is never changed, and its originals stay alive beside any prepared copy.
+
+    ``resident``: a process-level measurement the caller started (before loading the
+    network), stopped here once the runs are done, before the check, into the report's
+    ``rss_peak_growth_bytes``.
 
     The work is a `Session`'s, made to prepare in the traced first run (so the measured peak
     includes preparing) and closed afterwards.
@@ -118,6 +132,9 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
                                    prepare=False)
     try:
         report = run_session(session, feeds, repeat=repeat)
+        if resident is not None:
+            report.rss_peak_growth_bytes = resident.stop()
+            report.rss_baseline_bytes = resident.baseline_bytes
         if kept:
             report.notes.append("weights kept: the check needs the originals, which cannot be "
                                 "drawn again or read from a file")
@@ -167,7 +184,8 @@ def run_session(session: Session, inputs: Mapping[str, np.ndarray] | None = None
         constant_bytes=profile.constant_bytes, input_bytes=profile.input_bytes,
         weight_bytes=profile.weight_bytes, original_weight_bytes=session.original_weight_bytes,
         weights_released=program.owns_weights, arena_bytes=profile.arena_bytes,
-        max_live_bytes=profile.max_live_bytes, layers=layers,
+        max_live_bytes=profile.max_live_bytes,
+        footprint_bytes=footprint_of(profile.peak_bytes, n_threads), layers=layers,
         outputs=session.outputs_of(traced), notes=list(session.notes),
         max_abs_error=None, max_rel_error=None, reference=None)
 
@@ -181,17 +199,18 @@ def _recoverable(network: Network) -> bool:
 
 def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | None = None, *,
              threads: int | None = None, repeat: int = 1, check: bool = False,
-             owned: bool = False) -> RunReport:
+             owned: bool = False, resident: ResidentPeak | None = None) -> RunReport:
     """Run a `Plan` (or a plan document, its `PlanSpec`, or its JSON text) on ``network``:
     refused unless it fits the network exactly and, when it names one, was made for it.
     ``threads``: given, else the thread count the plan's costs were measured with, at most
-    this machine's cores. ``owned``: as for `run_network`."""
+    this machine's cores. ``owned`` and ``resident``: as for `run_network`."""
     from .planning import plan_spec
 
     spec = plan_spec(plan)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,
                        strict=True, threads=spec.run_threads(threads), repeat=repeat, check=check,
-                       made_for=spec.network, made_for_inputs=spec.inputs, owned=owned)
+                       made_for=spec.network, made_for_inputs=spec.inputs, owned=owned,
+                       resident=resident)
 
 
 def softmax_inputs(network: Network) -> dict[str, str]:

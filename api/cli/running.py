@@ -74,11 +74,13 @@ def run(
     """Run a network: time, measured vs predicted peak memory, per-layer steps."""
     from convplan.selector.inputs import read_inputs
     from convplan.selector.planning.incoming import check_inputs
+    from convplan.selector.resident import ResidentPeak
     from convplan.selector.runner import run_network, run_plan
 
     if algorithm is not None and plan is not None:
         fail("give --algorithm or --plan, not both")
-    with bad_input():
+    _warm_up()
+    with bad_input(), ResidentPeak() as resident:
         chosen = read_plan(plan) if plan is not None else None
         network = load_model(model, batch, input_shape)
         if chosen is not None:
@@ -92,10 +94,10 @@ def run(
         # the network was loaded for this run alone: its originals go once prepared
         if chosen is not None:      # checked against the network, then run (its threads)
             report = run_plan(network, chosen, inputs, threads=threads, repeat=repeat,
-                              check=check, owned=True)
+                              check=check, owned=True, resident=resident)
         else:
             report = run_network(network, inputs, algorithm=algorithm, threads=threads,
-                                 repeat=repeat, check=check, owned=True)
+                                 repeat=repeat, check=check, owned=True, resident=resident)
         del network
     if output_path is not None:
         _save(output_path, report)
@@ -103,6 +105,14 @@ def run(
         print(json.dumps(report.model_dump(mode="json"), indent=2))
         return
     _print_run(report)
+
+
+def _warm_up() -> None:
+    """Import what loading and running a model imports, before the resident baseline: the
+    growth `run --json` reports is the model's (its weights, arena, the runtime's allowance),
+    not the code of the ONNX reader and the kernels, which every run of the process shares."""
+    import convplan.selector.onnx.importer
+    import convplan.selector.session  # noqa: F401
 
 
 def _save(path: Path, report: RunReport) -> None:
@@ -139,6 +149,10 @@ def _print_run(report: RunReport) -> None:
                   f"{size(report.constant_bytes)}), held once"
                   + ("" if report.weights_released else
                      f"; the originals ({size(report.original_weight_bytes)}) not counted"))
+    if report.rss_peak_growth_bytes is not None:
+        console.print(f"process: peak resident growth {size(report.rss_peak_growth_bytes)}, "
+                      f"promised footprint {size(report.footprint_bytes)} (the peak above and "
+                      "the runtime's allowance)")
     if report.max_abs_error is not None:
         console.print(f"check against {report.reference}: max |error| "
                       f"{report.max_abs_error:.2e} ({report.max_rel_error:.1e} of max |output|)")
