@@ -1,0 +1,324 @@
+"""What the process really uses: peak resident growth of convplan vs onnxruntime (and PyTorch).
+
+    python bench/memory.py [--models resnet50,vgg19,inception_v1,squeezenet,densenet121,mobilenetv2]
+                           [--batches 1,8] [--repeat 3] [--rounds 2] [--no-profile]
+
+Writes bench/results/memory.md. Every engine runs the same ONNX file (the onnx wheel's light
+models at batch 1; at batch 8 the same network exported by convplan with its batch set; the
+torchvision export of MobileNetV2 when torch and torchvision are installed), each (engine, model,
+batch) in a fresh process, after the engine's imports and one run of a one-layer model of its
+own (so the code and the BLAS's first buffers are in the baseline for every engine alike).
+Growth is the peak resident set (VmHWM, restarted through /proc/self/clear_refs) over the
+resident set just before the model is loaded: loading, preparing, one warm-up run and the timed
+runs. Engines:
+
+- convplan: `convplan.Session` with the plan `convplan plan` makes for the file (no cap; costs
+  measured on this machine, or the analytic model with --no-profile), planned in another process
+  beforehand; its footprint is the promise (`RunReport.footprint_bytes`: the memory model's peak
+  plus the stated runtime allowance);
+- onnxruntime: a default session, and one with its CPU arena and memory pattern off;
+- PyTorch (when installed): the torchvision model of that architecture, under inference_mode.
+
+Each row is repeated --rounds times (fresh processes each time); the table gives the median and
+the spread (min-max) of the growth, and the median time of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This folder holds bench/kernels.py, which would shadow the `kernels` package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+MODELS = ["resnet50", "vgg19", "inception_v1", "squeezenet", "densenet121", "mobilenetv2"]
+#: The torchvision model of each architecture, for the PyTorch column.
+TORCHVISION = {"resnet50": "resnet50", "vgg19": "vgg19", "inception_v1": "googlenet",
+               "squeezenet": "squeezenet1_0", "densenet121": "densenet121",
+               "mobilenetv2": "mobilenet_v2"}
+ENGINES = ["convplan", "onnxruntime", "onnxruntime-lean", "pytorch"]
+RESULTS = Path(__file__).parent / "results" / "memory.md"
+MiB = 2**20
+
+
+# -- in the child process -------------------------------------------------------------------------
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def _restart_peak() -> int:
+    """Restart the high-water mark here; the resident set it restarts from."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+
+def _timed(run, repeat: int) -> float:
+    run()                                   # the warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _tiny_onnx(directory: Path) -> Path:
+    """A one-convolution ONNX model: every engine's warm-up before its baseline."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], [weight])
+    path = directory / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: int) -> dict:
+    """Runs in a fresh process: imports and a warm-up, then the baseline, load, run, time."""
+    import numpy as np
+
+    out: dict = {"engine": engine}
+    tiny = _tiny_onnx(Path(tempfile.mkdtemp()))
+    if engine == "convplan":
+        import convplan
+        from convplan.selector.resident import footprint_of
+
+        with convplan.Session(str(tiny), threads=threads) as warm:
+            warm.run(np.ones((1, 3, 16, 16), np.float32))
+        del warm
+        before = _restart_peak()
+        session = convplan.Session(path, plan=plan, threads=threads)
+        feeds = {k: np.ones(s, np.float32) for k, s in session.inputs.items()}
+        out["time_s"] = _timed(lambda: session.run(feeds), repeat)
+        out["growth_bytes"] = _status("VmHWM") - before
+        out["footprint_bytes"] = footprint_of(session.predicted.peak_bytes, threads)
+        out["weight_bytes"] = session.predicted.weight_bytes
+        out["arena_bytes"] = session.predicted.arena_bytes
+    elif engine.startswith("onnxruntime"):
+        import onnxruntime as ort
+
+        def options() -> ort.SessionOptions:
+            made = ort.SessionOptions()
+            made.intra_op_num_threads = threads
+            made.inter_op_num_threads = 1
+            if engine == "onnxruntime-lean":
+                made.enable_cpu_mem_arena = False
+                made.enable_mem_pattern = False
+            return made
+
+        warm = ort.InferenceSession(str(tiny), options(), providers=["CPUExecutionProvider"])
+        warm.run(None, {"x": np.ones((1, 3, 16, 16), np.float32)})
+        del warm
+        before = _restart_peak()
+        session = ort.InferenceSession(path, options(), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.ones(i.shape, np.float32) for i in session.get_inputs()}
+        out["time_s"] = _timed(lambda: session.run(None, feeds), repeat)
+        out["growth_bytes"] = _status("VmHWM") - before
+    else:
+        import onnx
+        import torch
+        import torchvision
+
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            torch.nn.Conv2d(3, 4, 3)(torch.ones(1, 3, 16, 16))
+        shape = [d.dim_value for d in onnx.load(path, load_external_data=False)
+                 .graph.input[0].type.tensor_type.shape.dim]
+        before = _restart_peak()
+        kwargs = {"aux_logits": False, "init_weights": False} if model == "inception_v1" else {}
+        net = getattr(torchvision.models, TORCHVISION[model])(weights=None, **kwargs).eval()
+        x = torch.ones(shape)
+        with torch.inference_mode():
+            out["time_s"] = _timed(lambda: net(x), repeat)
+        out["growth_bytes"] = _status("VmHWM") - before
+    return out
+
+
+# -- in the parent --------------------------------------------------------------------------------
+def _model_file(model: str, batch: int, directory: Path) -> Path | str:
+    """The ONNX file every engine runs for (model, batch), or why there is none."""
+    from convplan.selector.network import load_network, zoo
+    from convplan.selector.onnx import network_to_onnx
+
+    if model == "mobilenetv2":
+        source = directory / "mobilenetv2.onnx"
+        if not source.exists():
+            try:
+                import torch
+                import torchvision
+            except ImportError:
+                return "needs torch and torchvision (pip install torch torchvision)"
+            torch.manual_seed(0)
+            net = torchvision.models.mobilenet_v2(weights=None).eval()
+            torch.onnx.export(net, torch.ones(1, 3, 224, 224), str(source), opset_version=17,
+                              dynamo=False)
+    else:
+        source = zoo.light_model_path(model)
+    if batch == 1:
+        return source
+    import onnx
+
+    path = directory / f"{model}-b{batch}.onnx"
+    if not path.exists():
+        network = load_network(str(source), batch=batch)
+        onnx.save(network_to_onnx(network), path)
+    return path
+
+
+def _plan(path: Path, threads: int, profile: bool, directory: Path) -> Path:
+    out = directory / f"{path.stem}-t{threads}.plan.json"
+    if not out.exists():
+        command = [sys.executable, "-m", "convplan", "plan", str(path), "--threads",
+                   str(threads), "--out", str(out), "--budget-seconds", "0.1"]
+        if not profile:
+            command.append("--no-profile")
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    values = [v / MiB for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-profile", action="store_true",
+                        help="plan from the analytic cost model instead of measured costs")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "convplan-bench")
+    parser.add_argument("--child", nargs=4, metavar=("ENGINE", "MODEL", "FILE", "PLAN"))
+    args = parser.parse_args()
+    if args.child:
+        engine, model, path, plan = args.child
+        print(json.dumps(child(engine, model, path, plan, args.threads, args.repeat)))
+        return
+
+    try:
+        import torchvision  # noqa: F401
+        engines = ENGINES
+    except ImportError:
+        engines = [e for e in ENGINES if e != "pytorch"]
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in args.models.split(","):
+        for batch in map(int, args.batches.split(",")):
+            path = _model_file(model, batch, args.work)
+            if isinstance(path, str):
+                rows.append((model, batch, path, {}))
+                continue
+            plan = _plan(Path(path), args.threads, not args.no_profile, args.work)
+            results: dict[str, list[dict]] = {e: [] for e in engines}
+            for _ in range(args.rounds):        # interleaved: each round runs every engine
+                for engine in engines:
+                    if engine == "pytorch" and model not in TORCHVISION:
+                        continue
+                    done = subprocess.run(
+                        [sys.executable, __file__, "--threads", str(args.threads), "--repeat",
+                         str(args.repeat), "--child", engine, model, str(path), str(plan)],
+                        capture_output=True, text=True)
+                    if done.returncode != 0:
+                        results[engine].append({"error": done.stderr.strip().splitlines()[-1]})
+                        continue
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    results[engine].append(result)
+                    print(model, batch, engine, f"{result['growth_bytes'] / MiB:.1f} MiB",
+                          f"{result['time_s'] * 1e3:.1f} ms", file=sys.stderr)
+            rows.append((model, batch, None, results))
+    RESULTS.parent.mkdir(exist_ok=True)
+    text = _table(rows, engines, args)
+    RESULTS.write_text(text)
+    print(text)
+
+
+def _table(rows: list, engines: list[str], args: argparse.Namespace) -> str:
+    lines = [
+        "# Memory: what the process really uses",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}, {args.threads} thread(s). `python bench/memory.py "
+        f"--batches {args.batches} --repeat {args.repeat} --rounds {args.rounds}"
+        f"{' --no-profile' if args.no_profile else ''}`. Growth: peak resident set over the set "
+        "just before loading, in a fresh process per run, median (min-max) over the rounds; "
+        "time: median of the runs after a warm-up, ms. convplan's plan has no cap "
+        f"({'analytic' if args.no_profile else 'measured'} costs). Footprint: convplan's "
+        "promise (memory model's peak + runtime allowance). Ratio: convplan's median growth "
+        "over onnxruntime's (default session). Targets: growth <= footprint; ratio <= 0.7 on "
+        "every row, geometric mean <= 0.5.",
+        "",
+        "| model | batch | convplan growth MiB | footprint MiB | weights MiB | arena MiB | "
+        "ORT growth MiB | ORT lean growth MiB | "
+        + ("PyTorch growth MiB | " if "pytorch" in engines else "")
+        + "ratio to ORT | ratio to ORT lean | convplan ms | ORT ms | ORT lean ms |"
+        + (" PyTorch ms |" if "pytorch" in engines else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else "")
+        + "---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else ""),
+    ]
+    ratios = []
+    for model, batch, why, results in rows:
+        if why:
+            lines.append(f"| {model} | {batch} | {why} |")
+            continue
+
+        def ok(engine: str, results: dict = results) -> list[dict]:
+            return [r for r in results.get(engine, []) if "error" not in r]
+
+        def cell(engine: str, key: str = "growth_bytes", results: dict = results) -> str:
+            got = ok(engine)
+            if not got:
+                errors = [r["error"] for r in results.get(engine, []) if "error" in r]
+                return f"failed: {errors[0][:80]}" if errors else "-"
+            if key == "time_s":
+                return f"{statistics.median(r['time_s'] for r in got) * 1e3:.1f}"
+            return _spread([r[key] for r in got])
+
+        def median(engine: str) -> float | None:
+            got = ok(engine)
+            return statistics.median(r["growth_bytes"] for r in got) if got else None
+
+        ours, ort, lean = median("convplan"), median("onnxruntime"), median("onnxruntime-lean")
+        ratio = ours / ort if ours and ort else None
+        if ratio:
+            ratios.append(ratio)
+        first = ok("convplan")[0] if ok("convplan") else {}
+        lines.append(
+            f"| {model} | {batch} | {cell('convplan')} | "
+            f"{first.get('footprint_bytes', 0) / MiB:.1f} | "
+            f"{first.get('weight_bytes', 0) / MiB:.1f} | {first.get('arena_bytes', 0) / MiB:.1f} | "
+            f"{cell('onnxruntime')} | {cell('onnxruntime-lean')} | "
+            + (f"{cell('pytorch')} | " if "pytorch" in engines else "")
+            + f"{'-' if ratio is None else f'{ratio:.2f}'} | "
+            f"{'-' if not (ours and lean) else f'{ours / lean:.2f}'} | "
+            f"{cell('convplan', 'time_s')} | {cell('onnxruntime', 'time_s')} | "
+            f"{cell('onnxruntime-lean', 'time_s')} |"
+            + (f" {cell('pytorch', 'time_s')} |" if "pytorch" in engines else ""))
+    if ratios:
+        mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        lines += ["", f"Geometric mean of the ratio to onnxruntime: {mean:.2f} over "
+                  f"{len(ratios)} rows (worst {max(ratios):.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
