@@ -191,6 +191,31 @@ def _plan(path: Path, threads: int, profile: bool, directory: Path) -> Path:
     return out
 
 
+def arena_rows() -> list[str]:
+    """Placed arena over max live bytes (the lower bound of any placement) for every built-in
+    and light model under three assignments: the default per layer, im2col everywhere (big
+    workspaces) and the lowest-memory one."""
+    from convplan.selector.baselines import lowest_memory_assignment, uniform_assignment
+    from convplan.selector.lowering import lower
+    from convplan.selector.network import zoo
+
+    lines = ["| model | assignment | arena MiB | max live MiB | arena / max live | placement |",
+             "|---|---|---:|---:|---:|---|"]
+    worst = 0.0
+    for name in zoo.names():
+        network = zoo.builtin(name)
+        for label, assignment in (("default", None),
+                                  ("im2col", uniform_assignment(network, "im2col")),
+                                  ("lowest memory", lowest_memory_assignment(network))):
+            layout = lower(network, assignment).program.arena
+            ratio = layout.size / max(layout.max_live_bytes, 1)
+            worst = max(worst, ratio)
+            lines.append(f"| {name} | {label} | {layout.size / MiB:.2f} | "
+                         f"{layout.max_live_bytes / MiB:.2f} | {ratio:.4f} | "
+                         f"{layout.placement} |")
+    return [*lines, "", f"Worst arena / max live: {worst:.4f} (target <= 1.05)."]
+
+
 def _spread(values: list[float]) -> str:
     values = [v / MiB for v in values]
     if len(values) == 1:
@@ -208,6 +233,8 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true",
                         help="plan from the analytic cost model instead of measured costs")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "convplan-bench")
+    parser.add_argument("--arena-only", action="store_true",
+                        help="only the arena table (no processes, a few seconds)")
     parser.add_argument("--child", nargs=4, metavar=("ENGINE", "MODEL", "FILE", "PLAN"))
     args = parser.parse_args()
     if args.child:
@@ -215,6 +242,13 @@ def main() -> None:
         print(json.dumps(child(engine, model, path, plan, args.threads, args.repeat)))
         return
 
+    arena = ["", "## The arena against its lower bound", "",
+             "The executor's placement (`kernels.arena.place`: best fit in three orderings, "
+             "greedy by size, by breadth and by lifetime, then a bounded local search while "
+             "above the bound).", "", *arena_rows()]
+    if args.arena_only:
+        print("\n".join(arena))
+        return
     try:
         import torchvision  # noqa: F401
         engines = ENGINES
@@ -247,7 +281,7 @@ def main() -> None:
                           f"{result['time_s'] * 1e3:.1f} ms", file=sys.stderr)
             rows.append((model, batch, None, results))
     RESULTS.parent.mkdir(exist_ok=True)
-    text = _table(rows, engines, args)
+    text = _table(rows, engines, args) + "\n".join(arena) + "\n"
     RESULTS.write_text(text)
     print(text)
 
