@@ -62,7 +62,15 @@ class PlanningError(ValueError):
 
 class Infeasible(PlanningError):
     """No choice satisfies the rows: the cap is below the smallest achievable peak, or the
-    network's outputs cannot come out in NCHW. A `PlanningError`, so callers' handlers hold."""
+    network's outputs cannot come out in NCHW. A `PlanningError`, so callers' handlers hold.
+    Where one cap alone is refused, ``cap`` names it ("memory" or "arena") and
+    ``smallest_bytes`` is the smallest value of it a plan meets (the message states it too)."""
+
+    def __init__(self, message: str, *, cap: str | None = None,
+                 smallest_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.cap = cap
+        self.smallest_bytes = smallest_bytes
 
 
 @dataclass(frozen=True)

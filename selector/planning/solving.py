@@ -56,14 +56,16 @@ def _under_caps(context: PlanContext, caps: Caps, *, solver: str, time_limit_s: 
         least = context.arena_bytes(smallest.choice)
         if least > caps.arena:
             raise Infeasible(f"no plan's arena fits in {caps.arena} bytes: the smallest "
-                             f"achievable arena is {_mib(least)}") from None
+                             f"achievable arena is {_mib(least)}", cap="arena",
+                             smallest_bytes=least) from None
         fallbacks.append(smallest)
     if caps.memory is not None:
         lowest = context.lowest(**kwargs)
         least = context.predicted_peak(lowest.choice)
         if least > caps.memory:
             raise Infeasible(f"no plan fits in {caps.memory} bytes: the smallest achievable "
-                             f"peak is {_mib(least)}") from None
+                             f"peak is {_mib(least)}", cap="memory",
+                             smallest_bytes=least) from None
         fallbacks.append(lowest)
     if caps.memory is not None and caps.arena is not None:
         with contextlib.suppress(PlanningError):

@@ -61,8 +61,10 @@ def test_plans_under_arena_caps_fit_them_and_the_minimum_is_stated_and_achievabl
                          with_baselines=False)
         assert plan.predicted.arena_bytes <= cap
         assert plan.arena_cap_bytes == cap and plan.memory_cap_bytes is None
-    with pytest.raises(Infeasible, match=f"smallest achievable arena is {smallest} bytes"):
+    with pytest.raises(Infeasible, match=f"smallest achievable arena is {smallest} bytes"
+                       ) as refused:
         make_plan(network, estimated, None, arena_cap=smallest - 1, machine={}, threads=1)
+    assert (refused.value.cap, refused.value.smallest_bytes) == ("arena", smallest)
 
 
 def test_both_caps_hold_and_the_plan_runs_in_the_arena_it_promised() -> None:

@@ -116,8 +116,9 @@ def test_an_infeasible_cap_states_the_minimum_peak() -> None:
     network = zoo.builtin("onnx:squeezenet")
     context = build_problem(network, estimated)
     low = context.predicted_peak(minimum_peak(context.problem).choice)
-    with pytest.raises(Infeasible, match=f"smallest achievable peak is {low} bytes"):
+    with pytest.raises(Infeasible, match=f"smallest achievable peak is {low} bytes") as refused:
         make_plan(network, estimated, low // 2, machine={}, threads=1)
+    assert (refused.value.cap, refused.value.smallest_bytes) == ("memory", low)
     assert issubclass(Infeasible, PlanningError)
 
 
