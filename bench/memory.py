@@ -216,6 +216,56 @@ def arena_rows() -> list[str]:
     return [*lines, "", f"Worst arena / max live: {worst:.4f} (target <= 1.05)."]
 
 
+#: The trade-off batch 1 hid: (model, batch) planned under arena caps of these fractions of the
+#: im2col-everywhere arena.
+TRADEOFF = [("resnet50", 8), ("googlenet", 8), ("vgg16", 1)]
+FRACTIONS = (0.5, 0.25, 0.1)
+
+
+def tradeoff_rows(threads: int, profile: bool, repeat: int) -> list[str]:
+    """Per (model, batch) of `TRADEOFF`: the unconstrained plan, then plans under arena caps of
+    `FRACTIONS` of im2col's arena (or, where refused, at the smallest achievable arena the
+    refusal states), each planned and run here (median of ``repeat`` timed runs)."""
+    import numpy as np
+
+    import convplan
+    from convplan.selector.planning.ilp import Infeasible
+
+    lines = ["| model | batch | arena cap | arena MiB | footprint MiB | im2col arena / arena | "
+             "planned ms | measured ms | time / unconstrained |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for model, batch in TRADEOFF:
+        def planned(cap: int | None, model: str = model, batch: int = batch) -> convplan.Plan:
+            return convplan.plan(model, arena_cap=cap, threads=threads, measure=profile,
+                                 budget_s=0.1, batch=batch)
+
+        free = planned(None)
+        im2col = free.baselines["im2col"].arena_bytes
+        runs: list[tuple[str, convplan.Plan]] = [("none", free)]
+        for fraction in FRACTIONS:
+            cap = int(fraction * im2col)
+            try:
+                runs.append((f"{fraction:.0%} of im2col's", planned(cap)))
+            except Infeasible as refused:
+                assert refused.smallest_bytes is not None, refused
+                runs.append((f"{fraction:.0%} refused: smallest {refused.smallest_bytes / MiB:.2f}"
+                             " MiB, planned at it", planned(refused.smallest_bytes)))
+        base = None
+        for label, plan in runs:
+            with convplan.Session(model, plan, threads=threads, batch=batch) as session:
+                feeds = {k: np.ones(s, np.float32) for k, s in session.inputs.items()}
+                measured = _timed(lambda session=session, feeds=feeds: session.run(feeds),
+                                  repeat)
+            base = base or measured
+            lines.append(f"| {model} | {batch} | {label} | {plan.predicted.arena_bytes / MiB:.2f}"
+                         f" | {plan.predicted.peak_bytes / MiB:.1f} | "
+                         f"{im2col / max(plan.predicted.arena_bytes, 1):.2f} | "
+                         f"{plan.predicted.time_s * 1e3:.1f} | {measured * 1e3:.1f} | "
+                         f"{measured / base:.2f} |")
+            print(model, batch, label, f"{measured * 1e3:.1f} ms", file=sys.stderr)
+    return lines
+
+
 def _spread(values: list[float]) -> str:
     values = [v / MiB for v in values]
     if len(values) == 1:
@@ -235,6 +285,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "convplan-bench")
     parser.add_argument("--arena-only", action="store_true",
                         help="only the arena table (no processes, a few seconds)")
+    parser.add_argument("--tradeoff-only", action="store_true",
+                        help="only the arena-cap trade-off table")
     parser.add_argument("--child", nargs=4, metavar=("ENGINE", "MODEL", "FILE", "PLAN"))
     args = parser.parse_args()
     if args.child:
@@ -248,6 +300,15 @@ def main() -> None:
              "above the bound).", "", *arena_rows()]
     if args.arena_only:
         print("\n".join(arena))
+        return
+    tradeoff = ["", "## The trade-off: arena caps", "",
+                f"{args.threads} thread(s); plans from "
+                f"{'analytic' if args.no_profile else 'measured'} costs; measured: median of "
+                f"{args.repeat} runs of a `Session` after a warm-up. The anchor (Wen et al. "
+                "2020): 2.2x less memory for 15% more time.", "",
+                *tradeoff_rows(args.threads, not args.no_profile, args.repeat)]
+    if args.tradeoff_only:
+        print("\n".join(tradeoff))
         return
     try:
         import torchvision  # noqa: F401
@@ -281,7 +342,7 @@ def main() -> None:
                           f"{result['time_s'] * 1e3:.1f} ms", file=sys.stderr)
             rows.append((model, batch, None, results))
     RESULTS.parent.mkdir(exist_ok=True)
-    text = _table(rows, engines, args) + "\n".join(arena) + "\n"
+    text = _table(rows, engines, args) + "\n".join(arena + tradeoff) + "\n"
     RESULTS.write_text(text)
     print(text)
 
