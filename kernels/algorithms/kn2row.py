@@ -85,22 +85,50 @@ class Kn2col(_Kn2Base):
 @register
 class Kn2rowAs(_Kn2Base):
     """kn2row-as (accumulate-shift): for each tap, GEMM W_rs[M x C] . In[C x HW] into ONE reused
-    M x HW buffer, then add its shifted, clipped window into the output. O(M H W) workspace."""
+    M x HW buffer, then add its shifted, clipped window into the output. O(M H W) workspace.
+
+    Grouped layers run a block of groups per tap in one batched GEMM (the buffer then holds the
+    block's M/g x HW planes, about `block_bytes`, never fewer than one group's): a depthwise or
+    ShuffleNet layer would otherwise make groups x K*K tiny GEMM calls from Python."""
 
     name = "kn2row-as"
     input_layout = output_layout = "NCHW"
     summary = "per tap: GEMM M x HW x C into one buffer, shifted add"
-    workspace_formula = "(M/g) * H * W"
+    workspace_formula = "B * (M/g) * H * W, B = groups per block (1 .. g, ~256 KiB)"
     weight_order = (0, 3, 4, 1, 2)  # (g, kh, kw, mg, cg)
+    block_bytes = 256 * 1024
+
+    def group_block(self, spec: ConvSpec) -> int:
+        """Groups whose partial planes one batched GEMM fills (1 without groups)."""
+        plane = spec.mg * spec.h * spec.w * spec.itemsize
+        return min(spec.groups, max(1, self.block_bytes // max(plane, 1)))
 
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
-        return {"partial": (spec.mg, spec.h, spec.w)}
+        return {"partial": (self.group_block(spec) * spec.mg, spec.h, spec.w)}
 
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return w.transpose(self.weight_order)
 
+    def _run_image(self, x, w, out, spec, ws) -> None:
+        block = self.group_block(spec)
+        if block == 1:
+            super()._run_image(x, w, out, spec, ws)
+            return
+        pixels, cg, mg = spec.h * spec.w, spec.cg, spec.mg
+        x3 = np.reshape(x, (spec.groups, cg, pixels), copy=False)
+        spans = [(r, s, row_span(spec, r), col_span(spec, s))
+                 for r in range(spec.kh) for s in range(spec.kw)]
+        for g0 in range(0, spec.groups, block):
+            g1 = min(g0 + block, spec.groups)
+            partial = ws["partial"][:(g1 - g0) * mg]
+            p3 = np.reshape(partial, (g1 - g0, mg, pixels), copy=False)
+            for r, s, rows, cols in spans:
+                if rows.count and cols.count:
+                    np.matmul(w[g0:g1, r, s], x3[g0:g1], out=p3)
+                    add_window(out[g0 * mg:g1 * mg], partial, rows, cols)
+
     def _run_group(self, x, w, out, spec, ws) -> None:
-        partial = ws["partial"]
+        partial = ws["partial"][:spec.mg]
         pixels = spec.h * spec.w
         x2 = as_matrix(x, spec.cg, pixels)
         p2 = as_matrix(partial, spec.mg, pixels)
