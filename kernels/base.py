@@ -141,6 +141,13 @@ class ConvAlgorithm(ABC):
         taps = spec.kh * spec.kw * TAP_TABLE_BYTES if self.tabulates_taps else 0
         return buffers * spec.itemsize + run_overhead_bytes(spec.itemsize) + taps
 
+    def calls(self, spec: ConvSpec) -> int:
+        """About how many NumPy and BLAS calls one `run` makes from Python: what the analytic
+        cost model prices beside the FLOPs and bytes (a layer of 544 groups is 544 times the
+        calls of one). By default one per tap and one GEMM, per group and image; algorithms
+        that block groups or channels together say less."""
+        return spec.n * spec.groups * (spec.kh * spec.kw + 1)
+
     def prepared_bytes(self, spec: ConvSpec, bias: bool = True) -> int:
         """Bytes of the prepared (persistent) weights and bias."""
         return (self.prepare_shape_elements(spec) + (spec.m if bias else 0)) * spec.itemsize

@@ -3,14 +3,17 @@
 A plan built on estimates says so (``source="analytic"``); the numbers only need to rank the
 candidates sensibly. The model is a roofline sum, deliberately simple:
 
-    time = CALL_OVERHEAD_S + flops / (GEMM_FLOPS_PER_THREAD * threads)
-                           + bytes moved / BANDWIDTH_BYTES_PER_S
+    time = calls * CALL_OVERHEAD_S + flops / (GEMM_FLOPS_PER_THREAD * threads)
+                                   + bytes moved / BANDWIDTH_BYTES_PER_S
 
 A convolution's bytes moved are its input, output and prepared weights plus its workspace twice
 (each buffer is written, then read by the GEMM): the per-algorithm difference comes from that
 extra traffic, since every algorithm does the same multiply-adds. A layout transform reads and
 writes its tensor once. Another operator moves its inputs, outputs, weights and temporaries;
 only gemm and matmul count FLOPs. Workspace is the algorithm's or operator's exact prediction.
+A convolution makes `ConvAlgorithm.calls` calls from Python (one per group and tap for most
+algorithms: a depthwise layer of hundreds of groups is then rightly slow for them); every
+other step one.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ BANDWIDTH_BYTES_PER_S = 10e9
 CALL_OVERHEAD_S = 5e-6
 
 
-def roofline_time(flops: float, bytes_moved: float, threads: int) -> float:
-    """Seconds for ``flops`` at the assumed GEMM rate plus ``bytes_moved`` at the bandwidth."""
-    return (CALL_OVERHEAD_S + flops / (GEMM_FLOPS_PER_THREAD * max(threads, 1))
+def roofline_time(flops: float, bytes_moved: float, threads: int, calls: int = 1) -> float:
+    """Seconds for ``calls`` calls from Python, ``flops`` at the assumed GEMM rate and
+    ``bytes_moved`` at the bandwidth."""
+    return (calls * CALL_OVERHEAD_S + flops / (GEMM_FLOPS_PER_THREAD * max(threads, 1))
             + bytes_moved / BANDWIDTH_BYTES_PER_S)
 
 
@@ -48,7 +52,7 @@ def conv_estimate(spec: ConvSpec, algorithm: str, threads: int = 1) -> Measureme
     workspace = alg.workspace_bytes(spec)
     tensors = (prod(spec.input_shape()) + prod(spec.output_shape())) * spec.itemsize
     moved = tensors + alg.prepared_bytes(spec) + 2 * workspace
-    return _estimate(roofline_time(spec.flops, moved, threads), workspace)
+    return _estimate(roofline_time(spec.flops, moved, threads, alg.calls(spec)), workspace)
 
 
 def transform_estimate(shape: Sequence[int], itemsize: int = 4) -> Measurement:

@@ -37,6 +37,10 @@ class Depthwise(ConvAlgorithm):
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"product": (self.channel_block(spec), spec.ho, spec.wo)}
 
+    def calls(self, spec: ConvSpec) -> int:
+        """A multiply and an add per tap, per block of channels and image."""
+        return spec.n * -(-spec.c // self.channel_block(spec)) * spec.kh * spec.kw * 2
+
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return w.reshape(spec.c, spec.kh, spec.kw)
 

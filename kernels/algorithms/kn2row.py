@@ -106,6 +106,10 @@ class Kn2rowAs(_Kn2Base):
     def workspace_shapes(self, spec: ConvSpec) -> dict[str, tuple[int, ...]]:
         return {"partial": (self.group_block(spec) * spec.mg, spec.h, spec.w)}
 
+    def calls(self, spec: ConvSpec) -> int:
+        """A GEMM and a shifted add per tap, per block of groups and image."""
+        return spec.n * ceil(spec.groups / self.group_block(spec)) * spec.kh * spec.kw * 2
+
     def _prepare_weights(self, w: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return w.transpose(self.weight_order)
 

@@ -92,6 +92,7 @@ def test_a_plan_runs_as_its_spec() -> None:
 RUN_KEYS = ["network", "threads", "time_s", "measured_peak_bytes", "predicted_peak_bytes",
             "peak_step", "prepared_bytes", "constant_bytes", "input_bytes", "weight_bytes",
             "original_weight_bytes", "weights_released", "arena_bytes", "max_live_bytes",
+            "footprint_bytes", "rss_baseline_bytes", "rss_peak_growth_bytes",
             "notes", "max_abs_error", "max_rel_error", "reference", "outputs", "layers"]
 LAYER_KEYS = {"name": str, "op": str, "algorithm": (str, type(None)), "layout": str,
               "time_s": float, "workspace_bytes": int, "live_bytes": int}
@@ -107,6 +108,9 @@ def test_the_run_report_dumps_the_run_document_without_its_arrays() -> None:
     assert isinstance(document["time_s"], float) and isinstance(document["threads"], int)
     assert isinstance(document["max_abs_error"], float) and document["reference"]
     assert 0 < document["max_live_bytes"] <= document["arena_bytes"] < report.predicted_peak_bytes
+    # not measured by a run the caller did not wrap in a ResidentPeak (`convplan run` does)
+    assert document["rss_peak_growth_bytes"] is None
+    assert document["footprint_bytes"] > document["predicted_peak_bytes"]
     for layer in document["layers"]:
         assert list(layer) == list(LAYER_KEYS)
         assert all(isinstance(layer[k], t) for k, t in LAYER_KEYS.items()), layer
