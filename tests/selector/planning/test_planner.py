@@ -56,19 +56,24 @@ def test_plans_keep_the_promise_under_three_caps(name: str) -> None:
     network = zoo.builtin(name)
     problem = build_problem(network, estimated)
     inputs = random_inputs(network, seed=2)
-    for cap in caps_for(problem):
+    caps = caps_for(problem)
+    for cap in caps:
         plan = make_plan(network, estimated, cap, machine={}, threads=1, with_baselines=False)
         assert plan.predicted.peak_bytes <= cap
-        # the run a plan promises: convplan run loads the network and owns its weights
+        # the run a plan promises: convplan run loads the network and owns its weights; the
+        # outputs are checked under the tightest cap, whose plan strays furthest from the
+        # defaults (each algorithm's numbers are checked on its own in tests/kernels)
+        check = cap == caps[0]
         report = run_network(zoo.builtin(name), inputs, assignment=plan.assignment,
-                             layouts=plan.layouts, strict=True, threads=1, check=True,
+                             layouts=plan.layouts, strict=True, threads=1, check=check,
                              owned=True)
         assert report.weights_released
         assert report.predicted_peak_bytes == plan.predicted.peak_bytes
         assert report.measured_peak_bytes <= report.predicted_peak_bytes <= cap
-        # the logits where a softmax ends the network (constant weights tie them, and one
-        # rounding step then flips the softmax)
-        assert report.max_rel_error is not None and report.max_rel_error <= 1e-3
+        if check:
+            # the logits where a softmax ends the network (constant weights tie them, and
+            # one rounding step then flips the softmax)
+            assert report.max_rel_error is not None and report.max_rel_error <= 1e-3
 
 
 def test_the_model_bound_covers_the_memory_model_for_any_choice() -> None:
