@@ -41,6 +41,9 @@ ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "reducesum": _REDUCE, "reducemean": _REDUCE, "reducemax": _REDUCE, "reducel2": _REDUCE,
     "leakyrelu": {"alpha": _N}, "elu": {"alpha": _N}, "selu": {"alpha": _N, "gamma": _N},
     "erf": {}, "gelu": {"approximate": _S}, "prelu": {"slope_shape": _IS},
+    "sqrt": {}, "pow": {"exponent": _N},
+    "layernorm": {"axes": _IS, "epsilon": _N, "bias": _B}, "instancenorm": {"epsilon": _N},
+    "pad": {"pads": _IS, "mode": _S, "value": _N},
 }
 
 

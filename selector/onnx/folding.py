@@ -301,6 +301,30 @@ def _f_unary(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
         return [np.asarray(_UNARY[node.op_type](x)).astype(x.dtype, copy=False)]
 
 
+@_folds("Clip")
+def _f_clip(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
+            values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Bounds as attributes before opset 11, optional scalar inputs after (TF-style "same"
+    padding clamps the pad it computes from the shapes at 0)."""
+    x = values[0]
+    assert x is not None
+    if imp.opset < 11:
+        bounds = [None if attrs.get(k) is None else np.asarray(attrs[k], x.dtype)
+                  for k in ("min", "max")]
+    else:
+        given = [*values[1:3], None, None][:2]
+        bounds = [None if v is None else scalar(node, v, what)
+                  for v, what in zip(given, ("min", "max"), strict=True)]
+    same_dtype(node, [x, *(b for b in bounds if b is not None)])
+    imp.limits.reserve(_what(node), x.shape, x.dtype)
+    out = np.array(x)
+    if bounds[0] is not None:
+        out = np.maximum(out, bounds[0])
+    if bounds[1] is not None:
+        out = np.minimum(out, bounds[1])
+    return [out.astype(x.dtype, copy=False)]
+
+
 @_folds("Where")
 def _f_where(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
              values: list[np.ndarray | None]) -> list[np.ndarray]:

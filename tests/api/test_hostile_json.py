@@ -103,6 +103,7 @@ VALID = {
     "reshape": {"op": "reshape", "shape": [1, -1]}, "transpose": {"op": "transpose"},
     "slice": {"op": "slice", "starts": [0], "ends": [2]},
     "prelu": {"op": "prelu", "slope_shape": [3, 1, 1]},
+    "pow": {"op": "pow", "exponent": 2.0}, "pad": {"op": "pad", "pads": [0, 0, 1, 1] * 2},
 }
 
 

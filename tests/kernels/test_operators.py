@@ -275,6 +275,35 @@ def prelu_cases(draw) -> Case:
     return Case({"slope_shape": slope}, [shape], draw(dtypes))
 
 
+@st.composite
+def layernorm_cases(draw) -> Case:
+    """The trailing axes (ONNX's), or any set (channels: ConvNeXt's), negative ones too; with
+    and without bias; sometimes more than one block of squares (`reduce.BLOCK`)."""
+    shape = draw(st.one_of(tensor_shapes(max_side=6),
+                           st.tuples(st.integers(1, 3), st.integers(1, 24), st.integers(1, 30),
+                                     st.integers(1, 30))))
+    r = len(shape)
+    if draw(st.booleans()):
+        start = draw(st.integers(0, r - 1))
+        axes = [a - r for a in range(start, r)]
+    else:
+        axes = draw(st.lists(st.integers(-r, r - 1), min_size=1, max_size=r,
+                             unique_by=lambda a: a % r))
+    return Case({"axes": axes, "epsilon": draw(st.sampled_from([1e-5, 1e-6, 0.5])),
+                 "bias": draw(st.booleans())}, [shape], draw(dtypes))
+
+
+@st.composite
+def pad_cases(draw) -> Case:
+    """Every mode; reflect's pads smaller than the side they mirror."""
+    shape = draw(tensor_shapes(max_side=6))
+    mode = draw(st.sampled_from(["constant", "reflect", "edge"]))
+    limit = [d - 1 if mode == "reflect" else 3 for d in shape]
+    pads = [draw(st.integers(0, m)) for m in limit] + [draw(st.integers(0, m)) for m in limit]
+    return Case({"pads": pads, "mode": mode, "value": draw(st.floats(-2, 2, width=32))},
+                [shape], draw(dtypes))
+
+
 def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
     try:
         operators.make(op, **attrs).output_shapes(shapes)
@@ -321,6 +350,13 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "erf": unary(),
     "gelu": unary(st.fixed_dictionaries({"approximate": st.sampled_from(["none", "tanh"])})),
     "prelu": prelu_cases,
+    "sqrt": unary(),
+    "pow": unary(st.fixed_dictionaries({"exponent": st.sampled_from([2.0, 3.0, 0.5, -1.0])})),
+    "layernorm": layernorm_cases,
+    "instancenorm": lambda: st.builds(
+        lambda s, e, d: Case({"epsilon": e}, [s], d),
+        tensor_shapes(3, 4, max_side=7), st.sampled_from([1e-5, 0.25]), dtypes),
+    "pad": pad_cases,
 }
 
 
@@ -402,12 +438,13 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     unless left == bottom).
     Slice: with a negative step, a start before the first element must be clamped to 0 (ONNX's
     text; onnxruntime does); it slices with NumPy's rules instead, which select nothing.
-    Erf (and the Gelu function built on it) is computed in float32 whatever the dtype.
+    Erf (and the Gelu function built on it) is computed in float32 whatever the dtype, and so
+    are LayerNormalization's statistics (stash_type 1, the only one it implements).
     """
     if op in ("maxpool", "avgpool"):
         common = op == "avgpool" or (attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1))
         return common and (attrs["ceil_mode"] or len(set(attrs["padding"])) > 1)
-    if op in ("erf", "gelu"):
+    if op in ("erf", "gelu", "layernorm"):
         return dtype != "float32"
     if op == "slice":
         shape = shapes[0]
@@ -420,9 +457,9 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
 
 
 def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
-    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf
-    and Gelu."""
-    if op in ("avgpool", "erf", "gelu") and dtype != "float32":
+    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf,
+    Gelu and LayerNormalization."""
+    if op in ("avgpool", "erf", "gelu", "layernorm") and dtype != "float32":
         return False
     if op in ("maxpool", "avgpool"):
         top, left, bottom, right = attrs["padding"]
@@ -454,7 +491,22 @@ def references(name: str, op: Operator, case: Case) -> dict[str, Reference]:
         out["brute-force pool"] = lambda xs, _: [pool_reference(xs[0], name, op.attrs)]
     if name in ("erf", "gelu"):
         out["math.erf"] = lambda xs, _: [erf_reference(name, op.attrs, xs[0])]
+    if name in ("layernorm", "instancenorm"):
+        out["float64 NumPy"] = lambda xs, w: [norm_reference(op, xs[0], w)]
     return out
+
+
+def norm_reference(op: Operator, x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """Layer and instance norm in float64 with NumPy's mean and variance."""
+    rank = x.ndim
+    axes = op.normalized(rank)  # type: ignore[attr-defined]
+    spanned = op.weight_axes(rank)  # type: ignore[attr-defined]
+    x = x.astype(np.float64)
+    y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(
+        x.var(axis=axes, keepdims=True) + op.attrs["epsilon"])
+    view = tuple(x.shape[a] if a in spanned else 1 for a in range(rank))
+    y = y * weights["scale"].reshape(view)
+    return y + weights["bias"].reshape(view) if "bias" in weights else y
 
 
 def check_case(name: str, case: Case, seed: int) -> None:
