@@ -430,6 +430,59 @@ def _pad(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     imp.emit("pad", [node.input[0]], [node.output[0]], pads=full, mode=mode, value=value)
 
 
+@_converts("Resize", "Upsample")
+def _resize(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Scales (an attribute of Upsample-7, an input after) or sizes (Resize from opset 11) of H
+    and W only. Before Resize-11 the coordinates are asymmetric and nearest takes the floor
+    (onnxruntime's rule when upsampling; nearest downsampling there is refused)."""
+    shape = _rank4(imp, node)
+    mode = attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise _refuse(node, f"mode {quote(mode)} is not supported (nearest, linear)")
+    _only_defaults(node, attrs, antialias=0, keep_aspect_ratio_policy="stretch")
+    modern = node.op_type == "Resize" and imp.opset >= 11
+    coordinates = attrs.get("coordinate_transformation_mode", "half_pixel") if modern \
+        else "asymmetric"
+    if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        raise _refuse(node, f"coordinate_transformation_mode {quote(coordinates)} is not "
+                            "supported")
+    nearest = attrs.get("nearest_mode", "round_prefer_floor") if modern else "floor"
+    axes = [axis_index(node, a, 4) for a in attrs.get("axes", [0, 1, 2, 3])]
+    if len(set(axes)) != len(axes):
+        raise _refuse(node, f"axes {short(axes)} repeat an axis")
+    scales: list[float] | None = None
+    sizes: list[int] | None = None
+    if node.op_type == "Upsample" and imp.opset < 9:
+        scales = [float(v) for v in attrs.get("scales", [])]
+    else:
+        index = 1 if not modern else 2
+        named = list(node.input) + [""] * 4
+        if named[index]:
+            value = imp.const(named[index], f"{node.op_type}'s scales")
+            if value.size:
+                scales = [float(v) for v in value.reshape(-1)]
+        if modern and named[3]:
+            if scales is not None:
+                raise _refuse(node, "both scales and sizes are given")
+            sizes = int_vector(node, imp.const(named[3], "Resize's sizes"), "sizes")
+    given = scales if scales is not None else sizes
+    if given is None:
+        raise _refuse(node, "neither scales nor sizes are given")
+    if len(given) != len(axes):
+        raise _refuse(node, f"{len(given)} scales or sizes for {len(axes)} axes")
+    full: list[float] = [1.0, 1.0, 1.0, 1.0] if scales is not None else [float(d) for d in shape]
+    for a, v in zip(axes, given, strict=True):
+        full[a] = v
+    if full[:2] != ([1.0, 1.0] if scales is not None else [float(d) for d in shape[:2]]):
+        raise _refuse(node, f"only H and W are resized, not N or C ({short(list(given))})")
+    extra: dict[str, Any] = ({"scales": full[2:]} if scales is not None
+                             else {"sizes": [int(v) for v in full[2:]]})
+    if not modern and mode == "nearest" and min(full[2:]) < 1:
+        raise _refuse(node, "nearest downsampling before Resize-11 is not supported")
+    imp.emit("resize", [node.input[0]], [node.output[0]], mode=mode, coordinates=coordinates,
+             nearest=nearest, **extra)
+
+
 @_converts("Concat")
 def _concat(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if any(imp.is_const(i) for i in node.input if i):

@@ -191,6 +191,24 @@ def _pad(layer: _Layer) -> None:
                        layer.scalar("value", a["value"])], mode=a["mode"])
 
 
+@_exports("resize")
+def _resize(layer: _Layer) -> None:
+    """Resize with scales [1, 1, sh, sw] or sizes [N, C, h, w] (which need the input's N and
+    C), an empty roi."""
+    a = layer.attrs
+    roi = layer.constant("roi", np.zeros(0, np.float32))
+    if a["scales"] is not None:
+        inputs = [layer.inputs[0], roi,
+                  layer.constant("scales", np.asarray([1, 1, *a["scales"]], np.float32))]
+    else:
+        if layer.shapes is None:
+            raise ValueError("resize to sizes needs the input's shape")
+        n, c = layer.shapes[0][:2]
+        inputs = [layer.inputs[0], roi, "", layer.ints("sizes", [n, c, *a["sizes"]])]
+    layer.node("Resize", inputs, mode=a["mode"], coordinate_transformation_mode=a["coordinates"],
+               nearest_mode=a["nearest"])
+
+
 @_exports("lrn")
 def _lrn(layer: _Layer) -> None:
     a = layer.attrs

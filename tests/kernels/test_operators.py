@@ -304,6 +304,25 @@ def pad_cases(draw) -> Case:
                 [shape], draw(dtypes))
 
 
+@st.composite
+def resize_cases(draw) -> Case:
+    """Up and down, by scales or to sizes, every coordinate and nearest mode."""
+    shape = draw(images(max_side=6))
+    attrs: dict[str, Any] = {
+        "mode": draw(st.sampled_from(["nearest", "linear"])),
+        "coordinates": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
+                                             "asymmetric"])),
+        "nearest": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor",
+                                         "ceil"]))}
+    if draw(st.booleans()):     # a scale that would leave no row is 1
+        attrs["scales"] = [s if math.floor(side * s) else 1.0 for side, s in
+                           zip(shape[2:], [draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 3.0]))
+                                           for _ in range(2)], strict=True)]
+    else:
+        attrs["sizes"] = [draw(st.integers(1, 13)) for _ in range(2)]
+    return Case(attrs, [shape], draw(dtypes))
+
+
 def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
     try:
         operators.make(op, **attrs).output_shapes(shapes)
@@ -357,6 +376,7 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
         lambda s, e, d: Case({"epsilon": e}, [s], d),
         tensor_shapes(3, 4, max_side=7), st.sampled_from([1e-5, 0.25]), dtypes),
     "pad": pad_cases,
+    "resize": resize_cases,
 }
 
 
@@ -440,12 +460,17 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     text; onnxruntime does); it slices with NumPy's rules instead, which select nothing.
     Erf (and the Gelu function built on it) is computed in float32 whatever the dtype, and so
     are LayerNormalization's statistics (stash_type 1, the only one it implements).
+    Resize by scales to a fractional scale * size: ONNX's text (and onnxruntime) use the
+    output's length, floor(scale * size), in align_corners and in pytorch_half_pixel's test
+    for a single row; it uses scale * size.
     """
     if op in ("maxpool", "avgpool"):
         common = op == "avgpool" or (attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1))
         return common and (attrs["ceil_mode"] or len(set(attrs["padding"])) > 1)
     if op in ("erf", "gelu", "layernorm"):
         return dtype != "float32"
+    if op == "resize":
+        return resize_reference_is_wrong(attrs, shapes[0])
     if op == "slice":
         shape = shapes[0]
         n = len(attrs["starts"])
@@ -456,10 +481,22 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     return False
 
 
+def resize_reference_is_wrong(attrs: dict[str, Any], shape: Shape) -> bool:
+    """Where the evaluator takes the output's length as scale * size, not its floor."""
+    if attrs["scales"] is None:
+        return False
+    fractional = [(math.floor(d * s), d * s) for d, s in zip(shape[2:], attrs["scales"],
+                                                             strict=True)]
+    if attrs["coordinates"] == "align_corners":
+        return any(lo != exact for lo, exact in fractional)
+    return attrs["coordinates"] == "pytorch_half_pixel" and any(
+        lo == 1 != exact for lo, exact in fractional)
+
+
 def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
     """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf,
-    Gelu and LayerNormalization."""
-    if op in ("avgpool", "erf", "gelu", "layernorm") and dtype != "float32":
+    Gelu, LayerNormalization and Resize."""
+    if op in ("avgpool", "erf", "gelu", "layernorm", "resize") and dtype != "float32":
         return False
     if op in ("maxpool", "avgpool"):
         top, left, bottom, right = attrs["padding"]

@@ -657,3 +657,87 @@ def test_clip_of_constants_folds(opset: int) -> None:
     network = assert_runs_like_onnxruntime(graph_model(nodes, inits, opset, (3, 2, 4)))
     assert [n.op for n in network.nodes] == ["add"]
     np.testing.assert_array_equal(network.node("y").weights["constant"], [0.0, 2.0, 1.0, 0.5])
+
+
+# -- resizing -----------------------------------------------------------------------------------
+@st.composite
+def resize_graphs(draw) -> onnx.ModelProto:
+    """Upsample (opsets 7, 9: scales as attribute or input), Resize-10 (scales), Resize-11+
+    (scales or sizes, the coordinate and nearest modes PyTorch and others export) and Resize-18
+    (axes), batch 1-3."""
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 7)),
+             draw(st.integers(1, 7)))
+    op, opset = draw(st.sampled_from([("Upsample", 7), ("Upsample", 9), ("Resize", 10),
+                                      ("Resize", 11), ("Resize", 13), ("Resize", 18)]))
+    mode = draw(st.sampled_from(["nearest", "linear"]))
+    attrs: dict[str, Any] = {"mode": mode}
+    modern = op == "Resize" and opset >= 11
+    factors = [1.0, 1.5, 2.0, 3.0] + ([0.5, 0.75] if modern else [])    # Upsample: >= 1
+    scales = [1.0, 1.0, *(s if math.floor(d * s) else 1.0 for d, s in
+                          zip(shape[2:], [draw(st.sampled_from(factors)) for _ in "hw"],
+                              strict=True))]
+    inputs, inits = ["x"], []
+    if not modern:
+        if op == "Upsample" and opset < 9:
+            attrs["scales"] = scales
+        else:
+            inputs.append("scales")
+            inits.append(const("scales", scales))
+        return graph_model([helper.make_node(op, inputs, ["y"], **attrs)], inits, opset, shape)
+    attrs["coordinate_transformation_mode"] = draw(st.sampled_from(
+        ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"]))
+    if mode == "nearest":
+        attrs["nearest_mode"] = draw(st.sampled_from(
+            ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))
+    spatial_only = opset >= 18 and draw(st.booleans())
+    if spatial_only:
+        attrs["axes"] = [2, 3]
+    inputs.append("roi" if opset == 11 else "")     # required (empty) until opset 13
+    inits.append(const("roi", np.zeros(0)))
+    if draw(st.booleans()):
+        inputs.append("scales")
+        inits.append(const("scales", scales[2:] if spatial_only else scales))
+    else:
+        sizes = [draw(st.integers(1, 12)) for _ in "hw"]
+        inputs += ["empty" if opset == 11 else "", "sizes"]      # 11: no optional scales
+        inits.append(const("empty", np.zeros(0)))
+        inits.append(const("sizes", sizes if spatial_only else [*shape[:2], *sizes], np.int64))
+    return graph_model([helper.make_node(op, inputs, ["y"], **attrs)], inits, opset, shape)
+
+
+@settings(max_examples=examples(50))
+@given(model=resize_graphs(), seed=st.integers(0, 2**16))
+def test_resize_matches_onnxruntime(model: onnx.ModelProto, seed: int) -> None:
+    assert_runs_like_onnxruntime(model, seed)
+
+
+@pytest.mark.parametrize(("attrs", "scales", "message"), [
+    ({"mode": "cubic"}, [1, 1, 2, 2], "mode 'cubic' is not supported"),
+    ({"coordinate_transformation_mode": "tf_crop_and_resize"}, [1, 1, 2, 2],
+     "tf_crop_and_resize' is not supported"),
+    ({}, [1, 2, 2, 2], "only H and W are resized"),
+])
+def test_resizes_convplan_does_not_implement_are_refused(attrs: dict[str, Any],
+                                                         scales: list[float],
+                                                         message: str) -> None:
+    model = graph_model([helper.make_node("Resize", ["x", "", "scales"], ["y"], **attrs)],
+                        [const("scales", scales)], 13, (1, 2, 3, 3))
+    with pytest.raises(NetworkError, match=message):
+        load_onnx(model.SerializeToString())
+
+
+def test_a_decoder_upsamples_in_nhwc_without_layout_copies() -> None:
+    """Conv -> bilinear x2 (align_corners, as FCN's head exports) -> Conv, at batch 2."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", ["c", "", "scales"], ["u"], mode="linear",
+                              coordinate_transformation_mode="align_corners"),
+             helper.make_node("Conv", ["u", "w2"], ["y"])]
+    model = graph_model(nodes, [const("w", rng.standard_normal((4, 3, 3, 3))),
+                                const("scales", [1, 1, 2, 2]),
+                                const("w2", rng.standard_normal((2, 4, 1, 1)))], 13,
+                        (2, 3, 5, 6))
+    network = assert_runs_like_onnxruntime(model, algorithm="im2row")
+    program = lower(network, algorithm="im2row").program
+    assert next(s for s in program.steps if s.name == "u").layout == "NHWC"
+    assert [s.inputs for s in program.steps if s.kind == "transform"] == [["x"], ["y"]]
