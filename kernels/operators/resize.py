@@ -174,7 +174,7 @@ class Resize(Operator):
             fw = taps[indices.size * indices.itemsize // taps.itemsize:][:ow]
             for j in range(ow):
                 w0[j], w1[j], fw[j] = linear_tap(source_coordinate(j, ow, w, sw, mode, dtype), w)
-            first, scratch, second = ws["row0"], ws["row1"], ws["row2"]
+            scratch = ws["row1"]
 
             def along_w(r: int, dest: np.ndarray) -> None:
                 """dest = input row r interpolated along W, through the scratch row."""
@@ -185,15 +185,25 @@ class Resize(Operator):
                 np.multiply(dest, fw, out=dest)
                 np.add(dest, scratch, out=dest)
 
+            # the two source rows interpolated along W, kept while output rows still use them
+            low, high = ws["row0"], ws["row2"]
+            low_row = high_row = -1
             for i in range(oh):
                 h0, h1, fh = linear_tap(row_at(i), h)
-                along_w(h0, second)
+                if h0 != low_row:
+                    if h0 == high_row:
+                        low, high, low_row, high_row = high, low, high_row, low_row
+                    else:
+                        along_w(h0, low)
+                        low_row = h0
                 target = yv[:, :, i, :]
                 if h1 == h0 or fh == 0:
-                    np.copyto(target, second)
+                    np.copyto(target, low)
                     continue
-                along_w(h1, first)
-                np.subtract(first, second, out=first)
-                np.multiply(first, fh, out=first)
-                np.add(second, first, out=target)
+                if h1 != high_row:
+                    along_w(h1, high)
+                    high_row = h1
+                np.subtract(high, low, out=scratch)
+                np.multiply(scratch, fh, out=scratch)
+                np.add(low, scratch, out=target)
         return outs
