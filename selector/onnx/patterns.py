@@ -162,10 +162,11 @@ def _elementwise(layer: Layer) -> bool:
 
 
 def _last_axis_constant(layer: Layer) -> bool:
-    """An add or mul of one activation and a constant that varies along the last axis only."""
+    """An add or mul of one activation and a constant that varies along the last axis only
+    (so it has one value per channel of the NHWC tensor)."""
     shape = layer.get("constant_shape")
     return (layer["op"] in ("add", "mul") and len(layer["inputs"]) == 1 and shape is not None
-            and len(shape) <= 4 and all(d == 1 for d in shape[:-1]))
+            and 1 <= len(shape) <= 4 and shape[-1] > 1 and all(d == 1 for d in shape[:-1]))
 
 
 def _commutes(layer: Layer, perm: list[int]) -> bool:
