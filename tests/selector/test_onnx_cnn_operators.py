@@ -741,3 +741,36 @@ def test_a_decoder_upsamples_in_nhwc_without_layout_copies() -> None:
     program = lower(network, algorithm="im2row").program
     assert next(s for s in program.steps if s.name == "u").layout == "NHWC"
     assert [s.inputs for s in program.steps if s.kind == "transform"] == [["x"], ["y"]]
+
+
+def test_weight_standardisation_of_constants_folds() -> None:
+    """BiT's StdConv as PyTorch exports it: each filter's mean and variance by ReduceMean, a
+    training-mode BatchNormalization of the reshaped weights, Reshape back, Conv; the weights
+    fold, and GroupNorm (Reshape, InstanceNormalization, Reshape, Mul, Add) runs after it."""
+    rng = np.random.default_rng(10)
+    make = helper.make_node
+    nodes = [make("Reshape", ["w", "rows"], ["w/rows"]),
+             make("ReduceMean", ["w/rows"], ["w/mean"], axes=[0, 2], keepdims=0),
+             make("Sub", ["w/rows", "w/mean_b"], ["w/centred"]),
+             make("Mul", ["w/centred", "w/centred"], ["w/square"]),
+             make("ReduceMean", ["w/square"], ["w/var"], axes=[0, 2], keepdims=0),
+             make("BatchNormalization", ["w/rows", "ones", "zeros", "w/mean", "w/var"],
+                  ["w/std", "w/running_mean", "w/running_var"], epsilon=1e-8, momentum=1.0,
+                  training_mode=1),
+             make("Reshape", ["w/std", "w_shape"], ["w/standard"]),
+             make("Conv", ["x", "w/standard"], ["c"], pads=[1, 1, 1, 1]),
+             make("Reshape", ["c", "groups"], ["c/groups"]),
+             make("InstanceNormalization", ["c/groups", "g_scale", "g_bias"], ["c/normed"]),
+             make("Reshape", ["c/normed", "c_shape"], ["c/back"]),
+             make("Mul", ["c/back", "gamma"], ["c/scaled"]),
+             make("Add", ["c/scaled", "beta"], ["y"])]
+    inits = [const("w", rng.standard_normal((6, 3, 3, 3))), const("rows", [1, 6, -1], np.int64),
+             const("w/mean_b", np.zeros((1, 6, 1))), const("ones", np.ones(6)),
+             const("zeros", np.zeros(6)), const("w_shape", [6, 3, 3, 3], np.int64),
+             const("groups", [2, 3, -1], np.int64), const("g_scale", np.ones(3)),
+             const("g_bias", np.zeros(3)), const("c_shape", [2, 6, 5, 5], np.int64),
+             const("gamma", rng.standard_normal((6, 1, 1))),
+             const("beta", rng.standard_normal((6, 1, 1)))]
+    network = assert_runs_like_onnxruntime(graph_model(nodes, inits, 17, (2, 3, 5, 5)))
+    assert [n.op for n in network.nodes] == ["conv", "reshape", "instancenorm", "reshape",
+                                            "batchnorm"]
