@@ -10,6 +10,7 @@ strided view) or one fill with the constant. Nothing is allocated beyond the out
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,16 @@ Segment = tuple[slice, slice | None]
 
 
 def segments(dim: int, before: int, after: int, mode: str) -> list[Segment]:
-    """The non-empty segments of one axis of ``dim`` padded by ``before`` and ``after``."""
+    """The non-empty segments of one axis of ``dim`` padded by ``before`` and ``after`` (a
+    negative pad, constant mode only, crops)."""
+    if before < 0 or after < 0:
+        start, stop = max(0, -before), dim - max(0, -after)
+        lead, trail = max(0, before), max(0, after)
+        out = [(slice(0, lead), None)] if lead else []
+        out.append((slice(lead, lead + stop - start), slice(start, stop)))
+        if trail:
+            out.append((slice(lead + stop - start, lead + stop - start + trail), None))
+        return out
     out: list[Segment] = []
     if before:
         source = {"constant": None, "edge": slice(0, 1),
@@ -46,8 +56,8 @@ def segments(dim: int, before: int, after: int, mode: str) -> list[Segment]:
 @register
 class Pad(Operator):
     op = "pad"
-    summary = ("pads every axis: with a constant, the input's mirror image (reflect: the edge "
-               "not repeated) or its edge repeated")
+    summary = ("pads every axis: with a constant (negative pads crop: NASNet's shift by one), "
+               "the input's mirror image (reflect: the edge not repeated) or its edge repeated")
     layouts = ("NCHW", "NHWC")
 
     @classmethod
@@ -58,12 +68,16 @@ class Pad(Operator):
         a = self.attrs
         if a["pads"] is None:
             raise ValueError("pad: pads is required")
-        a["pads"] = int_list(a["pads"], "pad: pads", minimum=0)
+        a["pads"] = int_list(a["pads"], "pad: pads")
         if len(a["pads"]) % 2:
             raise ValueError(f"pad: pads {list(a['pads'])} must hold a begin and an end for "
                              "every axis")
         a["mode"] = choice(a["mode"], "pad: mode", MODES)
-        a["value"] = real(a["value"], "pad: value")
+        value = a["value"]      # -inf too: TF-style same padding before a max pool
+        if isinstance(value, float | np.floating) and math.isinf(value):
+            a["value"] = float(value)
+        else:
+            a["value"] = real(value, "pad: value")
 
     def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
         self.check_arity(len(shapes))
@@ -73,12 +87,19 @@ class Pad(Operator):
         if len(pads) != 2 * rank:
             raise ValueError(f"pad: {len(pads)} pads do not fit a rank-{rank} input (it needs "
                              f"{2 * rank})")
+        if min(pads) < 0 and self.attrs["mode"] != "constant":
+            raise ValueError(f"pad: negative pads {list(pads)} (cropping) are only supported in "
+                             "constant mode")
         if self.attrs["mode"] == "reflect":
             for axis, d in enumerate(shape):
                 if max(pads[axis], pads[axis + rank]) > d - 1:
                     raise ValueError(f"pad: reflect pads of axis {axis} ({pads[axis]}, "
                                      f"{pads[axis + rank]}) must be smaller than its size {d}")
-        return [tuple(d + pads[i] + pads[i + rank] for i, d in enumerate(shape))]
+        out = tuple(d + pads[i] + pads[i + rank] for i, d in enumerate(shape))
+        if min(out, default=1) < 1 or any(d + min(pads[i], 0) + min(pads[i + rank], 0) < 1
+                                          for i, d in enumerate(shape)):
+            raise ValueError(f"pad: pads {list(pads)} crop all of an axis of shape {shape}")
+        return [out]
 
     def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
             layout: Layout = "NCHW", inplace: bool = False,

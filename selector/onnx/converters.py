@@ -398,7 +398,8 @@ def _reduce(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 @_converts("Pad")
 def _pad(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Pads as an attribute (before opset 11) or a constant input, with the constant value an
-    attribute or an optional input and, from opset 18, the axes they apply to."""
+    attribute or an optional input and, from opset 18, the axes they apply to; negative pads
+    crop (in constant mode)."""
     rank = len(imp.shape_of(node.input[0]))
     mode = attrs.get("mode", "constant")
     if mode not in ("constant", "reflect", "edge"):
@@ -422,8 +423,6 @@ def _pad(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if len(pads) != 2 * len(axes):
         raise _refuse(node, f"{len(pads)} pads do not fit {len(axes)} axes (it needs "
                             f"{2 * len(axes)})")
-    if min(pads, default=0) < 0:
-        raise _refuse(node, f"negative pads {short(pads)} (cropping) are not supported")
     full = [0] * (2 * rank)
     for i, a in enumerate(axes):
         full[a], full[a + rank] = pads[i], pads[i + len(axes)]

@@ -8,7 +8,8 @@ without their intermediate tensors (memory the plan no longer holds) or their pa
   Div, then optionally Mul by the scale and Add the bias (PyTorch's ``F.layer_norm``), becomes
   one ``layernorm``.
 - Zero padding written as its own Pad before a convolution (TF-style "same" padding: timm's
-  tf_* models) becomes the convolution's own padding: no padded copy of the input.
+  tf_* models), or -inf padding before a max pool (NASNet's, PNASNet's), becomes the
+  convolution's or the pool's own padding: no padded copy of the input.
 - Channels-last stretches (ConvNeXt): Transpose NCHW -> NHWC, layer norms over the last axis,
   Linear layers (MatMul and Add over the last axis) and activations, Transpose back. The same
   computation in NCHW needs neither transpose: the layer norm over the channels, each Linear a
@@ -367,29 +368,36 @@ def fuse_layernorm(layers: list[Layer], weights: dict[str, dict[str, np.ndarray]
             if layer["name"] not in removed or layer["name"] in replaced]
 
 
+#: The layer a constant pad of H and W folds into, by the pad's value: a convolution's padding
+#: is zeros; a max pool's (without ceil_mode, whose last window depends on what is input) is
+#: never picked, as -inf.
+_PAD_FOLDS = {0.0: "conv", -math.inf: "maxpool"}
+
+
 def fuse_pad_into_conv(layers: list[Layer], outputs: set[str]) -> list[Layer]:
-    """``layers`` with each zero Pad of H and W only, read by one convolution alone, folded
-    into that convolution's padding (the Pad's layer dropped)."""
+    """``layers`` with each constant Pad of H and W only, read by one convolution (zeros) or
+    max pool (-inf) alone, folded into that layer's padding (the Pad's layer dropped)."""
     graph = _Graph(layers, outputs)
     replaced: dict[str, Layer] = {}
     removed: set[str] = set()
     for layer in layers:
         pads = layer.get("pads")
         if layer["op"] != "pad" or layer.get("mode", "constant") != "constant" \
-                or float(layer.get("value", 0.0)) != 0.0 or pads is None or len(pads) != 8 \
-                or any(pads[i] for i in (0, 1, 4, 5)):
+                or pads is None or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) \
+                or min(pads) < 0:
             continue
-        conv = graph.sole(_outputs(layer)[0])
-        if conv is None or conv["op"] != "conv" or conv["name"] in replaced \
-                or conv["inputs"][0] != _outputs(layer)[0]:
+        target = _PAD_FOLDS.get(float(layer.get("value", 0.0)))
+        reader = graph.sole(_outputs(layer)[0])
+        if reader is None or reader["op"] != target or reader["name"] in replaced \
+                or reader["inputs"][0] != _outputs(layer)[0] or reader.get("ceil_mode"):
             continue
-        padding = operators.make("conv", **{k: v for k, v in conv.items()
-                                            if k not in ("name", "op", "inputs", "outputs")}
-                                 ).attrs["padding"]
-        top, left, bottom, right = padding
-        replaced[conv["name"]] = {**conv, "inputs": [layer["inputs"][0], *conv["inputs"][1:]],
-                                  "padding": [top + pads[2], left + pads[3],
-                                              bottom + pads[6], right + pads[7]]}
+        attrs = operators.make(target, **{k: v for k, v in reader.items()
+                                          if k not in ("name", "op", "inputs", "outputs")}).attrs
+        top, left, bottom, right = attrs["padding"]
+        replaced[reader["name"]] = {**reader,
+                                    "inputs": [layer["inputs"][0], *reader["inputs"][1:]],
+                                    "padding": [top + pads[2], left + pads[3],
+                                                bottom + pads[6], right + pads[7]]}
         removed.add(layer["name"])
     return [replaced.get(layer["name"], layer) for layer in layers
             if layer["name"] not in removed]

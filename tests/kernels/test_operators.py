@@ -295,11 +295,17 @@ def layernorm_cases(draw) -> Case:
 
 @st.composite
 def pad_cases(draw) -> Case:
-    """Every mode; reflect's pads smaller than the side they mirror."""
+    """Every mode; reflect's pads smaller than the side they mirror; in constant mode some
+    negative (cropping, at least one element left)."""
     shape = draw(tensor_shapes(max_side=6))
     mode = draw(st.sampled_from(["constant", "reflect", "edge"]))
     limit = [d - 1 if mode == "reflect" else 3 for d in shape]
     pads = [draw(st.integers(0, m)) for m in limit] + [draw(st.integers(0, m)) for m in limit]
+    if mode == "constant" and draw(st.booleans()):
+        for axis, d in enumerate(shape):        # crop up to d - 1 elements from either end
+            before = draw(st.integers(-(d - 1), pads[axis]))
+            after = draw(st.integers(-(d - 1 + min(before, 0)), pads[axis + len(shape)]))
+            pads[axis], pads[axis + len(shape)] = before, after
     return Case({"pads": pads, "mode": mode, "value": draw(st.floats(-2, 2, width=32))},
                 [shape], draw(dtypes))
 
@@ -460,6 +466,7 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     text; onnxruntime does); it slices with NumPy's rules instead, which select nothing.
     Erf (and the Gelu function built on it) is computed in float32 whatever the dtype, and so
     are LayerNormalization's statistics (stash_type 1, the only one it implements).
+    Pad with negative pads (cropping): it pads with np.pad, which refuses them.
     Resize by scales to a fractional scale * size: ONNX's text (and onnxruntime) use the
     output's length, floor(scale * size), in align_corners and in pytorch_half_pixel's test
     for a single row; it uses scale * size.
@@ -471,6 +478,8 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
         return dtype != "float32"
     if op == "resize":
         return resize_reference_is_wrong(attrs, shapes[0])
+    if op == "pad":
+        return min(attrs["pads"]) < 0
     if op == "slice":
         shape = shapes[0]
         n = len(attrs["starts"])
@@ -530,7 +539,19 @@ def references(name: str, op: Operator, case: Case) -> dict[str, Reference]:
         out["math.erf"] = lambda xs, _: [erf_reference(name, op.attrs, xs[0])]
     if name in ("layernorm", "instancenorm"):
         out["float64 NumPy"] = lambda xs, w: [norm_reference(op, xs[0], w)]
+    if name == "pad":
+        out["np.pad"] = lambda xs, _: [pad_reference(xs[0], **op.attrs)]
     return out
+
+
+def pad_reference(x: np.ndarray, pads: tuple[int, ...], mode: str, value: float) -> np.ndarray:
+    """Crop by the negative pads, then np.pad by the others."""
+    rank = x.ndim
+    crop = tuple(slice(max(0, -pads[i]), x.shape[i] - max(0, -pads[i + rank]))
+                 for i in range(rank))
+    widths = [(max(0, pads[i]), max(0, pads[i + rank])) for i in range(rank)]
+    extra = {"constant_values": value} if mode == "constant" else {}
+    return np.pad(x[crop], widths, mode=mode, **extra)
 
 
 def norm_reference(op: Operator, x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:

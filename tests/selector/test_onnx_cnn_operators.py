@@ -487,7 +487,8 @@ def test_a_channels_last_tensor_used_elsewhere_keeps_its_transposes() -> None:
 @st.composite
 def pad_graphs(draw) -> onnx.ModelProto:
     """Pad in each mode: pads and value as attributes (opset 2) or inputs (11, 13), and from
-    opset 18 for some axes only; reflect's pads smaller than the side they mirror."""
+    opset 18 for some axes only; reflect's pads smaller than the side they mirror; negative
+    (cropping) in constant mode."""
     shape = (draw(st.integers(1, 3)),
              *draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
     r = len(shape)
@@ -499,7 +500,10 @@ def pad_graphs(draw) -> onnx.ModelProto:
                              unique_by=lambda a: a % r))
 
     def amount(axis: int) -> int:
-        return draw(st.integers(0, shape[axis] - 1 if mode == "reflect" else 3))
+        """Up to 3, or less than the side for reflect; in constant mode a crop of at most
+        half the side (rounded down, so one element is left)."""
+        low = -((shape[axis] - 1) // 2) if mode == "constant" else 0
+        return draw(st.integers(low, shape[axis] - 1 if mode == "reflect" else 3))
 
     pads = [amount(a) for a in axes] + [amount(a) for a in axes]
     value = draw(st.floats(-2, 2, width=32))
@@ -527,7 +531,8 @@ def test_pad_matches_onnxruntime(model: onnx.ModelProto, seed: int) -> None:
 
 @pytest.mark.parametrize(("mode", "pads", "message"), [
     ("wrap", [0, 0, 1, 1, 0, 0, 1, 1], "mode 'wrap' is not supported"),
-    ("constant", [0, 0, -1, 0, 0, 0, 0, 0], "negative pads"),
+    ("edge", [0, 0, -1, 0, 0, 0, 0, 0], "negative pads .* only supported in constant mode"),
+    ("constant", [0, 0, -2, 0, 0, 0, -1, 0], "crop all of an axis"),
     ("reflect", [0, 0, 3, 0, 0, 0, 0, 0], "must be smaller than its size 3"),
     ("constant", [0, 1, 0, 1], "4 pads do not fit 4 axes"),
 ])
@@ -774,3 +779,23 @@ def test_weight_standardisation_of_constants_folds() -> None:
     network = assert_runs_like_onnxruntime(graph_model(nodes, inits, 17, (2, 3, 5, 5)))
     assert [n.op for n in network.nodes] == ["conv", "reshape", "instancenorm", "reshape",
                                             "batchnorm"]
+
+
+@pytest.mark.parametrize(("ceil_mode", "folded"), [(0, True), (1, False)])
+def test_a_minus_infinity_pad_becomes_the_max_pools_padding(ceil_mode: int,
+                                                            folded: bool) -> None:
+    """NASNet's TF-style same max pool; with ceil_mode the pool's last window depends on what
+    is input, so the Pad stays (and a network holding a -inf pad is refused in its
+    description: JSON has no infinity)."""
+    nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["p"]),
+             helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                              ceil_mode=ceil_mode)]
+    model = graph_model(nodes, [const("pads", [0, 0, 0, 1, 0, 0, 1, 1], np.int64),
+                                const("value", -np.inf)], 13, (2, 3, 6, 7))
+    if not folded:
+        with pytest.raises(NetworkError, match="value must be a finite number"):
+            load_onnx(model.SerializeToString())
+        return
+    network = assert_runs_like_onnxruntime(model)
+    assert [n.op for n in network.nodes] == ["maxpool"]
+    assert list(network.node("y").operator.attrs["padding"]) == [0, 1, 1, 1]
