@@ -1,7 +1,7 @@
 """Operators other than convolution, found by op name through `registry`."""
 
 # isort: skip_file
-from . import conv, elementwise, pooling, normalization, softmax, shape, linear, reduce  # noqa: F401
+from . import conv, elementwise, pooling, normalization, softmax, shape, linear, reduce, pad, resize  # noqa: F401
 from .base import Operator, Shape
 from .registry import make, names, operator_class, register
 

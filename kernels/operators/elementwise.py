@@ -100,6 +100,40 @@ class Sigmoid(Unary):
 
 
 @register
+class Sqrt(Unary):
+    op = "sqrt"
+    summary = "the square root (NaN below 0): layer norms written out before ONNX had one"
+
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
+        with np.errstate(invalid="ignore"):
+            np.sqrt(x, out=out)
+
+
+@register
+class Pow(Unary):
+    op = "pow"
+    summary = ("x ** exponent for a constant exponent (x * x for 2: the variance of a layer "
+               "norm written out)")
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {"exponent": None}
+
+    def _check_attrs(self) -> None:
+        if self.attrs["exponent"] is None:
+            raise ValueError("pow: exponent is required")
+        self.attrs["exponent"] = real(self.attrs["exponent"], "pow: exponent")
+
+    def _apply(self, x: np.ndarray, out: np.ndarray, ws: dict[str, np.ndarray]) -> None:
+        exponent = self.attrs["exponent"]
+        with np.errstate(all="ignore"):
+            if exponent == 2:
+                np.square(x, out=out)
+            else:
+                np.power(x, np.asarray(exponent, x.dtype), out=out)
+
+
+@register
 class HardSigmoid(Unary):
     op = "hardsigmoid"
     summary = "max(0, min(1, alpha * x + beta)), the piecewise-linear sigmoid of MobileNetV3"

@@ -1,16 +1,21 @@
 """Normalisation layers in their inference form: batch-norm folded to a per-channel affine map,
-and AlexNet's local response normalisation across channels."""
+AlexNet's local response normalisation across channels, and the normalisations that compute
+their statistics at run time (layer norm: ConvNeXt's, over channels or the last axes; instance
+norm: style-transfer and some segmentation networks)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..spec import Layout
-from .base import Operator, Shape, small_ufunc_buffers
-from .checks import integer, real
+from .base import Operator, Shape, logical_shape, small_ufunc_buffers
+from .checks import axis_index, flag, int_list, integer, real, size
+from .elementwise import physical_nhwc
+from .reduce import BLOCK, float64_sums, square_sums, stored_axes, sums_shape
 from .registry import register
 
 
@@ -109,3 +114,143 @@ class LRN(Operator):
             np.power(out, -a["beta"], out=out)
             np.multiply(out, x, out=out)
         return outs
+
+
+class Normalization(Operator):
+    """(x - mean) / sqrt(var + epsilon) with the mean and variance over `normalized` axes, then
+    * scale (+ bias), the weights spanning `weight_axes` (broadcast over the others).
+
+    The statistics are float64 (`reduce.sums_shape` workspaces, one per normalised group): the
+    mean first, then x - mean written into the output (which may be x itself), the variance
+    summed from the output's squares in float64 blocks (`reduce.square_sums`), so nothing the
+    size of the input is allocated. In NHWC the logical axes map to the stored ones and the
+    weights are viewed transposed."""
+
+    layouts = ("NCHW", "NHWC")
+    inplace = True
+
+    def normalized(self, rank: int) -> tuple[int, ...]:
+        """The normalised axes of a rank-``rank`` input, non-negative and sorted."""
+        raise NotImplementedError
+
+    def weight_axes(self, rank: int) -> tuple[int, ...]:
+        """The axes the scale and bias span, sorted."""
+        raise NotImplementedError
+
+    def has_bias(self) -> bool:
+        return True
+
+    def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
+        self.check_arity(len(shapes))
+        shape = tuple(shapes[0])
+        self.normalized(len(shape))         # raises for axes out of range
+        return [shape]
+
+    def weight_shapes(self, shapes: Sequence[Shape]) -> dict[str, Shape]:
+        shape = self.output_shapes(shapes)[0]
+        spanned = tuple(shape[a] for a in self.weight_axes(len(shape)))
+        return {"scale": spanned, **({"bias": spanned} if self.has_bias() else {})}
+
+    def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
+                         ) -> dict[str, Shape]:
+        """The float64 mean and variance of each group, and a block of float64 squares and
+        of their partial sums."""
+        shape = tuple(shapes[0])
+        groups = size(shape) // size([shape[a] for a in self.normalized(len(shape))])
+        block = sums_shape(min(size(shape), BLOCK))
+        return {"mean": sums_shape(groups), "var": sums_shape(groups), "squares": block,
+                "partial": block}
+
+    def _weight(self, w: np.ndarray, shape: Shape, layout: Layout) -> np.ndarray:
+        """A weight over `weight_axes` as it broadcasts to the input stored in ``layout``."""
+        rank = len(shape)
+        spanned = self.weight_axes(rank)
+        w = w.reshape(tuple(shape[a] if a in spanned else 1 for a in range(rank)))
+        return physical_nhwc(w, stored=False) if layout == "NHWC" and rank == 4 else w
+
+    def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        x = xs[0]
+        shape = logical_shape(x, layout)
+        outs = self._outputs(xs, weights, [x.shape], inplace, out)
+        ws = self._workspace(xs, weights, layout, outs, workspace)
+        y = outs[0]
+        axes = stored_axes(self.normalized(len(shape)), layout, x.ndim)
+        kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        count = math.prod(x.shape[a] for a in axes)
+        mean, var = float64_sums(ws["mean"], kept), float64_sums(ws["var"], kept)
+        block = min(x.size, BLOCK)
+        with small_ufunc_buffers():
+            np.add.reduce(x, axis=axes, keepdims=True, dtype=np.float64, out=mean)
+            np.divide(mean, count, out=mean)
+            np.subtract(x, mean, out=y, casting="same_kind")
+            square_sums(y, axes, var, float64_sums(ws["squares"], (block,)),
+                        float64_sums(ws["partial"], (block,)))
+            np.divide(var, count, out=var)
+            np.add(var, self.attrs["epsilon"], out=var)
+            np.sqrt(var, out=var)
+            np.divide(y, var, out=y, casting="same_kind")
+            np.multiply(y, self._weight(weights["scale"], shape, layout), out=y)
+            if self.has_bias():
+                np.add(y, self._weight(weights["bias"], shape, layout), out=y)
+        return outs
+
+
+@register
+class LayerNorm(Normalization):
+    op = "layernorm"
+    summary = ("(x - mean) / sqrt(var + epsilon) * scale + bias over some axes (ONNX "
+               "LayerNormalization: the last ones; ConvNeXt's channels-last norm: the "
+               "channels), scale and bias spanning those axes")
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {"axes": [-1], "epsilon": 1e-5, "bias": True}
+
+    def _check_attrs(self) -> None:
+        a = self.attrs
+        a["axes"] = int_list(a["axes"], "layernorm: axes")
+        a["epsilon"] = real(a["epsilon"], "layernorm: epsilon")
+        if a["epsilon"] < 0:
+            raise ValueError(f"layernorm: epsilon must not be negative, got {a['epsilon']}")
+        a["bias"] = flag(a["bias"], "layernorm: bias")
+
+    def normalized(self, rank: int) -> tuple[int, ...]:
+        axes = [axis_index(a, rank, "layernorm: axis") for a in self.attrs["axes"]]
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"layernorm: axes {list(self.attrs['axes'])} name an axis twice")
+        return tuple(sorted(axes))
+
+    def weight_axes(self, rank: int) -> tuple[int, ...]:
+        return self.normalized(rank)
+
+    def has_bias(self) -> bool:
+        return bool(self.attrs["bias"])
+
+
+@register
+class InstanceNorm(Normalization):
+    op = "instancenorm"
+    summary = ("(x - mean) / sqrt(var + epsilon) * scale[c] + bias[c], the statistics over the "
+               "spatial axes of each image and channel")
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {"epsilon": 1e-5}
+
+    def _check_attrs(self) -> None:
+        self.attrs["epsilon"] = real(self.attrs["epsilon"], "instancenorm: epsilon")
+        if self.attrs["epsilon"] < 0:
+            raise ValueError("instancenorm: epsilon must not be negative, got "
+                             f"{self.attrs['epsilon']}")
+
+    def normalized(self, rank: int) -> tuple[int, ...]:
+        if rank < 3:
+            raise ValueError(f"instancenorm needs an input of rank >= 3 (N, C, D1, ...), got "
+                             f"rank {rank}")
+        return tuple(range(2, rank))
+
+    def weight_axes(self, rank: int) -> tuple[int, ...]:
+        return (1,)

@@ -17,6 +17,7 @@ from .errors import quoted, shown
 #: The JSON type of every attribute of every operator (`kernels.operators`' attribute_defaults;
 #: the operator then checks the values). A kind ending in "?" may also be null.
 _I, _IS, _I_IS, _N, _B, _S = "int", "ints", "int or ints", "number", "bool", "string"
+_NS = "numbers"
 _POOL = {"kernel": _I_IS, "stride": _I_IS, "padding": _I_IS, "ceil_mode": _B}
 _CONSTANT = {"constant_shape": _IS + "?"}
 _REDUCE = {"axes": _IS + "?", "keepdims": _B}
@@ -41,11 +42,17 @@ ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "reducesum": _REDUCE, "reducemean": _REDUCE, "reducemax": _REDUCE, "reducel2": _REDUCE,
     "leakyrelu": {"alpha": _N}, "elu": {"alpha": _N}, "selu": {"alpha": _N, "gamma": _N},
     "erf": {}, "gelu": {"approximate": _S}, "prelu": {"slope_shape": _IS},
+    "sqrt": {}, "pow": {"exponent": _N},
+    "layernorm": {"axes": _IS, "epsilon": _N, "bias": _B}, "instancenorm": {"epsilon": _N},
+    "pad": {"pads": _IS, "mode": _S, "value": _N},
+    "resize": {"scales": _NS + "?", "sizes": _IS + "?", "mode": _S, "coordinates": _S,
+               "nearest": _S},
 }
 
 
 _KIND_WORDS = {_I: "an int", _IS: "a list of ints", _I_IS: "an int or a list of ints",
-               _N: "a finite number", _B: "true or false", _S: "a string"}
+               _N: "a finite number", _B: "true or false", _S: "a string",
+               _NS: "a list of finite numbers"}
 
 
 def _kind_of_default(default: Any) -> str:
@@ -86,6 +93,8 @@ def _fits(kind: str, value: Any) -> bool:
         return _is_int(value) or _is_ints(value)
     if kind == _N:
         return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if kind == _NS:
+        return isinstance(value, list) and all(_fits(_N, v) for v in value)
     return _fits(_N, value) or _is_ints(value)
 
 

@@ -139,7 +139,7 @@ def _conv(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
              groups=groups, bias="bias" in weights)
 
 
-@_converts("Relu", "Sigmoid", "HardSwish", "Erf")
+@_converts("Relu", "Sigmoid", "HardSwish", "Erf", "Sqrt")
 def _unary(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     imp.emit(node.op_type.lower(), [node.input[0]], [node.output[0]])
 
@@ -164,6 +164,21 @@ def _prelu(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     slope = imp.float_const(node.input[1], f"the slope of PRelu {label(node)}")
     imp.emit("prelu", [node.input[0]], [node.output[0]], {"slope": slope},
              slope_shape=list(slope.shape))
+
+
+@_converts("Pow")
+def _pow(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """A constant scalar exponent (the square of a layer norm written out before opset 17)."""
+    if not imp.is_const(node.input[1]):
+        raise _refuse(node, "Pow with an exponent computed from the input is not supported")
+    exponent = imp.const(node.input[1], "Pow's exponent")
+    if exponent.size != 1 or exponent.dtype.kind not in "fiu":
+        raise _refuse(node, f"Pow's exponent must be one number, not "
+                            f"{exponent.dtype} of shape {list(exponent.shape)}")
+    if np.ndim(exponent) > len(imp.shape_of(node.input[0])):
+        raise _refuse(node, "Pow's exponent has a higher rank than its base")
+    imp.emit("pow", [node.input[0]], [node.output[0]],
+             exponent=float(exponent.reshape(-1)[0]))
 
 
 @_converts("HardSigmoid")
@@ -266,6 +281,41 @@ def _batchnorm(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> No
     imp.emit("batchnorm", [node.input[0]], [node.output[0]], {"scale": scale, "shift": shift})
 
 
+@_converts("LayerNormalization")
+def _layernorm(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Over the axes from ``axis`` to the last; scale and bias broadcast to those axes' shape
+    (any stash_type: the statistics are float64)."""
+    if any(node.output[1:]):
+        raise _refuse(node, "LayerNormalization's Mean and InvStdDev outputs are not supported")
+    shape = imp.shape_of(node.input[0])
+    axis = axis_index(node, int(attrs.get("axis", -1)), len(shape))
+    normalized = tuple(shape[axis:])
+    weights = {}
+    for key, i in (("scale", 1), ("bias", 2)):
+        if len(node.input) <= i or not node.input[i]:
+            continue
+        value = imp.float_const(node.input[i], f"the {key} of LayerNormalization {label(node)}")
+        try:
+            if np.broadcast_shapes(value.shape, normalized) != normalized:
+                raise ValueError
+        except ValueError:
+            raise _refuse(node, f"the {key} of shape {list(value.shape)} does not broadcast to "
+                                f"the normalised shape {list(normalized)}") from None
+        weights[key] = np.broadcast_to(value, normalized)
+    imp.emit("layernorm", [node.input[0]], [node.output[0]], weights,
+             axes=list(range(axis - len(shape), 0)), epsilon=float(attrs.get("epsilon", 1e-5)),
+             bias="bias" in weights)
+
+
+@_converts("InstanceNormalization")
+def _instancenorm(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    what = f"the scale and bias of InstanceNormalization {label(node)}"
+    weights = {k: imp.float_const(i, what) for k, i in zip(("scale", "bias"), node.input[1:3],
+                                                            strict=True)}
+    imp.emit("instancenorm", [node.input[0]], [node.output[0]], weights,
+             epsilon=float(attrs.get("epsilon", 1e-5)))
+
+
 def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
     """``value`` as a (C,) vector if broadcasting it against ``shape`` is per-channel (axis 1)."""
     if len(shape) < 2 or value.ndim > len(shape):
@@ -343,6 +393,93 @@ def _reduce(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         axes = None
     imp.emit(_REDUCTIONS[node.op_type], [node.input[0]], [node.output[0]], axes=axes,
              keepdims=bool(attrs.get("keepdims", 1)))
+
+
+@_converts("Pad")
+def _pad(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Pads as an attribute (before opset 11) or a constant input, with the constant value an
+    attribute or an optional input and, from opset 18, the axes they apply to; negative pads
+    crop (in constant mode)."""
+    rank = len(imp.shape_of(node.input[0]))
+    mode = attrs.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge"):
+        raise _refuse(node, f"mode {quote(mode)} is not supported (constant, reflect, edge)")
+    if imp.opset < 11:
+        pads, value = [int(p) for p in attrs.get("pads", [])], float(attrs.get("value", 0.0))
+    else:
+        pads = int_vector(node, imp.const(node.input[1], "Pad's pads"), "pads")
+        value = 0.0
+        if len(node.input) > 2 and node.input[2]:
+            given = imp.const(node.input[2], "Pad's constant_value")
+            if given.size != 1:
+                raise _refuse(node, "Pad's constant_value must hold one value")
+            value = float(given.reshape(-1)[0])
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [axis_index(node, a, rank) for a in
+                int_vector(node, imp.const(node.input[3], "Pad's axes"), "axes")]
+        if len(set(axes)) != len(axes):
+            raise _refuse(node, f"axes {short(axes)} repeat an axis")
+    if len(pads) != 2 * len(axes):
+        raise _refuse(node, f"{len(pads)} pads do not fit {len(axes)} axes (it needs "
+                            f"{2 * len(axes)})")
+    full = [0] * (2 * rank)
+    for i, a in enumerate(axes):
+        full[a], full[a + rank] = pads[i], pads[i + len(axes)]
+    imp.emit("pad", [node.input[0]], [node.output[0]], pads=full, mode=mode, value=value)
+
+
+@_converts("Resize", "Upsample")
+def _resize(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Scales (an attribute of Upsample-7, an input after) or sizes (Resize from opset 11) of H
+    and W only. Before Resize-11 the coordinates are asymmetric and nearest takes the floor
+    (onnxruntime's rule when upsampling; nearest downsampling there is refused)."""
+    shape = _rank4(imp, node)
+    mode = attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise _refuse(node, f"mode {quote(mode)} is not supported (nearest, linear)")
+    _only_defaults(node, attrs, antialias=0, keep_aspect_ratio_policy="stretch")
+    modern = node.op_type == "Resize" and imp.opset >= 11
+    coordinates = attrs.get("coordinate_transformation_mode", "half_pixel") if modern \
+        else "asymmetric"
+    if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        raise _refuse(node, f"coordinate_transformation_mode {quote(coordinates)} is not "
+                            "supported")
+    nearest = attrs.get("nearest_mode", "round_prefer_floor") if modern else "floor"
+    axes = [axis_index(node, a, 4) for a in attrs.get("axes", [0, 1, 2, 3])]
+    if len(set(axes)) != len(axes):
+        raise _refuse(node, f"axes {short(axes)} repeat an axis")
+    scales: list[float] | None = None
+    sizes: list[int] | None = None
+    if node.op_type == "Upsample" and imp.opset < 9:
+        scales = [float(v) for v in attrs.get("scales", [])]
+    else:
+        index = 1 if not modern else 2
+        named = list(node.input) + [""] * 4
+        if named[index]:
+            value = imp.const(named[index], f"{node.op_type}'s scales")
+            if value.size:
+                scales = [float(v) for v in value.reshape(-1)]
+        if modern and named[3]:
+            if scales is not None:
+                raise _refuse(node, "both scales and sizes are given")
+            sizes = int_vector(node, imp.const(named[3], "Resize's sizes"), "sizes")
+    given = scales if scales is not None else sizes
+    if given is None:
+        raise _refuse(node, "neither scales nor sizes are given")
+    if len(given) != len(axes):
+        raise _refuse(node, f"{len(given)} scales or sizes for {len(axes)} axes")
+    full: list[float] = [1.0, 1.0, 1.0, 1.0] if scales is not None else [float(d) for d in shape]
+    for a, v in zip(axes, given, strict=True):
+        full[a] = v
+    if full[:2] != ([1.0, 1.0] if scales is not None else [float(d) for d in shape[:2]]):
+        raise _refuse(node, f"only H and W are resized, not N or C ({short(list(given))})")
+    extra: dict[str, Any] = ({"scales": full[2:]} if scales is not None
+                             else {"sizes": [int(v) for v in full[2:]]})
+    if not modern and mode == "nearest" and min(full[2:]) < 1:
+        raise _refuse(node, "nearest downsampling before Resize-11 is not supported")
+    imp.emit("resize", [node.input[0]], [node.output[0]], mode=mode, coordinates=coordinates,
+             nearest=nearest, **extra)
 
 
 @_converts("Concat")

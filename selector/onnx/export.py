@@ -38,9 +38,10 @@ class _Layer:
 
     def __init__(self, op: str, attrs: dict[str, Any], inputs: Sequence[str],
                  outputs: Sequence[str], weights: Mapping[str, np.ndarray], prefix: str,
-                 dtype: np.dtype, opset: int) -> None:
+                 dtype: np.dtype, opset: int, shapes: Sequence[Sequence[int]] | None) -> None:
         self.op, self.attrs, self.inputs, self.outputs = op, attrs, list(inputs), list(outputs)
         self.weights, self.prefix, self.dtype, self.opset = weights, prefix, dtype, opset
+        self.shapes = None if shapes is None else [tuple(s) for s in shapes]
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
@@ -84,12 +85,15 @@ def _exports(*ops: str) -> Callable[[Exporter], Exporter]:
 
 def layer_to_onnx(op: str, attrs: Mapping[str, Any], inputs: list[str], outputs: list[str],
                   weights: Mapping[str, np.ndarray], prefix: str, *,
-                  dtype: str | np.dtype = "float32", opset: int | None = None
+                  dtype: str | np.dtype = "float32", opset: int | None = None,
+                  shapes: Sequence[Sequence[int]] | None = None
                   ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The ONNX nodes computing IR layer ``op`` from ``inputs`` into ``outputs``, and the
     initializers of its weights and constants. ``attrs`` are validated (and normalised) as
     `kernels.operators.make` does; ``dtype`` is the activations' (for Clip's bounds);
-    ``opset`` the model's (default: the one `model_opset` gives this operator)."""
+    ``opset`` the model's (default: the one `model_opset` gives this operator); ``shapes``
+    the inputs' (needed only where ONNX's form depends on the rank: a layer norm over axes
+    counted from the front)."""
     if op not in _EXPORTERS:
         raise ValueError(f"no ONNX export for operator {op!r}")
     operator = operators.make(op, **attrs)
@@ -97,7 +101,7 @@ def layer_to_onnx(op: str, attrs: Mapping[str, Any], inputs: list[str], outputs:
     if opset < model_opset([op]):
         raise ValueError(f"{op} needs opset {model_opset([op])}, the model is opset {opset}")
     layer = _Layer(op, dict(operator.attrs), inputs, outputs, weights, prefix, np.dtype(dtype),
-                   opset)
+                   opset, shapes)
     _EXPORTERS[op](layer)
     return layer.nodes, layer.initializers
 
@@ -149,6 +153,62 @@ def _batchnorm(layer: _Layer) -> None:
                 layer.constant("mean", zeros), layer.constant("var", ones)], epsilon=0.0)
 
 
+@_exports("layernorm")
+def _layernorm(layer: _Layer) -> None:
+    """LayerNormalization normalises the trailing axes from ``axis``: other axes are moved to
+    the front first (Transpose), the order of the normalised ones kept, and moved back."""
+    a = layer.attrs
+    inputs = [layer.weight("scale"), *([layer.weight("bias")] if a["bias"] else [])]
+    trailing = sorted(a["axes"]) == list(range(-len(a["axes"]), 0))
+    if trailing:
+        layer.node("LayerNormalization", [layer.inputs[0], *inputs], axis=-len(a["axes"]),
+                   epsilon=a["epsilon"])
+        return
+    if layer.shapes is None:
+        raise ValueError("layernorm over axes counted from the front needs the input's shape")
+    rank = len(layer.shapes[0])
+    axes = operators.make("layernorm", **a).normalized(rank)
+    perm = [i for i in range(rank) if i not in axes] + list(axes)
+    inverse = [perm.index(i) for i in range(rank)]
+    moved, normed = f"{layer.prefix}/moved", f"{layer.prefix}/normed"
+    layer.node("Transpose", [layer.inputs[0]], [moved], perm=perm)
+    layer.node("LayerNormalization", [moved, *inputs], [normed], axis=rank - len(axes),
+               epsilon=a["epsilon"])
+    layer.node("Transpose", [normed], perm=inverse)
+
+
+@_exports("instancenorm")
+def _instancenorm(layer: _Layer) -> None:
+    layer.node("InstanceNormalization",
+               [layer.inputs[0], layer.weight("scale"), layer.weight("bias")],
+               epsilon=layer.attrs["epsilon"])
+
+
+@_exports("pad")
+def _pad(layer: _Layer) -> None:
+    a = layer.attrs
+    layer.node("Pad", [layer.inputs[0], layer.ints("pads", a["pads"]),
+                       layer.scalar("value", a["value"])], mode=a["mode"])
+
+
+@_exports("resize")
+def _resize(layer: _Layer) -> None:
+    """Resize with scales [1, 1, sh, sw] or sizes [N, C, h, w] (which need the input's N and
+    C), an empty roi."""
+    a = layer.attrs
+    roi = layer.constant("roi", np.zeros(0, np.float32))
+    if a["scales"] is not None:
+        inputs = [layer.inputs[0], roi,
+                  layer.constant("scales", np.asarray([1, 1, *a["scales"]], np.float32))]
+    else:
+        if layer.shapes is None:
+            raise ValueError("resize to sizes needs the input's shape")
+        n, c = layer.shapes[0][:2]
+        inputs = [layer.inputs[0], roi, "", layer.ints("sizes", [n, c, *a["sizes"]])]
+    layer.node("Resize", inputs, mode=a["mode"], coordinate_transformation_mode=a["coordinates"],
+               nearest_mode=a["nearest"])
+
+
 @_exports("lrn")
 def _lrn(layer: _Layer) -> None:
     a = layer.attrs
@@ -183,7 +243,7 @@ def _reduce(layer: _Layer) -> None:
 
 # -- element-wise -------------------------------------------------------------------------------
 _UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "hardswish": "HardSwish",
-          "identity": "Identity", "erf": "Erf"}
+          "identity": "Identity", "erf": "Erf", "sqrt": "Sqrt"}
 
 
 @_exports(*_UNARY)
@@ -200,6 +260,11 @@ def _hardsigmoid(layer: _Layer) -> None:
 def _alpha_unit(layer: _Layer) -> None:
     layer.node({"leakyrelu": "LeakyRelu", "elu": "Elu"}[layer.op], layer.inputs,
                alpha=layer.attrs["alpha"])
+
+
+@_exports("pow")
+def _pow(layer: _Layer) -> None:
+    layer.node("Pow", [layer.inputs[0], layer.scalar("exponent", layer.attrs["exponent"])])
 
 
 @_exports("selu")
@@ -316,7 +381,7 @@ def single_layer_model(op: str, attrs: Mapping[str, Any], input_shapes: Sequence
     inputs = [f"x{i}" for i in range(len(shapes))]
     outputs = [f"y{i}" for i in range(len(output_shapes))]
     nodes, initializers = layer_to_onnx(op, operator.attrs, inputs, outputs, weights, op,
-                                        dtype=dtype)
+                                        dtype=dtype, shapes=shapes)
     return _checked_model(nodes, initializers, f"single {op}",
                           dict(zip(inputs, shapes, strict=True)),
                           dict(zip(outputs, output_shapes, strict=True)), elem,
@@ -352,7 +417,8 @@ def network_to_onnx(network: Network) -> onnx.ModelProto:
     initializers: list[onnx.TensorProto] = []
     for node in network.nodes:
         n, i = layer_to_onnx(node.op, node.operator.attrs, node.inputs, node.outputs,
-                             node.weights, node.name, opset=opset)
+                             node.weights, node.name, opset=opset,
+                             shapes=[network.shapes[t] for t in node.inputs])
         nodes += n
         initializers += i
     return _checked_model(nodes, initializers, network.name, network.inputs,

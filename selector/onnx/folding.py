@@ -24,6 +24,7 @@ from convplan.selector.network import NetworkError
 from .messages import label, short, type_name
 from .shapes import (
     axis_index,
+    axis_indices,
     broadcast,
     int_vector,
     permutation,
@@ -299,6 +300,101 @@ def _f_unary(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
     imp.limits.reserve(_what(node), x.shape, x.dtype)
     with np.errstate(all="ignore"):
         return [np.asarray(_UNARY[node.op_type](x)).astype(x.dtype, copy=False)]
+
+
+@_folds("Clip")
+def _f_clip(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
+            values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Bounds as attributes before opset 11, optional scalar inputs after (TF-style "same"
+    padding clamps the pad it computes from the shapes at 0)."""
+    x = values[0]
+    assert x is not None
+    if imp.opset < 11:
+        bounds = [None if attrs.get(k) is None else np.asarray(attrs[k], x.dtype)
+                  for k in ("min", "max")]
+    else:
+        given = [*values[1:3], None, None][:2]
+        bounds = [None if v is None else scalar(node, v, what)
+                  for v, what in zip(given, ("min", "max"), strict=True)]
+    same_dtype(node, [x, *(b for b in bounds if b is not None)])
+    imp.limits.reserve(_what(node), x.shape, x.dtype)
+    out = np.array(x)
+    if bounds[0] is not None:
+        out = np.maximum(out, bounds[0])
+    if bounds[1] is not None:
+        out = np.minimum(out, bounds[1])
+    return [out.astype(x.dtype, copy=False)]
+
+
+@_folds("ReduceMean", "ReduceSum", "ReduceMax", "ReduceL2")
+def _f_reduce(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
+              values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Reductions of constants (weight standardisation: BiT's StdConv computes each filter's
+    mean and variance in the graph), in float64; axes as an attribute or an input, none or
+    empty for every axis (or with noop_with_empty_axes none)."""
+    x = values[0]
+    assert x is not None
+    if x.dtype.kind != "f" and node.op_type in ("ReduceMean", "ReduceL2"):
+        raise NetworkError(f"node {label(node)}: {node.op_type} of a {x.dtype} tensor")
+    axes = _axes_input(imp, node, attrs, values)
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(x.ndim))
+    reduced = tuple(axis_indices(node, axes, x.ndim))
+    keep = bool(attrs.get("keepdims", 1))
+    shape = [1 if i in reduced else d for i, d in enumerate(x.shape) if keep or i not in reduced]
+    imp.limits.reserve(_what(node), shape, x.dtype)
+    wide = x.astype(np.float64) if x.dtype.kind == "f" else x
+    with np.errstate(all="ignore"):
+        if node.op_type == "ReduceMax":
+            out = np.max(wide, axis=reduced, keepdims=keep)
+        elif node.op_type == "ReduceSum":
+            out = np.sum(wide, axis=reduced, keepdims=keep)
+        elif node.op_type == "ReduceMean":
+            out = np.mean(wide, axis=reduced, keepdims=keep)
+        else:
+            out = np.sqrt(np.sum(np.square(wide), axis=reduced, keepdims=keep))
+    return [np.asarray(out).astype(x.dtype)]
+
+
+@_folds("BatchNormalization")
+def _f_batchnorm(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
+                 values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Batch-norm of a constant over axis 1, in float64: with the given statistics, or in
+    training mode with the constant's own (BiT's weight standardisation is exported so), the
+    running statistics then as ONNX defines them (deterministic: nothing is random)."""
+    x = values[0]
+    assert x is not None
+    if x.ndim < 2 or x.dtype.kind != "f":
+        raise NetworkError(f"node {label(node)}: BatchNormalization of a {x.dtype} tensor of "
+                           f"shape {short(list(x.shape))}")
+    stats = [v for v in values[1:5] if v is not None]
+    if len(stats) != 4 or any(s.shape != (x.shape[1],) for s in stats):
+        raise NetworkError(f"node {label(node)}: the statistics must have shape "
+                           f"[{x.shape[1]}]")
+    imp.limits.reserve(_what(node), x.shape, np.float64)
+    view = (1, -1) + (1,) * (x.ndim - 2)
+    scale, bias, mean, var = (s.astype(np.float64) for s in stats)
+    wide = x.astype(np.float64)
+    training = bool(attrs.get("training_mode", 0))
+    if training:
+        axes = (0, *range(2, x.ndim))
+        used_mean, used_var = wide.mean(axis=axes), wide.var(axis=axes)
+    elif any(node.output[1:]):
+        raise NetworkError(f"node {label(node)}: BatchNormalization's training outputs without "
+                           "training_mode")
+    else:
+        used_mean, used_var = mean, var
+    with np.errstate(all="ignore"):
+        y = (wide - used_mean.reshape(view)) / np.sqrt(used_var.reshape(view)
+                                                       + float(attrs.get("epsilon", 1e-5)))
+        out = [(y * scale.reshape(view) + bias.reshape(view)).astype(x.dtype)]
+    if training:
+        momentum = float(attrs.get("momentum", 0.9))
+        out += [(mean * momentum + used_mean * (1 - momentum)).astype(stats[2].dtype),
+                (var * momentum + used_var * (1 - momentum)).astype(stats[3].dtype)]
+    return out
 
 
 @_folds("Where")

@@ -28,7 +28,7 @@ from convplan.selector.network import (
 from .converters import CONSTANT_FIRST, CONVERTERS
 from .folding import FOLDERS
 from .messages import label, one_line, quote, short, type_name
-from .patterns import fuse_gelu
+from .patterns import fuse_gelu, fuse_layernorm, fuse_pad_into_conv, sink_transposes
 from .reading import ModelFile, check_schema, opset_of, read_model
 from .weights import (
     DTYPES,
@@ -202,6 +202,9 @@ class Importer:
                 self.emit("identity", [o], [o], name=o)
         self.consts = {}
         layers = fuse_gelu(self.layers, self.weights, set(outputs), self.scalars)
+        layers = fuse_layernorm(layers, self.weights, set(outputs), self.scalars, self.shapes)
+        layers = sink_transposes(layers, self.weights, set(outputs), values=self.with_weights)
+        layers = fuse_pad_into_conv(layers, set(outputs))
         layers = fold_affine(layers, self.weights, set(outputs), values=self.with_weights,
                              owned=True)    # consts are gone: the weights are all the import's
         description = {"name": self.name, "inputs": [{"name": k, "shape": list(v)}

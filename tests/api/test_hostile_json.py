@@ -77,6 +77,7 @@ WRONG = {
     "number": [True, "0.5", [0.5], {"v": 1}],
     "bool": ["no", "yes", 0, 1, 1.0, [True], None],
     "string": [True, 0, 0.5, ["none"], None, {"a": "none"}],
+    "numbers": [True, 2.0, "2,2", [True, 2.0], ["2"], [float("inf"), 1.0], {"a": 1}, [[2.0]]],
 }
 
 
@@ -103,6 +104,8 @@ VALID = {
     "reshape": {"op": "reshape", "shape": [1, -1]}, "transpose": {"op": "transpose"},
     "slice": {"op": "slice", "starts": [0], "ends": [2]},
     "prelu": {"op": "prelu", "slope_shape": [3, 1, 1]},
+    "pow": {"op": "pow", "exponent": 2.0}, "pad": {"op": "pad", "pads": [0, 0, 1, 1] * 2},
+    "resize": {"op": "resize", "scales": [2.0, 2.0]},
 }
 
 

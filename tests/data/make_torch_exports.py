@@ -3,8 +3,13 @@
 Small classification CNNs in the shapes PyTorch users export today: a MobileNetV3-style net
 (Conv-BN-Hardswish, depthwise, squeeze-excite with Hardsigmoid, residual Add, Dropout, Linear),
 a ResNet-style net (BN, MaxPool with ceil_mode, AvgPool, GlobalAveragePool, flatten, Gemm),
-and a ShuffleNet-style net (channel split via Split/Slice, channel shuffle via Reshape/Transpose,
-Concat, ReLU6 as Clip, Softmax). Weights random (seeded).
+a ShuffleNet-style net (channel split via Split/Slice, channel shuffle via Reshape/Transpose,
+Concat, ReLU6 as Clip, Softmax), a ConvNeXt-style net as timm writes it (LayerNorm2d as
+permute / layer_norm / permute, blocks with Linear layers and GELU in channels-last, layer
+scale), at opset 17 and at opset 13 (the layer norm written out), a net with TF-style "same"
+padding computed from the input's shape (timm's Conv2dSame), and a dense-prediction net
+(reflection and replication padding, instance norm, nearest and bilinear upsampling, the
+logits resized to the input's size). Weights random (seeded).
 
     python tests/data/make_torch_exports.py
 """
@@ -112,11 +117,100 @@ class ShuffleNetish(nn.Module):
         return torch.softmax(self.fc(torch.flatten(x, 1)), dim=-1)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """timm's: the channels normalised in channels-last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, 1, 3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(nn.functional.gelu(self.fc1(self.norm(y)))).permute(0, 3, 1, 2)
+        return x + y * self.gamma.reshape(1, -1, 1, 1)
+
+
+class ConvNeXtish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, 4), LayerNorm2d(16, eps=1e-6))
+        self.stage = nn.Sequential(ConvNeXtBlock(16), LayerNorm2d(16, eps=1e-6),
+                                   nn.Conv2d(16, 24, 2, 2), ConvNeXtBlock(24))
+        self.head = nn.Sequential(nn.LayerNorm(24), nn.Linear(24, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage(self.stem(x))
+        return self.head(x.mean((2, 3)))
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's: TensorFlow's "same" padding, computed from the input's shape at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]      # traced: tensors, so the pads become ONNX arithmetic
+        pads = []
+        for size, k, s in ((iw, self.kernel_size[1], self.stride[1]),
+                           (ih, self.kernel_size[0], self.stride[0])):
+            if isinstance(size, torch.Tensor):
+                total = torch.clamp(((size / s).ceil() - 1) * s + k - size, min=0)
+            else:
+                total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        x = nn.functional.pad(x, pads)
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride)
+
+
+class TFSameish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(Conv2dSame(3, 8, 3, 2), nn.SiLU(), Conv2dSame(8, 8, 5, 1),
+                                  nn.SiLU(), Conv2dSame(8, 16, 3, 2), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1))
+
+
+class Denseish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.ReflectionPad2d(2), nn.Conv2d(3, 8, 5),
+                                  nn.InstanceNorm2d(8, affine=True), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, 2, 1), nn.InstanceNorm2d(16, affine=True),
+                                  nn.ReLU())
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                nn.ReplicationPad2d(1), nn.Conv2d(16, 8, 3), nn.ReLU())
+        self.side = nn.Conv2d(16, 4, 1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.down(x)
+        side = nn.functional.interpolate(self.side(f), scale_factor=2, mode="bilinear",
+                                         align_corners=True)
+        y = self.out(self.up(f)) + side
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear",
+                                         align_corners=False)
+
+
 def main() -> None:
+    """Only the models added last are written (the others as they are in the repository were
+    exported by an earlier PyTorch: MobileNetish at opset 17, ResNetish at 13, ShuffleNetish at
+    15)."""
     torch.manual_seed(0)
-    for model, name, opset in ((MobileNetish(), "mobilenetish", 17),
-                               (ResNetish(), "resnetish", 13),
-                               (ShuffleNetish(), "shufflenetish", 15)):
+    for model, name, opset in ((ConvNeXtish(), "convnextish", 17),
+                               (ConvNeXtish(), "convnextish_opset13", 13),
+                               (TFSameish(), "tfsameish", 17),
+                               (Denseish(), "denseish", 17)):
         model.eval()
         for m in model.modules():               # non-trivial batch-norm statistics
             if isinstance(m, nn.BatchNorm2d):

@@ -275,6 +275,60 @@ def prelu_cases(draw) -> Case:
     return Case({"slope_shape": slope}, [shape], draw(dtypes))
 
 
+@st.composite
+def layernorm_cases(draw) -> Case:
+    """The trailing axes (ONNX's), or any set (channels: ConvNeXt's), negative ones too; with
+    and without bias; sometimes more than one block of squares (`reduce.BLOCK`)."""
+    shape = draw(st.one_of(tensor_shapes(max_side=6),
+                           st.tuples(st.integers(1, 3), st.integers(1, 24), st.integers(1, 30),
+                                     st.integers(1, 30))))
+    r = len(shape)
+    if draw(st.booleans()):
+        start = draw(st.integers(0, r - 1))
+        axes = [a - r for a in range(start, r)]
+    else:
+        axes = draw(st.lists(st.integers(-r, r - 1), min_size=1, max_size=r,
+                             unique_by=lambda a: a % r))
+    return Case({"axes": axes, "epsilon": draw(st.sampled_from([1e-5, 1e-6, 0.5])),
+                 "bias": draw(st.booleans())}, [shape], draw(dtypes))
+
+
+@st.composite
+def pad_cases(draw) -> Case:
+    """Every mode; reflect's pads smaller than the side they mirror; in constant mode some
+    negative (cropping, at least one element left)."""
+    shape = draw(tensor_shapes(max_side=6))
+    mode = draw(st.sampled_from(["constant", "reflect", "edge"]))
+    limit = [d - 1 if mode == "reflect" else 3 for d in shape]
+    pads = [draw(st.integers(0, m)) for m in limit] + [draw(st.integers(0, m)) for m in limit]
+    if mode == "constant" and draw(st.booleans()):
+        for axis, d in enumerate(shape):        # crop up to d - 1 elements from either end
+            before = draw(st.integers(-(d - 1), pads[axis]))
+            after = draw(st.integers(-(d - 1 + min(before, 0)), pads[axis + len(shape)]))
+            pads[axis], pads[axis + len(shape)] = before, after
+    return Case({"pads": pads, "mode": mode, "value": draw(st.floats(-2, 2, width=32))},
+                [shape], draw(dtypes))
+
+
+@st.composite
+def resize_cases(draw) -> Case:
+    """Up and down, by scales or to sizes, every coordinate and nearest mode."""
+    shape = draw(images(max_side=6))
+    attrs: dict[str, Any] = {
+        "mode": draw(st.sampled_from(["nearest", "linear"])),
+        "coordinates": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
+                                             "asymmetric"])),
+        "nearest": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor",
+                                         "ceil"]))}
+    if draw(st.booleans()):     # a scale that would leave no row is 1
+        attrs["scales"] = [s if math.floor(side * s) else 1.0 for side, s in
+                           zip(shape[2:], [draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 3.0]))
+                                           for _ in range(2)], strict=True)]
+    else:
+        attrs["sizes"] = [draw(st.integers(1, 13)) for _ in range(2)]
+    return Case(attrs, [shape], draw(dtypes))
+
+
 def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
     try:
         operators.make(op, **attrs).output_shapes(shapes)
@@ -321,6 +375,14 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "erf": unary(),
     "gelu": unary(st.fixed_dictionaries({"approximate": st.sampled_from(["none", "tanh"])})),
     "prelu": prelu_cases,
+    "sqrt": unary(),
+    "pow": unary(st.fixed_dictionaries({"exponent": st.sampled_from([2.0, 3.0, 0.5, -1.0])})),
+    "layernorm": layernorm_cases,
+    "instancenorm": lambda: st.builds(
+        lambda s, e, d: Case({"epsilon": e}, [s], d),
+        tensor_shapes(3, 4, max_side=7), st.sampled_from([1e-5, 0.25]), dtypes),
+    "pad": pad_cases,
+    "resize": resize_cases,
 }
 
 
@@ -402,13 +464,22 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     unless left == bottom).
     Slice: with a negative step, a start before the first element must be clamped to 0 (ONNX's
     text; onnxruntime does); it slices with NumPy's rules instead, which select nothing.
-    Erf (and the Gelu function built on it) is computed in float32 whatever the dtype.
+    Erf (and the Gelu function built on it) is computed in float32 whatever the dtype, and so
+    are LayerNormalization's statistics (stash_type 1, the only one it implements).
+    Pad with negative pads (cropping): it pads with np.pad, which refuses them.
+    Resize by scales to a fractional scale * size: ONNX's text (and onnxruntime) use the
+    output's length, floor(scale * size), in align_corners and in pytorch_half_pixel's test
+    for a single row; it uses scale * size.
     """
     if op in ("maxpool", "avgpool"):
         common = op == "avgpool" or (attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1))
         return common and (attrs["ceil_mode"] or len(set(attrs["padding"])) > 1)
-    if op in ("erf", "gelu"):
+    if op in ("erf", "gelu", "layernorm"):
         return dtype != "float32"
+    if op == "resize":
+        return resize_reference_is_wrong(attrs, shapes[0])
+    if op == "pad":
+        return min(attrs["pads"]) < 0
     if op == "slice":
         shape = shapes[0]
         n = len(attrs["starts"])
@@ -419,10 +490,22 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     return False
 
 
+def resize_reference_is_wrong(attrs: dict[str, Any], shape: Shape) -> bool:
+    """Where the evaluator takes the output's length as scale * size, not its floor."""
+    if attrs["scales"] is None:
+        return False
+    fractional = [(math.floor(d * s), d * s) for d, s in zip(shape[2:], attrs["scales"],
+                                                             strict=True)]
+    if attrs["coordinates"] == "align_corners":
+        return any(lo != exact for lo, exact in fractional)
+    return attrs["coordinates"] == "pytorch_half_pixel" and any(
+        lo == 1 != exact for lo, exact in fractional)
+
+
 def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
-    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf
-    and Gelu."""
-    if op in ("avgpool", "erf", "gelu") and dtype != "float32":
+    """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf,
+    Gelu, LayerNormalization and Resize."""
+    if op in ("avgpool", "erf", "gelu", "layernorm", "resize") and dtype != "float32":
         return False
     if op in ("maxpool", "avgpool"):
         top, left, bottom, right = attrs["padding"]
@@ -454,7 +537,34 @@ def references(name: str, op: Operator, case: Case) -> dict[str, Reference]:
         out["brute-force pool"] = lambda xs, _: [pool_reference(xs[0], name, op.attrs)]
     if name in ("erf", "gelu"):
         out["math.erf"] = lambda xs, _: [erf_reference(name, op.attrs, xs[0])]
+    if name in ("layernorm", "instancenorm"):
+        out["float64 NumPy"] = lambda xs, w: [norm_reference(op, xs[0], w)]
+    if name == "pad":
+        out["np.pad"] = lambda xs, _: [pad_reference(xs[0], **op.attrs)]
     return out
+
+
+def pad_reference(x: np.ndarray, pads: tuple[int, ...], mode: str, value: float) -> np.ndarray:
+    """Crop by the negative pads, then np.pad by the others."""
+    rank = x.ndim
+    crop = tuple(slice(max(0, -pads[i]), x.shape[i] - max(0, -pads[i + rank]))
+                 for i in range(rank))
+    widths = [(max(0, pads[i]), max(0, pads[i + rank])) for i in range(rank)]
+    extra = {"constant_values": value} if mode == "constant" else {}
+    return np.pad(x[crop], widths, mode=mode, **extra)
+
+
+def norm_reference(op: Operator, x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """Layer and instance norm in float64 with NumPy's mean and variance."""
+    rank = x.ndim
+    axes = op.normalized(rank)  # type: ignore[attr-defined]
+    spanned = op.weight_axes(rank)  # type: ignore[attr-defined]
+    x = x.astype(np.float64)
+    y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(
+        x.var(axis=axes, keepdims=True) + op.attrs["epsilon"])
+    view = tuple(x.shape[a] if a in spanned else 1 for a in range(rank))
+    y = y * weights["scale"].reshape(view)
+    return y + weights["bias"].reshape(view) if "bias" in weights else y
 
 
 def check_case(name: str, case: Case, seed: int) -> None:

@@ -32,7 +32,24 @@ def assert_matches_reference(network, assignment=None, algorithm=None) -> None:
 
 
 def test_the_torch_exports_are_present() -> None:
-    assert len(TORCH_EXPORTS) == 3
+    assert len(TORCH_EXPORTS) == 7
+
+
+@pytest.mark.parametrize(("stem", "ops"), [
+    # ConvNeXt: the layer norms over the channels, the Linear layers as 1x1 convolutions; no
+    # transpose left (the head's LayerNorm over the pooled features stays as it is)
+    ("torch_convnextish", {"conv": 8, "layernorm": 5, "gelu": 2, "add": 2}),
+    ("torch_convnextish_opset13", {"conv": 8, "layernorm": 5, "gelu": 2, "add": 2}),
+    # TF-style same padding from the shapes: folded into the convolutions
+    ("torch_tfsameish", {"conv": 3}),
+    ("torch_denseish", {"pad": 2, "instancenorm": 2, "resize": 3}),
+])
+def test_the_torch_exports_import_to_these_layers(stem: str, ops: dict[str, int]) -> None:
+    counts: dict[str, int] = {}
+    for node in load_onnx(DATA / f"{stem}.onnx").nodes:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    assert {op: counts.get(op, 0) for op in ops} == ops
+    assert "transpose" not in counts
 
 
 @pytest.mark.parametrize("path", TORCH_EXPORTS, ids=lambda p: p.stem)
