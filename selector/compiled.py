@@ -391,6 +391,9 @@ def _checked(path: Path, mapping: mmap.mmap, size: int, verify: bool) -> _Mapped
     if data_offset + data_bytes != size:
         raise _fail(path, f"it has {size} bytes where its header says "
                           f"{data_offset + data_bytes} (truncated or damaged)")
+    if mapping[_PREAMBLE.size:PREAMBLE_BYTES].strip(b"\0") or \
+            mapping[PREAMBLE_BYTES + header_bytes:data_offset].strip(b"\0"):
+        raise _fail(path, "the padding around its header is not zeros (damaged)")
     try:
         header = Header.model_validate(load_json(text, "the header"))
     except (NetworkError, ValidationError) as error:

@@ -248,6 +248,8 @@ DAMAGE: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "one byte more": (lambda d: d + b"\0", "truncated or damaged"),
     "flipped header byte": (lambda d: flip(d, 80), "header is damaged \\(CRC mismatch\\)"),
     "flipped preamble byte": (lambda d: flip(d, 33), "CRC mismatch|truncated"),
+    "flipped reserved byte": (lambda d: flip(d, 60), "padding around its header"),
+    "flipped padding byte": (lambda d: flip(d, fields(d)[4] - 1), "padding around its header"),
     "flipped weight byte": (lambda d: flip(d, len(d) - 7),
                             "weights are damaged \\(CRC mismatch\\)"),
     "wrong magic": (lambda d: b"PK\x03\x04" + d[4:], "does not start with the compiled-plan "
