@@ -376,3 +376,37 @@ def test_prepared_arrays_given_to_a_session_stay_the_files(tmp_path: Path) -> No
         prepared: dict[str, Prepared] = session.executor.prepared
         assert prepared and all(file_backed(p.weights) for p in prepared.values())
         assert session.mapped_weight_bytes == load_compiled(path).mapped_bytes
+
+
+def test_the_python_api_compiles_and_runs_a_file(tmp_path: Path) -> None:
+    """`convplan.compile` then `convplan.run` of the file: the outputs of `convplan.run` of
+    the plan; a `Network` given to compile is left whole."""
+    import convplan
+
+    network = small()
+    plan = {"network": "small", "assignment": {"c1": "winograd-2x2-3x3", "c2": "mec-row",
+                                               "dw": "depthwise", "c3": "conv1x1-nhwc"}}
+    x = random_inputs(network, seed=4)
+    path = tmp_path / "small.cvplan"
+    header = convplan.compile(network, path, plan)
+    assert not network.released and all(n.weights for n in network.nodes if n.op == "conv")
+    assert header.assignment == plan["assignment"]
+    report = convplan.run(path, inputs=x, threads=1)
+    assert report.mapped_weight_bytes == report.weight_bytes
+    assert_same(report.outputs, convplan.run(network, plan, x, threads=1).outputs)
+    with pytest.raises(CompiledPlanError, match="carries its plan"):
+        convplan.run(path, plan)
+
+
+def test_verify_false_skips_only_the_weights_crc(tmp_path: Path, compiled_file: bytes) -> None:
+    """For a deployer who checked the file once: the header's CRC is still checked, the
+    data's is not (a flipped weight byte then goes unseen, as documented)."""
+    path = tmp_path / "small.cvplan"
+    damaged = flip(compiled_file, len(compiled_file) - 7)
+    path.write_bytes(damaged)
+    with pytest.raises(CompiledPlanError, match="weights are damaged"):
+        Session.from_compiled(path)
+    Session.from_compiled(path, verify=False).close()
+    path.write_bytes(flip(damaged, 80))
+    with pytest.raises(CompiledPlanError, match="header is damaged"):
+        Session.from_compiled(path, verify=False)
