@@ -169,7 +169,8 @@ def test_the_weights_are_read_only_views_of_the_mapped_file(tmp_path: Path) -> N
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
 def test_a_fresh_process_maps_the_weights_instead_of_holding_them(tmp_path: Path) -> None:
     """AlexNet's 233 MiB of weights: running the compiled file grows the process's own
-    (anonymous) memory by far less than the weights, which are file-backed pages instead."""
+    (anonymous) memory by far less than the weights, which are file-backed pages instead; and
+    ONNX is never imported."""
     path = tmp_path / "alexnet.cvplan"
     compile_network(load_network("alexnet"), path, owned=True)
     script = """
@@ -187,7 +188,8 @@ anon, files = status('RssAnon'), status('RssFile')
 with Session(sys.argv[1], threads=1) as session:
     session.run(np.zeros((1, 3, 224, 224), np.float32))
     print(json.dumps({"anon": status('RssAnon') - anon, "file": status('RssFile'),
-                      "mapped": session.mapped_weight_bytes}))
+                      "mapped": session.mapped_weight_bytes,
+                      "onnx": [m for m in ('onnx', 'onnxruntime') if m in sys.modules]}))
 """
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
                           text=True, timeout=300)
@@ -196,6 +198,7 @@ with Session(sys.argv[1], threads=1) as session:
     assert result["mapped"] > 200 * MiB
     assert result["anon"] < 32 * MiB, result["anon"] / MiB
     assert result["file"] > result["mapped"]
+    assert result["onnx"] == []
 
 
 # -- refusals --------------------------------------------------------------------------------
