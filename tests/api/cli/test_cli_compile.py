@@ -36,6 +36,9 @@ def test_compile_then_run_gives_the_plans_outputs(tmp_path: Path) -> None:
     # every weight mapped from the file (whose data also holds the padding between arrays)
     assert report["mapped_weight_bytes"] == report["weight_bytes"] <= summary["data_bytes"]
     assert report["measured_peak_bytes"] <= report["predicted_peak_bytes"]
+    # the process's resident growth holds the mapped pages (file-backed), within the promise
+    growth = report["rss_peak_growth_bytes"]
+    assert growth is None or report["mapped_weight_bytes"] <= growth <= report["footprint_bytes"]
     assert report["notes"] == []
     assert {row["algorithm"] for row in report["layers"] if row["op"] == "conv"} == \
         set(mixed_assignment(network).values())
