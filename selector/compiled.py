@@ -222,6 +222,10 @@ def compile_network(network: Network, path: str | os.PathLike[str], *,
     Each layer is prepared and written in turn (offsets are known in advance from
     `prepared_shape`), into a temporary file renamed over ``path`` once complete: a failed
     compile leaves no partial file."""
+    spent = [n.name for n in network.conv_nodes if "weight" not in n.weights]
+    if spent:
+        raise ValueError(f"the weights of convolution {quoted(spent[0])} were released (a "
+                         "network handed to a run); load the network again to compile it")
     lowered = lower(network, assignment, algorithm=algorithm, strict=strict,
                     layouts=layouts)  # type: ignore[arg-type]
     program = lowered.program

@@ -369,6 +369,10 @@ def test_a_plan_is_checked_before_anything_is_written(tmp_path: Path) -> None:
         compile_plan(small(), path, {"network": "other", "assignment": {}})
     with pytest.raises(NetworkError, match="assigns no algorithm"):
         compile_plan(small(), path, {"assignment": {"c1": "im2col"}})
+    spent = small()
+    spent.release_conv_weights()
+    with pytest.raises(ValueError, match="'c1' were released"):
+        compile_network(spent, path)
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
