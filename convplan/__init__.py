@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from convplan.api.library import compile as compile
     from convplan.api.library import plan as plan
     from convplan.api.library import run as run
     from convplan.kernels import conv2d as conv2d
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from convplan.selector.session import Session as Session
 
 _PUBLIC = {
+    "compile": "convplan.api.library",
     "conv2d": "convplan.kernels",
     "load_network": "convplan.selector.network",
     "plan": "convplan.api.library",

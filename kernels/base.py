@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -153,9 +154,32 @@ class ConvAlgorithm(ABC):
         return (self.prepare_shape_elements(spec) + (spec.m if bias else 0)) * spec.itemsize
 
     def prepare_shape_elements(self, spec: ConvSpec) -> int:
-        return spec.m * spec.cg * spec.kh * spec.kw
+        return math.prod(self.prepared_shape(spec))
+
+    def prepared_shape(self, spec: ConvSpec) -> tuple[int, ...]:
+        """The shape of the prepared weights `prepare` returns for ``spec`` (their dtype is the
+        spec's), known without preparing: a compiled plan's loader maps arrays of this shape.
+        For a reordering algorithm, `_prepare_weights` applied to a zero-strided stand-in of
+        the grouped weights (no memory: every reshape of it is a view); a transform says it
+        itself. `prepare` checks that its result has it."""
+        if self.weight_order is None:
+            raise NotImplementedError(f"{self.name} transforms its weights: it must say the "
+                                      "shape they take")
+        grouped = (spec.groups, spec.mg, spec.cg, spec.kh, spec.kw)
+        stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, spec.dtype), grouped,
+                                                   (0,) * len(grouped), writeable=False)
+        return tuple(int(d) for d in self._prepare_weights(stand_in, spec).shape)
 
     # -- weights -----------------------------------------------------------------------------
+    def prepared_form(self) -> str:
+        """How this algorithm keeps its prepared weights, as a short text: a compiled plan
+        records it and its loader refuses weights kept in another form (an algorithm whose
+        layout changed between versions would otherwise read them wrongly, silently)."""
+        if self.weight_order is None:
+            raise NotImplementedError(f"{self.name} transforms its weights: it must describe "
+                                      "the form it keeps them in")
+        return f"axes {list(self.weight_order)} of (g, mg, cg, kh, kw)"
+
     def prepare_copies(self, spec: ConvSpec) -> bool:
         """Whether `prepare` makes new weights (True), or keeps a read-only view of the caller's
         C-contiguous array (False: the prepared form only reshapes it, so the weights are held
@@ -207,6 +231,10 @@ class ConvAlgorithm(ABC):
         elif not copies and not shared:
             raise RuntimeError(f"algorithm {self.name!r} says its prepared weights are a view "
                                f"of the original for {spec.describe()}, but they are a copy")
+        if weights.shape != self.prepared_shape(spec):
+            raise RuntimeError(f"algorithm {self.name!r} prepared weights of shape "
+                               f"{weights.shape} for {spec.describe()}, not the "
+                               f"{self.prepared_shape(spec)} it declares")
         return Prepared(self.name, spec.weight_shape, spec.groups, _read_only(weights), bias)
 
     @abstractmethod

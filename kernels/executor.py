@@ -16,6 +16,7 @@ predicts its memory; this module only runs what it is given.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import threading
 import time
 import tracemalloc
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arena import ALIGNMENT, ArenaLayout, allocation_bytes, buffers, place
+from .arena import ALIGNMENT, ArenaLayout, allocation_bytes, buffers, check_layout, place
 from .base import TAP_TABLE_BYTES, ConvAlgorithm, Prepared, run_overhead_bytes
 from .layout import convert
 from .measure import collector_paused
@@ -144,6 +145,13 @@ class Program:
             self._arena = place(buffers(self))
         return self._arena
 
+    def use_arena(self, layout: ArenaLayout) -> None:
+        """Run in ``layout``, placed elsewhere (a compiled plan's), instead of placing the
+        buffers here: ValueError unless it places exactly this program's buffers, no two
+        alive at once sharing a byte (`check_layout`)."""
+        check_layout(buffers(self), layout)
+        self._arena = layout
+
     def arena_views(self) -> list[tuple[int, str, tuple[int, ...]]]:
         """(step index, buffer key, shape) of every view of the arena the executor makes: each
         output a step writes into the arena (stored in the step's layout) and each named
@@ -169,23 +177,50 @@ class Program:
         return [a for s in self.steps if s.kind == "conv" for a in s.weights.values()]
 
 
+def _root(a: np.ndarray) -> tuple[object, np.ndarray]:
+    """The object owning ``a``'s memory, and the array directly on it (``a``'s last base that
+    is an array)."""
+    array, root = a, a.base
+    while isinstance(root, np.ndarray):
+        array, root = root, root.base
+    return (array if root is None else root), array
+
+
+def _is_mapped(root: object) -> bool:
+    """Whether ``root`` is a memory map of a file (or a memoryview of one)."""
+    return isinstance(root.obj if isinstance(root, memoryview) else root, mmap.mmap)
+
+
 def buffers_of(arrays: Iterable[np.ndarray]) -> dict[int, int]:
     """The buffers behind ``arrays`` (id of the object owning the memory -> its bytes), each
     once: views of one buffer (a broadcast constant, two layers sharing an initializer, a
-    prepared view of an original) name the buffer they keep alive."""
+    prepared view of an original) name the buffer they keep alive. An array over a memory
+    map (a compiled plan's weight) is its own buffer: the map is the whole file."""
     roots: dict[int, int] = {}
     for a in arrays:
-        root: object = a
-        while isinstance(root, np.ndarray) and root.base is not None:
-            root = root.base
+        root, array = _root(a)
         if isinstance(root, np.ndarray):
             roots[id(root)] = root.nbytes
+        elif _is_mapped(root):
+            roots[id(array)] = array.nbytes
         else:
             try:
                 roots[id(root)] = memoryview(root).nbytes    # type: ignore[arg-type]
             except TypeError:
                 roots[id(a)] = a.nbytes
     return roots
+
+
+def mapped_bytes(arrays: Iterable[np.ndarray]) -> int:
+    """Bytes of the arrays over a memory-mapped file among ``arrays`` (a compiled plan's
+    weights; views of one counted once): file-backed pages, which the page cache holds and
+    processes mapping the same file share, not memory of the process's own."""
+    seen: dict[int, int] = {}
+    for a in arrays:
+        root, array = _root(a)
+        if _is_mapped(root):
+            seen[id(array)] = array.nbytes
+    return sum(seen.values())
 
 
 def held_bytes(arrays: Iterable[np.ndarray]) -> int:

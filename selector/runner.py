@@ -61,6 +61,9 @@ class RunReport(BaseModel):
     weight_bytes: int = Field(description="Every weight the run holds, counted once: "
                               "prepared_bytes + constant_bytes.")
     original_weight_bytes: int = Field(description="The network's weights as loaded.")
+    mapped_weight_bytes: int = Field(0, description=(
+        "Of weight_bytes, the weights memory-mapped from a compiled plan: file-backed pages "
+        "(shared by processes running the same file), not the process's own memory."))
     weights_released: bool = Field(description=(
         "Each convolution's original was dropped once prepared (a network the runner loaded "
         "itself); else the caller's network keeps its arrays, and they are not counted."))
@@ -183,6 +186,7 @@ def run_session(session: Session, inputs: Mapping[str, np.ndarray] | None = None
         peak_step=profile.peak_step, prepared_bytes=profile.prepared_bytes,
         constant_bytes=profile.constant_bytes, input_bytes=profile.input_bytes,
         weight_bytes=profile.weight_bytes, original_weight_bytes=session.original_weight_bytes,
+        mapped_weight_bytes=session.mapped_weight_bytes,
         weights_released=program.owns_weights, arena_bytes=profile.arena_bytes,
         max_live_bytes=profile.max_live_bytes,
         footprint_bytes=footprint_of(profile.peak_bytes, n_threads), layers=layers,

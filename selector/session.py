@@ -8,7 +8,8 @@ arena. `Session.run` then only checks the inputs and executes the steps into the
 session that loaded its network itself owns it: each original weight is dropped once
 prepared, so the process holds every weight once (as `run_network(owned=True)`); a `Network`
 a caller passes in is never changed. `Session.from_program` makes one from a program lowered
-elsewhere, with weights prepared elsewhere (a compiled plan's, memory-mapped).
+elsewhere, with weights prepared elsewhere; `Session.from_compiled` (and `Session(path)` of
+a .cvplan file) is that for a compiled plan, its weights memory-mapped read-only.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ import numpy as np
 
 from convplan.kernels import blas
 from convplan.kernels.base import Prepared
-from convplan.kernels.executor import Executor, Program, RunResult, held_bytes
+from convplan.kernels.executor import Executor, Program, RunResult, held_bytes, mapped_bytes
 
+from .compiled import CompiledPlan, is_compiled, load_compiled
 from .inputs import check_inputs
 from .lowering import lower
 from .memory import MemoryProfile, predict
-from .network import Network, NetworkError, network_of
+from .network import CompiledPlanError, Limits, Network, NetworkError, network_of
 from .network.shapes import InputShapes
 from .planning import Plan, PlanSpec, check_plan, plan_file, plan_spec
 
 #: What a session runs: a built-in name ("alexnet", "onnx:squeezenet"), a path to an ONNX or
-#: JSON file, or a `Network`.
+#: JSON file or to a compiled plan (.cvplan), or a `Network`.
 Model = Network | str | os.PathLike[str]
 #: A plan as given: a `Plan`, a plan document (parsed, or its JSON text), or a file holding it.
 PlanGiven = Plan | PlanSpec | Mapping[str, Any] | str | bytes | os.PathLike[str]
@@ -60,12 +62,14 @@ def given_plan(plan: PlanGiven) -> PlanSpec:
 class Session:
     """One model, lowered, prepared and allocated once; `run` runs it again and again.
 
-    ``model``: a built-in name, an ONNX (or JSON description) file, or a `Network` (left
-    unchanged: its originals stay beside the prepared copies). ``plan``: a `Plan`, a plan
-    document or its file (checked against the network: every convolution, made for it and for
-    its input shapes); None: the default algorithm per layer. ``threads``: the BLAS threads of
-    every run (None: the plan's, else all cores). ``batch`` / ``input_shapes``: the shapes a
-    named model is loaded for, as `convplan.load_network` takes them.
+    ``model``: a built-in name, an ONNX (or JSON description) file, a compiled plan (a
+    .cvplan file: run as compiled, `from_compiled`; no plan, batch or input_shapes), or a
+    `Network` (left unchanged: its originals stay beside the prepared copies). ``plan``: a
+    `Plan`, a plan document or its file (checked against the network: every convolution,
+    made for it and for its input shapes); None: the default algorithm per layer.
+    ``threads``: the BLAS threads of every run (None: the plan's, else all cores).
+    ``batch`` / ``input_shapes``: the shapes a named model is loaded for, as
+    `convplan.load_network` takes them.
 
     Runs are serialised (one arena); each returns new output arrays, which later runs leave
     alone. `close` (or leaving a ``with`` block) releases the weights and the arena.
@@ -74,6 +78,13 @@ class Session:
     def __init__(self, model: Model, plan: PlanGiven | None = None, *,
                  threads: int | None = None, batch: int | None = None,
                  input_shapes: InputShapes | Mapping[str, Any] | None = None) -> None:
+        if not isinstance(model, Network) and is_compiled(model):
+            if plan is not None or batch is not None or input_shapes:
+                raise CompiledPlanError(f"{model} is a compiled plan: it carries its plan and "
+                                        "input shapes (give neither plan, batch nor "
+                                        "input_shapes)")
+            self._compiled(load_compiled(model), threads)
+            return
         spec = given_plan(plan) if plan is not None else None
         network, owned = network_of(model, batch=batch, input_shapes=input_shapes)
         if spec is not None:
@@ -120,6 +131,27 @@ class Session:
                        notes=notes, original_weight_bytes=original_weight_bytes,
                        prepare=prepare)
         return session
+
+    @classmethod
+    def from_compiled(cls, path: str | os.PathLike[str], *, threads: int | None = None,
+                      limits: Limits | None = None, verify: bool = True) -> Session:
+        """A session of a compiled plan (`selector.compiled`): its program rebuilt from the
+        file's description, its weights read-only views of the mapped file, its arena the
+        recorded one; nothing planned, measured or prepared. ``threads``: given, else the
+        plan's (at most this machine's cores). ``limits``: those the described network must
+        keep. ``verify=False`` skips the weights' CRC. A CompiledPlanError for a file that
+        cannot be run; a note (`notes`) when it was planned on another machine."""
+        session = cls.__new__(cls)
+        session._compiled(load_compiled(path, limits=limits, verify=verify), threads)
+        return session
+
+    def _compiled(self, compiled: CompiledPlan, threads: int | None) -> None:
+        if threads is None and compiled.header.threads is not None:
+            threads = min(compiled.header.threads, os.cpu_count() or 1)
+        self._start(compiled.lowered.program, compiled.prepared,
+                    outputs=compiled.lowered.outputs, threads=threads, name=compiled.name,
+                    notes=[*compiled.lowered.notes, *compiled.notes],
+                    original_weight_bytes=compiled.mapped_bytes, prepare=True)
 
     def _lower(self, network: Network, assignment: Mapping[str, str] | None, *,
                algorithm: str | None = None, layouts: Mapping[str, str] | None = None,
@@ -191,6 +223,16 @@ class Session:
     def threads(self) -> int | None:
         """The BLAS threads every run is given (None: all cores)."""
         return self._threads
+
+    @property
+    def mapped_weight_bytes(self) -> int:
+        """Bytes of the weights that are views of a memory-mapped file (a compiled plan's):
+        file-backed pages the process shares, not its own memory (0 for a model loaded and
+        prepared here)."""
+        executor = self.executor
+        return mapped_bytes([*(a for p in executor.prepared.values()
+                               for a in (p.weights, p.bias) if a is not None),
+                             *executor.program.constants()])
 
     @property
     def original_weight_bytes(self) -> int:

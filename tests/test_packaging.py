@@ -87,7 +87,8 @@ def test_the_wheel_holds_only_the_convplan_namespace(tmp_path: Path) -> None:
     assert "convplan = convplan.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-@pytest.mark.parametrize("name", ["conv2d", "load_network", "plan", "Plan", "run", "Session"])
+@pytest.mark.parametrize("name", ["compile", "conv2d", "load_network", "plan", "Plan", "run",
+                                  "Session"])
 def test_the_public_surface_is_importable_from_the_top(name: str) -> None:
     import convplan
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from convplan.api.cli import batch, catalogue, planning, profiles, running, serve
+from convplan.api.cli import batch, catalogue, compiling, planning, profiles, running, serve
 from convplan.api.cli.common import CONTEXT, OneLineErrors
 
 # rich_markup_mode=None: click's plain help, which costs a tenth of a second less to start
@@ -37,7 +37,7 @@ def main(version: Annotated[bool, typer.Option(
     """Choose GEMM-based convolution algorithms per layer under a memory cap."""
 
 
-for group in (catalogue, running, planning, profiles, batch, serve):
+for group in (catalogue, running, compiling, planning, profiles, batch, serve):
     group.register(app)
 
 if __name__ == "__main__":

@@ -71,14 +71,68 @@ def run(
     batch: Batch = None,
     input_shape: InputShape = None,
 ) -> None:
-    """Run a network: time, measured vs predicted peak memory, per-layer steps."""
+    """Run a network: time, measured vs predicted peak memory, per-layer steps. MODEL may be
+    a compiled plan (FILE.cvplan, `convplan compile`): it runs as compiled."""
+    from convplan.selector.compiled import is_compiled
+
+    if algorithm is not None and plan is not None:
+        fail("give --algorithm or --plan, not both")
+    if is_compiled(model):
+        report = _run_compiled(Path(model), algorithm=algorithm, plan=plan, input_path=input_path,
+                               output_path=output_path, threads=threads, repeat=repeat,
+                               check=check, batch=batch, input_shape=input_shape)
+    else:
+        report = _run_model(model, algorithm=algorithm, plan=plan, input_path=input_path,
+                            output_path=output_path, threads=threads, repeat=repeat,
+                            check=check, batch=batch, input_shape=input_shape)
+    if output_path is not None:
+        _save(output_path, report)
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
+        return
+    _print_run(report)
+
+
+def _run_compiled(path: Path, *, algorithm: str | None, plan: Path | None,
+                  input_path: Path | None, output_path: Path | None, threads: int | None,
+                  repeat: int, check: bool, batch: int | None, input_shape: list[str] | None
+                  ) -> RunReport:
+    """A compiled plan, run as compiled: its plan, shapes and weights are the file's."""
+    from convplan.selector.inputs import read_inputs
+    from convplan.selector.network import Limits
+    from convplan.selector.resident import ResidentPeak
+    from convplan.selector.runner import run_session
+    from convplan.selector.session import Session
+
+    given = [option for option, value in (("--algorithm", algorithm), ("--plan", plan),
+                                          ("--batch", batch), ("--input-shape", input_shape),
+                                          ("--check", check)) if value]
+    if given:
+        fail(f"{path} is a compiled plan: it carries its plan, shapes and prepared weights, so "
+             f"{', '.join(given)} cannot apply (--check needs the original model: run that)")
+    with bad_input(), ResidentPeak() as resident:
+        session = Session.from_compiled(path, threads=threads, limits=Limits.of_this_machine())
+        with session:
+            if output_path is not None:
+                check_writable(_output_file(output_path, len(session.outputs)), "--output")
+            inputs = read_inputs(input_path, session.inputs, what=f"input {input_path}") \
+                if input_path is not None else None
+            report = run_session(session, inputs, repeat=repeat)
+    # resident growth includes the weights' file-backed pages (mapped_weight_bytes) as read
+    report.rss_peak_growth_bytes = resident.growth_bytes
+    report.rss_baseline_bytes = resident.baseline_bytes
+    return report
+
+
+def _run_model(model: str, *, algorithm: str | None, plan: Path | None,
+               input_path: Path | None, output_path: Path | None, threads: int | None,
+               repeat: int, check: bool, batch: int | None, input_shape: list[str] | None
+               ) -> RunReport:
     from convplan.selector.inputs import read_inputs
     from convplan.selector.planning.incoming import check_inputs
     from convplan.selector.resident import ResidentPeak
     from convplan.selector.runner import run_network, run_plan
 
-    if algorithm is not None and plan is not None:
-        fail("give --algorithm or --plan, not both")
     _warm_up()
     with bad_input(), ResidentPeak() as resident:
         chosen = read_plan(plan) if plan is not None else None
@@ -99,12 +153,7 @@ def run(
             report = run_network(network, inputs, algorithm=algorithm, threads=threads,
                                  repeat=repeat, check=check, owned=True, resident=resident)
         del network
-    if output_path is not None:
-        _save(output_path, report)
-    if as_json:
-        print(json.dumps(report.model_dump(mode="json"), indent=2))
-        return
-    _print_run(report)
+    return report
 
 
 def _warm_up() -> None:
@@ -147,6 +196,8 @@ def _print_run(report: RunReport) -> None:
                   f"{size(report.max_live_bytes)}) | weights {size(report.weight_bytes)} (prepared "
                   f"{size(report.prepared_bytes)}, other layers' "
                   f"{size(report.constant_bytes)}), held once"
+                  + (f", {size(report.mapped_weight_bytes)} of them mapped from the file"
+                     if report.mapped_weight_bytes else "")
                   + ("" if report.weights_released else
                      f"; the originals ({size(report.original_weight_bytes)}) not counted"))
     if report.rss_peak_growth_bytes is not None:

@@ -9,6 +9,8 @@ transformed back (Y = A^T M A). Fewer FLOPs, looser rounding (see `tolerance`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from math import ceil
 
 import numpy as np
@@ -72,8 +74,14 @@ class _Winograd(ConvAlgorithm):
             "products": (a * a, spec.mg, t),
         }
 
-    def prepare_shape_elements(self, spec: ConvSpec) -> int:
-        return self.alpha**2 * spec.m * spec.cg
+    def prepared_form(self) -> str:
+        """The transform U = G g G^T, named by a digest of G (a changed G is another form)."""
+        digest = hashlib.sha256(json.dumps(self.matrices["G"]).encode()).hexdigest()[:12]
+        return f"winograd F({self.tile}x{self.tile}, 3x3) G sha256:{digest}"
+
+    def prepared_shape(self, spec: ConvSpec) -> tuple[int, ...]:
+        """U per group and transformed tap: (groups, alpha * alpha, mg, cg)."""
+        return (spec.groups, self.alpha * self.alpha, spec.mg, spec.cg)
 
     def prepare_block(self, spec: ConvSpec) -> int:
         """Output channels whose weights and transform `prepare` holds at once, in float64."""

@@ -31,6 +31,7 @@ from .description import (
 from .errors import (
     MAX_JSON_DEPTH,
     SHOWN_CHARS,
+    CompiledPlanError,
     LimitError,
     NetworkError,
     json_depth,
@@ -47,6 +48,7 @@ from .zoo import check_limits, description_network, load_network, network_of, on
 __all__ = [
     "ATTRIBUTE_TYPES", "CLI_MAX_BYTES", "MAX_ATTRIBUTE_DEPTH", "MAX_ATTRIBUTE_ITEMS",
     "MAX_DIM", "MAX_JSON_DEPTH", "MAX_LAYERS", "SHOWN_CHARS", "CheckedNetwork",
+    "CompiledPlanError",
     "InputDescription", "InputShapes", "LayerDescription", "LimitError", "Limits", "Name",
     "Network", "NetworkDescription", "NetworkError", "Node", "ShapeList", "ShapeMap",
     "attribute_types", "batch_reshape", "check_description", "check_limits",

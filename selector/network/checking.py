@@ -47,17 +47,20 @@ class CheckedNetwork:
         """What `attach` will allocate for the weights (float32)."""
         return sum(4 * math.prod(s) for w in self.weight_shapes.values() for s in w.values())
 
-    def attach(self, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Network:
+    def attach(self, weights: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
+               draw: bool = True) -> Network:
         """A new network with ``weights`` (layer -> name -> array, as checked) or, for a layer
         not given, seeded random ones drawn straight into float32 (drawn again on every call:
-        the checked description holds none)."""
+        the checked description holds none). ``draw=False`` leaves a layer not given without
+        weights: a compiled plan's loader attaches its convolutions' prepared ones instead."""
         weights = weights or {}
         d = self.description
         nodes = [replace(node, weights=weights_for(
-            node, self.weight_shapes[node.name], weights.get(node.name), d.seed))
+            node, self.weight_shapes[node.name], weights.get(node.name), d.seed)
+            if draw or node.name in weights else {})
             for node in self.nodes]
         seeded = frozenset(n.name for n in self.nodes
-                           if self.weight_shapes[n.name] and n.name not in weights)
+                           if self.weight_shapes[n.name] and n.name not in weights and draw)
         return Network(d.name, {i.name: tuple(i.shape) for i in d.inputs}, nodes,
                        list(self.outputs), dict(self.shapes), self.graph, d.seed,
                        seeded=seeded)

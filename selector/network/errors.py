@@ -27,6 +27,11 @@ class LimitError(NetworkError):
     """A valid description that is larger than a limit allows (refused before allocating)."""
 
 
+class CompiledPlanError(NetworkError):
+    """A compiled plan (`selector.compiled`) that cannot be run: truncated, damaged, of
+    another kind or a newer format, or not fitting the network it describes."""
+
+
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``value`` for a message: JSON-like, never a repr with a heap address, at most ``limit``
     characters (longer ones end in ``...``)."""

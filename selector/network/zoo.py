@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .checking import CheckedNetwork, check_description
-from .errors import LimitError, NetworkError
+from .errors import CompiledPlanError, LimitError, NetworkError
 from .graph import Network
 from .limits import Limits
 from .shapes import InputShapes
@@ -162,6 +162,12 @@ def load_network(source: str | Path, limits: Limits | None = None, *, batch: int
     if not path.exists():
         raise NetworkError(f"{text[:200]!r} is neither a built-in network "
                            f"({', '.join(names())}) nor a file")
+    from convplan.selector.compiled import is_compiled
+
+    if is_compiled(path):
+        raise CompiledPlanError(f"{path} is a compiled plan: it runs as it is (convplan run "
+                                f"{path.name}, or convplan.Session); plan, profile or compile "
+                                "the model it was compiled from instead")
     if path.suffix.lower() == ".json":
         try:
             data = path.read_bytes()

@@ -91,8 +91,8 @@ def test_a_plan_runs_as_its_spec() -> None:
 #: order (a layer's keys once), each with its JSON type.
 RUN_KEYS = ["network", "threads", "time_s", "measured_peak_bytes", "predicted_peak_bytes",
             "peak_step", "prepared_bytes", "constant_bytes", "input_bytes", "weight_bytes",
-            "original_weight_bytes", "weights_released", "arena_bytes", "max_live_bytes",
-            "footprint_bytes", "rss_baseline_bytes", "rss_peak_growth_bytes",
+            "original_weight_bytes", "mapped_weight_bytes", "weights_released", "arena_bytes",
+            "max_live_bytes", "footprint_bytes", "rss_baseline_bytes", "rss_peak_growth_bytes",
             "notes", "max_abs_error", "max_rel_error", "reference", "outputs", "layers"]
 LAYER_KEYS = {"name": str, "op": str, "algorithm": (str, type(None)), "layout": str,
               "time_s": float, "workspace_bytes": int, "live_bytes": int}
