@@ -16,6 +16,9 @@ runs. Engines:
   measured on this machine, or the analytic model with --no-profile), planned in another process
   beforehand; its footprint is the promise (`RunReport.footprint_bytes`: the memory model's peak
   plus the stated runtime allowance);
+- convplan compiled: the same plan compiled beforehand (`convplan compile`), its weights
+  memory-mapped read-only from the file; its growth counts the mapped pages it touches (file
+  pages, which processes share), and the anonymous growth (RssAnon) is given beside it;
 - onnxruntime: a default session, and one with its CPU arena and memory pattern off;
 - PyTorch (when installed): the torchvision model of that architecture, under inference_mode.
 
@@ -44,7 +47,7 @@ MODELS = ["resnet50", "vgg19", "inception_v1", "squeezenet", "densenet121", "mob
 TORCHVISION = {"resnet50": "resnet50", "vgg19": "vgg19", "inception_v1": "googlenet",
                "squeezenet": "squeezenet1_0", "densenet121": "densenet121",
                "mobilenetv2": "mobilenet_v2"}
-ENGINES = ["convplan", "onnxruntime", "onnxruntime-lean", "pytorch"]
+ENGINES = ["convplan", "convplan-compiled", "onnxruntime", "onnxruntime-lean", "pytorch"]
 RESULTS = Path(__file__).parent / "results" / "memory.md"
 MiB = 2**20
 
@@ -94,21 +97,24 @@ def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: i
 
     out: dict = {"engine": engine}
     tiny = _tiny_onnx(Path(tempfile.mkdtemp()))
-    if engine == "convplan":
+    if engine.startswith("convplan"):
         import convplan
         from convplan.selector.resident import footprint_of
 
         with convplan.Session(str(tiny), threads=threads) as warm:
             warm.run(np.ones((1, 3, 16, 16), np.float32))
         del warm
+        anonymous = _status("RssAnon")
         before = _restart_peak()
-        session = convplan.Session(path, plan=plan, threads=threads)
+        session = convplan.Session(path, plan=plan, threads=threads) \
+            if engine == "convplan" else convplan.Session(plan, threads=threads)
         feeds = {k: np.ones(s, np.float32) for k, s in session.inputs.items()}
         out["time_s"] = _timed(lambda: session.run(feeds), repeat)
         out["growth_bytes"] = _status("VmHWM") - before
         out["footprint_bytes"] = footprint_of(session.predicted.peak_bytes, threads)
         out["weight_bytes"] = session.predicted.weight_bytes
         out["arena_bytes"] = session.predicted.arena_bytes
+        out["anonymous_growth_bytes"] = _status("RssAnon") - anonymous
     elif engine.startswith("onnxruntime"):
         import onnxruntime as ort
 
@@ -180,15 +186,21 @@ def _model_file(model: str, batch: int, directory: Path) -> Path | str:
     return path
 
 
-def _plan(path: Path, threads: int, profile: bool, directory: Path) -> Path:
-    out = directory / f"{path.stem}-t{threads}.plan.json"
+def _plan(path: Path, threads: int, profile: bool, directory: Path) -> tuple[Path, Path]:
+    """(the plan, the plan compiled with the model) for ``path``, made once."""
+    out = directory / f"{path.stem}-t{threads}{'' if profile else '-analytic'}.plan.json"
+    compiled = out.with_suffix(".cvplan")
     if not out.exists():
         command = [sys.executable, "-m", "convplan", "plan", str(path), "--threads",
                    str(threads), "--out", str(out), "--budget-seconds", "0.1"]
         if not profile:
             command.append("--no-profile")
         subprocess.run(command, check=True, capture_output=True, text=True)
-    return out
+    if not compiled.exists():
+        subprocess.run([sys.executable, "-m", "convplan", "compile", str(path), "--plan",
+                        str(out), "-o", str(compiled)], check=True, capture_output=True,
+                       text=True)
+    return out, compiled
 
 
 def arena_rows() -> list[str]:
@@ -323,7 +335,7 @@ def main() -> None:
             if isinstance(path, str):
                 rows.append((model, batch, path, {}))
                 continue
-            plan = _plan(Path(path), args.threads, not args.no_profile, args.work)
+            plan, compiled = _plan(Path(path), args.threads, not args.no_profile, args.work)
             results: dict[str, list[dict]] = {e: [] for e in engines}
             for _ in range(args.rounds):        # interleaved: each round runs every engine
                 for engine in engines:
@@ -331,7 +343,8 @@ def main() -> None:
                         continue
                     done = subprocess.run(
                         [sys.executable, __file__, "--threads", str(args.threads), "--repeat",
-                         str(args.repeat), "--child", engine, model, str(path), str(plan)],
+                         str(args.repeat), "--child", engine, model, str(path),
+                         str(compiled if engine == "convplan-compiled" else plan)],
                         capture_output=True, text=True)
                     if done.returncode != 0:
                         results[engine].append({"error": done.stderr.strip().splitlines()[-1]})
@@ -363,11 +376,11 @@ def _table(rows: list, engines: list[str], args: argparse.Namespace) -> str:
         "every row, geometric mean <= 0.5.",
         "",
         "| model | batch | convplan growth MiB | footprint MiB | weights MiB | arena MiB | "
-        "ORT growth MiB | ORT lean growth MiB | "
+        "compiled growth MiB (anonymous) | ORT growth MiB | ORT lean growth MiB | "
         + ("PyTorch growth MiB | " if "pytorch" in engines else "")
         + "ratio to ORT | ratio to ORT lean | convplan ms | ORT ms | ORT lean ms |"
         + (" PyTorch ms |" if "pytorch" in engines else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else "")
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else "")
         + "---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else ""),
     ]
     ratios = []
@@ -401,6 +414,8 @@ def _table(rows: list, engines: list[str], args: argparse.Namespace) -> str:
             f"| {model} | {batch} | {cell('convplan')} | "
             f"{first.get('footprint_bytes', 0) / MiB:.1f} | "
             f"{first.get('weight_bytes', 0) / MiB:.1f} | {first.get('arena_bytes', 0) / MiB:.1f} | "
+            f"{cell('convplan-compiled')} "
+            f"({cell('convplan-compiled', 'anonymous_growth_bytes')}) | "
             f"{cell('onnxruntime')} | {cell('onnxruntime-lean')} | "
             + (f"{cell('pytorch')} | " if "pytorch" in engines else "")
             + f"{'-' if ratio is None else f'{ratio:.2f}'} | "
