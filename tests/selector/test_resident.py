@@ -6,6 +6,7 @@ the memory model's. Real processes, real RSS (VmHWM), not tracemalloc."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from pathlib import Path
@@ -135,8 +136,9 @@ def test_without_a_restart_a_higher_past_gives_no_number(tmp_path: Path,
                                                          ) -> None:
     """Where the high-water mark cannot restart, a process that stood higher before cannot
     tell this work's peak: None, never a guess."""
-    spike = np.ones(64 * MiB // 8)
-    del spike                                   # the mark now stands above the resident size
+    spike = mmap.mmap(-1, 64 * MiB)             # mapped and unmapped here, whatever malloc does
+    spike.write(b"x" * (64 * MiB))              # touched: resident
+    spike.close()                               # the mark now stands above the resident size
     monkeypatch.setattr(resident, "_CLEAR_REFS", tmp_path / "no-clear-refs")
     with ResidentPeak() as peak:
         np.ones(1024).sum()
