@@ -111,7 +111,28 @@ class Resize(Operator):
             if oh < 1 or ow < 1:
                 raise ValueError(f"resize: scales {self.attrs['scales']} make an empty output "
                                  f"of {h}x{w}")
+        if self.attrs["mode"] == "nearest":
+            self._refuse_ties(shape, (n, c, oh, ow))
         return [(n, c, oh, ow)]
+
+    def _refuse_ties(self, shape: Shape, out: Shape) -> None:
+        """Refuse a nearest resize whose source coordinate for some output row or column
+        sits on a rounding boundary that float32 and exact arithmetic decide differently
+        (sizes 2 from 7 with asymmetric coordinates: 1 / (2/7) is 3.5, or 3.4999998):
+        engines then disagree, and convplan cannot promise either answer."""
+        scales = self._scales(shape, out)
+        for axis, what in ((2, "row"), (3, "column")):
+            size, length = shape[axis], out[axis]
+            for i in range(length):
+                picked = {nearest_index(source_coordinate(
+                    i, length, size, scales[axis - 2], self.attrs["coordinates"], np.dtype(t)),
+                    size, self.attrs["nearest"]) for t in (np.float32, np.float64)}
+                if len(picked) > 1:
+                    raise ValueError(
+                        f"resize: output {what} {i} of {length} (input {size}) falls on a "
+                        f"rounding tie of nearest mode {self.attrs['nearest']!r} with "
+                        f"{self.attrs['coordinates']!r} coordinates, which float32 and exact "
+                        "arithmetic round to different inputs (engines disagree); refused")
 
     def workspace_shapes(self, shapes: Sequence[Shape], layout: Layout = "NCHW"
                          ) -> dict[str, Shape]:
