@@ -4,12 +4,13 @@ and every limit, all before the first weight is drawn; `CheckedNetwork.attach` t
 
 from __future__ import annotations
 
+import graphlib
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from convplan.kernels.operators import Shape
@@ -39,7 +40,6 @@ class CheckedNetwork:
     nodes: list[Node]                     # in execution order, weights not attached
     shapes: dict[str, Shape]
     outputs: list[str]
-    graph: nx.DiGraph
     weight_shapes: dict[str, dict[str, Shape]]
 
     @property
@@ -62,7 +62,7 @@ class CheckedNetwork:
         seeded = frozenset(n.name for n in self.nodes
                            if self.weight_shapes[n.name] and n.name not in weights and draw)
         return Network(d.name, {i.name: tuple(i.shape) for i in d.inputs}, nodes,
-                       list(self.outputs), dict(self.shapes), self.graph, d.seed,
+                       list(self.outputs), dict(self.shapes), d.seed,
                        seeded=seeded)
 
 
@@ -164,10 +164,10 @@ def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
         producer[inp.name] = ""
         total += tensor(inp.name, shapes[inp.name], "input ")
 
-    # Names, operators and attributes first; the order of layers comes from the graph.
+    # Names, operators and attributes first; the order of layers comes from their inputs.
     nodes: dict[str, Node] = {}
-    graph = nx.DiGraph()
-    for index, layer in enumerate(d.layers):
+    index: dict[str, int] = {}
+    for layer in d.layers:
         if layer.name in nodes:
             raise NetworkError(f"layer name {quoted(layer.name)} is used twice")
         try:
@@ -185,23 +185,13 @@ def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
                                    f"produced by {what}")
             producer[out] = layer.name
         nodes[layer.name] = Node(layer.name, operator, list(layer.inputs), outputs)
-        graph.add_node(layer.name, index=index)
+        index[layer.name] = len(index)
     for node in nodes.values():
         for t in node.inputs:
             if t not in producer:
                 raise NetworkError(f"layer {quoted(node.name)}: input {quoted(t)} is neither a "
                                    "network input nor the output of a layer")
-            if producer[t]:
-                graph.add_edge(producer[t], node.name, tensor=t)
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        cycle = None
-    if cycle:
-        path = [cycle[0][0]] + [v for _, v in cycle]
-        shown_path = " -> ".join(quoted(n) for n in path[:8]) + (" -> ..." if len(path) > 8 else "")
-        raise NetworkError(f"the layers form a cycle: {shown_path}")
-    order = list(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["index"]))
+    order = _execution_order(nodes, producer, index)
 
     # Shapes, weight shapes and every limit, in execution order; no weight exists yet.
     wanted_of: dict[str, dict[str, Shape]] = {}
@@ -257,7 +247,7 @@ def _check(d: NetworkDescription, weights: Mapping[str, Mapping[str, np.ndarray]
         d = d.model_copy(update={"layers": [
             LayerDescription.model_validate({**layer.model_dump(), "shape": rewritten[layer.name]})
             if layer.name in rewritten else layer for layer in d.layers]})
-    return CheckedNetwork(d, [nodes[n] for n in order], shapes, outputs, graph, wanted_of)
+    return CheckedNetwork(d, [nodes[n] for n in order], shapes, outputs, wanted_of)
 
 
 def _check_given(node: Node, wanted: dict[str, Shape],
@@ -274,3 +264,28 @@ def _check_given(node: Node, wanted: dict[str, Shape],
         if got != tuple(shape):
             raise NetworkError(f"layer {quoted(node.name)}: weight {key!r} has shape "
                                f"{list(got)}, expected {list(shape)}")
+
+
+def _execution_order(nodes: Mapping[str, Node], producer: Mapping[str, str],
+                     index: Mapping[str, int]) -> list[str]:
+    """The layers in dependency order, the earliest-declared ready layer first (so a
+    description already in order keeps it); a NetworkError naming the cycle if there is one."""
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for node in nodes.values():
+        sorter.add(node.name, *(producer[t] for t in node.inputs if producer[t]))
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as error:
+        path = list(error.args[1])      # [a, b, ..., a], each an input of the next
+        shown = " -> ".join(quoted(n) for n in path[:8]) + (" -> ..." if len(path) > 8 else "")
+        raise NetworkError(f"the layers form a cycle: {shown}") from None
+    ready = [(index[n], n) for n in sorter.get_ready()]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        sorter.done(name)
+        for n in sorter.get_ready():
+            heapq.heappush(ready, (index[n], n))
+    return order

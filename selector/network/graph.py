@@ -1,6 +1,5 @@
-"""A checked network: its nodes in execution order, every tensor's shape, the graph (networkx)
-and the weights; built by `checking` (`Network.from_description`), described back by
-`to_description`."""
+"""A checked network: its nodes in execution order, every tensor's shape and the weights;
+built by `checking` (`Network.from_description`), described back by `to_description`."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from convplan.kernels import ConvSpec
@@ -45,7 +43,6 @@ class Network:
     nodes: list[Node]
     outputs: list[str]
     shapes: dict[str, Shape]
-    graph: nx.DiGraph
     seed: int = 0
     #: The ONNX file the network was imported from, if any (the reference check runs it).
     source: Path | None = None

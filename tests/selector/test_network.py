@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -40,6 +42,27 @@ def test_layers_may_come_in_any_order_and_run_topologically() -> None:
     network = Network.from_description(net(
         {"name": "r", "op": "relu", "inputs": ["a"]}, conv("a", "x"), outputs=["r"]))
     assert [n.name for n in network.nodes] == ["a", "r"]
+
+
+def test_of_the_ready_layers_the_earliest_declared_runs_first() -> None:
+    """Branches keep the order they were written in (so a description already in execution
+    order keeps it), whatever their names."""
+    network = Network.from_description(net(
+        {"name": "z", "op": "relu", "inputs": ["x"]}, {"name": "b", "op": "relu", "inputs": ["m"]},
+        {"name": "m", "op": "relu", "inputs": ["x"]}, {"name": "a", "op": "relu", "inputs": ["z"]},
+        {"name": "s", "op": "add", "inputs": ["a", "b"]}, outputs=["s"]))
+    assert [n.name for n in network.nodes] == ["z", "m", "b", "a", "s"]
+
+
+def test_a_cycle_is_named_in_data_flow_order() -> None:
+    relu = lambda name, source: {"name": name, "op": "relu", "inputs": [source]}  # noqa: E731
+    with pytest.raises(NetworkError, match="the layers form a cycle") as caught:
+        Network.from_description(net(relu("a", "c"), relu("b", "a"), relu("c", "b"),
+                                     outputs=["c"]))
+    path = re.findall(r"'(.)'", str(caught.value))
+    assert len(path) == 4 and path[0] == path[-1]
+    for source, user in itertools.pairwise(path):
+        assert {"a": "b", "b": "c", "c": "a"}[source] == user
 
 
 def test_seeded_weights_are_reproducible_and_given_weights_are_used() -> None:

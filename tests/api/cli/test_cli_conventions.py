@@ -21,7 +21,7 @@ from tests.support import ROOT
 from tests.support.cli import CONVPLAN, CORES, MARKUP, TINY, cli, one_error
 
 TINY_CONV_BYTES = (4 * 4 * 3 * 3 + 4 + 8 * 4 + 8) * 4   # two convolutions
-HEAVY = ("numpy", "onnx", "onnxruntime", "pulp", "fastapi", "uvicorn", "networkx", "pydantic",
+HEAVY = ("numpy", "onnx", "onnxruntime", "pulp", "fastapi", "uvicorn", "pydantic",
          "scipy", "convplan.kernels", "convplan.selector", "convplan.profiles",
          "convplan.api.service", "convplan.api.batch")
 
