@@ -282,7 +282,7 @@ def compile_plan(network: Network, path: str | os.PathLike[str], plan: Any = Non
                                owned=owned)
     if algorithm is not None:
         raise ValueError("give a plan or an algorithm, not both")
-    from .planning import check_plan, plan_spec
+    from .incoming import check_plan, plan_spec
 
     spec = plan_spec(plan)
     check_plan(network, spec.assignment, spec.layouts, made_for=spec.network,
@@ -510,7 +510,7 @@ def _build(path: Path, mapped: _Mapped, limits: Limits | None) -> CompiledPlan:
         if given:
             constants[node.name] = given
     network = checked.attach(constants, draw=False)
-    from .planning import check_plan
+    from .incoming import check_plan
 
     check_plan(network, header.assignment, header.layouts)
     lowered = lower(network, header.assignment, strict=True, layouts=header.layouts)

@@ -125,7 +125,7 @@ def run_network(network: Network, inputs: Mapping[str, np.ndarray] | None = None
     from .session import Session
 
     if strict and assignment is not None:
-        from .planning import check_plan
+        from .incoming import check_plan
 
         check_plan(network, assignment, layouts, made_for=made_for, inputs=made_for_inputs)
     feeds = check_inputs(network, inputs if inputs is not None else random_inputs(network))
@@ -208,7 +208,7 @@ def run_plan(network: Network, plan: Any, inputs: Mapping[str, np.ndarray] | Non
     refused unless it fits the network exactly and, when it names one, was made for it.
     ``threads``: given, else the thread count the plan's costs were measured with, at most
     this machine's cores. ``owned`` and ``resident``: as for `run_network`."""
-    from .planning import plan_spec
+    from .incoming import plan_spec
 
     spec = plan_spec(plan)
     return run_network(network, inputs, assignment=spec.assignment, layouts=spec.layouts,

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -33,13 +33,16 @@ from .lowering import lower
 from .memory import MemoryProfile, predict
 from .network import CompiledPlanError, Limits, Network, NetworkError, network_of
 from .network.shapes import InputShapes
-from .planning import Plan, PlanSpec, check_plan, plan_file, plan_spec
+
+if TYPE_CHECKING:   # the planner is imported when a plan is given: a compiled plan runs without
+    from .incoming import PlanSpec
+    from .planning import Plan
 
 #: What a session runs: a built-in name ("alexnet", "onnx:squeezenet"), a path to an ONNX or
 #: JSON file or to a compiled plan (.cvplan), or a `Network`.
 Model = Network | str | os.PathLike[str]
 #: A plan as given: a `Plan`, a plan document (parsed, or its JSON text), or a file holding it.
-PlanGiven = Plan | PlanSpec | Mapping[str, Any] | str | bytes | os.PathLike[str]
+PlanGiven: TypeAlias = "Plan | PlanSpec | Mapping[str, Any] | str | bytes | os.PathLike[str]"
 
 
 class SessionClosedError(RuntimeError):
@@ -49,6 +52,8 @@ class SessionClosedError(RuntimeError):
 def given_plan(plan: PlanGiven) -> PlanSpec:
     """The `PlanSpec` of a plan as a session takes it: a path (or text that is not a JSON
     object) names a file; anything else is the plan itself (`plan_spec`)."""
+    from .incoming import plan_file, plan_spec
+
     if isinstance(plan, os.PathLike):
         return plan_file(plan)
     if isinstance(plan, str) and not plan.lstrip().startswith("{"):
@@ -88,6 +93,8 @@ class Session:
         spec = given_plan(plan) if plan is not None else None
         network, owned = network_of(model, batch=batch, input_shapes=input_shapes)
         if spec is not None:
+            from .incoming import check_plan
+
             check_plan(network, spec.assignment, spec.layouts, made_for=spec.network,
                        inputs=spec.inputs)
             threads = spec.run_threads(threads)

@@ -42,7 +42,7 @@ def compile_model(
     """Compile a model and its plan into one file: header, network, plan, arena layout and
     prepared weights, memory-mapped read-only by `convplan run FILE.cvplan`."""
     from convplan.selector.compiled import compile_plan
-    from convplan.selector.planning.incoming import check_inputs
+    from convplan.selector.incoming import check_inputs
 
     if algorithm is not None and plan is not None:
         fail("give --algorithm or --plan, not both")

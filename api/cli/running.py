@@ -25,15 +25,15 @@ from convplan.api.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from convplan.selector.incoming import PlanSpec
     from convplan.selector.network import Network
-    from convplan.selector.planning import PlanSpec
     from convplan.selector.runner import RunReport
 
 
 def read_plan(path: Path) -> PlanSpec:
     """A plan file (`selector.planning.PlanSpec`, exactly what /v1/run takes), or a
     NetworkError (PlanError) saying what is wrong with it."""
-    from convplan.selector.planning import plan_file
+    from convplan.selector.incoming import plan_file
 
     return plan_file(path)
 
@@ -128,8 +128,8 @@ def _run_model(model: str, *, algorithm: str | None, plan: Path | None,
                input_path: Path | None, output_path: Path | None, threads: int | None,
                repeat: int, check: bool, batch: int | None, input_shape: list[str] | None
                ) -> RunReport:
+    from convplan.selector.incoming import check_inputs
     from convplan.selector.inputs import read_inputs
-    from convplan.selector.planning.incoming import check_inputs
     from convplan.selector.resident import ResidentPeak
     from convplan.selector.runner import run_network, run_plan
 

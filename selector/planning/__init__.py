@@ -9,8 +9,11 @@ By job (imports point down this list):
     solving     `make_plan` (held to the memory model) and the Pareto frontier, `make_frontier`
     jobs        `PlanRequest`, `plan_network`, `pareto_network`, `parse_bytes`: what the CLI,
                 service and batch call
-    incoming    plans that come in: `PlanSpec`, `check_plan`
+Plans that come in (`PlanSpec`, `check_plan`) are `convplan.selector.incoming`'s, re-exported
+here: running a plan does not import the planner.
 """
+
+from convplan.selector.incoming import PlanError, PlanSpec, check_plan, plan_file, plan_spec
 
 from .baselines import baselines
 from .candidates import Candidates, Option, enumerate_candidates, requests_for
@@ -40,7 +43,6 @@ from .ilp import (
     minimum_peak,
     solve,
 )
-from .incoming import PlanError, PlanSpec, check_plan, plan_file, plan_spec
 from .jobs import (
     PlanRequest,
     cost_function,

@@ -1,5 +1,6 @@
-"""Plans that come in (`convplan run --plan`, `/v1/run`): a plan document read as a `PlanSpec`,
-and `check_plan`, which refuses a plan that does not fit the network it is given."""
+"""Plans that come in (`convplan run --plan`, `/v1/run`, a compiled plan's header): a plan
+document read as a `PlanSpec`, and `check_plan`, which refuses a plan that does not fit the
+network it is given. Outside `planning` so that running a plan never imports the planner."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from convplan.kernels import registry
-from convplan.selector.network import Name, Network, NetworkError, ShapeMap, load_json, quoted
 
-from .documents import Plan
+from .network import Name, Network, NetworkError, ShapeMap, load_json, quoted
 
 
 class PlanError(NetworkError):
@@ -51,9 +51,12 @@ def plan_spec(data: Any, what: str = "the plan") -> PlanSpec:
     A `Plan` is validated as its JSON would be (only what running needs of it)."""
     if isinstance(data, PlanSpec):
         return data
-    if isinstance(data, Plan):
-        data = data.model_dump(mode="json", include={"network", "assignment", "layouts",
-                                                     "threads", "inputs"})
+    if not isinstance(data, str | bytes | Mapping):
+        from .planning.documents import Plan  # a Plan exists: the planner is loaded
+
+        if isinstance(data, Plan):
+            data = data.model_dump(mode="json", include={"network", "assignment", "layouts",
+                                                         "threads", "inputs"})
     if isinstance(data, str | bytes):
         try:
             data = load_json(data, what)
