@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from convplan.selector.network import Network
+    from convplan.selector.planning import PlanRequest
 
 #: `-h` as well as `--help`, on the app and (inherited through click's context) every command.
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -266,19 +267,23 @@ def check_writable(path: Path, option: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def check_cap_holds_weights(cap: int | None, network: Network, option: str = "--memory-cap"
-                            ) -> None:
+def check_cap_holds_weights(request: PlanRequest, network: Network,
+                            option: str = "--memory-cap") -> None:
     """A cap below the network's weights cannot be met by any plan (the promise counts every
     weight once, at every step, and a convolution's prepared weights are at least its
-    original's): said at once, before any cost is measured, with both sizes."""
+    original's): said at once, before any cost is measured or the cost store opened, with
+    the weights' size and the smallest achievable peak (from the memory model alone)."""
     from convplan.kernels.executor import held_bytes
     from convplan.selector.network import quoted
+    from convplan.selector.planning import smallest_peak
 
     held = held_bytes(w for node in network.nodes for w in node.weights.values())
-    if cap is not None and cap < held:
-        fail(f"{option} {cap} bytes is below the weights of {quoted(network.name)} alone "
-             f"({held} bytes, {size(held)}): the smallest achievable peak is more than that; "
-             "give a larger cap")
+    if request.cap is not None and request.cap < held:
+        least = smallest_peak(network, request)
+        within = " with the arena within --arena-cap" if request.arena_cap is not None else ""
+        fail(f"{option} {request.cap} bytes is below the weights of {quoted(network.name)} "
+             f"alone ({held} bytes, {size(held)}): the smallest achievable peak{within} is "
+             f"{least} bytes ({size(least)}); give at least that")
 
 
 def load_model(model: str, batch: int | None = None, input_shape: Sequence[str] | None = None

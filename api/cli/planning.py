@@ -78,7 +78,7 @@ def plan(
         if out is not None:
             check_writable(out, "--out")
         network = load_model(model, batch, input_shape)
-        check_cap_holds_weights(request.cap, network)
+        check_cap_holds_weights(request, network)
         bar, progress = counting_bar("profiling")
         with store_warnings(), bar:
             document = plan_network(network, request, progress)

@@ -7,8 +7,8 @@ By job (imports point down this list):
     baselines   fastest, im2col everywhere, greedy under the cap, lowest memory
     documents   the plan document (`Plan` and its parts, `plan_document`) and the frontier's
     solving     `make_plan` (held to the memory model) and the Pareto frontier, `make_frontier`
-    jobs        `PlanRequest`, `plan_network`, `pareto_network`, `parse_bytes`: what the CLI,
-                service and batch call
+    jobs        `PlanRequest`, `plan_network`, `pareto_network`, `smallest_peak`,
+                `parse_bytes`: what the CLI, service and batch call
 Plans that come in (`PlanSpec`, `check_plan`) are `convplan.selector.incoming`'s, re-exported
 here: running a plan does not import the planner.
 """
@@ -50,6 +50,7 @@ from .jobs import (
     parse_bytes,
     plan_network,
     profiler_for,
+    smallest_peak,
 )
 from .problem import (
     Caps,
@@ -106,5 +107,6 @@ __all__ = [
     "plan_spec",
     "profiler_for",
     "requests_for",
+    "smallest_peak",
     "solve",
 ]

@@ -30,7 +30,7 @@ from convplan.settings import SIZE_ERRORS, SIZE_HINT, Size
 
 from .documents import Frontier, Plan
 from .ilp import SOLVERS
-from .problem import CostFunction
+from .problem import CostFunction, build_problem
 from .solving import make_frontier, make_plan
 
 
@@ -140,6 +140,17 @@ def plan_network(network: Network, request: PlanRequest, progress: Progress | No
                          machine=profiler.fingerprint,
                          threads=profiler.threads, solver=request.solver,
                          time_limit_s=request.time_limit_s)
+
+
+def smallest_peak(network: Network, request: PlanRequest) -> int:
+    """The smallest predicted peak any plan of ``network`` reaches (its arena within the
+    request's arena cap, if any), from the memory model alone: no cost is measured and no cost
+    store is opened, since workspaces are declared and the estimated times only break ties.
+    What a cap below the weights is told, before any profiling."""
+    profiler = Profiler(None, request.threads or os.cpu_count() or 1, request.budget_s)
+    context = build_problem(network, cost_function(profiler, measure=False))
+    lowest = context.lowest(request.solver, request.time_limit_s, arena_cap=request.arena_cap)
+    return context.predicted_peak(lowest.choice)
 
 
 def pareto_network(network: Network, request: PlanRequest, points: int = 8,
