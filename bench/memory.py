@@ -19,7 +19,10 @@ runs. Engines:
 - convplan compiled: the same plan compiled beforehand (`convplan compile`), its weights
   memory-mapped read-only from the file; its growth counts the mapped pages it touches (file
   pages, which processes share), and the anonymous growth (RssAnon) is given beside it;
+- convplan lean: the plan under the smallest memory cap any plan meets (the planner states it);
 - onnxruntime: a default session, and one with its CPU arena and memory pattern off;
+- whole processes (a second table): the compiled plan and onnxruntime's default session in a
+  cold process, imports included, loaded and run once;
 - PyTorch (when installed): the torchvision model of that architecture, under inference_mode.
 
 Each row is repeated --rounds times (fresh processes each time); the table gives the median and
@@ -29,6 +32,7 @@ the spread (min-max) of the growth, and the median time of --repeat runs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import platform
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # This folder holds bench/kernels.py, which would shadow the `kernels` package.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -47,7 +52,10 @@ MODELS = ["resnet50", "vgg19", "inception_v1", "squeezenet", "densenet121", "mob
 TORCHVISION = {"resnet50": "resnet50", "vgg19": "vgg19", "inception_v1": "googlenet",
                "squeezenet": "squeezenet1_0", "densenet121": "densenet121",
                "mobilenetv2": "mobilenet_v2"}
-ENGINES = ["convplan", "convplan-compiled", "onnxruntime", "onnxruntime-lean", "pytorch"]
+ENGINES = ["convplan", "convplan-lean", "convplan-compiled", "onnxruntime", "onnxruntime-lean",
+           "pytorch"]
+#: Whole processes, imports included (what a deployer's process adds to the machine).
+COLD_ENGINES = ["convplan-compiled-cold", "onnxruntime-cold"]
 RESULTS = Path(__file__).parent / "results" / "memory.md"
 MiB = 2**20
 
@@ -96,6 +104,8 @@ def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: i
     import numpy as np
 
     out: dict = {"engine": engine}
+    if engine.endswith("-cold"):
+        return cold_child(engine, path, plan, threads)
     tiny = _tiny_onnx(Path(tempfile.mkdtemp()))
     if engine.startswith("convplan"):
         import convplan
@@ -106,8 +116,8 @@ def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: i
         del warm
         anonymous = _status("RssAnon")
         before = _restart_peak()
-        session = convplan.Session(path, plan=plan, threads=threads) \
-            if engine == "convplan" else convplan.Session(plan, threads=threads)
+        session = convplan.Session(plan, threads=threads) if engine == "convplan-compiled" \
+            else convplan.Session(path, plan=plan, threads=threads)
         feeds = {k: np.ones(s, np.float32) for k, s in session.inputs.items()}
         out["time_s"] = _timed(lambda: session.run(feeds), repeat)
         out["growth_bytes"] = _status("VmHWM") - before
@@ -138,8 +148,8 @@ def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: i
     else:
         import onnx
         import torch
-        import torchvision
 
+        torchvision = bench_zoo().import_torchvision()
         torch.set_num_threads(threads)
         with torch.inference_mode():
             torch.nn.Conv2d(3, 4, 3)(torch.ones(1, 3, 16, 16))
@@ -155,6 +165,42 @@ def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: i
     return out
 
 
+def cold_child(engine: str, path: str, compiled: str, threads: int) -> dict:
+    """A deployer's whole process: from this function's start (the interpreter and the
+    bench's own small imports before it), import the engine, load the model, run it once;
+    the process's peak resident set (VmHWM, imports included) and the time it took."""
+    start = time.perf_counter()
+    import numpy as np
+
+    if engine == "convplan-compiled-cold":
+        import convplan
+
+        session = convplan.Session(compiled, threads=threads)
+        session.run({k: np.ones(s, np.float32) for k, s in session.inputs.items()})
+    else:
+        import onnxruntime as ort
+
+        made = ort.SessionOptions()
+        made.intra_op_num_threads = threads
+        made.inter_op_num_threads = 1
+        ort_session = ort.InferenceSession(path, made, providers=["CPUExecutionProvider"])
+        ort_session.run(None, {i.name: np.ones(i.shape, np.float32)
+                               for i in ort_session.get_inputs()})
+    return {"engine": engine, "time_s": time.perf_counter() - start,
+            "growth_bytes": _status("VmHWM")}
+
+
+def bench_zoo() -> Any:
+    """bench/zoo.py (the exported CNNs), loaded from its file: this folder is not on the path."""
+    spec = importlib.util.spec_from_file_location("convplan_bench_zoo",
+                                                  Path(__file__).with_name("zoo.py"))
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    if not hasattr(module, "CATALOGUE"):
+        spec.loader.exec_module(module)
+    return module
+
+
 # -- in the parent --------------------------------------------------------------------------------
 def _model_file(model: str, batch: int, directory: Path) -> Path | str:
     """The ONNX file every engine runs for (model, batch), or why there is none."""
@@ -164,15 +210,12 @@ def _model_file(model: str, batch: int, directory: Path) -> Path | str:
     if model == "mobilenetv2":
         source = directory / "mobilenetv2.onnx"
         if not source.exists():
+            zoo = bench_zoo()
             try:
-                import torch
-                import torchvision
+                zoo.import_torchvision()
             except ImportError:
                 return "needs torch and torchvision (pip install torch torchvision)"
-            torch.manual_seed(0)
-            net = torchvision.models.mobilenet_v2(weights=None).eval()
-            torch.onnx.export(net, torch.ones(1, 3, 224, 224), str(source), opset_version=17,
-                              dynamo=False)
+            zoo.export_one(zoo.BY_NAME["torchvision/mobilenet_v2"], source)
     else:
         source = zoo.light_model_path(model)
     if batch == 1:
@@ -201,6 +244,24 @@ def _plan(path: Path, threads: int, profile: bool, directory: Path) -> tuple[Pat
                         str(out), "-o", str(compiled)], check=True, capture_output=True,
                        text=True)
     return out, compiled
+
+
+def _lean_plan(path: Path, threads: int, profile: bool, directory: Path) -> Path:
+    """The plan under the smallest memory cap any plan meets (the planner states it when
+    asked for less), made once: what a deployer who wants the least memory runs."""
+    import convplan
+    from convplan.selector.planning import Infeasible
+
+    out = directory / f"{path.stem}-t{threads}{'' if profile else '-analytic'}.lean.plan.json"
+    if not out.exists():
+        try:
+            convplan.plan(path, memory_cap=1, threads=threads, measure=profile, budget_s=0.1)
+        except Infeasible as error:
+            assert error.smallest_bytes is not None, error
+            plan = convplan.plan(path, memory_cap=error.smallest_bytes, threads=threads,
+                                 measure=profile, budget_s=0.1)
+        out.write_text(plan.model_dump_json())
+    return out
 
 
 def arena_rows() -> list[str]:
@@ -323,7 +384,7 @@ def main() -> None:
         print("\n".join(tradeoff))
         return
     try:
-        import torchvision  # noqa: F401
+        bench_zoo().import_torchvision()
         engines = ENGINES
     except ImportError:
         engines = [e for e in ENGINES if e != "pytorch"]
@@ -336,15 +397,18 @@ def main() -> None:
                 rows.append((model, batch, path, {}))
                 continue
             plan, compiled = _plan(Path(path), args.threads, not args.no_profile, args.work)
-            results: dict[str, list[dict]] = {e: [] for e in engines}
+            lean = _lean_plan(Path(path), args.threads, not args.no_profile, args.work)
+            given = {"convplan-lean": lean, "convplan-compiled": compiled,
+                     "convplan-compiled-cold": compiled}
+            results: dict[str, list[dict]] = {e: [] for e in [*engines, *COLD_ENGINES]}
             for _ in range(args.rounds):        # interleaved: each round runs every engine
-                for engine in engines:
+                for engine in [*engines, *COLD_ENGINES]:
                     if engine == "pytorch" and model not in TORCHVISION:
                         continue
                     done = subprocess.run(
                         [sys.executable, __file__, "--threads", str(args.threads), "--repeat",
                          str(args.repeat), "--child", engine, model, str(path),
-                         str(compiled if engine == "convplan-compiled" else plan)],
+                         str(given.get(engine, plan))],
                         capture_output=True, text=True)
                     if done.returncode != 0:
                         results[engine].append({"error": done.stderr.strip().splitlines()[-1]})
@@ -372,18 +436,28 @@ def _table(rows: list, engines: list[str], args: argparse.Namespace) -> str:
         "time: median of the runs after a warm-up, ms. convplan's plan has no cap "
         f"({'analytic' if args.no_profile else 'measured'} costs). Footprint: convplan's "
         "promise (memory model's peak + runtime allowance). Ratio: convplan's median growth "
-        "over onnxruntime's (default session). Targets: growth <= footprint; ratio <= 0.7 on "
-        "every row, geometric mean <= 0.5.",
+        "over onnxruntime's (default session). convplan lean: the plan under the smallest "
+        "memory cap any plan meets, against onnxruntime with its arena and memory pattern off. "
+        "Targets: growth <= footprint; ratio <= 0.7 on every row, geometric mean <= 0.5.",
         "",
         "| model | batch | convplan growth MiB | footprint MiB | weights MiB | arena MiB | "
-        "compiled growth MiB (anonymous) | ORT growth MiB | ORT lean growth MiB | "
+        "lean growth MiB (footprint) | compiled growth MiB (anonymous) | ORT growth MiB | "
+        "ORT lean growth MiB | "
         + ("PyTorch growth MiB | " if "pytorch" in engines else "")
-        + "ratio to ORT | ratio to ORT lean | convplan ms | ORT ms | ORT lean ms |"
+        + "ratio to ORT | lean ratio to ORT lean | convplan ms | lean ms | ORT ms | ORT lean ms |"
         + (" PyTorch ms |" if "pytorch" in engines else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else "")
-        + "---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if "pytorch" in engines else "")
+        + "---:|---:|---:|---:|---:|---:|" + ("---:|" if "pytorch" in engines else ""),
     ]
-    ratios = []
+    cold = ["", "## Whole processes", "",
+            "A deployer's process from its start: import the engine, load the model (convplan: "
+            "the compiled plan, weights memory-mapped; onnxruntime: the ONNX file, default "
+            "session), run once. Peak resident set of the whole process (imports included) "
+            "and the time to the first result, median (min-max) over the rounds.", "",
+            "| model | batch | convplan compiled peak MiB | ORT peak MiB | ratio | "
+            "convplan compiled s | ORT s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    ratios, lean_ratios, cold_ratios = [], [], []
     for model, batch, why, results in rows:
         if why:
             lines.append(f"| {model} | {batch} | {why} |")
@@ -406,28 +480,50 @@ def _table(rows: list, engines: list[str], args: argparse.Namespace) -> str:
             return statistics.median(r["growth_bytes"] for r in got) if got else None
 
         ours, ort, lean = median("convplan"), median("onnxruntime"), median("onnxruntime-lean")
+        ours_lean = median("convplan-lean")
         ratio = ours / ort if ours and ort else None
         if ratio:
             ratios.append(ratio)
+        lean_ratio = ours_lean / lean if ours_lean and lean else None
+        if lean_ratio:
+            lean_ratios.append(lean_ratio)
+        cold_ours, cold_ort = median("convplan-compiled-cold"), median("onnxruntime-cold")
+        if cold_ours and cold_ort:
+            cold_ratios.append(cold_ours / cold_ort)
+        cold.append(f"| {model} | {batch} | {cell('convplan-compiled-cold')} | "
+                    f"{cell('onnxruntime-cold')} | "
+                    f"{'-' if not (cold_ours and cold_ort) else f'{cold_ours / cold_ort:.2f}'} | "
+                    f"{_seconds(ok('convplan-compiled-cold'))} | "
+                    f"{_seconds(ok('onnxruntime-cold'))} |")
         first = ok("convplan")[0] if ok("convplan") else {}
+        first_lean = ok("convplan-lean")[0] if ok("convplan-lean") else {}
         lines.append(
             f"| {model} | {batch} | {cell('convplan')} | "
             f"{first.get('footprint_bytes', 0) / MiB:.1f} | "
             f"{first.get('weight_bytes', 0) / MiB:.1f} | {first.get('arena_bytes', 0) / MiB:.1f} | "
+            f"{cell('convplan-lean')} ({first_lean.get('footprint_bytes', 0) / MiB:.1f}) | "
             f"{cell('convplan-compiled')} "
             f"({cell('convplan-compiled', 'anonymous_growth_bytes')}) | "
             f"{cell('onnxruntime')} | {cell('onnxruntime-lean')} | "
             + (f"{cell('pytorch')} | " if "pytorch" in engines else "")
             + f"{'-' if ratio is None else f'{ratio:.2f}'} | "
-            f"{'-' if not (ours and lean) else f'{ours / lean:.2f}'} | "
-            f"{cell('convplan', 'time_s')} | {cell('onnxruntime', 'time_s')} | "
+            f"{'-' if lean_ratio is None else f'{lean_ratio:.2f}'} | "
+            f"{cell('convplan', 'time_s')} | {cell('convplan-lean', 'time_s')} | "
+            f"{cell('onnxruntime', 'time_s')} | "
             f"{cell('onnxruntime-lean', 'time_s')} |"
             + (f" {cell('pytorch', 'time_s')} |" if "pytorch" in engines else ""))
-    if ratios:
-        mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        lines += ["", f"Geometric mean of the ratio to onnxruntime: {mean:.2f} over "
-                  f"{len(ratios)} rows (worst {max(ratios):.2f})."]
-    return "\n".join(lines) + "\n"
+    for what, values, into in (("the ratio to onnxruntime", ratios, lines),
+                               ("the lean plan's ratio to onnxruntime lean", lean_ratios, lines),
+                               ("the whole-process ratio", cold_ratios, cold)):
+        if values:
+            mean = math.exp(sum(map(math.log, values)) / len(values))
+            into += ["", f"Geometric mean of {what}: {mean:.2f} over {len(values)} rows "
+                     f"(worst {max(values):.2f})."]
+    return "\n".join([*lines, *cold]) + "\n"
+
+
+def _seconds(results: list[dict]) -> str:
+    return f"{statistics.median(r['time_s'] for r in results):.2f}" if results else "-"
 
 
 if __name__ == "__main__":
