@@ -94,6 +94,8 @@ class Step:
             taps = (self.spec.kh * self.spec.kw * TAP_TABLE_BYTES
                     if self.algorithm.tabulates_taps else 0)
             return run_overhead_bytes(self.spec.itemsize) + taps
+        if self.operator is not None:
+            return self.operator.overhead_bytes(itemsize)
         return run_overhead_bytes(itemsize)
 
     def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:

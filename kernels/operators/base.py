@@ -51,6 +51,9 @@ class Operator(ABC):
     inplace: ClassVar[bool] = False
     #: The output is a view of the first input (reshape, flatten, identity): no allocation.
     view: ClassVar[bool] = False
+    #: The widest item the run's ufuncs compute in, if wider than the data's: NumPy's casting
+    #: buffers (a float32 operand met by float64 statistics) hold items of that size.
+    compute_itemsize: ClassVar[int] = 0
 
     def __init__(self, **attrs: Any) -> None:
         unknown = set(attrs) - set(self.attribute_defaults())
@@ -116,7 +119,12 @@ class Operator(ABC):
         allowance for ufunc buffers and interpreter objects."""
         temporaries = max(sum(math.prod(s) for s in self.workspace_shapes(shapes, layout)
                               .values()) for layout in self.layouts)
-        return temporaries * itemsize + run_overhead_bytes(itemsize)
+        return temporaries * itemsize + self.overhead_bytes(itemsize)
+
+    def overhead_bytes(self, itemsize: int) -> int:
+        """What a run into given outputs and workspaces still allocates: `run_overhead_bytes`
+        for items of the data's size, or of `compute_itemsize` where that is wider."""
+        return run_overhead_bytes(max(itemsize, self.compute_itemsize))
 
     # -- running -----------------------------------------------------------------------------
     @abstractmethod

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 
-from ..base import run_overhead_bytes
 from ..checks import GIVEN_BUFFERS_SLACK, WORKSPACE_SLACK, ConformanceError
 from ..layout import convert
 from ..measure import peak_allocation
@@ -192,7 +191,7 @@ class _Checker:
         if not memory:
             return
         del result
-        allowed = run_overhead_bytes(self.itemsize) + GIVEN_BUFFERS_SLACK
+        allowed = op.overhead_bytes(self.itemsize) + GIVEN_BUFFERS_SLACK
         measured = peak_allocation(
             lambda: op.run(xs, weights, layout, inplace, out=outs, workspace=workspace))
         if measured > allowed:

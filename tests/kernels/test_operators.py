@@ -697,6 +697,22 @@ def test_gemm_never_copies_a_transposed_operand() -> None:
     assert measured_workspace(op, [x], weights) < 32 * 1024
 
 
+@pytest.mark.parametrize(("name", "attrs", "shape"), [
+    ("layernorm", {"axes": [-1]}, (1, 56, 56, 96)),    # in NHWC: over a strided axis, cast
+    ("layernorm", {"axes": [1]}, (1, 96, 56, 56)),     # ConvNeXt's channel norm
+    ("instancenorm", {}, (2, 64, 56, 56)),
+])
+def test_float64_statistics_stay_within_their_allowance_on_large_inputs(
+        name: str, attrs: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """NumPy's casting buffers (float32 data met by float64 statistics) fill only on inputs
+    larger than the drawn cases; the operator's allowance counts them in float64 items."""
+    op = operators.make(name, **attrs)
+    assert op.overhead_bytes(4) > run_overhead_bytes(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)    # the float64 retyping check's NaNs
+        check_operator(op, [shape])
+
+
 def test_broadcasting_ops_stay_within_small_ufunc_buffers() -> None:
     """Broadcast operands make NumPy buffer (32 KiB per operand by default); runs use less."""
     rng = np.random.default_rng(1)
