@@ -330,3 +330,73 @@ class Slice(Operator):
         copy_strided(outs[0], view)
         return outs
 
+
+
+@register
+class Expand(Operator):
+    op = "expand"
+    summary = ("broadcast to a shape (ONNX Expand: NumPy's rules, either side may be larger; "
+               "torch's expand_as before an element-wise op); a contiguous copy")
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {"shape": None}
+
+    def _check_attrs(self) -> None:
+        if self.attrs["shape"] is None:
+            raise ValueError("expand: shape is required")
+        self.attrs["shape"] = int_list(self.attrs["shape"], "expand: shape", minimum=1)
+
+    def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
+        self.check_arity(len(shapes))
+        try:
+            return [tuple(np.broadcast_shapes(tuple(shapes[0]), self.attrs["shape"]))]
+        except ValueError:
+            raise ValueError(f"expand: shape {list(self.attrs['shape'])} does not broadcast "
+                             f"with the input's {tuple(shapes[0])}") from None
+
+    def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        shape = self.output_shapes([xs[0].shape])[0]
+        outs = self._outputs(xs, weights, [shape], inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        copy_strided(outs[0], np.broadcast_to(xs[0], shape))
+        return outs
+
+
+@register
+class Tile(Operator):
+    op = "tile"
+    summary = "repeat the whole tensor along each axis (ONNX Tile); a contiguous copy"
+
+    @classmethod
+    def attribute_defaults(cls) -> dict[str, Any]:
+        return {"repeats": None}
+
+    def _check_attrs(self) -> None:
+        if self.attrs["repeats"] is None:
+            raise ValueError("tile: repeats is required")
+        self.attrs["repeats"] = int_list(self.attrs["repeats"], "tile: repeats", minimum=1)
+
+    def output_shapes(self, shapes: Sequence[Shape]) -> list[Shape]:
+        self.check_arity(len(shapes))
+        shape, repeats = tuple(shapes[0]), self.attrs["repeats"]
+        if len(repeats) != len(shape):
+            raise ValueError(f"tile: repeats {list(repeats)} do not fit a rank-{len(shape)} "
+                             "input")
+        return [tuple(d * r for d, r in zip(shape, repeats, strict=True))]
+
+    def run(self, xs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
+            layout: Layout = "NCHW", inplace: bool = False,
+            out: Sequence[np.ndarray] | None = None,
+            workspace: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        x, repeats = xs[0], self.attrs["repeats"]
+        outs = self._outputs(xs, weights, self.output_shapes([x.shape]), inplace, out)
+        self._workspace(xs, weights, layout, outs, workspace)
+        # the output as (r0, d0, r1, d1, ...): every (r0, r1, ...) block is the input
+        blocks = outs[0].reshape([n for pair in zip(repeats, x.shape, strict=True)
+                                  for n in pair])
+        copy_strided(blocks, x.reshape([n for d in x.shape for n in (1, d)]))
+        return outs

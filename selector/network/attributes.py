@@ -38,6 +38,7 @@ ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "softmax": {"axis": _I}, "concat": {"axis": _I}, "flatten": {"axis": _I},
     "split": {"axis": _I, "sizes": _IS},
     "reshape": {"shape": _IS}, "transpose": {"perm": _IS + "?"},
+    "expand": {"shape": _IS}, "tile": {"repeats": _IS},
     "slice": {"starts": _IS, "ends": _IS, "axes": _IS + "?", "steps": _IS + "?"},
     "reducesum": _REDUCE, "reducemean": _REDUCE, "reducemax": _REDUCE, "reducel2": _REDUCE,
     "leakyrelu": {"alpha": _N}, "elu": {"alpha": _N}, "selu": {"alpha": _N, "gamma": _N},

@@ -527,6 +527,25 @@ def _transpose(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> No
     imp.emit("transpose", [node.input[0]], [node.output[0]], perm=perm)
 
 
+@_converts("Expand")
+def _expand(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    target = int_vector(node, imp.const(node.input[1], "Expand's shape"), "the shape")
+    shape = broadcast(node, [imp.shape_of(node.input[0]), tuple(target)])
+    if shape == imp.shape_of(node.input[0]):      # nothing to broadcast: torch's no-op expand
+        imp.emit("identity", [node.input[0]], [node.output[0]])
+        return
+    imp.emit("expand", [node.input[0]], [node.output[0]], shape=list(target))
+
+
+@_converts("Tile")
+def _tile(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    repeats = int_vector(node, imp.const(node.input[1], "Tile's repeats"), "repeats")
+    if all(r == 1 for r in repeats) and len(repeats) == len(imp.shape_of(node.input[0])):
+        imp.emit("identity", [node.input[0]], [node.output[0]])
+        return
+    imp.emit("tile", [node.input[0]], [node.output[0]], repeats=repeats)
+
+
 @_converts("Split")
 def _split(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     shape = imp.shape_of(node.input[0])

@@ -356,6 +356,16 @@ def _transpose(layer: _Layer) -> None:
     layer.node("Transpose", layer.inputs, **({} if perm is None else {"perm": list(perm)}))
 
 
+@_exports("expand")
+def _expand(layer: _Layer) -> None:
+    layer.node("Expand", [layer.inputs[0], layer.ints("shape", layer.attrs["shape"])])
+
+
+@_exports("tile")
+def _tile(layer: _Layer) -> None:
+    layer.node("Tile", [layer.inputs[0], layer.ints("repeats", layer.attrs["repeats"])])
+
+
 @_exports("slice")
 def _slice(layer: _Layer) -> None:
     a = layer.attrs

@@ -222,6 +222,26 @@ def slice_cases(draw) -> Case:
 
 
 @st.composite
+def expand_cases(draw) -> Case:
+    """A target shape that broadcasts with the input: longer or shorter, 1s on either side
+    (torch's expand_as of a squeeze-excite gate to its feature map)."""
+    shape = draw(tensor_shapes())
+    extra = draw(st.lists(st.integers(1, 3), max_size=4 - len(shape)))
+    target = [*extra, *(draw(st.sampled_from([1, d, 3])) if d == 1 else
+                        draw(st.sampled_from([1, d])) for d in shape)]
+    drop = draw(st.integers(0, len(target) - 1))       # a shorter target broadcasts too
+    return Case({"shape": target[drop:] if all(t == 1 for t in target[:drop]) else target},
+                [shape], draw(dtypes))
+
+
+@st.composite
+def tile_cases(draw) -> Case:
+    shape = draw(tensor_shapes(max_side=4))
+    return Case({"repeats": draw(st.lists(st.integers(1, 3), min_size=len(shape),
+                                          max_size=len(shape)))}, [shape], draw(dtypes))
+
+
+@st.composite
 def gemm_cases(draw) -> Case:
     m, k = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     factor = st.sampled_from([1.0, 1.0, 0.5, -2.0])
@@ -362,6 +382,8 @@ CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "reshape": reshape_cases,
     "transpose": transpose_cases,
     "slice": slice_cases,
+    "expand": expand_cases,
+    "tile": tile_cases,
     "gemm": gemm_cases,
     "matmul": matmul_cases,
     "reducesum": reduce_cases,

@@ -821,3 +821,68 @@ def test_a_minus_infinity_pad_becomes_the_max_pools_padding(ceil_mode: int,
     network = assert_runs_like_onnxruntime(model)
     assert [n.op for n in network.nodes] == ["maxpool"]
     assert list(network.node("y").operator.attrs["padding"]) == [0, 1, 1, 1]
+
+
+# -- Expand and Tile on activations ----------------------------------------------------------------
+@st.composite
+def expand_tile_graphs(draw) -> onnx.ModelProto:
+    """A squeeze-excite gate expanded to its feature map (torch's expand_as before a Mul), an
+    Expand that grows the batch or prepends axes, and Tile: each on an activation."""
+    n, c, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 6)), \
+        draw(st.integers(1, 6))
+    kind = draw(st.sampled_from(["expand_as", "expand", "tile", "noop"]))
+    inits = []
+    if kind == "expand_as":
+        nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+                 helper.make_node("Sigmoid", ["g"], ["s"]),
+                 helper.make_node("Expand", ["s", "shape"], ["e"]),
+                 helper.make_node("Mul", ["x", "e"], ["y"])]
+        inits.append(const("shape", [n, c, h, w], np.int64))
+    elif kind in ("expand", "noop"):
+        target = [n, c, h, w] if kind == "noop" else \
+            [draw(st.integers(1, 3)), *(draw(st.sampled_from([1, d])) for d in (n, c, h, w))]
+        nodes = [helper.make_node("Relu", ["x"], ["r"]),
+                 helper.make_node("Expand", ["r", "shape"], ["y"])]
+        inits.append(const("shape", target, np.int64))
+    else:
+        repeats = [draw(st.integers(1, 3)) for _ in range(4)]
+        nodes = [helper.make_node("Relu", ["x"], ["r"]),
+                 helper.make_node("Tile", ["r", "repeats"], ["y"])]
+        inits.append(const("repeats", repeats, np.int64))
+    return graph_model(nodes, inits, draw(st.sampled_from([13, 17])), (n, c, h, w))
+
+
+@settings(max_examples=examples(40))
+@given(model=expand_tile_graphs(), seed=st.integers(0, 2**16))
+def test_expand_and_tile_of_activations_match_onnxruntime(model: onnx.ModelProto,
+                                                          seed: int) -> None:
+    network = assert_runs_like_onnxruntime(model, seed)
+    kinds = {n.op_type for n in model.graph.node}
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    target = [numpy_helper.to_array(t).tolist() for t in model.graph.initializer]
+    if "Expand" in kinds and target[0] == list(shape) and "Mul" not in kinds:
+        assert "expand" not in {n.op for n in network.nodes}     # a no-op expand is a view
+
+
+def test_an_expand_that_does_not_broadcast_is_refused() -> None:
+    model = graph_model([helper.make_node("Expand", ["x", "shape"], ["y"])],
+                        [const("shape", [1, 3, 5, 5], np.int64)], 17, (1, 2, 5, 5))
+    with pytest.raises(NetworkError, match="Expand"):
+        load_onnx(model.SerializeToString())
+
+
+@pytest.mark.parametrize(("op", "value"), [("Expand", [65536, 65536, 1, 1]),
+                                           ("Tile", [1, 65536, 65536, 1])])
+def test_an_activation_blown_up_by_expand_or_tile_is_refused_before_allocating(
+        op: str, value: list[int]) -> None:
+    import tracemalloc
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node(op, ["r", "s"], ["y"])]
+    model = graph_model(nodes, [const("s", value, np.int64)], 17, (1, 1, 4, 4))
+    tracemalloc.start()
+    try:
+        with pytest.raises(NetworkError, match=r"274877906944 bytes; one tensor may have"):
+            load_onnx(model.SerializeToString())
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
