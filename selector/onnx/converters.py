@@ -114,8 +114,37 @@ def _pair_attr(attrs: dict[str, Any], key: str, node: onnx.NodeProto) -> tuple[i
     return value[0], value[1]
 
 
+def _conv1d(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """A 1-D Conv (an N, C, L input: ECA's channel attention) as the 2-D convolution of the
+    input viewed as N, C, 1, L with a 1 x k kernel, the output viewed back (reshapes are
+    views: no copy)."""
+    n, c, length = imp.shape_of(node.input[0])
+    w = imp.float_const(node.input[1], f"the weights of Conv {label(node)}")
+    if w.ndim != 3:
+        raise _refuse(node, f"a 1-D Conv needs weights of rank 3, not shape {list(w.shape)}")
+    single = {key: value for key, value in attrs.items() if key in
+              ("strides", "dilations", "kernel_shape")}
+    pairs = {key: [1, *value] for key, value in single.items()}
+    if "pads" in attrs:
+        pads = [int(p) for p in attrs["pads"]]
+        if len(pads) != 2:
+            raise _refuse(node, f"pads {short(pads)} are not the two of a 1-D Conv")
+        pairs["pads"] = [0, pads[0], 0, pads[1]]
+    flat_in, flat_out = f"{node.output[0]}/as-2d-input", f"{node.output[0]}/as-2d"
+    imp.emit("reshape", [node.input[0]], [flat_in], shape=[n, c, 1, length])
+    imp.consts[f"{node.input[1]}/as-2d"] = w.reshape(*w.shape[:2], 1, w.shape[2])
+    inputs = [flat_in, f"{node.input[1]}/as-2d", *node.input[2:]]
+    _conv(imp, onnx.helper.make_node("Conv", inputs, [flat_out], name=node.name),
+          {**attrs, **pairs})
+    _, m, _, out = imp.shape_of(flat_out)
+    imp.emit("reshape", [flat_out], [node.output[0]], shape=[n, m, out])
+
+
 @_converts("Conv")
 def _conv(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if len(imp.shape_of(node.input[0])) == 3:
+        _conv1d(imp, node, attrs)
+        return
     shape = _rank4(imp, node)
     w = imp.float_const(node.input[1], f"the weights of Conv {label(node)}")
     if w.ndim != 4:
