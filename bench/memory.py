@@ -153,8 +153,11 @@ def child(engine: str, model: str, path: str, plan: str, threads: int, repeat: i
         torch.set_num_threads(threads)
         with torch.inference_mode():
             torch.nn.Conv2d(3, 4, 3)(torch.ones(1, 3, 16, 16))
-        shape = [d.dim_value for d in onnx.load(path, load_external_data=False)
-                 .graph.input[0].type.tensor_type.shape.dim]
+        graph = onnx.load(path, load_external_data=False).graph
+        constants = {t.name for t in graph.initializer}     # old files list them as inputs
+        data = next(v for v in graph.input if v.name not in constants)
+        shape = [d.dim_value for d in data.type.tensor_type.shape.dim]
+        del graph
         before = _restart_peak()
         kwargs = {"aux_logits": False, "init_weights": False} if model == "inception_v1" else {}
         net = getattr(torchvision.models, TORCHVISION[model])(weights=None, **kwargs).eval()

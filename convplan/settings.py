@@ -184,6 +184,11 @@ class BlasSettings(_Settings):
         "the OpenBLAS core type of convplan's BLAS: `auto` (SkylakeX on AVX-512 CPUs, else "
         "OpenBLAS's choice), `openblas` (its own choice, honouring `OPENBLAS_CORETYPE`) or a "
         "core type name"))
+    blas_thread_timeout: int = Field(4, ge=4, le=30, description=(
+        "how long an idle OpenBLAS worker spins before it sleeps, as OpenBLAS's "
+        "`OPENBLAS_THREAD_TIMEOUT` (2**N cycles; OpenBLAS's own default is 28, about 0.1 s): "
+        "a spinning worker takes the core the run's own element-wise work and other processes "
+        "need (bench/blas_threads.py)"))
 
 
 def _default_concurrency() -> int:

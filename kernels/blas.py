@@ -15,6 +15,12 @@ OpenBLAS's own choice (which honours ``OPENBLAS_CORETYPE``). Why: OpenBLAS 0.3.3
 Zen 5 and falls back to its AVX2 "Haswell" kernels, half the FMA width; on a Zen 5 test machine
 SkylakeX doubled the SGEMM rate (131 -> 242 GFLOP/s on one thread). ``OPENBLAS_CORETYPE`` is
 changed only while the library loads, so NumPy's own OpenBLAS is not affected.
+
+Idle OpenBLAS workers spin 2**28 cycles (about 0.1 s) before they sleep, so between two GEMMs
+the second core is busy doing nothing while this process's element-wise steps, or another
+process, need it (a 2-thread SqueezeNet run on a shared machine: 50-1235 ms against 41-501 ms
+with short spins). convplan loads its OpenBLAS with ``OPENBLAS_THREAD_TIMEOUT`` set to
+``CONVPLAN_BLAS_THREAD_TIMEOUT`` (default 4: 16 cycles), the same way.
 """
 
 from __future__ import annotations
@@ -62,16 +68,20 @@ def _library() -> ctypes.CDLL:
         coretype = "SkylakeX" if _cpu_flags() >= _AVX512_FLAGS else None
     elif choice != "openblas":
         coretype = choice
-    saved = os.environ.get("OPENBLAS_CORETYPE")
-    if coretype:
-        os.environ["OPENBLAS_CORETYPE"] = coretype
+    loading = {"OPENBLAS_CORETYPE": coretype,
+               "OPENBLAS_THREAD_TIMEOUT": os.environ.get("CONVPLAN_BLAS_THREAD_TIMEOUT", "4")}
+    saved = {name: os.environ.get(name) for name in loading}
+    for name, value in loading.items():
+        if value:
+            os.environ[name] = value
     try:
         lib = ctypes.CDLL(str(candidates[0]))
     finally:
-        if saved is None:
-            os.environ.pop("OPENBLAS_CORETYPE", None)
-        else:
-            os.environ["OPENBLAS_CORETYPE"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     i, p = ctypes.c_int, ctypes.c_void_p
     for prefix, real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
         fn = getattr(lib, f"scipy_cblas_{prefix}gemm")

@@ -71,6 +71,9 @@ def test_the_blas_default_is_what_kernels_blas_reads() -> None:
     found = re.search(r'os\.environ\.get\("CONVPLAN_BLAS_CORETYPE", "(\w+)"\)', text)
     assert found is not None, "kernels/blas.py no longer reads CONVPLAN_BLAS_CORETYPE"
     assert variables()["CONVPLAN_BLAS_CORETYPE"].default == found.group(1)
+    found = re.search(r'os\.environ\.get\("CONVPLAN_BLAS_THREAD_TIMEOUT", "(\d+)"\)', text)
+    assert found is not None, "kernels/blas.py no longer reads CONVPLAN_BLAS_THREAD_TIMEOUT"
+    assert variables()["CONVPLAN_BLAS_THREAD_TIMEOUT"].default == int(found.group(1))
 
 
 # -- reading values --------------------------------------------------------------------------
