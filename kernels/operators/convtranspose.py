@@ -193,20 +193,27 @@ class ConvTranspose(Operator):
                     for name, shape in algo.workspace_shapes(inner).items()})
         return out
 
-    def algorithm_workspace_bytes(self, algorithm: str, shapes: Sequence[Shape],
-                                  itemsize: int) -> int:
-        """What ``algorithm`` allocates beyond the output: its buffers and the common allowance
-        (one: the inner convolution of zero-insert runs within it), plus the inner algorithm's
-        table of taps when it keeps one."""
-        dtype = "float32" if itemsize == 4 else "float64"
-        buffers = self.algorithm_workspace_shapes(algorithm, shapes, dtype)
-        total = sum(math.prod(s) for s in buffers.values()) * itemsize
-        total += run_overhead_bytes(itemsize)
+    def algorithm_overhead_bytes(self, algorithm: str, shapes: Sequence[Shape],
+                                 itemsize: int) -> int:
+        """The common allowance (one: zero-insert's inner convolution runs within it), plus
+        the inner algorithm's table of taps when it keeps one."""
+        total = run_overhead_bytes(itemsize)
         if algorithm == "zero-insert":
-            inner = self.geometry(shapes[0]).inner_spec(dtype)
+            inner = self.geometry(shapes[0]).inner_spec(_dtype(itemsize))
             if _inner_algorithm(inner).tabulates_taps:
                 total += inner.kh * inner.kw * TAP_TABLE_BYTES
         return total
+
+    def algorithm_workspace_bytes(self, algorithm: str, shapes: Sequence[Shape],
+                                  itemsize: int) -> int:
+        """What ``algorithm`` allocates beyond the output: its buffers and its overhead."""
+        buffers = self.algorithm_workspace_shapes(algorithm, shapes, _dtype(itemsize))
+        return (sum(math.prod(s) for s in buffers.values()) * itemsize
+                + self.algorithm_overhead_bytes(algorithm, shapes, itemsize))
+
+    def overhead_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
+        return self.algorithm_overhead_bytes(self.algorithm_for(shapes, itemsize), shapes,
+                                             itemsize)
 
     def workspace_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
         return self.algorithm_workspace_bytes(self.algorithm_for(shapes, itemsize), shapes,
@@ -238,6 +245,10 @@ class ConvTranspose(Operator):
             else:
                 _zero_insert(x, w, bias, y, g, ws)
         return [y]
+
+
+def _dtype(itemsize: int) -> str:
+    return "float32" if itemsize == 4 else "float64"
 
 
 def _inner_algorithm(spec: ConvSpec) -> ConvAlgorithm:
