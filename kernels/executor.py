@@ -86,16 +86,18 @@ class Step:
         assert self.operator is not None
         return self.operator.workspace_shapes([shapes[t] for t in self.inputs], self.layout)
 
-    def overhead_bytes(self, itemsize: int = 4) -> int:
+    def overhead_bytes(self, shapes: Mapping[str, tuple[int, ...]], itemsize: int = 4) -> int:
         """What a run of the step into given buffers still allocates: ufunc buffers and
-        interpreter objects (`run_overhead_bytes`), and a convolution's table of taps."""
+        interpreter objects (`run_overhead_bytes`), and a convolution's table of taps (an
+        operator's own `overhead_bytes`)."""
         if self.kind == "conv":
             assert self.algorithm is not None and self.spec is not None
             taps = (self.spec.kh * self.spec.kw * TAP_TABLE_BYTES
                     if self.algorithm.tabulates_taps else 0)
             return run_overhead_bytes(self.spec.itemsize) + taps
-        if self.operator is not None:
-            return self.operator.overhead_bytes(itemsize)
+        if self.kind == "op" and not self.is_view:
+            assert self.operator is not None
+            return self.operator.overhead_bytes([shapes[t] for t in self.inputs], itemsize)
         return run_overhead_bytes(itemsize)
 
     def stored_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -173,7 +173,7 @@ def predict(program: Program) -> MemoryProfile:
         kept += made.get(i, 0)
         workspace = sum(tensor_bytes(shape, step.spec.itemsize if step.spec else 4)
                         for shape in step.workspace_shapes(shapes).values())
-        overhead = step.overhead_bytes()
+        overhead = step.overhead_bytes(shapes)
         out.append(StepMemory(step.name, step.kind, data + objects, workspace + overhead,
                               running + kept + objects + overhead))
         for t in step.release:

@@ -119,11 +119,13 @@ class Operator(ABC):
         allowance for ufunc buffers and interpreter objects."""
         temporaries = max(sum(math.prod(s) for s in self.workspace_shapes(shapes, layout)
                               .values()) for layout in self.layouts)
-        return temporaries * itemsize + self.overhead_bytes(itemsize)
+        return temporaries * itemsize + self.overhead_bytes(shapes, itemsize)
 
-    def overhead_bytes(self, itemsize: int) -> int:
-        """What a run into given outputs and workspaces still allocates: `run_overhead_bytes`
-        for items of the data's size, or of `compute_itemsize` where that is wider."""
+    def overhead_bytes(self, shapes: Sequence[Shape], itemsize: int) -> int:
+        """What a run into given buffers still allocates: the common allowance for ufunc
+        buffers and interpreter objects (`run_overhead_bytes`, in items of the data's size or
+        of `compute_itemsize` where that is wider); an operator that keeps more (a table of
+        taps) adds it here, where the memory model and the arena read it."""
         return run_overhead_bytes(max(itemsize, self.compute_itemsize))
 
     # -- running -----------------------------------------------------------------------------

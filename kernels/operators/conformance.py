@@ -191,7 +191,7 @@ class _Checker:
         if not memory:
             return
         del result
-        allowed = op.overhead_bytes(self.itemsize) + GIVEN_BUFFERS_SLACK
+        allowed = op.overhead_bytes(self.shapes, self.itemsize) + GIVEN_BUFFERS_SLACK
         measured = peak_allocation(
             lambda: op.run(xs, weights, layout, inplace, out=outs, workspace=workspace))
         if measured > allowed:

@@ -24,6 +24,9 @@ _REDUCE = {"axes": _IS + "?", "keepdims": _B}
 ATTRIBUTE_TYPES: dict[str, dict[str, str]] = {
     "conv": {"out_channels": _I, "kernel": _I_IS, "stride": _I_IS, "padding": _I_IS,
              "dilation": _I_IS, "groups": _I, "bias": _B},
+    "convtranspose": {"out_channels": _I, "kernel": _I_IS, "stride": _I_IS, "padding": _I_IS,
+                      "output_padding": _I_IS, "dilation": _I_IS, "groups": _I, "bias": _B,
+                      "algorithm": _S},
     "relu": {}, "sigmoid": {}, "hardswish": {}, "identity": {}, "batchnorm": {},
     "globalavgpool": {},
     "clip": {"min": _N + "?", "max": _N + "?"},

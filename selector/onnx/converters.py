@@ -168,6 +168,85 @@ def _conv(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
              groups=groups, bias="bias" in weights)
 
 
+def _transposed_pads(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any],
+                     kernel: tuple[int, int], strides: tuple[int, int],
+                     dilations: tuple[int, int], extra: tuple[int, int]
+                     ) -> tuple[int, int, int, int]:
+    """ConvTranspose's pads [top, left, bottom, right]: given, or split from the total padding
+    that ONNX's text derives from ``output_shape`` (or, for SAME_*, from input * stride):
+    total = stride*(in-1) + output_padding + dilation*(k-1) + 1 - out, the larger half at the
+    end for SAME_UPPER, at the start otherwise."""
+    auto = attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto not in _AUTO_PADS:
+        raise _refuse(node, f"auto_pad {quote(auto)} is not one of {', '.join(_AUTO_PADS)}")
+    wanted = attrs.get("output_shape")
+    if wanted is None and auto in ("NOTSET", "VALID"):
+        if auto == "VALID":
+            if "pads" in attrs:
+                raise _refuse(node, "pads and auto_pad=VALID are both given")
+            return 0, 0, 0, 0
+        return _pads(imp, node, attrs, kernel, strides, dilations)
+    if "pads" in attrs:
+        given = "output_shape" if wanted is not None else f"auto_pad={auto}"
+        raise _refuse(node, f"pads and {given} are both given")
+    h, w = _rank4(imp, node)[2:]
+    if wanted is None:
+        out = [h * strides[0], w * strides[1]]
+    else:
+        out = [int(v) for v in wanted]
+        if len(out) != 2:
+            raise _refuse(node, f"output_shape {short(out)} is not the two spatial sizes of a "
+                                "2-D ConvTranspose")
+    total = [s * (size - 1) + e + d * (k - 1) + 1 - o
+             for size, k, s, d, e, o in zip((h, w), kernel, strides, dilations, extra, out,
+                                            strict=True)]
+    if min(total) < 0:
+        raise _refuse(node, f"an output of {short(out)} from a {h}x{w} input needs negative "
+                            f"padding {short(total)}, which is not supported")
+    small = [t // 2 for t in total]
+    big = [t - t // 2 for t in total]
+    if auto == "SAME_UPPER":
+        return small[0], small[1], big[0], big[1]
+    return big[0], big[1], small[0], small[1]
+
+
+@_converts("ConvTranspose")
+def _convtranspose(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Weights are (C, M/group, kh, kw); output_padding must stay below the stride."""
+    shape = _rank4(imp, node)
+    w = imp.float_const(node.input[1], f"the weights of ConvTranspose {label(node)}")
+    if w.ndim != 4:
+        raise _refuse(node, "only 2-D ConvTranspose is supported (weights of shape "
+                            f"{list(w.shape)})")
+    kernel = (int(w.shape[2]), int(w.shape[3]))
+    if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != kernel:
+        raise _refuse(node, f"kernel_shape {short(attrs['kernel_shape'])} contradicts the "
+                            f"weights of shape {list(w.shape)}")
+    groups = int(attrs.get("group", 1))
+    if groups < 1 or shape[1] != w.shape[0] or shape[1] % groups:
+        raise _refuse(node, f"an input of {shape[1]} channels does not fit weights of shape "
+                            f"{list(w.shape)} in {groups} group(s)")
+    strides = _pair_attr(attrs, "strides", node)
+    dilations = _pair_attr(attrs, "dilations", node)
+    extra = [int(v) for v in attrs.get("output_padding", [0, 0])]
+    if len(extra) != 2:
+        raise _refuse(node, f"only 2-D ConvTranspose is supported (output_padding="
+                            f"{short(extra)})")
+    if min(extra) < 0 or any(e >= s for e, s in zip(extra, strides, strict=True)):
+        raise _refuse(node, f"output_padding {short(extra)} must be >= 0 and smaller than "
+                            f"the strides {short(list(strides))}")
+    weights = {"weight": w}
+    if len(node.input) > 2 and node.input[2]:
+        weights["bias"] = imp.float_const(node.input[2],
+                                          f"the bias of ConvTranspose {label(node)}")
+    imp.emit("convtranspose", [node.input[0]], [node.output[0]], weights,
+             out_channels=int(w.shape[1]) * groups, kernel=kernel, stride=strides,
+             dilation=dilations, output_padding=(extra[0], extra[1]),
+             padding=_transposed_pads(imp, node, attrs, kernel, strides, dilations,
+                                      (extra[0], extra[1])),
+             groups=groups, bias="bias" in weights)
+
+
 @_converts("Relu", "Sigmoid", "HardSwish", "Erf", "Sqrt")
 def _unary(imp: Importer, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     imp.emit(node.op_type.lower(), [node.input[0]], [node.output[0]])

@@ -124,6 +124,16 @@ def _conv(layer: _Layer) -> None:
     layer.node("Conv", inputs, **_window(a), group=a["groups"])
 
 
+@_exports("convtranspose")
+def _convtranspose(layer: _Layer) -> None:
+    a = layer.attrs
+    inputs = [layer.inputs[0], layer.weight("weight")]
+    if a["bias"]:
+        inputs.append(layer.weight("bias"))
+    layer.node("ConvTranspose", inputs, **_window(a), group=a["groups"],
+               output_padding=list(a["output_padding"]))
+
+
 @_exports("maxpool")
 def _maxpool(layer: _Layer) -> None:
     a = layer.attrs

@@ -106,6 +106,7 @@ VALID = {
     "prelu": {"op": "prelu", "slope_shape": [3, 1, 1]},
     "pow": {"op": "pow", "exponent": 2.0}, "pad": {"op": "pad", "pads": [0, 0, 1, 1] * 2},
     "resize": {"op": "resize", "scales": [2.0, 2.0]},
+    "convtranspose": {"op": "convtranspose", "out_channels": 4, "kernel": 3, "stride": 2},
 }
 
 

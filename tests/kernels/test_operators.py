@@ -141,6 +141,23 @@ def conv_cases(draw) -> Case:
 
 
 @st.composite
+def convtranspose_cases(draw) -> Case:
+    groups = draw(st.integers(1, 2))
+    n, c, h, w = draw(images(max_side=6, max_channels=3))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.sampled_from([1, 1, 2])), draw(st.sampled_from([1, 1, 2])))
+    attrs = {"out_channels": groups * draw(st.integers(1, 3)),
+             "kernel": (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+             "stride": stride, "padding": tuple(draw(st.integers(0, 3)) for _ in range(4)),
+             "output_padding": tuple(draw(st.integers(0, s - 1)) for s in stride),
+             "dilation": dilation, "groups": groups, "bias": draw(st.booleans()),
+             "algorithm": draw(st.sampled_from(["col2im", "zero-insert"]))}
+    shape = (n, c * groups, h, w)
+    assume(_valid("convtranspose", attrs, [shape]))
+    return Case(attrs, [shape], draw(dtypes))
+
+
+@st.composite
 def lrn_cases(draw) -> Case:
     attrs = {"size": draw(st.integers(1, 5)), "alpha": draw(st.floats(2.0**-13, 1.0, width=32)),
              "beta": draw(st.floats(0.5, 1.0, width=32)),
@@ -359,6 +376,7 @@ def _valid(op: str, attrs: dict[str, Any], shapes: list[Shape]) -> bool:
 
 CASES: dict[str, Callable[[], st.SearchStrategy]] = {
     "conv": conv_cases,
+    "convtranspose": convtranspose_cases,
     "relu": unary(),
     "clip": unary(clip_attrs()),
     "sigmoid": unary(),
@@ -492,7 +510,11 @@ def reference_evaluator_is_wrong(op: str, attrs: dict[str, Any], shapes: list[Sh
     Resize by scales to a fractional scale * size: ONNX's text (and onnxruntime) use the
     output's length, floor(scale * size), in align_corners and in pytorch_half_pixel's test
     for a single row; it uses scale * size.
+    ConvTranspose with groups: it writes one output channel per group (a broadcast error, or
+    a reshape error when the group has several).
     """
+    if op == "convtranspose":
+        return attrs["groups"] > 1
     if op in ("maxpool", "avgpool"):
         common = op == "avgpool" or (attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1))
         return common and (attrs["ceil_mode"] or len(set(attrs["padding"])) > 1)
@@ -527,7 +549,8 @@ def resize_reference_is_wrong(attrs: dict[str, Any], shape: Shape) -> bool:
 def onnxruntime_runs(op: str, attrs: dict[str, Any], dtype: str) -> bool:
     """onnxruntime refuses pooling pads as large as the kernel, and float64 AveragePool, Erf,
     Gelu, LayerNormalization and Resize."""
-    if op in ("avgpool", "erf", "gelu", "layernorm", "resize") and dtype != "float32":
+    if (op in ("avgpool", "erf", "gelu", "layernorm", "resize", "convtranspose")
+            and dtype != "float32"):
         return False
     if op in ("maxpool", "avgpool"):
         top, left, bottom, right = attrs["padding"]
@@ -563,7 +586,39 @@ def references(name: str, op: Operator, case: Case) -> dict[str, Reference]:
         out["float64 NumPy"] = lambda xs, w: [norm_reference(op, xs[0], w)]
     if name == "pad":
         out["np.pad"] = lambda xs, _: [pad_reference(xs[0], **op.attrs)]
+    if name == "convtranspose":
+        out["brute-force transposed convolution"] = lambda xs, w: [
+            convtranspose_reference(xs[0], w["weight"], w.get("bias"), op.attrs)]
     return out
+
+
+def convtranspose_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                            attrs: dict[str, Any]) -> np.ndarray:
+    """ConvTranspose by its definition, in float64: input (i, j) through tap (p, q) adds
+    x * w to output (i*stride + p*dilation - pad_top, j*stride + q*dilation - pad_left),
+    input channel ci of group ci // (C/g) feeding that group's output channels; the sum is
+    then cropped to the output (output_padding extends it at the bottom and right)."""
+    n, c, h, width = x.shape
+    _, mg, kh, kw = w.shape
+    groups = attrs["groups"]
+    cg = c // groups
+    (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
+    top, left, bottom, right = attrs["padding"]
+    oph, opw = attrs["output_padding"]
+    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + oph
+    full_w = (width - 1) * sw + dw * (kw - 1) + 1 + opw
+    full = np.zeros((n, groups * mg, full_h, full_w))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for g in range(groups):
+        xg, wg = x64[:, g * cg:(g + 1) * cg], w64[g * cg:(g + 1) * cg]
+        for i in range(h):
+            for j in range(width):
+                for p in range(kh):
+                    for q in range(kw):
+                        full[:, g * mg:(g + 1) * mg, i * sh + p * dh, j * sw + q * dw] += (
+                            xg[:, :, i, j] @ wg[:, :, p, q])
+    y = full[:, :, top:full_h - bottom, left:full_w - right]
+    return y if b is None else y + b.astype(np.float64)[None, :, None, None]
 
 
 def pad_reference(x: np.ndarray, pads: tuple[int, ...], mode: str, value: float) -> np.ndarray:
@@ -729,7 +784,7 @@ def test_float64_statistics_stay_within_their_allowance_on_large_inputs(
     """NumPy's casting buffers (float32 data met by float64 statistics) fill only on inputs
     larger than the drawn cases; the operator's allowance counts them in float64 items."""
     op = operators.make(name, **attrs)
-    assert op.overhead_bytes(4) > run_overhead_bytes(8)
+    assert op.overhead_bytes([shape], 4) > run_overhead_bytes(8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)    # the float64 retyping check's NaNs
         check_operator(op, [shape])
