@@ -19,6 +19,7 @@ measurement, itself given no more than the time left.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from convplan.kernels import blas
 
 from .fingerprint import fingerprint_id, machine_fingerprint
 from .measurement import Measurement
-from .requests import CostRequest
+from .requests import CostRequest, measure_together
 from .store import CostKey, CostStore
 
 #: Measurements per committed transaction: small enough that an interruption loses little.
@@ -88,13 +89,15 @@ class MeasuringJob:
     fingerprint: Mapping[str, Any]
     deadline: float | None = None
 
-    def budget_now(self) -> float | None:
-        """The timing budget of a measurement started now: ``budget_s``, cut to the time left
-        before the deadline (never below `MIN_BUDGET_S`); None once the deadline is spent."""
+    def budget_now(self, requests: int = 1) -> float | None:
+        """The timing budget of ``requests`` measurements started now (timed together):
+        ``budget_s`` each, cut to the time left before the deadline (never below
+        `MIN_BUDGET_S`); None once the deadline is spent."""
+        budget = self.budget_s * max(1, requests)
         if self.deadline is None:
-            return self.budget_s
+            return budget
         left = self.deadline - time.monotonic()
-        return None if left <= 0 else max(MIN_BUDGET_S, min(self.budget_s, left))
+        return None if left <= 0 else max(MIN_BUDGET_S, min(budget, left))
 
 
 class MeasuringBackend(Protocol):
@@ -109,19 +112,32 @@ class MeasuringBackend(Protocol):
         ...
 
 
+def layers(requests: Sequence[CostRequest]) -> list[list[CostRequest]]:
+    """``requests`` grouped by what they are a cost of, ``(kind, key)`` (the candidates of one
+    layer), in the order each group first appears."""
+    groups: dict[tuple[str, str], list[CostRequest]] = {}
+    for request in requests:
+        groups.setdefault((request.kind, request.key), []).append(request)
+    return list(groups.values())
+
+
 class InProcess:
-    """The default backend: measure here, one request after another, each yielded alone."""
+    """The default backend: measure here, one layer's candidates at a time, timed interleaved
+    (`measure_together`) within their budgets together, each yielded alone."""
 
     def measure(self, requests: Sequence[CostRequest], job: MeasuringJob
                 ) -> Generator[MeasuredBatch, None, None]:
         if not requests:
             return
         with blas.threads(job.threads):
-            for request in requests:
-                budget = job.budget_now()
+            for group in layers(requests):
+                budget = job.budget_now(len(group))
                 if budget is None:      # spent: the profiler estimates the rest
                     return
-                yield [(request_key(request), request.measure(budget))]
+                measured = measure_together(group, budget,
+                                            functools.partial(job.budget_now, len(group)))
+                for request, measurement in zip(group, measured, strict=True):
+                    yield [(request_key(request), measurement)]
 
 
 class Profiler:

@@ -43,7 +43,9 @@ CostKey = tuple[str, str, str]
 #: One row to store: the cost key and its measurement.
 CostRow = tuple[str, str, str, Measurement]
 
-SCHEMA_VERSION = 2          # 2: the ``origin`` column ('local' or 'imported:...')
+#: 2: the ``origin`` column ('local' or 'imported:...'); 3: the machine's load while measuring
+#: (``load`` and ``cpu_share``, NULL for costs measured before it was recorded).
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
 MAX_IMPORT_BYTES = 32 * 2 ** 20     # an export of ~100 000 costs
 
@@ -66,20 +68,27 @@ _SCHEMA = (
         spread REAL NOT NULL,
         measured_at REAL NOT NULL,
         origin TEXT NOT NULL DEFAULT 'local',
+        load REAL,
+        cpu_share REAL,
         PRIMARY KEY (fingerprint_id, kind, key, candidate)) WITHOUT ROWID""",
 )
 _COLUMNS = ("fingerprint_id", "kind", "key", "candidate", "time_s", "workspace_bytes",
             "repeats", "spread", "measured_at")
-_ROW = (*_COLUMNS, "origin")   # a whole row: the fields of a `StoredCost`, in order
-_TABLES = {"fingerprints": {"id", "json"}, "costs": set(_COLUMNS) | {"origin"}}
+_LOAD = ("load", "cpu_share")   # the machine's load while measuring (schema 3)
+_ROW = (*_COLUMNS, "origin", *_LOAD)   # a whole row: the fields of a `StoredCost`, in order
+_TABLES = {"fingerprints": {"id", "json"}, "costs": set(_ROW)}
+#: The columns each older schema lacks (an old store is read with NULL or 'local' for them).
+_ADDED = {2: ("origin",), 3: _LOAD}
+#: How a store of each schema reads a column it may lack.
+_DEFAULTS = {"origin": f"'{LOCAL}'", "load": "NULL", "cpu_share": "NULL"}
 # An import never overwrites a local measurement; of two imported ones the newer wins.
 _IMPORT_UPSERT = (
-    f"INSERT INTO costs ({', '.join(_COLUMNS)}, origin) "
-    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))}) "
+    f"INSERT INTO costs ({', '.join(_ROW)}) "
+    f"VALUES ({', '.join('?' * len(_ROW))}) "
     "ON CONFLICT (fingerprint_id, kind, key, candidate) DO UPDATE SET "
     "time_s = excluded.time_s, workspace_bytes = excluded.workspace_bytes, "
     "repeats = excluded.repeats, spread = excluded.spread, measured_at = excluded.measured_at, "
-    "origin = excluded.origin "
+    "origin = excluded.origin, load = excluded.load, cpu_share = excluded.cpu_share "
     f"WHERE costs.origin != '{LOCAL}' AND excluded.measured_at >= costs.measured_at"
 )
 
@@ -181,7 +190,9 @@ class CostStore:
                 raise StoreError(self.path, f"cannot create {self.path.parent}: "
                                             f"{error.strerror}") from None
         self._db = self._connect(immutable=False)
-        self._origin_sql = "origin"
+        #: How this store reads each column (a read-only older store: a default for the
+        #: columns it lacks).
+        self._sql = {column: column for column in _ROW}
         try:
             try:
                 self._setup_retrying(busy_timeout_s)
@@ -277,19 +288,20 @@ class CostStore:
                                         f"(schema version {version}; this one reads up to "
                                         f"{SCHEMA_VERSION}): upgrade convplan, or give another "
                                         "--db / $CONVPLAN_DB")
-        if tables != set(_TABLES) or others or version not in (0, 1, SCHEMA_VERSION):
+        if tables != set(_TABLES) or others or version not in (0, *range(1, SCHEMA_VERSION + 1)):
             found = ", ".join(sorted(tables) + others) or "none"
             raise self._unusable(f"another program's SQLite database (tables: {found}; "
                                  f"user_version {version}); convplan leaves it untouched")
         for table, wanted in _TABLES.items():
             columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            optional = {"origin"} if table == "costs" and version < SCHEMA_VERSION else set()
+            optional = {c for v, added in _ADDED.items() if v > max(version, 1) for c in added} \
+                if table == "costs" else set()
             if not wanted - optional <= columns <= wanted:
                 raise self._unusable(f"table {table} has columns {', '.join(sorted(columns))}, "
                                      "not convplan's")
-        if "origin" not in {r[1] for r in self._db.execute("PRAGMA table_info(costs)")}:
-            return 1, False
-        return max(version, 1), False
+        # The columns decide (a store whose migration was interrupted has some of them).
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(costs)")}
+        return max([1, *(v for v, added in _ADDED.items() if set(added) <= columns)]), False
 
     def _setup(self) -> None:
         self._schema()      # a foreign database is refused before anything touches it
@@ -303,7 +315,9 @@ class CostStore:
             if empty:
                 raise StoreError(self.path, f"cost store {self.path} is empty and read-only: "
                                             "there is nothing to read and nothing can be stored")
-            self._origin_sql = "origin" if version >= 2 else f"'{LOCAL}'"
+            for v, added in _ADDED.items():
+                if version < v:
+                    self._sql.update({c: _DEFAULTS[c] for c in added})
             return
         mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":  # only the first opener switches (an exclusive lock)
@@ -316,9 +330,13 @@ class CostStore:
             if empty:
                 for statement in _SCHEMA:
                     self._db.execute(statement)
-            elif version < SCHEMA_VERSION:      # measured before origins were recorded: local
-                self._db.execute("ALTER TABLE costs ADD COLUMN origin TEXT NOT NULL "
-                                 f"DEFAULT '{LOCAL}'")
+            else:
+                if version < 2:     # measured before origins were recorded: local
+                    self._db.execute("ALTER TABLE costs ADD COLUMN origin TEXT NOT NULL "
+                                     f"DEFAULT '{LOCAL}'")
+                if version < 3:     # measured before the load was recorded: unknown (NULL)
+                    for column in _LOAD:
+                        self._db.execute(f"ALTER TABLE costs ADD COLUMN {column} REAL")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -376,9 +394,13 @@ class CostStore:
 
     # -- reading -----------------------------------------------------------------------------
     def _select(self) -> str:
-        return ("SELECT time_s, workspace_bytes, repeats, spread, measured_at, "
-                f"{self._origin_sql} FROM costs WHERE fingerprint_id = ? AND kind = ? "
-                "AND key = ? AND candidate = ?")
+        return (f"SELECT {self._columns(_ROW[4:])} FROM costs WHERE fingerprint_id = ? "
+                "AND kind = ? AND key = ? AND candidate = ?")
+
+    def _columns(self, columns: Iterable[str], table: str = "") -> str:
+        """The SQL that reads ``columns`` of this store (of ``table``, if given)."""
+        return ", ".join(f"{table}.{c}" if table and self._sql[c] == c else self._sql[c]
+                         for c in columns)
 
     def _read(self, fp_id: str, key: CostKey, row: tuple[Any, ...] | None,
               bad: list[str]) -> Measurement | None:
@@ -441,7 +463,7 @@ class CostStore:
         """Every machine fingerprint in the store with its number of costs (and how many of
         them were imported). A fingerprint whose stored JSON is not an object is listed as
         ``{}`` with a `StoreWarning`."""
-        origin = "c.origin" if self._origin_sql == "origin" else self._origin_sql
+        origin = self._columns(["origin"], "c")
         with self._errors("listing fingerprints"):
             rows = self._db.execute(
                 f"SELECT f.id, f.json, COUNT(c.kind), "
@@ -476,15 +498,15 @@ class CostStore:
                     raise ValueError(f"only measured costs are stored (measured here), not "
                                      f"{m.source} ones ({kind} {key} {candidate})")
                 values = (fp_id, kind, key, candidate, m.time_s, m.workspace_bytes, m.repeats,
-                          m.spread, now, LOCAL)
+                          m.spread, now, LOCAL, m.load, m.cpu_share)
                 try:
                     cost = StoredCost.from_row(dict(zip(_ROW, values, strict=True)))
                 except ValueError as problem:
                     raise ValueError(f"not storing {kind} {key} {candidate}: {problem}") \
                         from None
                 db.execute(
-                    f"INSERT OR REPLACE INTO costs ({', '.join(_COLUMNS)}, origin) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(cost, _ROW))
+                    f"INSERT OR REPLACE INTO costs ({', '.join(_ROW)}) "
+                    f"VALUES ({', '.join('?' * len(_ROW))})", _values(cost, _ROW))
                 written += 1
         return written
 
@@ -508,7 +530,7 @@ class CostStore:
         `StoreWarning`. Returns the number of rows written."""
         where, args = ("WHERE fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
         with self._errors("exporting"), self._transaction(write=False) as db:
-            rows = db.execute(f"SELECT {', '.join(_COLUMNS)}, {self._origin_sql} FROM costs "
+            rows = db.execute(f"SELECT {self._columns(_ROW)} FROM costs "
                               f"{where} ORDER BY fingerprint_id, kind, key, candidate",
                               args).fetchall()
             texts = db.execute("SELECT id, json FROM fingerprints").fetchall()
@@ -562,6 +584,7 @@ class CostStore:
                  f"{hashlib.sha256(data).hexdigest()[:12]}"
         document = CostExport.from_json(text, str(path))
         rows = [_values(cost) for cost in document.rows]
+        loads = [_values(cost, _LOAD) for cost in document.rows]
         with self._errors(f"importing {path}"), self._transaction() as db:
             for fp_id, fp in document.fingerprints.items():
                 db.execute("INSERT OR IGNORE INTO fingerprints (id, json) VALUES (?, ?)",
@@ -572,7 +595,8 @@ class CostStore:
                                    "kind = ? AND key = ? AND candidate = ?", row[:4]).fetchone()
                 local += found is not None and found[0] == LOCAL
             before = db.total_changes
-            db.executemany(_IMPORT_UPSERT, [(*row, origin) for row in rows])
+            db.executemany(_IMPORT_UPSERT, [(*row, origin, *load)
+                                            for row, load in zip(rows, loads, strict=True)])
             written = db.total_changes - before
         self.last_import = ImportStats(len(rows), written, local, len(rows) - written - local,
                                        origin)
