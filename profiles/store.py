@@ -137,6 +137,21 @@ class ImportStats:
     origin: str
 
 
+@dataclass(frozen=True)
+class PruneStats:
+    """What `CostStore.prune` deleted, by reason (each row counted once, under the first
+    reason that applies in this order)."""
+
+    invalid: int
+    stale: int
+    under_load: int
+    noisy: int
+
+    @property
+    def deleted(self) -> int:
+        return self.invalid + self.stale + self.under_load + self.noisy
+
+
 class CostStore:
     """Measured costs keyed by (fingerprint id, kind, key, candidate). One connection per
     instance; open one store per process or thread (SQLite connections are not shared).
@@ -521,6 +536,40 @@ class CostStore:
             db.execute("DELETE FROM fingerprints WHERE id NOT IN "
                        "(SELECT DISTINCT fingerprint_id FROM costs)")
         return int(deleted)
+
+    def prune(self, *, older_than_s: float | None = None, fp_id: str | None = None,
+              flagged: bool = True) -> PruneStats:
+        """Delete the costs not worth planning with (of one fingerprint, or all), in one
+        transaction: measured under load or noisy (`Measurement.flagged`, unless ``flagged``
+        is False), measured more than ``older_than_s`` seconds ago (None: age is no reason),
+        and invalid rows (already ignored on reading). `convplan profile` measures them again.
+        Fingerprints left without costs go too."""
+        self._writable("pruning costs")
+        if older_than_s is not None and not older_than_s >= 0:
+            raise ValueError(f"the age must be >= 0 seconds, got {older_than_s}")
+        oldest = None if older_than_s is None else time.time() - older_than_s
+        where, args = ("WHERE fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
+        counts = {"invalid": 0, "stale": 0, "under_load": 0, "noisy": 0}
+        doomed = []
+        with self._errors("pruning costs"), self._transaction() as db:
+            for r in db.execute(f"SELECT {self._columns(_ROW)} FROM costs {where}", args):
+                try:
+                    cost = StoredCost.from_row(dict(zip(_ROW, r, strict=True)))
+                except ValueError:
+                    reason: str | None = "invalid"
+                else:
+                    m = cost.measurement()
+                    reason = ("stale" if oldest is not None and cost.measured_at < oldest
+                              else "under_load" if flagged and m.under_load
+                              else "noisy" if flagged and m.noisy else None)
+                if reason is not None:
+                    counts[reason] += 1
+                    doomed.append(r[:4])
+            db.executemany("DELETE FROM costs WHERE fingerprint_id = ? AND kind = ? AND "
+                           "key = ? AND candidate = ?", doomed)
+            db.execute("DELETE FROM fingerprints WHERE id NOT IN "
+                       "(SELECT DISTINCT fingerprint_id FROM costs)")
+        return PruneStats(**counts)
 
     # -- moving between machines -------------------------------------------------------------
     def export(self, path: str | os.PathLike[str], fp_id: str | None = None) -> int:
