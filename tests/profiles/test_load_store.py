@@ -228,3 +228,19 @@ def test_the_lock_file_is_beside_the_store(tmp_path: Path) -> None:
     assert lock_path(tmp_path / "x" / "costs.sqlite") == \
         tmp_path / "x" / "costs.sqlite.measuring.lock"
     assert machine_fingerprint(1)["threads"] == 1
+
+
+def test_cluster_chunks_keep_each_layers_candidates_together() -> None:
+    from convplan.profiles.profiler import layers
+    from convplan.profiles.remote import layer_chunks
+
+    small = ConvSpec(n=1, c=4, h=8, w=8, m=4, kh=1, kw=1)
+    requests = [ConvRequest(spec, a.name) for spec in (TINY, small, TINY.__class__(
+        n=1, c=4, h=6, w=6, m=4, kh=3, kw=3)) for a in registry.applicable(spec)]
+    for size in (1, 3, 8, 100):
+        chunks = layer_chunks(requests, size)
+        assert [r for c in chunks for r in c] == requests      # all, in order, once
+        for group in layers(requests):
+            assert sum(any(r in c for r in group) for c in chunks) == 1     # one chunk each
+        assert all(len(c) <= size or len(layers(c)) == 1 for c in chunks)
+    assert len(layer_chunks(requests, 100)) == 1
