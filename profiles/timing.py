@@ -4,7 +4,10 @@ the time the timing thread actually ran.
 Why interleaved: the candidates of one layer are compared with each other, so a burst of load
 (another process, a frequency drop) must hit all of them alike. Timing them one after another
 lets a burst land on one candidate and make it look slow (or make the others look fast); timing
-them round-robin, one call of each per round, spreads the burst over all of them.
+them round-robin, one call of each per round, spreads the burst over all of them. The price:
+each call finds the caches holding the other candidates' data, not its own, as a layer of a
+network finds them holding the previous layer's, so small layers time somewhat slower than in
+back-to-back calls.
 
 Why a low percentile rather than the median: interference on a CPU only ever adds time (a
 preempted or cache-polluted run is slower, never faster), so the low end of the samples is the
