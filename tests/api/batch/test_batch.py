@@ -38,12 +38,7 @@ from convplan.api.cli.profiles import register as register_profiles
 from convplan.kernels import blas
 from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
 from convplan.profiles.profiler import InProcess, MeasuringJob, Profiler, request_key
-from convplan.profiles.remote import (
-    DaskBackend,
-    fingerprint_differences,
-    layer_chunks,
-    measure_chunk,
-)
+from convplan.profiles.remote import DaskBackend, fingerprint_differences, measure_chunk
 from convplan.profiles.store import CostStore
 from convplan.selector.network import zoo
 from convplan.selector.planning import PlanRequest, requests_for
@@ -431,9 +426,7 @@ def test_chunks_are_committed_as_they_come_and_an_interruption_keeps_them(
         with pytest.raises(KeyboardInterrupt):
             profile_on_cluster(client, requests, store, 1, 0.002, progress, chunk_size=3)
         assert [done for done, _ in seen] == [count for _, count in seen]
-        # one chunk at a time: whole layers packed up to 3 requests, a bigger layer alone
-        sizes = {len(chunk) for chunk in layer_chunks(requests, 3)}
-        assert seen[0][0] in sizes and seen[1][0] - seen[0][0] in sizes, (seen, sizes)
+        assert 0 < seen[0][0] <= 3 and 0 < seen[1][0] - seen[0][0] <= 3
         assert store.count() == seen[1][0] < len(requests)
         # nothing is left running on the cluster
         deadline = time.monotonic() + 10
