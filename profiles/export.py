@@ -19,11 +19,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -39,7 +37,6 @@ MAX_TIME_S = 1e4                    # one run of one layer: under three hours
 MAX_WORKSPACE_BYTES = 2 ** 48       # 256 TiB
 MAX_REPEATS = 10 ** 9
 MAX_SPREAD = 1e6
-MAX_LOAD = 1e6                      # load per core, and the CPU share (at most 1)
 EARLIEST_MEASURED_AT = 946684800.0  # 2000-01-01: nothing was measured before
 CLOCK_SKEW_S = 86400.0              # an import's timestamps may be this far in the future
 MAX_NAME_CHARS = 4096               # kind, key, candidate
@@ -65,8 +62,6 @@ _MUST_BE = {
     "spread": f"a number between 0 and {MAX_SPREAD:g}",
     "measured_at": "a number (seconds since the epoch)",
     "origin": f"'{LOCAL}' or '{IMPORTED}...'",
-    "load": f"null or a number between 0 and {MAX_LOAD:g}",
-    "cpu_share": "null or a number between 0 and 1",
 }
 
 
@@ -97,19 +92,6 @@ class StoredCost(BaseModel):
     measured_at: Annotated[float, Field(allow_inf_nan=False)]
     #: Where the source store had it from; an import marks every row with its own origin.
     origin: Annotated[str, Field(pattern=f"^({LOCAL}$|{IMPORTED})")] = LOCAL
-    #: The machine's load while it was measured (see `Measurement`); None: not recorded.
-    load: Annotated[float, Field(ge=0, le=MAX_LOAD, allow_inf_nan=False)] | None = None
-    cpu_share: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_unrecorded_load(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Unrecorded load fields are left out, so a cost measured before they existed exports
-        exactly as it did then (and an older convplan reads every export)."""
-        data = handler(self)
-        for name in ("load", "cpu_share"):
-            if data.get(name, 0) is None:
-                del data[name]
-        return data
 
     @field_validator("measured_at")
     @classmethod
@@ -138,8 +120,7 @@ class StoredCost(BaseModel):
         "imported" with its origin."""
         local = self.origin == LOCAL
         return Measurement(self.time_s, self.workspace_bytes, "measured" if local else "imported",
-                           self.repeats, self.spread, "" if local else self.origin,
-                           self.load, self.cpu_share)
+                           self.repeats, self.spread, "" if local else self.origin)
 
 
 class CostExport(BaseModel):

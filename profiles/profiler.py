@@ -19,7 +19,6 @@ measurement, itself given no more than the time left.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,9 @@ from typing import Any, Protocol
 from convplan.kernels import blas
 
 from .fingerprint import fingerprint_id, machine_fingerprint
-from .lock import lock_path, measuring_lock
 from .measurement import Measurement
-from .requests import CostRequest, measure_together
-from .store import CostKey, CostStore, StoreError
+from .requests import CostRequest
+from .store import CostKey, CostStore
 
 #: Measurements per committed transaction: small enough that an interruption loses little.
 BATCH_SIZE = 8
@@ -73,12 +71,6 @@ class ProfileStats:
     #: Estimated because the budget or the deadline was spent, or the backend could not
     #: measure them (a cluster's failed chunk).
     unmeasured: int = 0
-    #: Of the measured: taken under load (`Measurement.under_load`), and noisy even after
-    #: their re-timing (`Measurement.noisy`).
-    loaded: int = 0
-    noisy: int = 0
-    #: Stored costs measured again because ``remeasure`` asked for it.
-    remeasured: int = 0
 
 
 def request_key(request: CostRequest) -> CostKey:
@@ -96,15 +88,13 @@ class MeasuringJob:
     fingerprint: Mapping[str, Any]
     deadline: float | None = None
 
-    def budget_now(self, requests: int = 1) -> float | None:
-        """The timing budget of ``requests`` measurements started now (timed together):
-        ``budget_s`` each, cut to the time left before the deadline (never below
-        `MIN_BUDGET_S`); None once the deadline is spent."""
-        budget = self.budget_s * max(1, requests)
+    def budget_now(self) -> float | None:
+        """The timing budget of a measurement started now: ``budget_s``, cut to the time left
+        before the deadline (never below `MIN_BUDGET_S`); None once the deadline is spent."""
         if self.deadline is None:
-            return budget
+            return self.budget_s
         left = self.deadline - time.monotonic()
-        return None if left <= 0 else max(MIN_BUDGET_S, min(budget, left))
+        return None if left <= 0 else max(MIN_BUDGET_S, min(self.budget_s, left))
 
 
 class MeasuringBackend(Protocol):
@@ -119,32 +109,19 @@ class MeasuringBackend(Protocol):
         ...
 
 
-def layers(requests: Sequence[CostRequest]) -> list[list[CostRequest]]:
-    """``requests`` grouped by what they are a cost of, ``(kind, key)`` (the candidates of one
-    layer), in the order each group first appears."""
-    groups: dict[tuple[str, str], list[CostRequest]] = {}
-    for request in requests:
-        groups.setdefault((request.kind, request.key), []).append(request)
-    return list(groups.values())
-
-
 class InProcess:
-    """The default backend: measure here, one layer's candidates at a time, timed interleaved
-    (`measure_together`) within their budgets together, each yielded alone."""
+    """The default backend: measure here, one request after another, each yielded alone."""
 
     def measure(self, requests: Sequence[CostRequest], job: MeasuringJob
                 ) -> Generator[MeasuredBatch, None, None]:
         if not requests:
             return
         with blas.threads(job.threads):
-            for group in layers(requests):
-                budget = job.budget_now(len(group))
+            for request in requests:
+                budget = job.budget_now()
                 if budget is None:      # spent: the profiler estimates the rest
                     return
-                measured = measure_together(group, budget,
-                                            functools.partial(job.budget_now, len(group)))
-                for request, measurement in zip(group, measured, strict=True):
-                    yield [(request_key(request), measurement)]
+                yield [(request_key(request), request.measure(budget))]
 
 
 class Profiler:
@@ -222,27 +199,8 @@ class Profiler:
             self._save(pending)
         return done
 
-    @contextlib.contextmanager
-    def _measuring(self, job: MeasuringJob, needed: bool) -> Iterator[bool]:
-        """The store's measuring lock (`lock.measuring_lock`) while ``needed``: whether it is
-        held (False: the job's deadline came first). Without a store there is nothing to
-        share, so nothing to lock."""
-        if not needed or self.store is None:
-            yield True
-            return
-        try:
-            lock = measuring_lock(self.store.path, job.deadline)
-            with lock as held:
-                yield held
-        except OSError as error:
-            raise StoreError(self.store.path, f"cannot take the measuring lock "
-                                              f"{lock_path(self.store.path)}: "
-                                              f"{error.strerror}") from None
-
     def costs(self, requests: Iterable[CostRequest], *, measure_missing: bool = True,
-              progress: Progress | None = None,
-              remeasure: Callable[[Measurement], bool] | None = None
-              ) -> dict[CostKey, Measurement]:
+              progress: Progress | None = None) -> dict[CostKey, Measurement]:
         """The cost of every request, by (kind, key, candidate).
 
         Known costs come from the store; missing ones are measured by the backend
@@ -252,43 +210,19 @@ class Profiler:
         the process's `measuring_deadline` is spent, what is left is estimated too, as is what
         the backend could not measure (both counted in ``unmeasured``). An exception
         (KeyboardInterrupt included) still commits every measurement finished before it.
-
-        A stored cost for which ``remeasure(measurement)`` is true (`Measurement.flagged`, say)
-        counts as missing: measured again, it replaces the stored one (or, not measured, the
-        stored one is kept). Measuring holds the store's measuring lock, so no two processes
-        measure on this machine at once; what another process measured while this one waited
-        for the lock is read, not measured again. Waiting ends at the deadline: then nothing
-        is measured.
         """
         started, job = time.perf_counter(), self._job()
         unique: dict[CostKey, CostRequest] = {}
         for request in requests:
             unique.setdefault(request_key(request), request)
-
-        def kept(found: dict[CostKey, Measurement]) -> dict[CostKey, Measurement]:
-            return {k: m for k, m in found.items() if remeasure is None or not remeasure(m)}
-
-        stored = self._known(list(unique))
-        result = kept(stored)
-        redo = {k: m for k, m in stored.items() if k not in result}
+        result = self._known(list(unique))
+        cached = len(result)
         missing = {k: r for k, r in unique.items() if k not in result}
-        measured = 0
-        if measure_missing:
-            with self._measuring(job, bool(missing)) as held:
-                if held:
-                    if missing and self.store is not None:   # measured while we waited
-                        result.update(kept(self._known(list(missing))))
-                        missing = {k: r for k, r in missing.items() if k not in result}
-                    measured = self._measure(missing, job, result, progress)
-        done = {k: result[k] for k in missing if k in result}     # measured now
-        for key, old in redo.items():       # not measured again: the stored one stands
-            result.setdefault(key, old)
+        measured = self._measure(missing, job, result, progress) if measure_missing else 0
         left = [r for k, r in missing.items() if k not in result]
         for request in left:
             result[request_key(request)] = request.estimate(self.threads)
-        self.last_stats = ProfileStats(
-            len(unique), len(unique) - len(done) - len(left), measured, len(left),
-            time.perf_counter() - started, len(left) if measure_missing else 0,
-            sum(m.under_load for m in done.values()), sum(m.noisy for m in done.values()),
-            sum(k in redo for k in done))
+        unmeasured = len(left) if measure_missing else 0
+        self.last_stats = ProfileStats(len(unique), cached, measured, len(left),
+                                       time.perf_counter() - started, unmeasured)
         return result

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .fingerprint import fingerprint_id, machine_fingerprint
 from .measurement import Measurement
-from .profiler import InProcess, MeasuredBatch, MeasuringJob, layers
+from .profiler import InProcess, MeasuredBatch, MeasuringJob
 from .requests import CostRequest
 from .store import CostKey
 
@@ -123,25 +123,11 @@ def check_workers(client: Client, here: Mapping[str, Any], threads: int) -> list
     return reports
 
 
-def layer_chunks(requests: Sequence[CostRequest], size: int) -> list[list[CostRequest]]:
-    """``requests`` in chunks of about ``size``, each layer's candidates in one chunk (so they
-    are timed interleaved, where they run): whole layers are packed up to ``size`` requests,
-    and a layer of more candidates is a chunk of its own."""
-    chunks: list[list[CostRequest]] = []
-    for group in layers(requests):
-        if chunks and len(chunks[-1]) + len(group) <= size:
-            chunks[-1].extend(group)
-        else:
-            chunks.append(list(group))
-    return chunks
-
-
 class DaskBackend:
     """A `Profiler` backend measuring on the workers of a Dask ``client`` whose fingerprint is
-    the profiler's, about ``chunk_size`` requests per task (`layer_chunks`). After each
-    `measure`, ``workers`` says which workers were used (and how much each measured) or refused
-    and why, and ``failures`` which chunks were not measured and why (the profiler estimates
-    those)."""
+    the profiler's, ``chunk_size`` requests per task. After each `measure`, ``workers`` says
+    which workers were used (and how much each measured) or refused and why, and ``failures``
+    which chunks were not measured and why (the profiler estimates those)."""
 
     def __init__(self, client: Client, chunk_size: int = CHUNK_SIZE) -> None:
         if chunk_size < 1:
@@ -173,7 +159,8 @@ class DaskBackend:
             self.failures.append(f"{len(requests)} cost(s) not measured: no worker matches "
                                  "this machine's fingerprint")
             return
-        chunks = layer_chunks(requests, self.chunk_size)
+        chunks = [list(requests[i:i + self.chunk_size])
+                  for i in range(0, len(requests), self.chunk_size)]
         run = uuid.uuid4().hex[:8]
         futures = {self.client.submit(measure_on_worker, chunk, job.threads, job.budget_s,
                                       dict(job.fingerprint), workers=accepted,

@@ -1,7 +1,5 @@
 """What can be measured: one small frozen request per kind of cost, which measures itself (on
-this machine, now) and estimates itself (the analytic fallback). `measure_together` measures the
-candidates of one layer together, timed interleaved (`timing.interleaved`), so that a burst of
-load on a shared machine hits all of them alike.
+this machine, now) and estimates itself (the analytic fallback).
 
 Every request names its cost by ``(kind, key, candidate)``: ``key`` is stable text describing the
 problem (for a convolution `ConvSpec.key()`, so identical layers of different networks share one
@@ -12,7 +10,8 @@ Requests are hashable, so a profiler can deduplicate them.
 from __future__ import annotations
 
 import json
-import os
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
@@ -27,8 +26,8 @@ from convplan.kernels.operators import Operator
 from convplan.kernels.spec import Layout
 
 from . import analytic
-from .measurement import OUTLIER_SPREAD, Measurement
-from .timing import interleaved, retimed
+from .measurement import Measurement
+from .timing import median_time
 
 #: Timed runs at least (after the warm-up), even when the budget is tiny.
 MIN_REPEATS = 3
@@ -47,50 +46,28 @@ class CostRequest(Protocol):
     @property
     def candidate(self) -> str: ...
 
-    def prepare(self) -> Trial: ...
-
     def measure(self, budget_s: float) -> Measurement: ...
 
     def estimate(self, threads: int = 1) -> Measurement: ...
 
 
-@dataclass(frozen=True)
-class Trial:
-    """A request ready to time: ``run`` does the work once (its data already allocated), and
-    ``workspace_bytes`` is what it was measured to need (traced while preparing, which also
-    warmed it up)."""
+def timed(fn: Callable[[], object], budget_s: float) -> tuple[float, int, float]:
+    """(median seconds, timed repeats, relative interquartile spread) of ``fn`` by
+    `median_time`, which reports the median only: the calls are timed here as well."""
+    times: list[float] = []
 
-    run: Callable[[], object]
-    workspace_bytes: int
+    def recorded() -> None:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
 
-
-def _load_per_core() -> float | None:
-    """The 1-minute load average per logical core, or None where the OS has none."""
-    try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except (AttributeError, OSError):
-        return None
-
-
-def measure_together(requests: Sequence[CostRequest], budget_s: float,
-                     retime_budget: Callable[[], float | None] | None = None
-                     ) -> list[Measurement]:
-    """Measure ``requests`` (the candidates of one layer) interleaved, as `timing.interleaved`
-    says, within ``budget_s`` for all of them; the outliers (`Measurement.noisy`) are timed
-    once more if ``retime_budget()`` (default: ``budget_s``) grants a budget (None: none left).
-    All of them are prepared first, so their data is allocated together: one layer at a time.
-    """
-    trials = [request.prepare() for request in requests]
-    fns = [trial.run for trial in trials]
-    options = {"min_rounds": MIN_REPEATS}
-    timings = interleaved(fns, budget_s, **options)
-    budget = budget_s if retime_budget is None else retime_budget()
-    if budget is not None:
-        timings = retimed(fns, timings, budget, lambda t: t.spread > OUTLIER_SPREAD, **options)
-    load = _load_per_core()
-    return [Measurement(t.seconds, trial.workspace_bytes, "measured", t.repeats, t.spread,
-                        load=load, cpu_share=t.cpu_share)
-            for t, trial in zip(timings, trials, strict=True)]
+    median = median_time(recorded, min_repeats=MIN_REPEATS, budget_s=budget_s)
+    runs = times[1:]  # the first call is median_time's warm-up
+    spread = 0.0
+    if len(runs) >= 2 and median > 0:
+        q1, _, q3 = statistics.quantiles(runs, n=4)
+        spread = max(0.0, (q3 - q1) / median)
+    return median, len(runs), spread
 
 
 def _random(shape: Sequence[int], dtype: str, rng: np.random.Generator) -> np.ndarray:
@@ -123,7 +100,7 @@ class ConvRequest:
     def candidate(self) -> str:
         return self.algorithm
 
-    def prepare(self) -> Trial:
+    def measure(self, budget_s: float) -> Measurement:
         spec, alg = self.spec, registry.get(self.algorithm)
         rng = np.random.default_rng(0)
         x = _random(spec.input_shape(alg.input_layout), spec.dtype, rng)
@@ -134,10 +111,9 @@ class ConvRequest:
         def run() -> None:
             alg.run(x, prepared, spec, out=out)
 
-        return Trial(run, peak_allocation(run, repeats=TRACED_REPEATS))
-
-    def measure(self, budget_s: float) -> Measurement:
-        return measure_together([self], budget_s)[0]
+        seconds, repeats, spread = timed(run, budget_s)
+        workspace = peak_allocation(run, repeats=TRACED_REPEATS)
+        return Measurement(seconds, workspace, "measured", repeats, spread)
 
     def estimate(self, threads: int = 1) -> Measurement:
         return analytic.conv_estimate(self.spec, self.algorithm, threads)
@@ -178,18 +154,11 @@ class TransformRequest:
     def nbytes(self) -> int:
         return prod(self.shape) * np.dtype(self.dtype).itemsize
 
-    def prepare(self) -> Trial:
+    def measure(self, budget_s: float) -> Measurement:
         x = convert(_random(self.shape, self.dtype, np.random.default_rng(0)), "NCHW", self.src)
         x = np.ascontiguousarray(x)
-
-        def run() -> object:
-            return convert(x, self.src, self.dst)
-
-        run()       # the warm-up the traced runs give the others
-        return Trial(run, self.nbytes)
-
-    def measure(self, budget_s: float) -> Measurement:
-        return measure_together([self], budget_s)[0]
+        seconds, repeats, spread = timed(lambda: convert(x, self.src, self.dst), budget_s)
+        return Measurement(seconds, self.nbytes, "measured", repeats, spread)
 
     def estimate(self, threads: int = 1) -> Measurement:
         return analytic.transform_estimate(self.shape, np.dtype(self.dtype).itemsize)
@@ -250,7 +219,7 @@ class OpRequest:
     def candidate(self) -> str:
         return self.layout
 
-    def prepare(self) -> Trial:
+    def measure(self, budget_s: float) -> Measurement:
         operator = self.operator()
         rng = np.random.default_rng(0)
         xs = [np.ascontiguousarray(convert(_random(s, "float32", rng), "NCHW", self.layout))
@@ -261,12 +230,11 @@ class OpRequest:
         def run() -> list[np.ndarray]:
             return operator.run(xs, weights, self.layout)
 
+        seconds, repeats, spread = timed(run, budget_s)
         # The traced peak includes the outputs the run allocates; the workspace is the rest.
         fresh = sum(y.nbytes for y in run() if not any(np.shares_memory(y, x) for x in xs))
-        return Trial(run, max(0, peak_allocation(run, repeats=TRACED_REPEATS) - fresh))
-
-    def measure(self, budget_s: float) -> Measurement:
-        return measure_together([self], budget_s)[0]
+        workspace = max(0, peak_allocation(run, repeats=TRACED_REPEATS) - fresh)
+        return Measurement(seconds, workspace, "measured", repeats, spread)
 
     def estimate(self, threads: int = 1) -> Measurement:
         return analytic.op_estimate(self.operator(), self.shapes, threads)

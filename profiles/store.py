@@ -43,9 +43,7 @@ CostKey = tuple[str, str, str]
 #: One row to store: the cost key and its measurement.
 CostRow = tuple[str, str, str, Measurement]
 
-#: 2: the ``origin`` column ('local' or 'imported:...'); 3: the machine's load while measuring
-#: (``load`` and ``cpu_share``, NULL for costs measured before it was recorded).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2          # 2: the ``origin`` column ('local' or 'imported:...')
 BUSY_TIMEOUT_S = 60.0
 MAX_IMPORT_BYTES = 32 * 2 ** 20     # an export of ~100 000 costs
 
@@ -68,27 +66,20 @@ _SCHEMA = (
         spread REAL NOT NULL,
         measured_at REAL NOT NULL,
         origin TEXT NOT NULL DEFAULT 'local',
-        load REAL,
-        cpu_share REAL,
         PRIMARY KEY (fingerprint_id, kind, key, candidate)) WITHOUT ROWID""",
 )
 _COLUMNS = ("fingerprint_id", "kind", "key", "candidate", "time_s", "workspace_bytes",
             "repeats", "spread", "measured_at")
-_LOAD = ("load", "cpu_share")   # the machine's load while measuring (schema 3)
-_ROW = (*_COLUMNS, "origin", *_LOAD)   # a whole row: the fields of a `StoredCost`, in order
-_TABLES = {"fingerprints": {"id", "json"}, "costs": set(_ROW)}
-#: The columns each older schema lacks (an old store is read with NULL or 'local' for them).
-_ADDED = {2: ("origin",), 3: _LOAD}
-#: How a store of each schema reads a column it may lack.
-_DEFAULTS = {"origin": f"'{LOCAL}'", "load": "NULL", "cpu_share": "NULL"}
+_ROW = (*_COLUMNS, "origin")   # a whole row: the fields of a `StoredCost`, in order
+_TABLES = {"fingerprints": {"id", "json"}, "costs": set(_COLUMNS) | {"origin"}}
 # An import never overwrites a local measurement; of two imported ones the newer wins.
 _IMPORT_UPSERT = (
-    f"INSERT INTO costs ({', '.join(_ROW)}) "
-    f"VALUES ({', '.join('?' * len(_ROW))}) "
+    f"INSERT INTO costs ({', '.join(_COLUMNS)}, origin) "
+    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))}) "
     "ON CONFLICT (fingerprint_id, kind, key, candidate) DO UPDATE SET "
     "time_s = excluded.time_s, workspace_bytes = excluded.workspace_bytes, "
     "repeats = excluded.repeats, spread = excluded.spread, measured_at = excluded.measured_at, "
-    "origin = excluded.origin, load = excluded.load, cpu_share = excluded.cpu_share "
+    "origin = excluded.origin "
     f"WHERE costs.origin != '{LOCAL}' AND excluded.measured_at >= costs.measured_at"
 )
 
@@ -135,21 +126,6 @@ class ImportStats:
     kept_local: int
     kept_newer: int
     origin: str
-
-
-@dataclass(frozen=True)
-class PruneStats:
-    """What `CostStore.prune` deleted, by reason (each row counted once, under the first
-    reason that applies in this order)."""
-
-    invalid: int
-    stale: int
-    under_load: int
-    noisy: int
-
-    @property
-    def deleted(self) -> int:
-        return self.invalid + self.stale + self.under_load + self.noisy
 
 
 class CostStore:
@@ -205,9 +181,7 @@ class CostStore:
                 raise StoreError(self.path, f"cannot create {self.path.parent}: "
                                             f"{error.strerror}") from None
         self._db = self._connect(immutable=False)
-        #: How this store reads each column (a read-only older store: a default for the
-        #: columns it lacks).
-        self._sql = {column: column for column in _ROW}
+        self._origin_sql = "origin"
         try:
             try:
                 self._setup_retrying(busy_timeout_s)
@@ -303,20 +277,19 @@ class CostStore:
                                         f"(schema version {version}; this one reads up to "
                                         f"{SCHEMA_VERSION}): upgrade convplan, or give another "
                                         "--db / $CONVPLAN_DB")
-        if tables != set(_TABLES) or others or version not in (0, *range(1, SCHEMA_VERSION + 1)):
+        if tables != set(_TABLES) or others or version not in (0, 1, SCHEMA_VERSION):
             found = ", ".join(sorted(tables) + others) or "none"
             raise self._unusable(f"another program's SQLite database (tables: {found}; "
                                  f"user_version {version}); convplan leaves it untouched")
         for table, wanted in _TABLES.items():
             columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            optional = {c for v, added in _ADDED.items() if v > max(version, 1) for c in added} \
-                if table == "costs" else set()
+            optional = {"origin"} if table == "costs" and version < SCHEMA_VERSION else set()
             if not wanted - optional <= columns <= wanted:
                 raise self._unusable(f"table {table} has columns {', '.join(sorted(columns))}, "
                                      "not convplan's")
-        # The columns decide (a store whose migration was interrupted has some of them).
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(costs)")}
-        return max([1, *(v for v, added in _ADDED.items() if set(added) <= columns)]), False
+        if "origin" not in {r[1] for r in self._db.execute("PRAGMA table_info(costs)")}:
+            return 1, False
+        return max(version, 1), False
 
     def _setup(self) -> None:
         self._schema()      # a foreign database is refused before anything touches it
@@ -330,9 +303,7 @@ class CostStore:
             if empty:
                 raise StoreError(self.path, f"cost store {self.path} is empty and read-only: "
                                             "there is nothing to read and nothing can be stored")
-            for v, added in _ADDED.items():
-                if version < v:
-                    self._sql.update({c: _DEFAULTS[c] for c in added})
+            self._origin_sql = "origin" if version >= 2 else f"'{LOCAL}'"
             return
         mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":  # only the first opener switches (an exclusive lock)
@@ -345,13 +316,9 @@ class CostStore:
             if empty:
                 for statement in _SCHEMA:
                     self._db.execute(statement)
-            else:
-                if version < 2:     # measured before origins were recorded: local
-                    self._db.execute("ALTER TABLE costs ADD COLUMN origin TEXT NOT NULL "
-                                     f"DEFAULT '{LOCAL}'")
-                if version < 3:     # measured before the load was recorded: unknown (NULL)
-                    for column in _LOAD:
-                        self._db.execute(f"ALTER TABLE costs ADD COLUMN {column} REAL")
+            elif version < SCHEMA_VERSION:      # measured before origins were recorded: local
+                self._db.execute("ALTER TABLE costs ADD COLUMN origin TEXT NOT NULL "
+                                 f"DEFAULT '{LOCAL}'")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -409,13 +376,9 @@ class CostStore:
 
     # -- reading -----------------------------------------------------------------------------
     def _select(self) -> str:
-        return (f"SELECT {self._columns(_ROW[4:])} FROM costs WHERE fingerprint_id = ? "
-                "AND kind = ? AND key = ? AND candidate = ?")
-
-    def _columns(self, columns: Iterable[str], table: str = "") -> str:
-        """The SQL that reads ``columns`` of this store (of ``table``, if given)."""
-        return ", ".join(f"{table}.{c}" if table and self._sql[c] == c else self._sql[c]
-                         for c in columns)
+        return ("SELECT time_s, workspace_bytes, repeats, spread, measured_at, "
+                f"{self._origin_sql} FROM costs WHERE fingerprint_id = ? AND kind = ? "
+                "AND key = ? AND candidate = ?")
 
     def _read(self, fp_id: str, key: CostKey, row: tuple[Any, ...] | None,
               bad: list[str]) -> Measurement | None:
@@ -478,7 +441,7 @@ class CostStore:
         """Every machine fingerprint in the store with its number of costs (and how many of
         them were imported). A fingerprint whose stored JSON is not an object is listed as
         ``{}`` with a `StoreWarning`."""
-        origin = self._columns(["origin"], "c")
+        origin = "c.origin" if self._origin_sql == "origin" else self._origin_sql
         with self._errors("listing fingerprints"):
             rows = self._db.execute(
                 f"SELECT f.id, f.json, COUNT(c.kind), "
@@ -513,15 +476,15 @@ class CostStore:
                     raise ValueError(f"only measured costs are stored (measured here), not "
                                      f"{m.source} ones ({kind} {key} {candidate})")
                 values = (fp_id, kind, key, candidate, m.time_s, m.workspace_bytes, m.repeats,
-                          m.spread, now, LOCAL, m.load, m.cpu_share)
+                          m.spread, now, LOCAL)
                 try:
                     cost = StoredCost.from_row(dict(zip(_ROW, values, strict=True)))
                 except ValueError as problem:
                     raise ValueError(f"not storing {kind} {key} {candidate}: {problem}") \
                         from None
                 db.execute(
-                    f"INSERT OR REPLACE INTO costs ({', '.join(_ROW)}) "
-                    f"VALUES ({', '.join('?' * len(_ROW))})", _values(cost, _ROW))
+                    f"INSERT OR REPLACE INTO costs ({', '.join(_COLUMNS)}, origin) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(cost, _ROW))
                 written += 1
         return written
 
@@ -537,40 +500,6 @@ class CostStore:
                        "(SELECT DISTINCT fingerprint_id FROM costs)")
         return int(deleted)
 
-    def prune(self, *, older_than_s: float | None = None, fp_id: str | None = None,
-              flagged: bool = True) -> PruneStats:
-        """Delete the costs not worth planning with (of one fingerprint, or all), in one
-        transaction: measured under load or noisy (`Measurement.flagged`, unless ``flagged``
-        is False), measured more than ``older_than_s`` seconds ago (None: age is no reason),
-        and invalid rows (already ignored on reading). `convplan profile` measures them again.
-        Fingerprints left without costs go too."""
-        self._writable("pruning costs")
-        if older_than_s is not None and not older_than_s >= 0:
-            raise ValueError(f"the age must be >= 0 seconds, got {older_than_s}")
-        oldest = None if older_than_s is None else time.time() - older_than_s
-        where, args = ("WHERE fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
-        counts = {"invalid": 0, "stale": 0, "under_load": 0, "noisy": 0}
-        doomed = []
-        with self._errors("pruning costs"), self._transaction() as db:
-            for r in db.execute(f"SELECT {self._columns(_ROW)} FROM costs {where}", args):
-                try:
-                    cost = StoredCost.from_row(dict(zip(_ROW, r, strict=True)))
-                except ValueError:
-                    reason: str | None = "invalid"
-                else:
-                    m = cost.measurement()
-                    reason = ("stale" if oldest is not None and cost.measured_at < oldest
-                              else "under_load" if flagged and m.under_load
-                              else "noisy" if flagged and m.noisy else None)
-                if reason is not None:
-                    counts[reason] += 1
-                    doomed.append(r[:4])
-            db.executemany("DELETE FROM costs WHERE fingerprint_id = ? AND kind = ? AND "
-                           "key = ? AND candidate = ?", doomed)
-            db.execute("DELETE FROM fingerprints WHERE id NOT IN "
-                       "(SELECT DISTINCT fingerprint_id FROM costs)")
-        return PruneStats(**counts)
-
     # -- moving between machines -------------------------------------------------------------
     def export(self, path: str | os.PathLike[str], fp_id: str | None = None) -> int:
         """Write every cost (or one fingerprint's) with its fingerprints as a `CostExport`
@@ -579,7 +508,7 @@ class CostStore:
         `StoreWarning`. Returns the number of rows written."""
         where, args = ("WHERE fingerprint_id = ?", (fp_id,)) if fp_id else ("", ())
         with self._errors("exporting"), self._transaction(write=False) as db:
-            rows = db.execute(f"SELECT {self._columns(_ROW)} FROM costs "
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)}, {self._origin_sql} FROM costs "
                               f"{where} ORDER BY fingerprint_id, kind, key, candidate",
                               args).fetchall()
             texts = db.execute("SELECT id, json FROM fingerprints").fetchall()
@@ -633,7 +562,6 @@ class CostStore:
                  f"{hashlib.sha256(data).hexdigest()[:12]}"
         document = CostExport.from_json(text, str(path))
         rows = [_values(cost) for cost in document.rows]
-        loads = [_values(cost, _LOAD) for cost in document.rows]
         with self._errors(f"importing {path}"), self._transaction() as db:
             for fp_id, fp in document.fingerprints.items():
                 db.execute("INSERT OR IGNORE INTO fingerprints (id, json) VALUES (?, ?)",
@@ -644,8 +572,7 @@ class CostStore:
                                    "kind = ? AND key = ? AND candidate = ?", row[:4]).fetchone()
                 local += found is not None and found[0] == LOCAL
             before = db.total_changes
-            db.executemany(_IMPORT_UPSERT, [(*row, origin, *load)
-                                            for row, load in zip(rows, loads, strict=True)])
+            db.executemany(_IMPORT_UPSERT, [(*row, origin) for row in rows])
             written = db.total_changes - before
         self.last_import = ImportStats(len(rows), written, local, len(rows) - written - local,
                                        origin)

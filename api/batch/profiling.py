@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import Profiler
 from convplan.profiles.remote import CHUNK_SIZE, DaskBackend, WorkerReport
 
@@ -34,10 +33,6 @@ class ClusterProfile:
     workers: list[WorkerReport]
     #: Chunks that could not be measured (a refusal at run time, a lost worker), with the reason.
     failures: list[str] = field(default_factory=list)
-    #: Of the measured: stored costs measured again, taken under load, noisy (`ProfileStats`).
-    remeasured: int = 0
-    loaded: int = 0
-    noisy: int = 0
 
     @property
     def accepted(self) -> list[WorkerReport]:
@@ -50,20 +45,17 @@ class ClusterProfile:
 def profile_on_cluster(client: Client, requests: Sequence[CostRequest], store: CostStore,
                        threads: int, budget_s: float,
                        progress: Callable[[int, int, CostRequest], None] | None = None,
-                       chunk_size: int = CHUNK_SIZE, *,
-                       remeasure: Callable[[Measurement], bool] | None = None
-                       ) -> ClusterProfile:
+                       chunk_size: int = CHUNK_SIZE) -> ClusterProfile:
     """Measure what ``store`` lacks of ``requests`` (for this machine under ``threads``) on the
     workers whose fingerprint equals this machine's, and store it here under this machine's
     fingerprint, one transaction per chunk as chunks come back (an interruption keeps them).
     Workers that differ are refused and measure nothing. ``progress(done, total, request)``
-    after each chunk; ``remeasure`` as `Profiler.costs` takes it."""
+    after each chunk."""
     backend = DaskBackend(client, chunk_size)
     # batch_size=1: every chunk is committed on its own, as it comes
     profiler = Profiler(store, threads, budget_s, batch_size=1, backend=backend)
-    profiler.costs(requests, progress=progress, remeasure=remeasure)
+    profiler.costs(requests, progress=progress)
     stats = profiler.last_stats
     assert stats is not None
     return ClusterProfile(profiler.fingerprint_id, stats.requested, stats.cached, stats.measured,
-                          stats.seconds, backend.workers, backend.failures, stats.remeasured,
-                          stats.loaded, stats.noisy)
+                          stats.seconds, backend.workers, backend.failures)

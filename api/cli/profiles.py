@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -33,7 +32,6 @@ from convplan.api.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from convplan.profiles.measurement import Measurement
     from convplan.profiles.requests import CostRequest
     from convplan.profiles.store import CostStore
 
@@ -68,49 +66,22 @@ def profile(
                                      "them.")] = False,
     batch: Batch = None,
     input_shape: InputShape = None,
-    remeasure: Annotated[bool, typer.Option(
-        "--remeasure", help="Measure again the stored costs that are flagged: taken under "
-                            "load (the measuring thread had less than 80% of a core) or "
-                            "noisy (their runs spread more than 25% around the median).")
-    ] = False,
-    remeasure_all: Annotated[bool, typer.Option(
-        "--remeasure-all", help="Measure again every cost MODEL needs, stored or not.")
-    ] = False,
 ) -> None:
     """Measure what a plan of MODEL needs on this machine (cached costs are skipped)."""
     from convplan.profiles.store import StoreError
 
-    again = _everything if remeasure_all else _flagged if remeasure else None
     with store_warnings():
         try:
             _profile(model, threads, budget_seconds, db, as_json, scheduler, local_cluster,
-                     connect_timeout, remeasure_imported, batch, input_shape, again)
+                     connect_timeout, remeasure_imported, batch, input_shape)
         except StoreError as error:     # damage found after opening: names the file
             fail(str(error))
-
-
-def _everything(measurement: Measurement) -> bool:
-    return True
-
-
-def _flagged(measurement: Measurement) -> bool:
-    return measurement.flagged
-
-
-def _load_warning(loaded: int, measured: int) -> None:
-    """Say so when measurements were taken under load (they are stored, and flagged)."""
-    if loaded:
-        warn(f"{loaded} of the {measured} measurement(s) were taken under load (the measuring "
-             "thread had less than 80% of a core): they are stored but flagged; run "
-             "`convplan profile MODEL --remeasure` when the machine is quiet, or "
-             "`convplan profiles prune`")
 
 
 def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | None,
              as_json: bool, scheduler: str | None, local_cluster: int | None,
              connect_timeout: float, remeasure_imported: bool, batch: int | None = None,
-             input_shape: list[str] | None = None,
-             remeasure: Callable[[Measurement], bool] | None = None) -> None:
+             input_shape: list[str] | None = None) -> None:
     """`profile` once its options are checked (--threads and the durations by their
     declarations)."""
     from convplan.profiles.profiler import Profiler
@@ -137,7 +108,7 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
                                 scheduler, local_cluster, connect_timeout, as_json,
                                 {"conv_specs": len(set(specs)), "conv_requests": len(convs),
                                  "transform_requests": len(transforms),
-                                 "op_requests": len(ops)}, remeasure)
+                                 "op_requests": len(ops)})
         return
     with store:
         profiler = Profiler(store, n_threads, budget_seconds)
@@ -145,7 +116,7 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
         bar, progress = counting_bar("profiling")
         with bar:
             try:
-                profiler.costs(requests, progress=progress, remeasure=remeasure)
+                profiler.costs(requests, progress=progress)
             except KeyboardInterrupt:
                 kept = store.count(profiler.fingerprint_id) - before
                 fail(f"interrupted: {kept} new measurement(s) kept in {store.path}; run the "
@@ -161,10 +132,8 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
             "transform_requests": len(transforms), "op_requests": len(ops),
             "requested": stats.requested,
             "measured": stats.measured, "cached": stats.cached,
-            "remeasured": stats.remeasured, "under_load": stats.loaded, "noisy": stats.noisy,
             "seconds": round(stats.seconds, 3),
         }
-    _load_warning(stats.loaded, stats.measured)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -172,15 +141,13 @@ def _profile(model: str, threads: int | None, budget_seconds: float, db: Path | 
         f"{summary['model']}: {stats.requested} costs ({len(set(specs))} distinct conv layers x "
         f"algorithms: {len(convs)}, other layers x layouts: {len(ops)}, layout transforms: "
         f"{len(transforms)}) | measured now "
-        f"{stats.measured} ({stats.remeasured} again, {stats.loaded} under load, "
-        f"{stats.noisy} noisy), cached {stats.cached}, {stats.seconds:.1f} s | {n_threads} "
+        f"{stats.measured}, cached {stats.cached}, {stats.seconds:.1f} s | {n_threads} "
         f"thread(s), fingerprint {profiler.fingerprint_id}, store {store.path}", soft_wrap=True)
 
 
 def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStore, threads: int,
                         budget_seconds: float, scheduler: str | None, local_cluster: int | None,
-                        connect_timeout: float, as_json: bool, counts: dict[str, int],
-                        remeasure: Callable[[Measurement], bool] | None = None) -> None:
+                        connect_timeout: float, as_json: bool, counts: dict[str, int]) -> None:
     """`profile --scheduler/--local-cluster`: measure on the Dask workers that are this machine
     (the others are refused, and the output says which and why); store here."""
     from convplan.api.batch import BatchError, dask_client, profile_on_cluster
@@ -189,7 +156,7 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
     try:
         with dask_client(scheduler, local_cluster, connect_timeout) as client, bar:
             result = profile_on_cluster(client, requests, store, threads, budget_seconds,
-                                        progress, remeasure=remeasure)
+                                        progress)
     except KeyboardInterrupt:
         fail(f"interrupted: the measurements that came back are kept in {store.path}; run "
              "the same command again to measure the rest", code=130)
@@ -198,9 +165,7 @@ def _profile_on_cluster(model: str, requests: list[CostRequest], store: CostStor
     summary = {"model": model, "db": str(store.path), "fingerprint_id": result.fingerprint_id,
                "threads": threads, **counts, "requested": result.requested,
                "measured": result.measured, "cached": result.cached,
-               "remeasured": result.remeasured, "under_load": result.loaded,
-               "noisy": result.noisy, "seconds": round(result.seconds, 3), **result.as_dict()}
-    _load_warning(result.loaded, result.measured)
+               "seconds": round(result.seconds, 3), **result.as_dict()}
     for worker in result.workers:
         if not worker.accepted:
             warn(f"refused worker {worker.address}: its machine fingerprint is not this "
@@ -266,39 +231,6 @@ def drop_imported(db: Db = None,
             fail(str(error))
         path = store.path
     console.print(f"deleted {dropped} imported cost(s) from {path}")
-
-
-@profiles_app.command("prune")
-def prune_costs(db: Db = None,
-                older_than_days: Annotated[float | None, typer.Option(
-                    "--older-than-days", min=0,
-                    help="Also delete the costs measured more than this many days ago.")
-                ] = None,
-                keep_flagged: Annotated[bool, typer.Option(
-                    "--keep-flagged", help="Keep the costs taken under load or noisy (delete "
-                                           "only stale and invalid ones).")] = False,
-                fingerprint: Annotated[str | None, typer.Option(
-                    "--fingerprint", help="Only this fingerprint's costs.")] = None,
-                as_json: Json = False) -> None:
-    """Delete the costs not worth planning with: taken under load, noisy (runs spread more
-    than 25% around their median), invalid, and with --older-than-days stale ones.
-    `convplan profile` measures them again."""
-    with store_warnings(), _open(db) as store:
-        try:
-            stats = store.prune(older_than_s=None if older_than_days is None
-                                else older_than_days * 86400.0, fp_id=fingerprint,
-                                flagged=not keep_flagged)
-        except (ValueError, sqlite3.Error) as error:
-            fail(str(error))
-        path, left = store.path, store.count()
-    if as_json:
-        print(json.dumps({"db": str(path), "deleted": stats.deleted, "under_load":
-                          stats.under_load, "noisy": stats.noisy, "stale": stats.stale,
-                          "invalid": stats.invalid, "left": left}, indent=2))
-        return
-    console.print(f"deleted {stats.deleted} cost(s) from {path} ({stats.under_load} under "
-                  f"load, {stats.noisy} noisy, {stats.stale} stale, {stats.invalid} invalid); "
-                  f"{left} left", soft_wrap=True)
 
 
 @profiles_app.command("list")

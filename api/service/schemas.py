@@ -162,9 +162,6 @@ class ProfileResult(BaseModel):
     cached: int
     unmeasured: int = Field(0, description="Costs left unmeasured at the job's deadline "
                                            "(estimated when planning).")
-    under_load: int = Field(0, description="Of the measured, those taken under load (the "
-                                           "measuring thread had less than 80% of a core); "
-                                           "stored, but flagged for `profile --remeasure`.")
     seconds: float
 
 

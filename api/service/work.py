@@ -445,7 +445,7 @@ def profile_task(source: Source, threads: int | None, budget_s: float, settings:
         transform_requests=sum(r.kind == "transform" for r in requests),
         op_requests=sum(r.kind == "op" for r in requests),
         requested=stats.requested, measured=stats.measured, cached=stats.cached,
-        unmeasured=stats.unmeasured, under_load=stats.loaded, seconds=round(stats.seconds, 3))
+        unmeasured=stats.unmeasured, seconds=round(stats.seconds, 3))
 
 
 def warm_up() -> int:

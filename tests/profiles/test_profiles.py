@@ -15,6 +15,7 @@ import pytest
 
 from convplan.kernels import ConvSpec, operators, registry
 from convplan.profiles.fingerprint import fingerprint_id, machine_fingerprint
+from convplan.profiles.measurement import Measurement
 from convplan.profiles.profiler import (
     MIN_BUDGET_S,
     InProcess,
@@ -22,7 +23,7 @@ from convplan.profiles.profiler import (
     Profiler,
     request_key,
 )
-from convplan.profiles.requests import ConvRequest, OpRequest, TransformRequest, Trial
+from convplan.profiles.requests import ConvRequest, OpRequest, TransformRequest
 from convplan.profiles.store import CostStore
 from convplan.selector.network import Network
 from convplan.selector.planning.candidates import conv_options, requests_for
@@ -34,11 +35,11 @@ MEASURED: list[tuple[str, str]] = []
 
 @dataclass(frozen=True)
 class CountedConv(ConvRequest):
-    """A ConvRequest that records every real measurement it makes (each one prepares it)."""
+    """A ConvRequest that records every real measurement it makes."""
 
-    def prepare(self) -> Trial:
+    def measure(self, budget_s: float) -> Measurement:
         MEASURED.append((self.key, self.candidate))
-        return super().prepare()
+        return super().measure(budget_s)
 
 
 def conv_requests(spec: ConvSpec) -> list[ConvRequest]:

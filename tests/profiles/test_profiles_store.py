@@ -15,32 +15,24 @@ import pytest
 
 from convplan.profiles.fingerprint import fingerprint_id
 from convplan.profiles.measurement import Measurement
-from convplan.profiles.store import SCHEMA_VERSION, CostStore, default_db_path
+from convplan.profiles.store import CostStore, default_db_path
 
 FP = {"cpu": "test cpu", "threads": 1}
 FP_ID = fingerprint_id(FP)
 OTHER_FP = {"cpu": "another cpu", "threads": 2}
 
 
-def m(t: float, ws: int = 100, load: float | None = None, cpu_share: float | None = None
-      ) -> Measurement:
-    return Measurement(t, ws, "measured", 5, 0.01, load=load, cpu_share=cpu_share)
+def m(t: float, ws: int = 100) -> Measurement:
+    return Measurement(t, ws, "measured", 5, 0.01)
 
 
 def rows(prefix: str, n: int, t: float = 1e-3) -> list[tuple[str, str, str, Measurement]]:
     return [("conv", f"{prefix}{i}", "im2col", m(t * (i + 1), i)) for i in range(n)]
 
 
-#: A row of the costs table: origin, then the load while measuring, last.
-ROW = ("fingerprint_id", "kind", "key", "candidate", "time_s", "workspace_bytes", "repeats",
-       "spread", "measured_at", "origin", "load", "cpu_share")
-
-
 def dump(store: CostStore) -> list[tuple]:
-    """Everything in a store, for before/after comparisons (the load while measuring, columns
-    of their own at the end, as well)."""
-    return store._db.execute(f"SELECT {', '.join(ROW)} FROM costs ORDER BY 1, 2, 3, 4"
-                             ).fetchall() + \
+    """Everything in a store, for before/after comparisons."""
+    return store._db.execute("SELECT * FROM costs ORDER BY 1, 2, 3, 4").fetchall() + \
         store._db.execute("SELECT * FROM fingerprints ORDER BY 1").fetchall()
 
 
@@ -199,10 +191,10 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
         assert stats is not None and (stats.read, stats.written, stats.kept_local) == (23, 23, 0)
         assert stats.origin.startswith("imported:costs.json@")
         # the same numbers and timestamps, but every row is marked as imported
-        origins = {r[-3] for r in dump(b) if len(r) == 12}
+        origins = {r[-1] for r in dump(b) if len(r) == 10}
         assert origins == {stats.origin}
-        assert [r[:-3] + r[-2:] for r in dump(a) if len(r) == 12] == \
-            [r[:-3] + r[-2:] for r in dump(b) if len(r) == 12]
+        assert [r[:-1] for r in dump(a) if len(r) == 10] == [r[:-1] for r in dump(b)
+                                                             if len(r) == 10]
         assert {i.id: (i.rows, i.imported) for i in b.fingerprints()} == {
             FP_ID: (20, 20), fingerprint_id(OTHER_FP): (3, 3)}
         got = b.get(FP_ID, "conv", "k3", "im2col")
@@ -292,9 +284,8 @@ def test_a_version_1_store_is_migrated_and_its_rows_are_local(tmp_path: Path) ->
         assert s.fingerprints()[0].imported == 0
     with CostStore(path) as s:
         assert s.get(FP_ID, "conv", "k", "im2col") == m(0.5, 7)
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert s._db.execute("SELECT origin, load, cpu_share FROM costs").fetchall() == [
-            ("local", None, None)]
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._db.execute("SELECT origin FROM costs").fetchall() == [("local",)]
 
 
 def _valid_export(tmp_path: Path) -> dict:
@@ -446,8 +437,8 @@ def test_an_export_in_the_existing_format_imports_and_exports_the_same(tmp_path:
         assert stats is not None and (stats.written, stats.kept_local, stats.kept_newer) == \
             (3, 0, 0)
         stored = dump(s)
-        assert [r[:-3] for r in stored if len(r) == 12] == EXISTING_ROWS
-        assert {r[-3] for r in stored if len(r) == 12} == {stats.origin}   # all imported
+        assert [r[:-1] for r in stored if len(r) == 10] == EXISTING_ROWS
+        assert {r[-1] for r in stored if len(r) == 10} == {stats.origin}   # all imported
         assert {i.id: (i.fingerprint, i.rows, i.imported) for i in s.fingerprints()} == {
             i: (fp, n, n) for (i, fp), n in zip(EXISTING_FPS.items(), (2, 1), strict=True)}
         got = s.get("82dbb834994a717e", "conv", "1x3x8x8_k3", "im2col")

@@ -178,4 +178,4 @@ def test_the_commands_are_the_real_apps(app) -> None:
     assert group.typer_instance is profiles.profiles_app
     assert {c.callback for c in profiles.profiles_app.registered_commands} == {
         profiles.export_costs, profiles.import_costs, profiles.drop_imported,
-        profiles.list_costs, profiles.prune_costs}
+        profiles.list_costs}
