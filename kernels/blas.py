@@ -228,8 +228,8 @@ def _gemv(a: np.ndarray, b: np.ndarray, c: np.ndarray, at: tuple[int, int],
         trans = _NO_TRANS if tm == _NO_TRANS else _TRANS
         if tm == _TRANS:
             rows, cols = cols, rows
-    incx = _increment(x)
-    if incx is None or (c.shape[0] == 1 and c.shape[1] > 1 and c.strides[1] != c.itemsize):
+    incx = _increment(x)        # y is unit-strided or ldc apart: c is row-major here
+    if incx is None:
         return False
     lib = _library()
     fn = lib.scipy_cblas_sgemv if a.dtype == np.float32 else lib.scipy_cblas_dgemv
